@@ -1,0 +1,1 @@
+"""Diagnostics: ArviZ export, PSIS k-hat, NUTS reference posteriors, latent-space checks, plots."""

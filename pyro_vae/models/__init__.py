@@ -1,0 +1,1 @@
+"""Generative models as Pyro model/guide pairs."""

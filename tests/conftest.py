@@ -1,0 +1,28 @@
+import pyro
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def fresh_pyro():
+    """Every test starts with an empty param store and a fixed, explicit seed."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def float64():
+    """Statistical checks run in float64 (DESIGN.md); restored afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield torch.float64
+    torch.set_default_dtype(old)
+
+
+def cuda_available():
+    return torch.cuda.is_available()
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
