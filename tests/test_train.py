@@ -1,0 +1,379 @@
+"""The SVI trainer: fits any model/guide pair, reports -ELBO per datapoint, resumes exactly."""
+
+import hashlib
+import json
+import math
+import os
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_vae.data import load_dataset
+from pyro_vae.infer.checkpoint import CheckpointError, load_checkpoint
+from pyro_vae.infer.objectives import FastTraceELBO, make_objective
+from pyro_vae.infer.train import TrainingDivergedError, train
+from pyro_vae.models.ppca import PPCA, CollapsedPPCA
+from pyro_vae.models.vae import VAE
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_dataset("mnist5k", binarize="static", seed=0)
+
+
+def small_vae(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return VAE(
+        784, latent_dim=kwargs.pop("latent_dim", 8), hidden=kwargs.pop("hidden", (64,)), **kwargs
+    )
+
+
+# --- pairs written only here, to show the trainer knows nothing of our models -------------------
+
+
+class LinearGaussian:
+    """z ~ N(0, 1), x | z ~ N(a z, 1); guide q(z|x) = N(c x, s). Evidence: x ~ N(0, a^2 + 1)."""
+
+    def model(self, x):
+        a = pyro.param("a", torch.tensor(0.1))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(a * z, 1.0), obs=x)
+
+    def guide(self, x):
+        c = pyro.param("c", torch.tensor(0.0))
+        s = pyro.param("s", torch.tensor(1.0), constraint=dist.constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(c * x, s))
+
+
+def global_mean_model(x):
+    """A global latent w outside the data plate: w ~ N(0, 1), x_i ~ N(w, 1)."""
+    w = pyro.sample("w", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(w, 1.0), obs=x)
+
+
+def global_mean_guide(x):
+    m = pyro.param("m", torch.tensor(0.5))
+    pyro.sample("w", dist.Normal(m, 1e-6))
+
+
+# --- fitting -------------------------------------------------------------------------------------
+
+
+def test_vae_elbo_rises_on_mnist5k(mnist):
+    vae = small_vae()
+    result = train(
+        vae.model, vae.guide, mnist.train, val_data=mnist.test, epochs=3, seed=0, progress=False
+    )
+    val = [r["val_loss"] for r in result.history]
+    # an untrained Bernoulli decoder sits near 784 ln 2 = 543 nats; three epochs reach < 250
+    assert val[2] < val[0] < 784 * math.log(2), f"validation -ELBO per datapoint: {val}"
+    assert val[2] < 250, f"validation -ELBO after 3 epochs: {val[2]:.1f} nats"
+    assert all(r["examples_per_s"] > 0 and r["seconds"] > 0 for r in result.history)
+
+
+def test_collapsed_ppca_loss_is_exact_negative_log_likelihood(float64):
+    x = load_dataset("digits").train.x.double()
+    ppca = CollapsedPPCA(64, 5)
+    result = train(ppca.model, ppca.guide, x, epochs=8, batch_size=256, lr=0.05, progress=False)
+    # no latent: the reported training loss is -log p(x) per datapoint, averaged along the epoch
+    exact = -ppca.to_ppca().log_marginal(x).mean().item()
+    mle = -PPCA.fit(x, 5).log_marginal(x).mean().item()
+    objective = FastTraceELBO()
+    with torch.no_grad():
+        reported = objective(ppca.model, ppca.guide, x, num_data=x.shape[0]).item()
+    assert reported == pytest.approx(exact, rel=1e-10), (reported, exact)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert exact >= mle - 1e-6, f"trained {exact:.4f} cannot beat the MLE {mle:.4f}"
+
+
+def test_pair_written_in_test_reaches_its_maximum_likelihood():
+    torch.manual_seed(1)
+    true_a = 2.0
+    x = true_a * torch.randn(2000) + torch.randn(2000)
+    pair = LinearGaussian()
+    train(pair.model, pair.guide, x, epochs=60, batch_size=200, lr=0.05, seed=0, progress=False)
+    a = pyro.param("a").item()
+    # MLE: a^2 + 1 = mean(x^2); the exact posterior family makes the ELBO tight at the optimum
+    a_mle = math.sqrt((x**2).mean().item() - 1)
+    assert abs(abs(a) - a_mle) < 0.1, f"|a| = {abs(a):.3f}, MLE {a_mle:.3f}"
+
+
+def test_gradients_reach_every_parameter(mnist):
+    vae = small_vae(likelihood="gaussian")
+    before = {k: v.detach().clone() for k, v in vae.state_dict().items()}
+    result = train(vae.model, vae.guide, mnist.train.x[:256], epochs=1, progress=False)
+    unchanged = [k for k, v in vae.state_dict().items() if torch.equal(v, before[k])]
+    assert not unchanged, f"parameters never updated: {unchanged}"
+    assert len(result.param_names) == len(before)
+
+
+def test_minibatch_scaling_with_a_global_latent():
+    torch.manual_seed(0)
+    x = torch.randn(400) + 3.0
+    objective = FastTraceELBO()
+
+    def loss(batch):  # the same draw of w every time, so only the data terms differ
+        pyro.set_rng_seed(0)
+        with torch.no_grad():
+            return objective(global_mean_model, global_mean_guide, batch, num_data=400).item()
+
+    batches = [loss(xb) for xb in x.split(100)]
+    # each minibatch estimate scales its 100 likelihood terms by 400/100 and keeps the global
+    # prior and entropy terms once; their average is the full-data loss
+    assert sum(batches) / 4 == pytest.approx(loss(x), rel=1e-6), (batches, loss(x))
+
+
+def test_fast_trace_equals_pyro_trace_elbo(mnist):
+    vae = small_vae()
+    x = mnist.train.x[:64]
+    fast = make_objective("trace", vae.model, vae.guide, x)
+    reference = make_objective("pyro-trace", vae.model, vae.guide, x)
+    assert isinstance(fast, FastTraceELBO)
+    pyro.set_rng_seed(3)
+    a = fast(vae.model, vae.guide, x, num_data=4000)
+    grads_a = torch.autograd.grad(a, list(vae.parameters()))
+    pyro.set_rng_seed(3)
+    b = reference(vae.model, vae.guide, x, num_data=4000)
+    grads_b = torch.autograd.grad(b, list(vae.parameters()))
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-6)
+
+
+def test_trace_and_meanfield_agree_in_expectation(mnist):
+    vae = small_vae()
+    x = mnist.train.x[:32]
+    values = {}
+    with torch.no_grad():
+        for loss in ("trace", "meanfield"):
+            objective = make_objective(loss, vae.model, vae.guide, x)
+            values[loss] = torch.tensor(
+                [objective(vae.model, vae.guide, x).item() for _ in range(400)]
+            )
+    diff = values["trace"].mean() - values["meanfield"].mean()
+    stderr = (values["trace"].var() / 400 + values["meanfield"].var() / 400).sqrt()
+    assert abs(diff) < 4 * stderr, f"difference {diff:.4f} nats, 4 standard errors {4 * stderr:.4f}"
+    # the analytic KL removes variance: meanfield's spread is never larger
+    assert values["meanfield"].std() <= values["trace"].std()
+
+
+@pytest.mark.parametrize("loss", ["pyro-trace", "meanfield", "jit"])
+def test_every_loss_trains(mnist, loss):
+    vae = small_vae()
+    result = train(
+        vae.model, vae.guide, mnist.train.x[:512], epochs=2, loss=loss, seed=0, progress=False
+    )
+    first, last = (r["train_loss"] for r in (result.history[0], result.history[-1]))
+    assert last < first, f"{loss}: -ELBO {first:.2f} -> {last:.2f}"
+
+
+# --- checkpoints, resume, failures ---------------------------------------------------------------
+
+
+def _run(mnist, out_dir, epochs, resume=False):
+    pyro.clear_param_store()
+    vae = small_vae(seed=0)
+    result = train(
+        vae.model,
+        vae.guide,
+        mnist.train,
+        val_data=mnist.test.x[:200],
+        epochs=epochs,
+        batch_size=256,
+        seed=0,
+        out_dir=out_dir,
+        resume=resume,
+        progress=False,
+    )
+    return vae, result
+
+
+def test_resumed_run_is_bit_identical(mnist, tmp_path):
+    full_vae, full = _run(mnist, tmp_path / "full", epochs=4)
+    _run(mnist, tmp_path / "split", epochs=2)
+    resumed_vae, resumed = _run(mnist, tmp_path / "split", epochs=4, resume=True)
+    for (name, a), b in zip(
+        full_vae.state_dict().items(), resumed_vae.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), f"{name} differs after resuming"
+
+    def strip(history):
+        return [
+            {k: v for k, v in r.items() if k not in ("seconds", "examples_per_s")} for r in history
+        ]
+
+    assert strip(full.history) == strip(resumed.history)
+    saved = json.loads((tmp_path / "split" / "history.json").read_text())
+    assert [r["epoch"] for r in saved] == [1, 2, 3, 4]
+    assert (tmp_path / "split" / "history.csv").read_text().startswith("epoch,train_loss,val_loss")
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(mnist, tmp_path):
+    _run(mnist, tmp_path, epochs=1)
+    checkpoint = tmp_path / "checkpoint.pt"
+    digest = _digest(checkpoint)
+    poisoned = mnist.train.x.clone()
+    poisoned[-1, 0] = float("nan")  # not in the first batch, which the trainer validates
+    vae = small_vae(seed=0)
+    pyro.clear_param_store()
+    with pytest.raises(TrainingDivergedError, match=r"epoch 2, step \d+.*checkpoint.*unchanged"):
+        train(
+            vae.model,
+            vae.guide,
+            poisoned,
+            epochs=3,
+            batch_size=256,
+            seed=0,
+            out_dir=tmp_path,
+            resume=True,
+            progress=False,
+        )
+    assert _digest(checkpoint) == digest
+    assert load_checkpoint(checkpoint)["epoch"] == 1
+
+
+def test_corrupted_checkpoint_is_refused(mnist, tmp_path):
+    _run(mnist, tmp_path, epochs=1)
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupted"):
+        _run(mnist, tmp_path, epochs=2, resume=True)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def test_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = str(tmp_path / "code-ran")
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "pyro_vae.checkpoint/1", "payload": _RunsCode(marker)}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+    assert not os.path.exists(marker), "unpickling ran code"
+
+
+def test_foreign_file_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match="not a pyro_vae checkpoint"):
+        load_checkpoint(path)
+
+
+# --- options -------------------------------------------------------------------------------------
+
+
+def mean_model(x):
+    """x_i ~ N(mu, 1): no latent at all, mu a parameter."""
+    mu = pyro.param("mu", torch.zeros(()))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(mu, 1.0).expand(x.shape[1:]).to_event(x.dim() - 1), obs=x)
+
+
+def empty_guide(x):
+    pass
+
+
+def test_early_stopping_when_validation_worsens():
+    train_x, val_x = torch.ones(100), -torch.ones(100)
+    result = train(
+        mean_model,
+        empty_guide,
+        train_x,
+        val_data=val_x,
+        epochs=10,
+        patience=2,
+        lr=0.1,
+        progress=False,
+    )
+    # mu climbs towards +1, so the validation loss at -1 gets worse every epoch after the first
+    val = [r["val_loss"] for r in result.history]
+    assert result.stopped_early and result.epochs_run == 3, val
+
+
+def test_lr_schedule_is_stepped_each_epoch(mnist):
+    vae = small_vae()
+    schedule = lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5)  # noqa: E731
+    result = train(
+        vae.model,
+        vae.guide,
+        mnist.train.x[:256],
+        epochs=3,
+        lr=1e-3,
+        lr_schedule=schedule,
+        clip_norm=10.0,
+        progress=False,
+    )
+    assert [r["lr"] for r in result.history] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+
+
+def test_dynamic_binarization_serves_fresh_binary_batches():
+    data = load_dataset("mnist5k", binarize="dynamic").train
+    seen = []
+
+    def model(x):
+        seen.append(x)
+        mean_model(x)
+
+    train(model, empty_guide, data, epochs=1, batch_size=4000, progress=False)
+    batch = seen[-1]
+    assert set(batch.unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(seen[0], seen[-1])
+
+
+def test_stale_param_store_entry_is_refused(mnist):
+    old = small_vae(seed=0)
+    train(old.model, old.guide, mnist.train.x[:128], epochs=1, progress=False)
+    new = small_vae(seed=1)
+    with pytest.raises(ValueError, match="clear_param_store"):
+        train(new.model, new.guide, mnist.train.x[:128], epochs=1, progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"loss": "nope"}, "unknown loss"),
+        ({"epochs": -1}, "epochs"),
+        ({"device": "cuda"}, "CUDA") if not torch.cuda.is_available() else ({"lr": 0}, "lr"),
+    ],
+    ids=["unknown-loss", "negative-epochs", "absent-device"],
+)
+def test_bad_arguments_are_clear_errors(mnist, kwargs, match):
+    vae = small_vae()
+    with pytest.raises(ValueError, match=match):
+        train(vae.model, vae.guide, mnist.train.x[:64], progress=False, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_and_cpu_agree(mnist):
+    vae = small_vae()
+    x = mnist.train.x[:256]
+    objective = FastTraceELBO()
+    means = {}
+    with torch.no_grad():
+        for device in ("cpu", "cuda"):
+            vae.to(device)
+            xd = x.to(device)
+            means[device] = torch.tensor(
+                [objective(vae.model, vae.guide, xd).item() for _ in range(200)]
+            )
+    diff = means["cpu"].mean() - means["cuda"].mean()
+    stderr = (means["cpu"].var() / 200 + means["cuda"].var() / 200).sqrt()
+    assert abs(diff) < 4 * stderr, f"CPU - CUDA -ELBO: {diff:.4f} nats (4 se {4 * stderr:.4f})"
+    pyro.clear_param_store()
+    result = train(vae.model, vae.guide, x, epochs=2, device="cuda", progress=False)
+    assert result.device.type == "cuda"
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
