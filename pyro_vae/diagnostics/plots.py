@@ -34,6 +34,7 @@ __all__ = [
     "save_manifold",
     "save_khat_plot",
     "save_elbo_vs_logpx",
+    "save_kl_per_dimension",
 ]
 
 _INCH_PER_IMAGE = 0.6  # figure size per tiled image, so the PNG keeps the grid's aspect ratio
@@ -293,4 +294,23 @@ def save_elbo_vs_logpx(elbo, log_px, path) -> Path:
     ax.set_title(f"mean gap log p(x) - ELBO = {float(np.mean(lp - e)):.2f} nats", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_kl_per_dimension(kl, path, variances=None, threshold: float = 0.01) -> Path:
+    """Bar chart of KL(q(z_j|x) || p(z_j)) per latent dimension (nats, mean over datapoints).
+
+    With ``variances`` (Cov_x E_q[z_j], Burda et al. 2015) inactive units are drawn grey.
+    """
+    kl = _to_numpy(kl).ravel()
+    colors = ["tab:blue"] * len(kl)
+    if variances is not None:
+        active = _to_numpy(variances).ravel() > threshold
+        colors = ["tab:blue" if a else "lightgrey" for a in active]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.3 * len(kl) + 2), 3.2))
+    ax.bar(np.arange(len(kl)), kl, color=colors)
+    ax.set_xlabel("latent dimension j")
+    ax.set_ylabel("KL per datapoint (nats)")
+    title = "KL(q(z_j|x) || p(z_j))"
+    ax.set_title(title + (" (grey: inactive unit)" if variances is not None else ""))
     return _save(fig, path)

@@ -1,0 +1,392 @@
+"""How a guide uses its latent space: active units, KL per dimension, amortization gap, exact KL.
+
+For any model/guide pair following DESIGN.md's convention (per-datapoint latent sites inside
+``pyro.plate("data", N)``, default latent site ``"z"``):
+
+- :func:`active_units` -- Burda, Grosse & Salakhutdinov (2015), sec. 5.2: unit u is active when
+  A_u = Cov_x(E_q[z_u | x]) exceeds a threshold (0.01).
+- :func:`kl_per_dimension` -- mean over datapoints of KL(q(z_u | x) || p(z_u)) per latent unit.
+- :func:`amortization_gap` -- Cremer, Li & Duvenaud (2018): ELBO of a mean-field Gaussian fitted
+  to each datapoint separately minus the ELBO of the amortized guide.
+- :func:`gaussian_kl_to_posterior` -- exact KL(q(z|x) || p(z|x)) against a Gaussian posterior
+  (pPCA: Bishop PRML eq. 12.42).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import Independent, MultivariateNormal, Normal, biject_to, kl_divergence
+from torch.distributions.transforms import ComposeTransform, IndependentTransform
+
+from pyro_vae.diagnostics.posterior import _to_draws_layout, guide_draws, latent_sites
+from pyro_vae.infer.evidence import GlobalLatentError, elbo_per_datapoint
+
+__all__ = ["active_units", "kl_per_dimension", "amortization_gap", "gaussian_kl_to_posterior"]
+
+
+# --------------------------------------------------------------------------------------------
+# tracing helpers
+# --------------------------------------------------------------------------------------------
+def _guide_site(guide, x, args, kwargs, site, data_plate) -> dict:
+    """Trace the guide once (no grad) and return the checked latent site ``site``."""
+    with torch.no_grad():
+        trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
+    sites = latent_sites(trace, data_plate)
+    if site not in sites:
+        raise ValueError(f"the guide has no latent site {site!r}; its latent sites: {list(sites)}")
+    return sites[site]
+
+
+def _per_datapoint(value: torch.Tensor, site: dict, data_plate: str, num_n: int) -> torch.Tensor:
+    """A per-site tensor of shape batch + event -> (N, D) with D the flattened remainder."""
+    return _to_draws_layout(value.unsqueeze(0), site, data_plate, num_n)[0].reshape(num_n, -1)
+
+
+def _factors(fn) -> tuple[torch.distributions.Distribution, int]:
+    """Unwrap ``Independent`` layers: (univariate base distribution, reinterpreted dims)."""
+    ndims = 0
+    while isinstance(fn, Independent):
+        ndims += fn.reinterpreted_batch_ndims
+        fn = fn.base_dist
+    if fn.event_shape != torch.Size():
+        raise ValueError(
+            f"kl_per_dimension needs a factorized distribution (Independent of univariate "
+            f"factors, e.g. Normal(loc, scale).to_event(1)); got {type(fn).__name__} with event "
+            f"shape {tuple(fn.event_shape)}"
+        )
+    return fn, ndims
+
+
+# --------------------------------------------------------------------------------------------
+# active units and KL per dimension
+# --------------------------------------------------------------------------------------------
+def active_units(
+    guide: Callable,
+    x: torch.Tensor,
+    *args,
+    threshold: float = 0.01,
+    site: str = "z",
+    num_samples: int = 1000,
+    data_plate: str = "data",
+    **kwargs,
+) -> tuple[int, torch.Tensor]:
+    """Number of active latent units (Burda et al. 2015, eq. 15): A_u = Cov_x(E_q[z_u|x]) > 0.01.
+
+    E_q[z | x] is the traced guide distribution's ``.mean`` when it has one (e.g.
+    ``Independent(Normal)``), else the mean of ``num_samples`` guide draws. Cov_x is the
+    population variance over the N rows of ``x`` (N >= 2).
+
+    Returns ``(num_active, cov_per_dim)`` with ``cov_per_dim`` of shape (D_z,) (the event
+    dimensions of ``site`` flattened).
+    """
+    num_n = x.shape[0]
+    if num_n < 2:
+        raise ValueError(f"active_units needs at least 2 datapoints, got {num_n}")
+    node = _guide_site(guide, x, args, kwargs, site, data_plate)
+    try:
+        mean = _per_datapoint(node["fn"].mean, node, data_plate, num_n)
+        if not torch.isfinite(mean).all():
+            raise NotImplementedError
+    except NotImplementedError:  # no closed-form mean: Monte Carlo over guide draws
+        draws = guide_draws(
+            guide, x, *args, num_chains=1, num_draws=num_samples, data_plate=data_plate, **kwargs
+        )[site][0]
+        mean = draws.mean(0).reshape(num_n, -1)
+    cov = mean.detach().var(0, unbiased=False)
+    return int((cov > threshold).sum()), cov
+
+
+def kl_per_dimension(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    *args,
+    site: str = "z",
+    data_plate: str = "data",
+    **kwargs,
+) -> torch.Tensor:
+    """Mean over datapoints of KL(q(z_u | x_n) || p(z_u)) for every latent unit u: (D_z,) nats.
+
+    Analytic, via ``torch.distributions.kl_divergence`` on the univariate factors of a
+    factorized guide and prior (``Independent`` of univariate distributions); the prior is read
+    from the model replayed on a guide draw. Summed over u it is the KL term of the ELBO
+    (Kingma & Welling 2014, eq. 10). Raises ``ValueError`` for a non-factorized q or p or a pair
+    without an analytic KL.
+    """
+    num_n = x.shape[0]
+    with torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            x, *args, **kwargs
+        )
+    sites = latent_sites(guide_trace, data_plate)
+    if site not in sites or site not in model_trace.nodes:
+        raise ValueError(f"site {site!r} must be a latent site of both guide and model")
+    q_node, p_fn = sites[site], model_trace.nodes[site]["fn"]
+    (q, _), (p, _) = _factors(q_node["fn"]), _factors(p_fn)
+    try:
+        kl = kl_divergence(q, p)
+    except NotImplementedError as err:
+        raise ValueError(
+            f"no analytic KL between {type(q).__name__} and {type(p).__name__}"
+        ) from err
+    kl = kl.detach().expand(q.batch_shape)
+    return _per_datapoint(kl, q_node, data_plate, num_n).mean(0)
+
+
+# --------------------------------------------------------------------------------------------
+# exact KL to a Gaussian posterior
+# --------------------------------------------------------------------------------------------
+def _as_multivariate_normal(fn) -> MultivariateNormal:
+    if isinstance(fn, MultivariateNormal):
+        return fn
+    if isinstance(fn, Independent) and isinstance(fn.base_dist, Normal):
+        if fn.reinterpreted_batch_ndims == 1:
+            base = fn.base_dist
+            return MultivariateNormal(base.loc, scale_tril=torch.diag_embed(base.scale))
+    raise ValueError(
+        "gaussian_kl_to_posterior needs a Gaussian guide site: MultivariateNormal or "
+        f"Normal(loc, scale).to_event(1); got {fn}"
+    )
+
+
+def gaussian_kl_to_posterior(
+    guide: Callable,
+    x: torch.Tensor,
+    exact_posterior: MultivariateNormal,
+    *args,
+    site: str = "z",
+    data_plate: str = "data",
+    **kwargs,
+) -> torch.Tensor:
+    """Exact KL(q(z | x_n) || p(z | x_n)) in nats for a Gaussian guide: (N,).
+
+    ``exact_posterior`` is a ``MultivariateNormal`` with batch (N,), event (D_z,) -- for pPCA
+    ``PPCA.posterior(x)`` (Bishop PRML eq. 12.42). The guide's site must be a
+    ``MultivariateNormal`` or ``Independent(Normal, 1)`` with batch (N,). The closed form is
+    0.5 [tr(S_p^-1 S_q) + (m_p - m_q)^T S_p^-1 (m_p - m_q) - D + log det S_p - log det S_q].
+    """
+    if not isinstance(exact_posterior, MultivariateNormal):
+        raise ValueError(f"exact_posterior must be a MultivariateNormal, got {exact_posterior}")
+    num_n = x.shape[0]
+    q = _as_multivariate_normal(_guide_site(guide, x, args, kwargs, site, data_plate)["fn"])
+    expected = (torch.Size([num_n]), exact_posterior.event_shape)
+    if (q.batch_shape, q.event_shape) != expected:
+        raise ValueError(
+            f"guide site {site!r} has batch {tuple(q.batch_shape)}, event {tuple(q.event_shape)}"
+            f"; expected batch ({num_n},), event {tuple(exact_posterior.event_shape)}"
+        )
+    if exact_posterior.batch_shape != torch.Size([num_n]):
+        raise ValueError(
+            f"exact_posterior batch {tuple(exact_posterior.batch_shape)} != ({num_n},)"
+        )
+    with torch.no_grad():
+        return kl_divergence(q, exact_posterior)
+
+
+# --------------------------------------------------------------------------------------------
+# amortization gap (Cremer et al. 2018)
+# --------------------------------------------------------------------------------------------
+def _is_identity(transform) -> bool:
+    while isinstance(transform, IndependentTransform):
+        transform = transform.base_transform
+    return isinstance(transform, ComposeTransform) and not transform.parts
+
+
+def _closed_form_moments(node, transform, data_plate, num_n):
+    """The guide's own (mean, stddev) in (N, *rest) layout for a real-valued site, else None."""
+    if not _is_identity(transform):
+        return None
+    try:
+        moments = node["fn"].mean, node["fn"].stddev
+    except NotImplementedError:
+        return None
+    return tuple(_to_draws_layout(m.unsqueeze(0), node, data_plate, num_n)[0] for m in moments)
+
+
+def _initial_local_params(guide, x, args, kwargs, sites, data_plate, num_init_samples):
+    """Per-site (loc, log_scale, transform, event_ndim); loc of shape (N, *rest), unconstrained.
+
+    Taken from the guide's ``.mean``/``.stddev`` for real-valued sites, else from the moments of
+    ``num_init_samples`` guide draws mapped through ``biject_to(support).inv``.
+    """
+    num_n, params, draws = x.shape[0], {}, None
+    for name, node in sites.items():
+        fn, transform = node["fn"], biject_to(node["fn"].support)
+        moments = _closed_form_moments(node, transform, data_plate, num_n)
+        if moments is None:
+            if draws is None:
+                draws = guide_draws(
+                    guide, x, *args, num_chains=1, num_draws=num_init_samples,
+                    data_plate=data_plate, **kwargs,
+                )  # fmt: skip
+            u = transform.inv(draws[name][0])  # (S, N, *rest) unconstrained
+            moments = u.mean(0), u.std(0)
+        loc, scale = (m.detach() for m in moments)
+        event_ndim = fn.event_dim - (transform.codomain.event_dim - transform.domain.event_dim)
+        params[name] = (loc, scale.clamp_min(1e-6).log(), transform, event_ndim)
+    return params
+
+
+def _local_guide(params: dict, data_plate: str, data_dim: int, num_n: int) -> Callable:
+    """Mean-field Normal in each site's unconstrained space, pushed through biject_to(support)."""
+
+    def guide(x, *args, **kwargs):
+        with pyro.plate(data_plate, num_n, dim=data_dim):
+            for name, (loc, log_scale, transform, event_ndim) in params.items():
+                base = dist.Normal(loc, log_scale.exp()).to_event(event_ndim)
+                fn = (
+                    base
+                    if _is_identity(transform)
+                    else dist.TransformedDistribution(base, transform)
+                )
+                pyro.sample(name, fn)
+
+    return guide
+
+
+def _log_prob_per_datapoint(trace, data_plate, num_n, num_particles) -> torch.Tensor:
+    """Sum of the sample sites' log-probs of ``trace``, reduced to (S, N)."""
+    trace.compute_log_prob()
+    total = 0.0
+    for name, node in trace.nodes.items():
+        if node["type"] != "sample" or site_is_subsample(node):
+            continue
+        frame = next((f for f in node["cond_indep_stack"] if f.name == data_plate), None)
+        if frame is None:
+            raise GlobalLatentError(f"site {name!r} lies outside the data plate {data_plate!r}")
+        lp = node["log_prob"]
+        inner = tuple(range(lp.dim() + frame.dim + 1, lp.dim()))  # plates right of the data dim
+        lp = (lp.sum(inner) if inner else lp).reshape(-1, num_n)
+        if lp.shape[0] not in (1, num_particles):
+            raise ValueError(f"site {name!r}: log-prob of shape {tuple(node['log_prob'].shape)}")
+        total = total + lp
+    return total.expand(num_particles, num_n)
+
+
+def _stl_elbo(model, live, frozen, x, args, kwargs, data_plate, num_particles, particle_dim):
+    """(S, N) reparameterized ELBO samples with the "sticking the landing" estimator.
+
+    log q is evaluated with detached local parameters (Roeder, Wu & Duvenaud 2017): an unbiased
+    gradient whose variance vanishes when q equals the posterior.
+    """
+    num_n = x.shape[0]
+    with pyro.plate("_amortization_particles", num_particles, dim=particle_dim):
+        guide_trace = poutine.trace(live).get_trace(x, *args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            x, *args, **kwargs
+        )
+        score_trace = poutine.trace(poutine.replay(frozen, trace=guide_trace)).get_trace(
+            x, *args, **kwargs
+        )
+    log_p = _log_prob_per_datapoint(model_trace, data_plate, num_n, num_particles)
+    return log_p - _log_prob_per_datapoint(score_trace, data_plate, num_n, num_particles)
+
+
+def _fit_local(model, init, x, args, kwargs, data_plate, data_dim, particle_dim, opts):
+    """Adam on the local (loc, log-scale) leaves only; Polyak average of the last half."""
+    num_steps, lr, num_particles = opts
+    num_n = x.shape[0]
+    leaves = [t.clone().requires_grad_() for loc, ls, _, _ in init.values() for t in (loc, ls)]
+    spec = [(tr, ev) for _, _, tr, ev in init.values()]
+
+    def build(tensors):
+        pairs = zip(init, tensors[0::2], tensors[1::2], spec, strict=True)
+        return {name: (loc, ls, *s) for name, loc, ls, s in pairs}
+
+    live = _local_guide(build(leaves), data_plate, data_dim, num_n)
+    optim = torch.optim.Adam(leaves, lr=lr)
+    averages, count = [torch.zeros_like(t) for t in leaves], 0
+    for step in range(num_steps):
+        frozen = _local_guide(build([t.detach() for t in leaves]), data_plate, data_dim, num_n)
+        elbo = _stl_elbo(
+            model, live, frozen, x, args, kwargs, data_plate, num_particles, particle_dim
+        )
+        grads = torch.autograd.grad(-elbo.mean(0).sum(), leaves)  # only the local leaves
+        for leaf, grad in zip(leaves, grads, strict=True):
+            leaf.grad = grad
+        optim.step()
+        if step >= num_steps // 2:
+            count += 1
+            for avg, leaf in zip(averages, leaves, strict=True):
+                avg += (leaf.detach() - avg) / count
+    return build(averages if count else [t.detach() for t in leaves])
+
+
+def amortization_gap(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    *args,
+    num_steps: int = 300,
+    lr: float = 0.05,
+    num_samples: int = 500,
+    num_particles: int = 8,
+    data_plate: str = "data",
+    **kwargs,
+) -> dict:
+    """Amortization gap per datapoint (Cremer, Li & Duvenaud 2018, eq. 5), in nats.
+
+    A mean-field Normal guide with local parameters (loc, log-scale) per datapoint and per
+    latent unit -- in the unconstrained space ``biject_to(support)`` of each latent site -- is
+    initialised from the amortized guide's mean/scale (or draw moments) and fitted by Adam
+    (``num_steps``, ``lr``) on a ``num_particles``-sample ELBO. Gradients are taken with
+    ``torch.autograd.grad`` w.r.t. the local parameters only: model and guide parameters are
+    constants, no ``.grad`` is set and the param store is untouched. Both ELBOs are then
+    estimated by :func:`pyro_vae.infer.evidence.elbo_per_datapoint` with ``num_samples``.
+
+    The gap ``elbo_optimized - elbo_amortized`` is >= 0 up to Monte Carlo and optimization error
+    when the amortized guide is itself a mean-field Gaussian; a richer amortized guide (full
+    covariance, flows) can make it negative.
+
+    Returns a dict with ``elbo_amortized``, ``elbo_optimized``, ``amortization_gap`` (N,) and
+    their means ``mean_elbo_amortized``, ``mean_elbo_optimized``, ``mean_amortization_gap``
+    (floats), plus ``local_guide`` (the fitted per-datapoint guide, a callable on ``x``).
+    """
+    if num_steps < 0 or num_particles < 1 or num_samples < 1:
+        raise ValueError("need num_steps >= 0, num_particles >= 1 and num_samples >= 1")
+    with torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
+        sites = latent_sites(guide_trace, data_plate)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            x, *args, **kwargs
+        )
+    latent_sites(model_trace, data_plate)  # refuses global latents of the model too
+    nodes = [*sites.values(), *model_trace.nodes.values()]
+    nodes = [n for n in nodes if n["type"] == "sample" and not site_is_subsample(n)]
+    frames = [f for n in nodes for f in n["cond_indep_stack"]]
+    data_dim = next(f.dim for f in frames if f.name == data_plate)
+    batch_ndims = [len(n["fn"].batch_shape) for n in nodes]
+    particle_dim = -(max([-f.dim for f in frames if f.vectorized] + batch_ndims) + 1)
+    init = _initial_local_params(guide, x, args, kwargs, sites, data_plate, num_samples)
+    fitted = _fit_local(
+        model,
+        init,
+        x,
+        args,
+        kwargs,
+        data_plate,
+        data_dim,
+        particle_dim,
+        (num_steps, lr, num_particles),
+    )
+    local = _local_guide(fitted, data_plate, data_dim, x.shape[0])
+    estimate = dict(num_samples=num_samples, data_plate=data_plate, **kwargs)
+    amortized = elbo_per_datapoint(model, guide, x, *args, **estimate)
+    optimized = elbo_per_datapoint(model, local, x, *args, **estimate)
+    gap = optimized - amortized
+    return {
+        "elbo_amortized": amortized,
+        "elbo_optimized": optimized,
+        "amortization_gap": gap,
+        "mean_elbo_amortized": amortized.mean().item(),
+        "mean_elbo_optimized": optimized.mean().item(),
+        "mean_amortization_gap": gap.mean().item(),
+        "local_guide": local,
+    }

@@ -1,0 +1,164 @@
+"""Posterior draws of the per-datapoint latents: from a guide, and from a NUTS reference.
+
+Both functions return the same layout, ``{site: tensor (chains, draws, N, *event_shape)}``, so
+that :func:`pyro_vae.diagnostics.arviz_io.to_inference_data` can put the amortized posterior
+q(z|x) next to a gold-standard Markov chain on p(z|x) (Hoffman & Gelman 2014, NUTS) with the
+model's parameters (decoder, likelihood scale, ...) held fixed at their param-store values.
+
+Works for any model/guide pair following DESIGN.md's convention: latent sites are discovered by
+tracing the guide (or the model, for NUTS); every latent site must live inside the data plate
+(default ``"data"``), because a global latent has no per-datapoint posterior.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer.mcmc import MCMC, NUTS
+from pyro.poutine.util import site_is_subsample
+
+from pyro_vae.infer.evidence import GlobalLatentError
+
+__all__ = ["guide_draws", "nuts_reference", "latent_sites"]
+
+
+def latent_sites(trace: poutine.Trace, data_plate: str = "data") -> dict[str, dict]:
+    """The unobserved sample sites of ``trace``, each checked to lie inside ``data_plate``.
+
+    Returns ``{name: site}`` in execution order. Raises ``GlobalLatentError`` (a
+    ``ValueError``) naming any latent site outside the data plate (a *global* latent: its
+    posterior is shared by all datapoints, so a per-datapoint diagnostic of it is ill-defined),
+    and ``ValueError`` when there is no latent site.
+    """
+    sites = {
+        name: site
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and not site_is_subsample(site)  # the plate's own subsample site
+        and not site["infer"].get("_deterministic", False)  # pyro.deterministic
+    }
+    if not sites:
+        raise ValueError("found no latent (unobserved) sample site in the trace")
+    for name, site in sites.items():
+        if data_plate not in {f.name for f in site["cond_indep_stack"]}:
+            raise GlobalLatentError(
+                f"latent site {name!r} is a global latent (outside the data plate "
+                f"{data_plate!r}); per-datapoint posterior diagnostics need every latent site "
+                f"inside pyro.plate({data_plate!r}, N)"
+            )
+    return sites
+
+
+def _data_dim(site: dict, data_plate: str) -> int:
+    """The (negative) batch dimension of ``data_plate`` at ``site``."""
+    return next(f.dim for f in site["cond_indep_stack"] if f.name == data_plate)
+
+
+def _max_plate_nesting(sites: dict[str, dict]) -> int:
+    dims = [-f.dim for site in sites.values() for f in site["cond_indep_stack"] if f.vectorized]
+    return max(dims, default=0)
+
+
+def _to_draws_layout(value: torch.Tensor, site: dict, data_plate: str, num_n: int) -> torch.Tensor:
+    """Reshape a site value of batch shape (S, ..., N, ...) to (S, N, *rest).
+
+    Batch dimensions between the particle dim and the data dim must have size 1 (the data plate
+    is the outermost plate of a per-datapoint latent).
+    """
+    event_dim = site["fn"].event_dim
+    batch_ndim = value.dim() - event_dim
+    pos = batch_ndim + _data_dim(site, data_plate)  # index of the data dim in value.shape
+    if value.shape[pos] != num_n or any(s != 1 for s in value.shape[1:pos]):
+        raise ValueError(
+            f"site {site['name']!r} has shape {tuple(value.shape)}; expected the data plate "
+            f"({num_n} datapoints) to be its outermost plate"
+        )
+    return value.reshape(value.shape[0], *value.shape[pos:])
+
+
+@torch.no_grad()
+def guide_draws(
+    guide: Callable,
+    x: torch.Tensor,
+    *args,
+    num_chains: int = 4,
+    num_draws: int = 500,
+    data_plate: str = "data",
+    **kwargs,
+) -> dict[str, torch.Tensor]:
+    """Independent draws z ~ q(z|x) of every latent site of ``guide``, in the MCMC layout.
+
+    The guide is run once, vectorized under an outer ``pyro.plate("_particles", S)`` with
+    S = num_chains * num_draws, without gradients. "Chains" of a guide are just independent
+    blocks of draws (their R-hat is 1 by construction), kept so guide and NUTS line up in ArviZ.
+
+    Returns ``{site: tensor (num_chains, num_draws, N, *event_shape)}``, N = ``x.shape[0]``.
+    """
+    if num_chains < 1 or num_draws < 1:
+        raise ValueError(f"num_chains and num_draws must be >= 1, got {num_chains}, {num_draws}")
+    num_n = x.shape[0]
+    first = poutine.trace(guide).get_trace(x, *args, **kwargs)
+    sites = latent_sites(first, data_plate)
+    num = num_chains * num_draws
+    with pyro.plate("_particles", num, dim=-(_max_plate_nesting(sites) + 1)):
+        trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
+    draws = {}
+    for name in sites:
+        site = trace.nodes[name]
+        value = _to_draws_layout(site["value"], site, data_plate, num_n)
+        draws[name] = value.reshape(num_chains, num_draws, *value.shape[1:])
+    return draws
+
+
+def nuts_reference(
+    model: Callable,
+    x: torch.Tensor,
+    *args,
+    num_chains: int = 2,
+    num_warmup: int = 300,
+    num_samples: int = 300,
+    seed: int = 0,
+    data_plate: str = "data",
+    progress: bool = False,
+    **kwargs,
+) -> dict[str, torch.Tensor]:
+    """Gold-standard draws from p(z|x) by NUTS, with the model's parameters held fixed.
+
+    Observed sites are already conditioned through ``obs=x`` in the model; ``pyro.param`` /
+    ``pyro.module`` values are read from the param store as constants (NUTS differentiates the
+    potential energy only with respect to the latents, so no parameter gets a ``.grad`` and the
+    store is unchanged). Chains run sequentially, chain c with seed ``seed + c``; the global RNG
+    state is restored afterwards.
+
+    Returns ``{site: tensor (num_chains, num_samples, N, *event_shape)}`` for every latent site
+    of the model (all must lie inside ``data_plate``).
+    """
+    if num_chains < 1 or num_samples < 1:
+        raise ValueError(
+            f"num_chains and num_samples must be >= 1, got {num_chains}, {num_samples}"
+        )
+    with torch.no_grad():
+        sites = latent_sites(poutine.trace(model).get_trace(x, *args, **kwargs), data_plate)
+    rng_state = pyro.util.get_rng_state()
+    chains: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
+    try:
+        for c in range(num_chains):
+            pyro.set_rng_seed(seed + c)
+            mcmc = MCMC(
+                NUTS(model),
+                num_samples=num_samples,
+                warmup_steps=num_warmup,
+                num_chains=1,
+                disable_progbar=not progress,
+            )
+            mcmc.run(x, *args, **kwargs)
+            samples = mcmc.get_samples()
+            for name in sites:
+                chains[name].append(samples[name].detach())
+    finally:
+        pyro.util.set_rng_state(rng_state)
+    return {name: torch.stack(values) for name, values in chains.items()}

@@ -1,0 +1,424 @@
+"""Posterior diagnostics against closed forms: pPCA's exact posterior, Gaussian KLs, NUTS.
+
+Tolerances are stated next to each assertion; Monte Carlo checks use a stated number of
+standard errors (SE).
+"""
+
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch.distributions import constraints
+
+from pyro_vae.diagnostics import arviz_io
+from pyro_vae.diagnostics.latent import (
+    active_units,
+    amortization_gap,
+    gaussian_kl_to_posterior,
+    kl_per_dimension,
+)
+from pyro_vae.diagnostics.posterior import guide_draws, nuts_reference
+from pyro_vae.infer.evidence import GlobalLatentError, log_evidence
+from pyro_vae.models.ppca import PPCA
+from pyro_vae.models.vae import VAE
+
+
+# ------------------------------------------------------------------------------------------
+# model/guide pairs
+# ------------------------------------------------------------------------------------------
+def _fit_ppca(num=200, data_dim=5, latent_dim=2, seed=0):
+    """PPCA fitted (closed-form MLE) to synthetic data; its posterior covariance is diagonal."""
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.randn(data_dim, latent_dim, generator=gen)
+    z = torch.randn(num, latent_dim, generator=gen)
+    x = z @ W.T + 0.5 * torch.randn(num, data_dim, generator=gen) + 1.0
+    return PPCA.fit(x, latent_dim), x
+
+
+def _param_ppca_pair(ppca):
+    """pPCA written only here, with W, b, sigma as pyro.params, and its exact guide."""
+    init = dict(W=ppca.W.clone(), b=ppca.b.clone(), sigma=ppca.sigma2.sqrt().clone())
+
+    def params():
+        W, b = pyro.param("W", init["W"]), pyro.param("b", init["b"])
+        return W, b, pyro.param("sigma", init["sigma"], constraint=constraints.positive)
+
+    def model(x):
+        W, b, sigma = params()
+        with pyro.plate("data", x.shape[0]):
+            prior = dist.Normal(torch.zeros(()), 1.0).expand([x.shape[0], W.shape[1]])
+            z = pyro.sample("z", prior.to_event(1))
+            pyro.sample("x", dist.Normal(z @ W.T + b, sigma).to_event(1), obs=x)
+
+    def guide(x):
+        W, b, sigma = params()
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", PPCA(W, b, sigma**2).posterior(x))
+
+    return model, guide
+
+
+def _global_latent_pair():
+    """A model/guide with a global latent "w" outside the data plate."""
+
+    def model(x):
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(w, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x / 2, 0.7))
+
+    return model, guide
+
+
+def _snapshot():
+    store = pyro.get_param_store()
+    return {name: store[name].detach().clone() for name in store.keys()}
+
+
+def _assert_params_untouched(before):
+    store = pyro.get_param_store()
+    assert set(store.keys()) == set(before)
+    for name, value in before.items():
+        assert torch.equal(store[name].detach(), value), f"param {name!r} changed"
+    for name, param in store.named_parameters():
+        assert param.grad is None, f"param {name!r} got a .grad"
+
+
+# ------------------------------------------------------------------------------------------
+# guide draws and NUTS
+# ------------------------------------------------------------------------------------------
+def test_guide_draws_match_exact_posterior(float64):
+    ppca, x = _fit_ppca()
+    xs = x[:4]
+    draws = guide_draws(ppca.guide, xs, num_chains=4, num_draws=500)
+    assert set(draws) == {"z"} and draws["z"].shape == (4, 500, 4, 2), draws["z"].shape
+    z = draws["z"].reshape(2000, 4, 2)
+    post = ppca.posterior(xs)
+    n = z.shape[0]
+    mean_se = post.stddev / math.sqrt(n)
+    mean_err = ((z.mean(0) - post.mean) / mean_se).abs().max()
+    assert mean_err < 4, f"guide-draw mean off by {mean_err:.2f} SE (tolerance 4 SE)"
+    zc = z - z.mean(0)
+    cov = torch.einsum("snm,snk->nmk", zc, zc) / (n - 1)
+    sig = post.covariance_matrix
+    var = sig.diagonal(dim1=-2, dim2=-1)
+    cov_se = ((var[..., :, None] * var[..., None, :] + sig**2) / n).sqrt()
+    cov_err = ((cov - sig) / cov_se).abs().max()
+    assert cov_err < 5, f"guide-draw covariance off by {cov_err:.2f} SE (tolerance 5 SE)"
+
+
+def test_global_latent_is_refused():
+    model, guide = _global_latent_pair()
+    x = torch.randn(6)
+    with pytest.raises(GlobalLatentError, match="global latent"):
+        guide_draws(guide, x, num_chains=1, num_draws=3)
+    with pytest.raises(GlobalLatentError, match="global latent"):
+        amortization_gap(model, guide, x, num_steps=2, num_samples=2)
+    with pytest.raises(GlobalLatentError, match="global latent"):
+        nuts_reference(model, x, num_chains=1, num_warmup=2, num_samples=2)
+
+
+def test_nuts_reference_matches_exact_posterior_and_leaves_params(float64):
+    ppca, x = _fit_ppca(num=100, data_dim=5, latent_dim=2)
+    xs = x[:3]
+    model, guide = _param_ppca_pair(ppca)
+    guide(xs)  # register the params
+    before = _snapshot()
+    draws = nuts_reference(model, xs, num_chains=2, num_warmup=200, num_samples=200, seed=1)
+    _assert_params_untouched(before)
+    z = draws["z"]
+    assert z.shape == (2, 200, 3, 2), z.shape
+    post = ppca.posterior(xs)
+    ess = torch.tensor(arviz_io.summary(arviz_io.to_inference_data(draws))["ess_bulk"].values)
+    ess = ess.reshape(3, 2)
+    assert (ess > 50).all(), f"NUTS ESS too small to judge: {ess}"
+    err = ((z.mean((0, 1)) - post.mean) / (post.stddev / ess.sqrt())).abs().max()
+    assert err < 4, f"NUTS mean off by {err:.2f} MC SE (tolerance 4 SE at the bulk ESS)"
+    sd_ratio = z.std((0, 1)) / post.stddev
+    assert ((sd_ratio - 1).abs() < 0.25).all(), f"NUTS sd / exact sd = {sd_ratio} (tol 25%)"
+
+
+# ------------------------------------------------------------------------------------------
+# ArviZ export
+# ------------------------------------------------------------------------------------------
+def test_to_inference_data_keeps_shapes_names_and_summary_columns(float64):
+    ppca, x = _fit_ppca()
+    draws = guide_draws(ppca.guide, x[:4], num_chains=3, num_draws=50)
+    idata = arviz_io.to_inference_data(draws, datapoint_index=[10, 11, 12, 13])
+    post = idata.posterior
+    assert dict(post["z"].sizes) == {"chain": 3, "draw": 50, "datapoint": 4, "z_dim": 2}
+    assert list(post["datapoint"].values) == [10, 11, 12, 13]
+    assert list(post["z_dim"].values) == ["z[0]", "z[1]"]
+    np.testing.assert_array_equal(post["z"].values, draws["z"].numpy())
+    named = arviz_io.to_inference_data(draws, latent_names=["pc1", "pc2"])
+    assert list(named.posterior["z_dim"].values) == ["pc1", "pc2"]
+
+    table = arviz_io.summary(idata)
+    for column in ("mean", "sd", "hdi_3%", "hdi_97%", "ess_bulk", "r_hat"):
+        assert column in table.columns, f"summary lacks {column!r}: {list(table.columns)}"
+    assert len(table) == 8, f"expected 4 datapoints x 2 dims = 8 rows, got {len(table)}"
+    expected = draws["z"].mean((0, 1)).reshape(-1).numpy()
+    np.testing.assert_allclose(table["mean"].values, expected, rtol=1e-12, atol=1e-12)
+    assert (table["hdi_3%"] < table["mean"]).all() and (table["mean"] < table["hdi_97%"]).all()
+
+
+def test_to_inference_data_rejects_bad_input():
+    with pytest.raises(ValueError, match="common N"):
+        arviz_io.to_inference_data({"z": torch.zeros(2, 3, 4, 2), "u": torch.zeros(2, 3, 5)})
+    with pytest.raises(ValueError, match="latent names"):
+        arviz_io.to_inference_data({"z": torch.zeros(2, 3, 4, 2)}, latent_names=["a"])
+    with pytest.raises(ValueError, match="datapoint_index"):
+        arviz_io.to_inference_data({"z": torch.zeros(2, 3, 4, 2)}, datapoint_index=[1])
+
+
+def test_forest_and_pair_plots_write_pngs(tmp_path, float64):
+    ppca, x = _fit_ppca()
+    xs = x[:2]
+    guide = arviz_io.to_inference_data(guide_draws(ppca.guide, xs, num_chains=2, num_draws=100))
+    other = arviz_io.to_inference_data(guide_draws(ppca.guide, xs, num_chains=2, num_draws=100))
+    idatas = {"guide": guide, "NUTS": other}
+    for save, name in ((arviz_io.save_forest, "forest.png"), (arviz_io.save_pair, "pair.png")):
+        path = save(idatas, tmp_path / "figs" / name)
+        assert path.exists() and path.stat().st_size > 1000, f"{name}: {path.stat().st_size} B"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{name} is not a PNG"
+
+
+def test_psis_khat_recovers_an_exact_pareto_tail():
+    """w = u^-k, u ~ U(0,1), is Pareto with tail shape k; light-tailed weights give k-hat < 0.5.
+
+    Tolerance 0.2: about 3 sampling SDs of k-hat at L = 20000 (SD ~0.05-0.07 over 20 seeds).
+    """
+    u = torch.rand(2, 20000, dtype=torch.float64)
+    k = torch.tensor([[0.25], [0.75]], dtype=torch.float64)
+    khat = arviz_io.psis_khat(-k * u.log())
+    assert khat.shape == (2,)
+    assert (khat - k[:, 0]).abs().max() < 0.2, f"k-hat {khat} vs {k[:, 0]} (tol 0.2)"
+    z = torch.randn(20000, dtype=torch.float64)  # proposal N(0,1), target N(0, 0.8^2)
+    light = arviz_io.psis_khat(
+        dist.Normal(0.0, 0.8).log_prob(z) - dist.Normal(0.0, 1.0).log_prob(z)
+    )
+    assert light < 0.5, f"light-tailed weights gave k-hat {light:.3f} (expected < 0.5)"
+
+
+# ------------------------------------------------------------------------------------------
+# Gaussian KL to the exact posterior
+# ------------------------------------------------------------------------------------------
+def test_gaussian_kl_of_exact_guide_is_zero(float64):
+    ppca, x = _fit_ppca()
+    kl = gaussian_kl_to_posterior(ppca.guide, x[:20], ppca.posterior(x[:20]))
+    assert kl.shape == (20,) and kl.abs().max() < 1e-10, f"KL of the exact guide: {kl}"
+
+
+@pytest.mark.parametrize("family", ["mvn", "diagonal"], ids=["shifted-scaled-mvn", "diagonal"])
+def test_gaussian_kl_matches_closed_form(family, float64):
+    ppca, x = _fit_ppca(latent_dim=3)
+    xs = x[:5]
+    post = ppca.posterior(xs)
+    shift = torch.linspace(-1.0, 1.0, 15).reshape(5, 3)
+    c, scale = 1.7, torch.tensor([0.2, 0.5, 1.3])
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            if family == "mvn":
+                q = dist.MultivariateNormal(post.mean + shift, scale_tril=c * post.scale_tril)
+            else:
+                q = dist.Normal(post.mean + shift, scale.expand(5, 3)).to_event(1)
+            pyro.sample("z", q)
+
+    kl = gaussian_kl_to_posterior(guide, xs, post).numpy()
+    sig = post.covariance_matrix[0].numpy()  # the same for every datapoint
+    prec = np.linalg.inv(sig)
+    maha = np.einsum("ni,ij,nj->n", shift.numpy(), prec, shift.numpy())
+    if family == "mvn":  # q = N(m + d, c^2 S): KL = (M c^2 + d'S^-1 d - M - 2 M log c) / 2
+        expected = 0.5 * (3 * c**2 + maha - 3 - 6 * math.log(c))
+    else:
+        s2 = scale.numpy() ** 2
+        logdet = np.linalg.slogdet(sig)[1]
+        expected = 0.5 * (np.sum(np.diag(prec) * s2) + maha - 3 + logdet - np.log(s2).sum())
+    np.testing.assert_allclose(kl, expected, rtol=1e-10)
+
+
+def test_gaussian_kl_rejects_non_gaussian_guide(float64):
+    ppca, x = _fit_ppca()
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Laplace(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+
+    with pytest.raises(ValueError, match="Gaussian guide"):
+        gaussian_kl_to_posterior(guide, x[:3], ppca.posterior(x[:3]))
+
+
+# ------------------------------------------------------------------------------------------
+# active units and KL per dimension
+# ------------------------------------------------------------------------------------------
+def _three_active_guide(closed_form_mean: bool):
+    """Six latent dims; only dims 0-2 have a mean that varies with x."""
+    mix = torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, -0.5], [0.3, 0.0, 1.0]])
+
+    def locs(x):
+        active = x[:, :3] @ mix
+        return torch.cat([active, torch.full((x.shape[0], 3), 0.5)], dim=-1)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            base = dist.Normal(locs(x), 0.5)
+            if not closed_form_mean:  # a TransformedDistribution has no .mean: Monte Carlo
+                base = dist.TransformedDistribution(base, [dist.transforms.AffineTransform(0, 1)])
+            pyro.sample("z", base.to_event(1))
+
+    return guide, locs
+
+
+@pytest.mark.parametrize("closed_form_mean", [True, False], ids=["dist-mean", "monte-carlo-mean"])
+def test_active_units_counts_the_varying_dimensions(closed_form_mean):
+    x = torch.randn(100, 4)
+    guide, locs = _three_active_guide(closed_form_mean)
+    num_active, cov = active_units(guide, x)
+    assert num_active == 3, f"expected 3 active units, got {num_active} (cov {cov})"
+    assert cov.shape == (6,)
+    expected = locs(x).var(0, unbiased=False)
+    if closed_form_mean:
+        torch.testing.assert_close(cov, expected, rtol=1e-6, atol=1e-12)
+    else:  # MC mean of 1000 draws: each mean has variance 0.25 / 1000
+        assert cov[3:].max() < 5 * 0.25 / 1000, f"inactive dims: MC-noise cov {cov[3:]}"
+
+
+def _standard_normal_model(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 4), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(x, 1.0).to_event(1), obs=x)
+
+
+def test_kl_per_dimension_matches_closed_form(float64):
+    x = torch.randn(30, 4)
+    loc, scale = 0.8 * x, torch.tensor([0.3, 0.7, 1.0, 1.6]).expand(30, 4)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    kl = kl_per_dimension(_standard_normal_model, guide, x)
+    expected = (0.5 * (scale**2 + loc**2 - 1) - scale.log()).mean(0)
+    torch.testing.assert_close(kl, expected, rtol=1e-12, atol=1e-12)
+    assert kl[2] < kl[0], f"unit scale should cost less KL than scale 0.3: {kl}"
+
+
+def test_kl_per_dimension_rejects_a_full_covariance_guide(float64):
+    ppca, x = _fit_ppca()
+    with pytest.raises(ValueError, match="factorized"):
+        kl_per_dimension(ppca.model, ppca.guide, x[:5])
+
+
+# ------------------------------------------------------------------------------------------
+# amortization gap
+# ------------------------------------------------------------------------------------------
+def _mc_stderr(model, guide, x, num_samples):
+    """Standard error of a ``num_samples``-draw ELBO estimate: sd(log w) / sqrt(L), (N,)."""
+    log_w = log_evidence(model, guide, x, num_samples=4000, return_log_weights=True).log_weights
+    return log_w.std(-1) / math.sqrt(num_samples)
+
+
+def test_amortization_gap_is_zero_for_the_exact_ppca_guide(float64):
+    ppca, x = _fit_ppca()
+    xs = x[:10]
+    model, guide = _param_ppca_pair(ppca)
+    guide(xs)
+    before = _snapshot()
+    result = amortization_gap(model, guide, xs, num_steps=200, num_samples=500)
+    _assert_params_untouched(before)
+    gap = result["amortization_gap"]
+    assert gap.shape == (10,)
+    # the exact guide's ELBO is log p(x) with zero variance (Bishop PRML eq. 12.43)
+    torch.testing.assert_close(result["elbo_amortized"], ppca.log_marginal(xs))
+    se = _mc_stderr(model, result["local_guide"], xs, 500)
+    tol = 3 * se + 1e-3
+    assert (gap.abs() < tol).all(), f"gap {gap} exceeds 3 SE + 1e-3 nats ({tol})"
+    assert result["mean_amortization_gap"] == pytest.approx(gap.mean().item())
+
+
+def test_amortization_gap_of_a_poor_guide_is_its_kl_to_the_posterior(float64):
+    """The mean-field family holds p(z|x) (diagonal for the MLE W), so gap = KL(q || p(z|x))."""
+    ppca, x = _fit_ppca()
+    xs = x[:8]
+    post = ppca.posterior(xs)
+    off_diag = post.covariance_matrix[0] - torch.diag(post.variance[0])
+    assert off_diag.abs().max() < 1e-12, "premise: the pPCA MLE posterior is diagonal"
+
+    def poor_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(ppca.posterior(x).mean + 1.0, 0.3).to_event(1))
+
+    result = amortization_gap(ppca.model, poor_guide, xs, num_steps=300, num_samples=2000)
+    gap = result["amortization_gap"]
+    kl = gaussian_kl_to_posterior(poor_guide, xs, post)
+    se = (
+        _mc_stderr(ppca.model, poor_guide, xs, 2000) ** 2
+        + _mc_stderr(ppca.model, result["local_guide"], xs, 2000) ** 2
+    ).sqrt()
+    assert (gap > 1.0).all(), f"gap of the poor guide should be clearly > 0: {gap}"
+    err = (gap - kl).abs()
+    assert (err < 4 * se + 0.01 * kl).all(), f"gap {gap} vs KL {kl} (tol 4 SE + 1%, SE {se})"
+
+
+def test_amortization_gap_uses_the_unconstrained_space_for_positive_latents(float64):
+    """log z ~ N(0,1), x ~ N(log z, 0.5^2): p(z|x) is log-normal, q = exact posterior -> gap 0."""
+    x = torch.linspace(-2.0, 2.0, 6)
+    post_var = 1 / (1 + 1 / 0.25)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.LogNormal(torch.zeros(x.shape[0]), 1.0))
+            pyro.sample("x", dist.Normal(z.log(), 0.5), obs=x)
+
+    def guide_shifted_by(shift):
+        def guide(x):
+            with pyro.plate("data", x.shape[0]):
+                loc = post_var * x / 0.25 + shift
+                pyro.sample("z", dist.LogNormal(loc, math.sqrt(post_var)))
+
+        return guide
+
+    exact = amortization_gap(model, guide_shifted_by(0.0), x, num_steps=200, num_samples=500)
+    se = _mc_stderr(model, exact["local_guide"], x, 500)
+    gap = exact["amortization_gap"]
+    assert (gap.abs() < 3 * se + 0.01).all(), f"gap {gap} (tol 3 SE + 0.01, SE {se})"
+
+    poor = guide_shifted_by(1.0)
+    shifted = amortization_gap(model, poor, x, num_steps=300, num_samples=2000)
+    kl = 0.5 / post_var  # KL(N(m + 1, v) || N(m, v)) in log z, invariant under exp
+    gap = shifted["amortization_gap"]
+    se = (
+        _mc_stderr(model, poor, x, 2000) ** 2
+        + _mc_stderr(model, shifted["local_guide"], x, 2000) ** 2
+    ).sqrt()
+    tol = 4 * se + 0.01 * kl
+    assert ((gap - kl).abs() < tol).all(), f"gap {gap} vs KL {kl:.3f} (tol 4 SE + 1%: {tol})"
+
+
+# ------------------------------------------------------------------------------------------
+# the VAE: shapes and closed forms from its encoder
+# ------------------------------------------------------------------------------------------
+def test_vae_diagnostics_run_with_correct_shapes():
+    vae = VAE(data_dim=12, latent_dim=3, hidden=(8,))
+    x = torch.bernoulli(torch.full((8, 12), 0.5))
+    draws = guide_draws(vae.guide, x, num_chains=2, num_draws=10)
+    assert draws["z"].shape == (2, 10, 8, 3), draws["z"].shape
+    idata = arviz_io.to_inference_data(draws)
+    assert dict(idata.posterior["z"].sizes) == {"chain": 2, "draw": 10, "datapoint": 8, "z_dim": 3}
+    with torch.no_grad():
+        loc, scale = vae.encode(x)
+    kl = kl_per_dimension(vae.model, vae.guide, x)
+    expected = (0.5 * (scale**2 + loc**2 - 1) - scale.log()).mean(0)
+    torch.testing.assert_close(kl, expected, rtol=1e-5, atol=1e-6)
+    num_active, cov = active_units(vae.guide, x)
+    torch.testing.assert_close(cov, loc.var(0, unbiased=False), rtol=1e-5, atol=1e-7)
+    assert num_active == int((loc.var(0, unbiased=False) > 0.01).sum()), (num_active, cov)

@@ -1,0 +1,45 @@
+"""Every experiment script runs end to end at a tiny size; the README uses the defaults."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_script_is_smoke_tested():
+    scripts = {p.stem for p in EXPERIMENTS.glob("*.py")}
+    assert scripts == {"ppca_baseline", "bench_train", "bench_evidence"}, scripts
+
+
+def test_ppca_baseline(tmp_path):
+    rows = load("ppca_baseline").main(
+        ["--datasets", "digits", "--latent-dims", "2", "5", "--out", str(tmp_path)]
+    )
+    assert [r["M"] for r in rows] == [2, 5]
+    # more components never lower the maximum training likelihood
+    assert rows[1]["train_ll"] > rows[0]["train_ll"], rows
+    assert (tmp_path / "table.md").read_text().count("| digits |") == 2
+    assert any(p.suffix == ".png" for p in tmp_path.iterdir())
+
+
+def test_bench_train(capsys):
+    result = load("bench_train").main(
+        ["--rounds", "1", "--epochs-per-round", "1", "--num-data", "512"]
+    )
+    assert set(result["steps_per_s"]) >= {"pyro_vae.train", "hand-written"}
+    assert all(math.isfinite(v) and v > 0 for v in result["steps_per_s"].values())
+    assert "| pyro_vae.train |" in capsys.readouterr().out
+
+
+def test_bench_evidence(capsys):
+    result = load("bench_evidence").main(["--quick"])
+    assert isinstance(result, dict) and result
+    assert "|" in capsys.readouterr().out
