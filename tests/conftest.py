@@ -20,9 +20,3 @@ def float64():
     yield torch.float64
     torch.set_default_dtype(old)
 
-
-def cuda_available():
-    return torch.cuda.is_available()
-
-
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
