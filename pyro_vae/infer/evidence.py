@@ -1,0 +1,461 @@
+"""Evidence log p(x) per datapoint by importance sampling, for any model/guide pair.
+
+With z_l ~ q(z | x) and weights w_l = p(x, z_l) / q(z_l | x) (Kingma & Welling 2014,
+Appendix E; Burda et al. 2015, eq. 8),
+
+    log p(x) ~ log (1/L) sum_l w_l                                          (seed eq. 9)
+
+is a consistent estimate of log p(x) for each datapoint x. Unlike ``pyro.infer.Importance``
+(a Python loop over samples, one number for the batch) this module draws all L particles at
+once under an outer ``pyro.plate`` placed left of every model plate, keeps the data plate's
+dimension and so returns one estimate per datapoint, shape (N,).
+
+Memory: particles are drawn in chunks of ``chunk_size`` and combined with a running
+logsumexp, so only (chunk_size, N, D) numbers live at once, whatever L (L = 5000 for
+784-dimensional images is no problem). The default chunk size, :func:`default_chunk_size`,
+is ``budget // (N * D)`` (at least 1), with D the largest per-datapoint size of any sample
+site (784 for MNIST images) and the budget in elements ``ELEMENT_BUDGET`` = 2**26 (256 MiB
+per float32 tensor) on accelerators, ``CPU_ELEMENT_BUDGET`` = 3 * 2**20 (12 MiB) on CPU,
+where small chunks that the allocator can recycle run faster (see
+:func:`_prime_cpu_allocator`; measured in ``experiments/bench_evidence.py``). Everything
+runs on the device of ``x`` (and of the model's parameters).
+
+Site convention (DESIGN.md): every sample site lies inside ``pyro.plate(data_plate, N)``.
+A latent or observed site outside it makes a per-datapoint evidence ill-defined and raises
+:class:`GlobalLatentError`. Each site's log-prob (scaled and masked like Pyro's) has batch
+shape (S, ..., N, ...); every plate dimension other than particles S and data N is summed.
+A model latent that the guide does not sample is drawn from the prior, so its p/q ratio is
+one and it does not enter the weight.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.util import site_is_subsample
+from tqdm.auto import tqdm
+
+from pyro_vae.diagnostics.psis import pareto_khat, psis_tail_size
+
+__all__ = [
+    "CPU_ELEMENT_BUDGET",
+    "ELEMENT_BUDGET",
+    "EvidenceResult",
+    "GlobalLatentError",
+    "NLLResult",
+    "dataset_nll",
+    "default_chunk_size",
+    "elbo_per_datapoint",
+    "iwae_bound",
+    "log_evidence",
+]
+
+ELEMENT_BUDGET = 2**26  # elements of the largest (chunk, N, D) tensor on CUDA & co.
+CPU_ELEMENT_BUDGET = 3 * 2**20  # ... and on CPU; see the module docstring
+_PARTICLE_PLATE = "_evidence_particles"
+_ALLOCATOR_PRIMED = False  # see _prime_cpu_allocator
+
+
+class GlobalLatentError(ValueError):
+    """A sample site lies outside the data plate, so log p(x_n) per datapoint is undefined."""
+
+
+@dataclass(frozen=True)
+class EvidenceResult:
+    """Per-datapoint importance-sampling estimate of the evidence (nats).
+
+    ``log_px`` (N,): log (1/L) sum_l w_l. ``stderr`` (N,): its Monte Carlo standard error
+    by the delta method, sqrt(var(w) / L) / mean(w) (nan when L = 1). ``ess`` (N,): the
+    effective sample size (sum w)^2 / sum w^2, between 1 and L. ``khat`` (N,): PSIS Pareto
+    k-hat of the weights (see :mod:`pyro_vae.diagnostics.psis`; > 0.7 means unreliable,
+    -inf means constant weights, +inf too few distinct tail weights to fit). ``log_weights``
+    (N, L) only if requested, else None.
+    """
+
+    log_px: torch.Tensor
+    stderr: torch.Tensor
+    ess: torch.Tensor
+    khat: torch.Tensor
+    num_samples: int
+    log_weights: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class NLLResult:
+    """Dataset negative log-likelihood, in nats per datapoint.
+
+    ``nll``: mean of -log p(x_n) over the N datapoints; ``stderr``: its standard error over
+    datapoints, std(log p(x_n)) / sqrt(N); ``log_px``, ``mc_stderr``, ``khat``: (N,)
+    per-datapoint estimates, Monte Carlo standard errors and PSIS k-hat.
+    """
+
+    nll: float
+    stderr: float
+    log_px: torch.Tensor
+    mc_stderr: torch.Tensor
+    khat: torch.Tensor
+    num_samples: int
+
+    @property
+    def nll_mc_stderr(self) -> float:
+        """Monte Carlo standard error of ``nll`` itself: sqrt(sum_n se_n^2) / N."""
+        return self.mc_stderr.pow(2).sum().sqrt().item() / self.log_px.numel()
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where particles and data live in every site's batch shape (found by one trace)."""
+
+    particle_dim: int  # negative, left of all model and guide plates
+    num_data: int  # N, the data plate's size
+    site_size: int  # largest per-datapoint number of elements of any sample site
+
+
+# ------------------------------------------------------------------------------------------
+# tracing: the layout once, then (S, N) log weights per chunk of particles
+# ------------------------------------------------------------------------------------------
+def _sample_sites(trace):
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):  # plates record a site too
+            continue
+        if not site["infer"].get("_deterministic", False):
+            yield name, site
+
+
+def _data_frame(site, data_plate):
+    return next((f for f in site["cond_indep_stack"] if f.name == data_plate), None)
+
+
+def _inspect(model, guide, x, args, kwargs, data_plate) -> _Layout:
+    """Trace guide and replayed model once (no particles) and check the site convention."""
+    guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+        x, *args, **kwargs
+    )
+    sites = [("guide", n, s) for n, s in _sample_sites(guide_trace)]
+    sites += [("model", n, s) for n, s in _sample_sites(model_trace)]
+    frames = [_data_frame(s, data_plate) for _, _, s in sites]
+    if all(f is None for f in frames):
+        raise ValueError(
+            f"no sample site is inside a plate named {data_plate!r}: log_evidence needs "
+            f"`with pyro.plate({data_plate!r}, N):` around every per-datapoint site "
+            "(or pass data_plate=<your plate's name>)"
+        )
+    for (role, name, site), frame in zip(sites, frames, strict=True):
+        if frame is None:
+            kind = "observed" if site["is_observed"] else "latent"
+            raise GlobalLatentError(
+                f"{kind} site {name!r} of the {role} lies outside the data plate "
+                f"{data_plate!r}: a site shared by all datapoints makes a per-datapoint "
+                "evidence log p(x_n) ill-defined; put it inside the plate or integrate it out"
+            )
+        if not frame.vectorized:
+            raise ValueError(f"the data plate {data_plate!r} must be vectorized (not a loop)")
+    sizes = {f.size for f in frames}
+    if len(sizes) != 1:
+        raise ValueError(f"the data plate {data_plate!r} has inconsistent sizes {sizes}")
+    (num_data,) = sizes
+    nesting = max(
+        [-f.dim for _, _, s in sites for f in s["cond_indep_stack"] if f.vectorized]
+        + [len(s["fn"].batch_shape) for _, _, s in sites]
+    )
+    site_size = max(max(1, s["value"].numel() // num_data) for _, _, s in sites)
+    return _Layout(particle_dim=-(nesting + 1), num_data=num_data, site_size=site_size)
+
+
+def _per_datapoint(log_prob, site, layout, data_plate, name, num_particles):
+    """Reduce a site's log-prob of batch shape (S, ..., N, ...) to (S or 1, N or 1)."""
+    n = -layout.particle_dim
+    log_prob = torch.as_tensor(log_prob)
+    if log_prob.dim() > n:
+        raise ValueError(f"site {name!r} has batch dims left of all plates: {log_prob.shape}")
+    log_prob = log_prob.reshape((1,) * (n - log_prob.dim()) + log_prob.shape)
+    data_dim = n + _data_frame(site, data_plate).dim
+    other = [d for d in range(1, n) if d != data_dim]
+    if other:
+        log_prob = log_prob.sum(other, keepdim=True)
+    S, N = log_prob.shape[0], log_prob.shape[data_dim]
+    if S not in (1, num_particles) or N not in (1, layout.num_data):
+        raise ValueError(
+            f"site {name!r}: log-prob batch shape {tuple(log_prob.shape)} does not match "
+            f"{num_particles} particles at dim {layout.particle_dim} and {layout.num_data} "
+            f"datapoints at the data plate's dim; does the model broadcast over an outer plate?"
+        )
+    return log_prob.reshape(S, N)
+
+
+def _site_log_prob(site):
+    log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    return scale_and_mask(log_prob, site["scale"], site["mask"])
+
+
+def _log_weights(model, guide, x, args, kwargs, layout, data_plate, num_particles):
+    """One vectorized draw of ``num_particles`` log weights per datapoint: (S, N)."""
+    with poutine.block(), pyro.plate(_PARTICLE_PLATE, num_particles, dim=layout.particle_dim):
+        guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            x, *args, **kwargs
+        )
+    terms = [
+        _per_datapoint(_site_log_prob(site), site, layout, data_plate, name, num_particles)
+        for name, site in _sample_sites(model_trace)
+        if site["is_observed"] or name in guide_trace.nodes  # unguided latents: p/q = 1
+    ]
+    terms += [
+        -_per_datapoint(_site_log_prob(site), site, layout, data_plate, name, num_particles)
+        for name, site in _sample_sites(guide_trace)
+    ]
+    return sum(terms[1:], terms[0]).expand(num_particles, layout.num_data)
+
+
+def _chunks(total, chunk_size):
+    for start in range(0, total, chunk_size):
+        yield min(chunk_size, total - start)
+
+
+def _setup(model, guide, x, args, kwargs, data_plate, num_samples, chunk_size):
+    if not torch.is_tensor(x) or x.dim() < 1:
+        raise ValueError("x must be a tensor whose leftmost dimension indexes datapoints")
+    for label, value in (("num_samples", num_samples), ("chunk_size", chunk_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{label} must be a positive int, got {value!r}")
+        if value is not None and value < 1:
+            raise ValueError(f"{label} must be a positive int, got {value!r}")
+    layout = _inspect(model, guide, x, args, kwargs, data_plate)
+    if x.device.type == "cpu":
+        _prime_cpu_allocator()
+    if chunk_size is None:
+        chunk_size = default_chunk_size(layout.num_data, layout.site_size, x.device)
+    return layout, chunk_size
+
+
+def _prime_cpu_allocator():
+    """Allocate and free one 31 MiB block, once per process.
+
+    glibc's malloc answers the free by raising its mmap threshold to 32 MiB and its trim
+    threshold to 64 MiB (its documented dynamic heuristic, mallopt(3)), the state any
+    process reaches after freeing one large tensor. Chunk temporaries of <= 12 MiB are then
+    recycled from the heap instead of being handed back to the OS after each chunk and
+    page-faulted in again, which made CPU runs ~1.7x slower. A no-op where the thresholds
+    are already raised or fixed (MALLOC_* variables) and outside glibc.
+    """
+    global _ALLOCATOR_PRIMED
+    if not _ALLOCATOR_PRIMED:
+        torch.empty(31 * 2**20, dtype=torch.uint8)  # allocated and freed at once, untouched
+        _ALLOCATOR_PRIMED = True
+
+
+def default_chunk_size(num_data: int, site_size: int, device) -> int:
+    """Particles per vectorized pass: budget // (N * D), at least 1 (see module docstring)."""
+    on_cpu = torch.device(device).type == "cpu"
+    budget = CPU_ELEMENT_BUDGET if on_cpu else ELEMENT_BUDGET
+    return max(1, budget // (num_data * site_size))
+
+
+# ------------------------------------------------------------------------------------------
+# running statistics of the weights across chunks
+# ------------------------------------------------------------------------------------------
+class _WeightStream:
+    """Running max-shifted mean and centered second moment of w, plus the top-k log w.
+
+    Each chunk's weights are scaled by exp(-max log w), so the mean is a running
+    logsumexp; chunks are merged with Chan et al.'s (1979) parallel variance update. The
+    centered sum M2 = sum (w - mean)^2 is exactly 0 for constant weights, where the
+    formula L sum w^2 / (sum w)^2 - 1 from two logsumexps loses all digits to cancellation.
+    For k-hat only the M+1 largest log weights are kept: chunks are buffered and cut back
+    to them by ``torch.topk`` whenever more than 4 (M+1) rows are waiting.
+    """
+
+    def __init__(self, tail, keep_all):
+        self.count, self.ref, self.mean, self.m2 = 0, None, None, None
+        self.tail, self.kept = tail, [] if keep_all else None
+        self.candidates, self.num_candidates = [], 0
+
+    def update(self, log_w):  # (S_c, N)
+        ref = log_w.max(0).values
+        u = torch.exp(log_w - torch.where(torch.isfinite(ref), ref, 0))
+        self._merge(log_w.shape[0], ref, u.mean(0), (u - u.mean(0)).pow(2).sum(0))
+        self.candidates.append(log_w)
+        self.num_candidates += log_w.shape[0]
+        if self.num_candidates > 4 * (self.tail + 1):
+            self._cut_candidates()
+        if self.kept is not None:
+            self.kept.append(log_w)
+
+    def _merge(self, s, ref, mean, m2):
+        """Chan et al.'s update of (count, mean, M2), both sides rescaled to a common max."""
+        if self.count:
+            new_ref = torch.maximum(self.ref, ref)
+            safe = torch.where(torch.isfinite(new_ref), new_ref, 0)
+            fa, fb = torch.exp(self.ref - safe), torch.exp(ref - safe)
+            mean_a, m2_a, mean_b, m2_b = self.mean * fa, self.m2 * fa**2, mean * fb, m2 * fb**2
+            n = self.count + s
+            delta = mean_b - mean_a
+            mean = mean_a + delta * (s / n)
+            m2 = m2_a + m2_b + delta.pow(2) * (self.count * s / n)
+            ref = new_ref
+        self.count, self.ref, self.mean, self.m2 = self.count + s, ref, mean, m2
+
+    def _cut_candidates(self):
+        rows = torch.cat(self.candidates)
+        top = rows.topk(min(self.tail + 1, rows.shape[0]), dim=0).values
+        self.candidates, self.num_candidates = [top], top.shape[0]
+
+    def result(self) -> EvidenceResult:
+        L, mean = self.count, self.mean
+        log_px = self.ref + torch.log(mean)
+        rel_var = self.m2 / (L * mean.pow(2))  # var_pop(w) / mean(w)^2 = L / ESS - 1
+        stderr = (rel_var / (L - 1)).sqrt() if L > 1 else torch.full_like(mean, math.nan)
+        log_weights = None if self.kept is None else torch.cat(self.kept).T.contiguous()
+        self._cut_candidates()
+        return EvidenceResult(
+            log_px=log_px,
+            stderr=stderr,
+            ess=L / (1 + rel_var),
+            khat=pareto_khat(self.candidates[0].T, num_samples=L),
+            num_samples=L,
+            log_weights=log_weights,
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# public estimators
+# ------------------------------------------------------------------------------------------
+def log_evidence(
+    model,
+    guide,
+    x,
+    *args,
+    num_samples=1000,
+    chunk_size=None,
+    data_plate="data",
+    return_log_weights=False,
+    **kwargs,
+) -> EvidenceResult:
+    """Importance-sampled log p(x_n) per datapoint with error bars and PSIS k-hat.
+
+    :param model, guide: a model/guide pair following DESIGN.md's convention, called as
+        ``model(x, *args, **kwargs)``; the guide is the proposal q(z | x).
+    :param x: data batch, leftmost dimension N = size of the data plate.
+    :param num_samples: L, importance samples per datapoint.
+    :param chunk_size: particles drawn per vectorized pass (default: :func:`default_chunk_size`).
+    :param return_log_weights: also return all (N, L) log weights (memory N * L).
+    :returns: :class:`EvidenceResult` with (N,) tensors on x's device.
+    :raises GlobalLatentError: if a sample site lies outside the data plate.
+    """
+    with torch.no_grad():
+        layout, chunk_size = _setup(
+            model, guide, x, args, kwargs, data_plate, num_samples, chunk_size
+        )
+        stream = _WeightStream(psis_tail_size(num_samples), return_log_weights)
+        for s in _chunks(num_samples, chunk_size):
+            stream.update(_log_weights(model, guide, x, args, kwargs, layout, data_plate, s))
+        return stream.result()
+
+
+def iwae_bound(
+    model, guide, x, k, *args, num_estimates=1, chunk_size=None, data_plate="data", **kwargs
+) -> torch.Tensor:
+    """The importance-weighted bound L_k = E[log (1/k) sum_i w_i] per datapoint: (N,).
+
+    Burda, Grosse & Salakhutdinov 2015, eq. (8): L_1 is the ELBO, L_k <= L_{k+1} <= log p(x).
+    Averages ``num_estimates`` independent k-sample estimates; when k fits in a chunk,
+    several estimates are drawn in one vectorized pass.
+    """
+    for label, value in (("k", k), ("num_estimates", num_estimates)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be a positive int, got {value!r}")
+    with torch.no_grad():
+        layout, chunk_size = _setup(model, guide, x, args, kwargs, data_plate, k, chunk_size)
+        if k > chunk_size:  # each estimate itself needs a running logsumexp over chunks
+            estimates = [
+                log_evidence(
+                    model,
+                    guide,
+                    x,
+                    *args,
+                    num_samples=k,
+                    chunk_size=chunk_size,
+                    data_plate=data_plate,
+                    **kwargs,
+                ).log_px
+                for _ in range(num_estimates)
+            ]
+            return torch.stack(estimates).mean(0)
+        total = 0.0
+        for e in _chunks(num_estimates, chunk_size // k):
+            log_w = _log_weights(model, guide, x, args, kwargs, layout, data_plate, e * k)
+            total = total + (log_w.reshape(e, k, -1).logsumexp(1) - math.log(k)).sum(0)
+        return total / num_estimates
+
+
+def elbo_per_datapoint(
+    model, guide, x, *args, num_samples=1, chunk_size=None, data_plate="data", **kwargs
+) -> torch.Tensor:
+    """Monte Carlo ELBO per datapoint, mean_l log w_l = E_q[log p(x, z) - log q(z | x)]: (N,).
+
+    Kingma & Welling 2014, eq. (3); equals iwae_bound with k = 1. Gradients are not tracked.
+    """
+    with torch.no_grad():
+        layout, chunk_size = _setup(
+            model, guide, x, args, kwargs, data_plate, num_samples, chunk_size
+        )
+        total = 0.0
+        for s in _chunks(num_samples, chunk_size):
+            log_w = _log_weights(model, guide, x, args, kwargs, layout, data_plate, s)
+            total = total + log_w.sum(0)
+        return total / num_samples
+
+
+def dataset_nll(
+    model,
+    guide,
+    data,
+    *,
+    num_samples=1000,
+    batch_size=100,
+    chunk_size=None,
+    progress=True,
+    data_plate="data",
+) -> NLLResult:
+    """Test negative log-likelihood -log p(x) in nats per datapoint over a whole dataset.
+
+    :param data: an (N, ...) tensor, or an object with a ``.x`` tensor (e.g.
+        :class:`pyro_vae.data.ImageData`); its ``batch_transform`` (dynamic binarization),
+        if any, is applied to each batch, so such data are scored on a fresh binarization.
+    :param batch_size: datapoints per call of :func:`log_evidence` (tqdm bar over batches,
+        hidden when ``progress=False``).
+    """
+    x = data.x if hasattr(data, "x") else data
+    transform = getattr(data, "batch_transform", None) or (lambda xb: xb)
+    if not torch.is_tensor(x) or x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError("data must be a non-empty tensor or an object with a tensor .x")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    parts = []
+    starts = range(0, x.shape[0], batch_size)
+    for start in tqdm(starts, desc="log p(x)", unit="batch", disable=not progress):
+        result = log_evidence(
+            model,
+            guide,
+            transform(x[start : start + batch_size]),
+            num_samples=num_samples,
+            chunk_size=chunk_size,
+            data_plate=data_plate,
+        )
+        parts.append(result)
+    log_px = torch.cat([r.log_px for r in parts])
+    n = log_px.numel()
+    return NLLResult(
+        nll=-log_px.mean().item(),
+        stderr=(log_px.std().item() / math.sqrt(n)) if n > 1 else math.nan,
+        log_px=log_px,
+        mc_stderr=torch.cat([r.stderr for r in parts]),
+        khat=torch.cat([r.khat for r in parts]),
+        num_samples=num_samples,
+    )
