@@ -14,6 +14,7 @@ from pyro.infer import Trace_ELBO
 from pyro_vae.models.likelihoods import (
     BernoulliLikelihood,
     GaussianLikelihood,
+    IndependentBernoulli,
     Likelihood,
     get_likelihood,
 )
@@ -305,3 +306,15 @@ def test_cuda_matches_cpu():
     elbo_cuda = (mtr.log_prob_sum() - gtr.log_prob_sum()).cpu()
     assert torch.allclose(elbo_cuda, elbo_cpu.detach(), rtol=1e-4), (elbo_cuda, elbo_cpu)
     assert vae.sample(2).device.type == "cuda"
+
+
+def test_independent_bernoulli_matches_pyro_bernoulli_to_event():
+    logits = torch.randn(3, 5, 7)
+    x = torch.bernoulli(torch.full((5, 7), 0.5))
+    ours, theirs = IndependentBernoulli(logits), dist.Bernoulli(logits=logits).to_event(1)
+    torch.testing.assert_close(ours.log_prob(x), theirs.log_prob(x), rtol=1e-6, atol=1e-6)
+    assert ours.batch_shape == theirs.batch_shape == (3, 5) and ours.event_shape == (7,)
+    expanded = IndependentBernoulli(logits[0]).expand([4, 5])
+    assert expanded.batch_shape == (4, 5) and expanded.log_prob(x).shape == (4, 5)
+    assert ours.sample((2,)).shape == (2, 3, 5, 7)
+    torch.testing.assert_close(ours.mean, torch.sigmoid(logits))
