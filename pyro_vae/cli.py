@@ -54,11 +54,14 @@ def _write_json(path: Path, payload: dict) -> None:
 
 
 def cmd_train(args) -> int:
+    resolve_device(args.device)  # fail before loading data when the device is absent
     binarize = args.binarize
     if binarize == "auto":  # Bernoulli pixels need binary data; a Gaussian keeps intensities
         binarize = "static" if args.likelihood == "bernoulli" else None
     binarize = None if binarize == "none" else binarize
-    data = load_dataset(args.dataset, root=args.root, binarize=binarize, seed=args.seed)
+    data = load_dataset(
+        args.dataset, root=args.root, download=args.download, binarize=binarize, seed=args.seed
+    )
     vae = VAE(
         data.train.data_dim,
         latent_dim=args.latent,
@@ -291,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a VAE by SVI; writes checkpoint, history and figures")
     t.add_argument("--dataset", default=DEFAULT_DATASET, choices=DATASETS)
     t.add_argument("--root", default=None, help="folder of mnist/fashion-mnist files")
+    t.add_argument("--download", action="store_true", help="let torchvision download into --root")
     t.add_argument(
         "--binarize",
         default="auto",
