@@ -18,6 +18,7 @@ A plate that already subsamples (``pyro.plate("data", N, subsample=idx)``) has
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -136,7 +137,10 @@ class PyroELBO:
     def __call__(self, model, guide, x, *args, num_data: int | None = None, **kwargs):
         n = num_data or x.shape[0]
         scale = _ScaleDataPlate(self.data_plate, num_data)
-        loss = self.elbo.differentiable_loss(scale(model), scale(guide), x, *args, **kwargs)
+        with warnings.catch_warnings():
+            # Pyro's JIT ELBOs use torch.jit.trace, which torch now flags as deprecated
+            warnings.filterwarnings("ignore", message="`torch.jit.trace` is deprecated")
+            loss = self.elbo.differentiable_loss(scale(model), scale(guide), x, *args, **kwargs)
         return loss / n
 
 

@@ -192,6 +192,67 @@ def _epoch_line(record: dict, epochs: int) -> str:
     )
 
 
+class _EpochLoop:
+    """One pass over shuffled minibatches: the objective, a NaN check, backward, Adam."""
+
+    def __init__(
+        self,
+        model,
+        guide,
+        objective,
+        optimizer,
+        params,
+        x,
+        transform,
+        batch_size,
+        *,
+        drop_last,
+        device,
+        clip_norm,
+        progress,
+        ckpt_path,
+    ):
+        self.model, self.guide, self.objective = model, guide, objective
+        self.optimizer, self.params = optimizer, list(params.values())
+        self.x, self.transform, self.batch_size = x, transform, batch_size
+        n = x.shape[0]
+        self.num_batches = n // batch_size if drop_last else math.ceil(n / batch_size)
+        self.seen = self.num_batches * batch_size if drop_last else n
+        self.device, self.clip_norm = device, clip_norm
+        self.progress, self.ckpt_path = progress, ckpt_path
+
+    def _diverged(self, value, epoch, step) -> TrainingDivergedError:
+        where = (
+            f"; the last good checkpoint at {self.ckpt_path} is unchanged" if self.ckpt_path else ""
+        )
+        return TrainingDivergedError(f"-ELBO became {value} at epoch {epoch}, step {step}{where}")
+
+    def run(self, epoch: int) -> tuple[float, float]:
+        """Train one epoch; returns (-ELBO per datapoint averaged over it, examples/s)."""
+        tic = time.perf_counter()
+        x, size, n = self.x, self.batch_size, self.x.shape[0]
+        order = torch.randperm(n).to(x.device)
+        total = 0.0
+        steps = tqdm(
+            range(self.num_batches), desc=f"epoch {epoch}", leave=False, disable=not self.progress
+        )
+        for step in steps:
+            batch = self.transform(x[order[step * size : (step + 1) * size]].to(self.device))
+            loss = self.objective(self.model, self.guide, batch, num_data=n)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise self._diverged(value, epoch, step + 1)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+            self.optimizer.step()
+            total += value * batch.shape[0]
+            if step % 20 == 0:
+                steps.set_postfix_str(f"-ELBO {value:.2f}", refresh=False)
+        return total / self.seen, self.seen / (time.perf_counter() - tic)
+
+
 def train(
     model,
     guide,
@@ -245,10 +306,7 @@ def train(
     val = None if val_data is None else _as_tensor(val_data)
     val = None if val is None else (_place(val[0], device), val[1])
     _move_owners(device, model, guide)
-    n = x.shape[0]
-    batch_size = min(batch_size, n)
-    drop_last = loss == "jit"  # the JIT compiles one batch shape
-    num_batches = n // batch_size if drop_last else math.ceil(n / batch_size)
+    batch_size = min(batch_size, x.shape[0])
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
 
     first = transform(x[:batch_size].to(device))
@@ -260,67 +318,51 @@ def train(
     _check_owned_params(params, model, guide)
     optimizer = make_adam(params.values(), lr)
     scheduler = lr_schedule(optimizer) if lr_schedule is not None else None
-
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt_path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
+    loop = _EpochLoop(
+        model,
+        guide,
+        objective,
+        optimizer,
+        params,
+        x,
+        transform,
+        batch_size,
+        drop_last=loss == "jit",  # the JIT compiles one batch shape
+        device=device,
+        clip_norm=clip_norm,
+        progress=progress,
+        ckpt_path=ckpt_path,
+    )
+
     history, best, bad_epochs, start = [], math.inf, 0, 0
     if resume and ckpt_path is not None and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         _restore(state, params, optimizer, scheduler)
-        history, best, bad_epochs, start = (
-            state["history"],
-            state["best"],
-            state["bad_epochs"],
-            state["epoch"],
-        )
+        history, best, bad_epochs = state["history"], state["best"], state["bad_epochs"]
+        start = state["epoch"]
 
     stopped_early = False
     with pyro.validation_enabled(False):
         for epoch in range(start + 1, epochs + 1):
             tic = time.perf_counter()
-            order = torch.randperm(n).to(device)
-            total = 0.0
-            steps = tqdm(
-                range(num_batches), desc=f"epoch {epoch}", leave=False, disable=not progress
-            )
-            for step in steps:
-                batch = transform(x[order[step * batch_size : (step + 1) * batch_size]].to(device))
-                loss_value = objective(model, guide, batch, num_data=n)
-                value = loss_value.item()
-                if not math.isfinite(value):
-                    where = (
-                        f"; the last good checkpoint at {ckpt_path} is unchanged"
-                        if ckpt_path
-                        else ""
-                    )
-                    raise TrainingDivergedError(
-                        f"-ELBO became {value} at epoch {epoch}, step {step + 1}{where}"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss_value.backward()
-                if clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params.values(), clip_norm)
-                optimizer.step()
-                total += value * batch.shape[0]
-                if step % 20 == 0:
-                    steps.set_postfix_str(f"-ELBO {value:.2f}", refresh=False)
-            train_seconds = time.perf_counter() - tic
-            seen = num_batches * batch_size if drop_last else n
+            train_loss, examples_per_s = loop.run(epoch)
             val_loss = (
                 _mean_loss(val_objective, model, guide, *val, batch_size, device) if val else None
             )
             record = {
                 "epoch": epoch,
-                "train_loss": total / seen,
+                "train_loss": train_loss,
                 "val_loss": val_loss,
                 "seconds": time.perf_counter() - tic,
-                "examples_per_s": seen / train_seconds,
+                "examples_per_s": examples_per_s,
                 "lr": optimizer.param_groups[0]["lr"],
             }
             history.append(record)
             if scheduler is not None:
                 scheduler.step()
-            monitored = record["val_loss"] if val_loss is not None else record["train_loss"]
+            monitored = val_loss if val_loss is not None else train_loss
             best, bad_epochs = (monitored, 0) if monitored < best else (best, bad_epochs + 1)
             if progress:
                 tqdm.write(_epoch_line(record, epochs))
