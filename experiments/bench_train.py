@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from pyro_vae.data import load_dataset
-from pyro_vae.infer.train import make_adam, resolve_device, train
+from pyro_vae.infer.devices import resolve_device
+from pyro_vae.infer.train import make_adam, train
 from pyro_vae.models.vae import VAE
 
 LOG_2PI = math.log(2 * math.pi)

@@ -20,8 +20,9 @@ import torch
 
 from pyro_vae.data import DATASETS, DEFAULT_DATASET, load_dataset
 from pyro_vae.infer.checkpoint import CheckpointError
+from pyro_vae.infer.devices import resolve_device
 from pyro_vae.infer.objectives import LOSSES
-from pyro_vae.infer.train import TrainingDivergedError, resolve_device, train
+from pyro_vae.infer.train import TrainingDivergedError, train
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.models.vae import VAE
 from pyro_vae.nets import ACTIVATIONS, ARCHS

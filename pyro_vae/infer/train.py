@@ -26,9 +26,10 @@ from pyro.infer.enum import get_importance_trace
 from tqdm.auto import tqdm
 
 from pyro_vae.infer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pyro_vae.infer.devices import as_tensor, move_owners, place, resolve_device
 from pyro_vae.infer.objectives import make_objective
 
-__all__ = ["TrainResult", "TrainingDivergedError", "make_adam", "resolve_device", "train"]
+__all__ = ["TrainResult", "TrainingDivergedError", "make_adam", "train"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -50,54 +51,6 @@ class TrainResult:
     @property
     def final(self) -> dict:
         return self.history[-1] if self.history else {}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` is CUDA when present, else CPU; asking for absent CUDA is a clear error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
-    return device
-
-
-def _as_tensor(data) -> tuple[torch.Tensor, Callable]:
-    """A (N, ...) tensor and the per-batch transform (e.g. dynamic binarization) of ``data``."""
-    identity = lambda batch: batch  # noqa: E731
-    if isinstance(data, torch.Tensor):
-        x, transform = data, identity
-    elif isinstance(getattr(data, "x", None), torch.Tensor):
-        x, transform = data.x, getattr(data, "batch_transform", identity)
-    elif isinstance(data, torch.utils.data.TensorDataset):
-        x, transform = data.tensors[0], identity
-    elif isinstance(data, torch.utils.data.Dataset):
-        items = [data[i] for i in range(len(data))]
-        x = torch.stack([it[0] if isinstance(it, tuple | list) else it for it in items])
-        transform = identity
-    else:
-        raise TypeError(f"data must be a tensor or a torch Dataset, not {type(data).__name__}")
-    if x.ndim < 1 or x.shape[0] < 1:
-        raise ValueError(f"data holds no datapoints (shape {tuple(x.shape)})")
-    if not torch.is_floating_point(x):
-        x = x.to(torch.get_default_dtype())
-    return x, transform
-
-
-def _place(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move data to the device once when it fits in half the free memory; else batch by batch."""
-    if device.type != "cuda":
-        return x.to(device)
-    free, _ = torch.cuda.mem_get_info(device)
-    return x.to(device) if x.numel() * x.element_size() < free / 2 else x.pin_memory()
-
-
-def _move_owners(device: torch.device, *fns) -> None:
-    """Bound methods of an nn.Module (e.g. ``vae.model``) bring their module to the device."""
-    for fn in fns:
-        owner = getattr(fn, "__self__", None)
-        if isinstance(owner, torch.nn.Module):
-            owner.to(device)
 
 
 def _probe(model, guide, x, loss, data_plate, devices):
@@ -301,11 +254,11 @@ def train(
     device = resolve_device(device)
     if seed is not None:
         pyro.set_rng_seed(seed)
-    x, transform = _as_tensor(data)
-    x = _place(x, device)
-    val = None if val_data is None else _as_tensor(val_data)
-    val = None if val is None else (_place(val[0], device), val[1])
-    _move_owners(device, model, guide)
+    x, transform = as_tensor(data)
+    x = place(x, device)
+    val = None if val_data is None else as_tensor(val_data)
+    val = None if val is None else (place(val[0], device), val[1])
+    move_owners(device, model, guide)
     batch_size = min(batch_size, x.shape[0])
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
 

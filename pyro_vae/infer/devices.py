@@ -1,0 +1,61 @@
+"""Where training data and parameters live: device choice, data as one tensor, moved once.
+
+DESIGN.md: ``device="auto"`` picks CUDA when present; data go to the device once when they fit,
+not batch by batch; nothing calls ``.cuda()`` blindly, so CPU and GPU runs share one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["as_tensor", "move_owners", "place", "resolve_device"]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` is CUDA when present, else CPU; asking for absent CUDA is a clear error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
+    return device
+
+
+def as_tensor(data) -> tuple[torch.Tensor, Callable]:
+    """A (N, ...) tensor and the per-batch transform (e.g. dynamic binarization) of ``data``."""
+    identity = lambda batch: batch  # noqa: E731
+    if isinstance(data, torch.Tensor):
+        x, transform = data, identity
+    elif isinstance(getattr(data, "x", None), torch.Tensor):
+        x, transform = data.x, getattr(data, "batch_transform", identity)
+    elif isinstance(data, torch.utils.data.TensorDataset):
+        x, transform = data.tensors[0], identity
+    elif isinstance(data, torch.utils.data.Dataset):
+        items = [data[i] for i in range(len(data))]
+        x = torch.stack([it[0] if isinstance(it, tuple | list) else it for it in items])
+        transform = identity
+    else:
+        raise TypeError(f"data must be a tensor or a torch Dataset, not {type(data).__name__}")
+    if x.ndim < 1 or x.shape[0] < 1:
+        raise ValueError(f"data holds no datapoints (shape {tuple(x.shape)})")
+    if not torch.is_floating_point(x):
+        x = x.to(torch.get_default_dtype())
+    return x, transform
+
+
+def place(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move data to the device once when it fits in half the free memory; else batch by batch."""
+    if device.type != "cuda":
+        return x.to(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    return x.to(device) if x.numel() * x.element_size() < free / 2 else x.pin_memory()
+
+
+def move_owners(device: torch.device, *fns) -> None:
+    """Bound methods of an nn.Module (e.g. ``vae.model``) bring their module to the device."""
+    for fn in fns:
+        owner = getattr(fn, "__self__", None)
+        if isinstance(owner, torch.nn.Module):
+            owner.to(device)
