@@ -156,7 +156,7 @@ def test_to_inference_data_keeps_shapes_names_and_summary_columns(float64):
     post = idata.posterior
     assert dict(post["z"].sizes) == {"chain": 3, "draw": 50, "datapoint": 4, "z_dim": 2}
     assert list(post["datapoint"].values) == [10, 11, 12, 13]
-    assert list(post["z_dim"].values) == ["z[0]", "z[1]"]
+    assert list(post["z_dim"].values) == [0, 1]
     np.testing.assert_array_equal(post["z"].values, draws["z"].numpy())
     named = arviz_io.to_inference_data(draws, latent_names=["pc1", "pc2"])
     assert list(named.posterior["z_dim"].values) == ["pc1", "pc2"]

@@ -37,7 +37,8 @@ def _site_dims(site: str, arr: np.ndarray, names) -> tuple[list[str], dict[str, 
         return ["datapoint"], {}
     if len(event_shape) == 1:
         dim = f"{site}_dim"
-        labels = list(names) if names is not None else [f"{site}[{i}]" for i in range(arr.shape[3])]
+        # integer coordinates by default, so ArviZ labels read "z[datapoint, j]"
+        labels = list(names) if names is not None else list(range(arr.shape[3]))
         if len(labels) != arr.shape[3]:
             raise ValueError(f"{len(labels)} latent names for site {site!r} of size {arr.shape[3]}")
         return ["datapoint", dim], {dim: labels}
@@ -53,8 +54,9 @@ def to_inference_data(
     """Draws ``{site: (chains, draws, N, *event_shape)}`` -> ``az.InferenceData`` (posterior group).
 
     Dimensions are ("chain", "draw", "datapoint", "<site>_dim"); coordinates are the datapoint
-    indices (``datapoint_index``, default 0..N-1) and latent names ("z[0]", "z[1]", ... by
-    default; ``latent_names`` is a list for a single-site dict, or ``{site: list}``).
+    indices (``datapoint_index``, default 0..N-1) and latent names (0, 1, ... by default, so
+    summaries label rows "z[datapoint, j]"; ``latent_names`` is a list for a single-site dict,
+    or ``{site: list}``).
     Event shapes of rank > 1 get dims "<site>_dim_k" with integer coordinates.
     """
     if not draws:
