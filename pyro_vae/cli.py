@@ -133,6 +133,7 @@ def cmd_evaluate(args) -> int:
     from pyro_vae.infer.evidence import dataset_nll, elbo_per_datapoint, iwae_bound
 
     device = resolve_device(args.device)
+    pyro.set_rng_seed(args.seed)
     run = load_run(args.run_dir, device=device)
     vae, test = run.vae, run.data.test
     x = test.x[: args.num_points].to(device)
@@ -225,6 +226,7 @@ def cmd_diagnose(args) -> int:
     from pyro_vae.diagnostics.latent import active_units, amortization_gap, kl_per_dimension
     from pyro_vae.diagnostics.posterior import guide_draws, nuts_reference
 
+    pyro.set_rng_seed(args.seed)
     run = load_run(args.run_dir)
     vae = run.vae
     x = run.data.test.x[: args.num_points]
@@ -334,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--elbo-samples", type=int, default=100)
     e.add_argument("--iwae-k", type=_ints, default=[1, 10, 100, 1000])
     e.add_argument("--device", default="auto")
+    e.add_argument("--seed", type=int, default=0)
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
