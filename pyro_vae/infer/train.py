@@ -145,34 +145,30 @@ def _epoch_line(record: dict, epochs: int) -> str:
     )
 
 
+@dataclass
 class _EpochLoop:
     """One pass over shuffled minibatches: the objective, a NaN check, backward, Adam."""
 
-    def __init__(
-        self,
-        model,
-        guide,
-        objective,
-        optimizer,
-        params,
-        x,
-        transform,
-        batch_size,
-        *,
-        drop_last,
-        device,
-        clip_norm,
-        progress,
-        ckpt_path,
-    ):
-        self.model, self.guide, self.objective = model, guide, objective
-        self.optimizer, self.params = optimizer, list(params.values())
-        self.x, self.transform, self.batch_size = x, transform, batch_size
-        n = x.shape[0]
-        self.num_batches = n // batch_size if drop_last else math.ceil(n / batch_size)
-        self.seen = self.num_batches * batch_size if drop_last else n
-        self.device, self.clip_norm = device, clip_norm
-        self.progress, self.ckpt_path = progress, ckpt_path
+    model: Callable
+    guide: Callable
+    objective: Callable
+    optimizer: torch.optim.Optimizer
+    params: list
+    x: torch.Tensor
+    transform: Callable
+    batch_size: int
+    drop_last: bool  # the JIT compiles one batch shape
+    device: torch.device
+    clip_norm: float | None
+    progress: bool
+    ckpt_path: Path | None
+
+    def __post_init__(self):
+        n = self.x.shape[0]
+        self.num_batches = (
+            n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        )
+        self.seen = self.num_batches * self.batch_size if self.drop_last else n
 
     def _diverged(self, value, epoch, step) -> TrainingDivergedError:
         where = (
@@ -278,11 +274,11 @@ def train(
         guide,
         objective,
         optimizer,
-        params,
+        list(params.values()),
         x,
         transform,
         batch_size,
-        drop_last=loss == "jit",  # the JIT compiles one batch shape
+        drop_last=loss == "jit",
         device=device,
         clip_norm=clip_norm,
         progress=progress,
