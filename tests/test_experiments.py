@@ -1,6 +1,7 @@
 """Every experiment script runs end to end at a tiny size; the README uses the defaults."""
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -28,6 +29,9 @@ def test_ppca_baseline(tmp_path):
     assert rows[1]["train_ll"] > rows[0]["train_ll"], rows
     assert (tmp_path / "table.md").read_text().count("| digits |") == 2
     assert any(p.suffix == ".png" for p in tmp_path.iterdir())
+    # SVI on the collapsed model climbs from a random start to the closed-form MLE (issue: 0.5%)
+    svi = json.loads((tmp_path / "svi_check.json").read_text())
+    assert svi["relative_gap"] < 5e-3 and svi["start_ll"] < svi["mle_ll"] - 10, svi
 
 
 def test_bench_train(capsys):
