@@ -26,7 +26,7 @@ from pyro_vae.infer.train import TrainingDivergedError, train
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.models.vae import VAE
 from pyro_vae.nets import ACTIVATIONS, ARCHS
-from pyro_vae.runs import load_run, save_config, training_figures
+from pyro_vae.runs import evaluation_data, load_run, save_config, training_figures
 
 __all__ = ["main"]
 
@@ -135,8 +135,8 @@ def cmd_evaluate(args) -> int:
     device = resolve_device(args.device)
     pyro.set_rng_seed(args.seed)
     run = load_run(args.run_dir, device=device)
-    vae, test = run.vae, run.data.test
-    x = test.x[: args.num_points].to(device)
+    vae = run.vae
+    x = evaluation_data(run, args.num_points, args.seed).to(device)
     n, dim = x.shape
     nll = dataset_nll(
         vae.model,
@@ -229,7 +229,7 @@ def cmd_diagnose(args) -> int:
     pyro.set_rng_seed(args.seed)
     run = load_run(args.run_dir)
     vae = run.vae
-    x = run.data.test.x[: args.num_points]
+    x = evaluation_data(run, args.num_points, args.seed)
     out = Path(run.run_dir) / "figures"
     active, variances = active_units(vae.guide, x)
     kl = kl_per_dimension(vae.model, vae.guide, x)

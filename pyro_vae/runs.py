@@ -20,7 +20,7 @@ from pyro_vae.infer.checkpoint import load_checkpoint
 from pyro_vae.infer.train import CHECKPOINT_NAME
 from pyro_vae.models.vae import VAE
 
-__all__ = ["Run", "load_run", "save_config", "training_figures"]
+__all__ = ["Run", "evaluation_data", "load_run", "save_config", "training_figures"]
 
 CONFIG_NAME = "config.json"
 
@@ -66,6 +66,18 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
         seed=config["seed"],
     )
     return Run(run_dir, config, vae, data, state["history"])
+
+
+def evaluation_data(run: Run, num_points: int | None = None, seed: int = 0) -> torch.Tensor:
+    """The first ``num_points`` test images as scored by ``evaluate``/``diagnose``.
+
+    A run trained on dynamically binarized data is judged on one fixed, seeded binarization of
+    the test set, so the numbers are repeatable and every estimator sees the same binary data.
+    """
+    x = run.data.test.x[:num_points]
+    if run.data.test.binarize == "dynamic":
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
+    return x
 
 
 @torch.no_grad()

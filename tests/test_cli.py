@@ -3,8 +3,10 @@
 import json
 
 import pytest
+import torch
 
 from pyro_vae.cli import main
+from pyro_vae.runs import evaluation_data, load_run
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +128,15 @@ def test_bad_hidden_sizes_are_rejected(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--hidden", "400,abc"])
     assert "--hidden" in capsys.readouterr().err
+
+
+def test_dynamic_runs_are_evaluated_on_one_fixed_binarization(tmp_path, capsys):
+    out = tmp_path / "dynamic"
+    argv = ["train", "--epochs", "1", "--latent", "2", "--hidden", "16", "--binarize", "dynamic"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    run = load_run(out)
+    a, b = evaluation_data(run, 100, seed=0), evaluation_data(run, 100, seed=0)
+    assert torch.equal(a, b) and set(a.unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(a, evaluation_data(run, 100, seed=1))
+    evaluate = ["evaluate", str(out), "--num-samples", "20", "--num-points", "20", "--iwae-k", "1"]
+    assert main([*evaluate, "--quiet"]) == 0
