@@ -20,12 +20,15 @@ import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import site_is_subsample
 from torch.distributions import Independent, MultivariateNormal, Normal, biject_to, kl_divergence
 from torch.distributions.transforms import ComposeTransform, IndependentTransform
 
 from pyro_vae.diagnostics.posterior import _to_draws_layout, guide_draws, latent_sites
-from pyro_vae.infer.evidence import GlobalLatentError, elbo_per_datapoint
+from pyro_vae.infer.evidence import (
+    elbo_per_datapoint,
+    inspect_pair,
+    trace_log_prob,
+)
 
 __all__ = ["active_units", "kl_per_dimension", "amortization_gap", "gaussian_kl_to_posterior"]
 
@@ -251,33 +254,13 @@ def _local_guide(params: dict, data_plate: str, data_dim: int, num_n: int) -> Ca
     return guide
 
 
-def _log_prob_per_datapoint(trace, data_plate, num_n, num_particles) -> torch.Tensor:
-    """Sum of the sample sites' log-probs of ``trace``, reduced to (S, N)."""
-    trace.compute_log_prob()
-    total = 0.0
-    for name, node in trace.nodes.items():
-        if node["type"] != "sample" or site_is_subsample(node):
-            continue
-        frame = next((f for f in node["cond_indep_stack"] if f.name == data_plate), None)
-        if frame is None:
-            raise GlobalLatentError(f"site {name!r} lies outside the data plate {data_plate!r}")
-        lp = node["log_prob"]
-        inner = tuple(range(lp.dim() + frame.dim + 1, lp.dim()))  # plates right of the data dim
-        lp = (lp.sum(inner) if inner else lp).reshape(-1, num_n)
-        if lp.shape[0] not in (1, num_particles):
-            raise ValueError(f"site {name!r}: log-prob of shape {tuple(node['log_prob'].shape)}")
-        total = total + lp
-    return total.expand(num_particles, num_n)
-
-
-def _stl_elbo(model, live, frozen, x, args, kwargs, data_plate, num_particles, particle_dim):
+def _stl_elbo(model, live, frozen, x, args, kwargs, data_plate, num_particles, layout):
     """(S, N) reparameterized ELBO samples with the "sticking the landing" estimator.
 
     log q is evaluated with detached local parameters (Roeder, Wu & Duvenaud 2017): an unbiased
     gradient whose variance vanishes when q equals the posterior.
     """
-    num_n = x.shape[0]
-    with pyro.plate("_amortization_particles", num_particles, dim=particle_dim):
+    with pyro.plate("_amortization_particles", num_particles, dim=layout.particle_dim):
         guide_trace = poutine.trace(live).get_trace(x, *args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             x, *args, **kwargs
@@ -285,11 +268,11 @@ def _stl_elbo(model, live, frozen, x, args, kwargs, data_plate, num_particles, p
         score_trace = poutine.trace(poutine.replay(frozen, trace=guide_trace)).get_trace(
             x, *args, **kwargs
         )
-    log_p = _log_prob_per_datapoint(model_trace, data_plate, num_n, num_particles)
-    return log_p - _log_prob_per_datapoint(score_trace, data_plate, num_n, num_particles)
+    log_p = trace_log_prob(model_trace, layout, num_particles, data_plate, guide_trace)
+    return log_p - trace_log_prob(score_trace, layout, num_particles, data_plate)
 
 
-def _fit_local(model, init, x, args, kwargs, data_plate, data_dim, particle_dim, opts):
+def _fit_local(model, init, x, args, kwargs, data_plate, layout, opts):
     """Adam on the local (loc, log-scale) leaves only; Polyak average of the last half."""
     num_steps, lr, num_particles = opts
     num_n = x.shape[0]
@@ -300,14 +283,14 @@ def _fit_local(model, init, x, args, kwargs, data_plate, data_dim, particle_dim,
         pairs = zip(init, tensors[0::2], tensors[1::2], spec, strict=True)
         return {name: (loc, ls, *s) for name, loc, ls, s in pairs}
 
-    live = _local_guide(build(leaves), data_plate, data_dim, num_n)
+    live = _local_guide(build(leaves), data_plate, layout.data_dim, num_n)
     optim = torch.optim.Adam(leaves, lr=lr)
     averages, count = [torch.zeros_like(t) for t in leaves], 0
     for step in range(num_steps):
-        frozen = _local_guide(build([t.detach() for t in leaves]), data_plate, data_dim, num_n)
-        elbo = _stl_elbo(
-            model, live, frozen, x, args, kwargs, data_plate, num_particles, particle_dim
+        frozen = _local_guide(
+            build([t.detach() for t in leaves]), data_plate, layout.data_dim, num_n
         )
+        elbo = _stl_elbo(model, live, frozen, x, args, kwargs, data_plate, num_particles, layout)
         grads = torch.autograd.grad(-elbo.mean(0).sum(), leaves)  # only the local leaves
         for leaf, grad in zip(leaves, grads, strict=True):
             leaf.grad = grad
@@ -352,31 +335,13 @@ def amortization_gap(
     if num_steps < 0 or num_particles < 1 or num_samples < 1:
         raise ValueError("need num_steps >= 0, num_particles >= 1 and num_samples >= 1")
     with torch.no_grad():
-        guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
-        sites = latent_sites(guide_trace, data_plate)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            x, *args, **kwargs
-        )
-    latent_sites(model_trace, data_plate)  # refuses global latents of the model too
-    nodes = [*sites.values(), *model_trace.nodes.values()]
-    nodes = [n for n in nodes if n["type"] == "sample" and not site_is_subsample(n)]
-    frames = [f for n in nodes for f in n["cond_indep_stack"]]
-    data_dim = next(f.dim for f in frames if f.name == data_plate)
-    batch_ndims = [len(n["fn"].batch_shape) for n in nodes]
-    particle_dim = -(max([-f.dim for f in frames if f.vectorized] + batch_ndims) + 1)
+        sites = latent_sites(poutine.trace(guide).get_trace(x, *args, **kwargs), data_plate)
+        # where particles go; refuses any site of the model or guide outside the data plate
+        layout = inspect_pair(model, guide, x, *args, data_plate=data_plate, **kwargs)
     init = _initial_local_params(guide, x, args, kwargs, sites, data_plate, num_samples)
-    fitted = _fit_local(
-        model,
-        init,
-        x,
-        args,
-        kwargs,
-        data_plate,
-        data_dim,
-        particle_dim,
-        (num_steps, lr, num_particles),
-    )
-    local = _local_guide(fitted, data_plate, data_dim, x.shape[0])
+    opts = (num_steps, lr, num_particles)
+    fitted = _fit_local(model, init, x, args, kwargs, data_plate, layout, opts)
+    local = _local_guide(fitted, data_plate, layout.data_dim, x.shape[0])
     estimate = dict(num_samples=num_samples, data_plate=data_plate, **kwargs)
     amortized = elbo_per_datapoint(model, guide, x, *args, **estimate)
     optimized = elbo_per_datapoint(model, local, x, *args, **estimate)

@@ -48,11 +48,14 @@ __all__ = [
     "EvidenceResult",
     "GlobalLatentError",
     "NLLResult",
+    "PairLayout",
     "dataset_nll",
     "default_chunk_size",
     "elbo_per_datapoint",
+    "inspect_pair",
     "iwae_bound",
     "log_evidence",
+    "trace_log_prob",
 ]
 
 ELEMENT_BUDGET = 2**26  # elements of the largest (chunk, N, D) tensor on CUDA & co.
@@ -108,11 +111,12 @@ class NLLResult:
 
 
 @dataclass(frozen=True)
-class _Layout:
+class PairLayout:
     """Where particles and data live in every site's batch shape (found by one trace)."""
 
     particle_dim: int  # negative, left of all model and guide plates
     num_data: int  # N, the data plate's size
+    data_dim: int  # negative, the data plate's batch dimension
     site_size: int  # largest per-datapoint number of elements of any sample site
 
 
@@ -131,8 +135,12 @@ def _data_frame(site, data_plate):
     return next((f for f in site["cond_indep_stack"] if f.name == data_plate), None)
 
 
-def _inspect(model, guide, x, args, kwargs, data_plate) -> _Layout:
-    """Trace guide and replayed model once (no particles) and check the site convention."""
+def inspect_pair(model, guide, x, *args, data_plate="data", **kwargs) -> PairLayout:
+    """Trace guide and replayed model once (no particles) and check the site convention.
+
+    Raises :class:`GlobalLatentError` for a site outside ``data_plate`` and ``ValueError`` when
+    there is no such plate, it is not vectorized, or its size differs between sites.
+    """
     guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
         x, *args, **kwargs
@@ -156,16 +164,16 @@ def _inspect(model, guide, x, args, kwargs, data_plate) -> _Layout:
             )
         if not frame.vectorized:
             raise ValueError(f"the data plate {data_plate!r} must be vectorized (not a loop)")
-    sizes = {f.size for f in frames}
-    if len(sizes) != 1:
-        raise ValueError(f"the data plate {data_plate!r} has inconsistent sizes {sizes}")
-    (num_data,) = sizes
+    sizes, dims = {f.size for f in frames}, {f.dim for f in frames}
+    if len(sizes) != 1 or len(dims) != 1:
+        raise ValueError(f"the data plate {data_plate!r} has inconsistent sizes or dims")
+    (num_data,), (data_dim,) = sizes, dims
     nesting = max(
         [-f.dim for _, _, s in sites for f in s["cond_indep_stack"] if f.vectorized]
         + [len(s["fn"].batch_shape) for _, _, s in sites]
     )
     site_size = max(max(1, s["value"].numel() // num_data) for _, _, s in sites)
-    return _Layout(particle_dim=-(nesting + 1), num_data=num_data, site_size=site_size)
+    return PairLayout(-(nesting + 1), num_data, data_dim, site_size)
 
 
 def _per_datapoint(log_prob, site, layout, data_plate, name, num_particles):
@@ -194,6 +202,23 @@ def _site_log_prob(site):
     return scale_and_mask(log_prob, site["scale"], site["mask"])
 
 
+def trace_log_prob(trace, layout, num_particles, data_plate="data", guide_trace=None):
+    """Sum of a trace's scaled, masked sample-site log-densities per datapoint: (S, N).
+
+    A trace without sample sites gives a 0-dim zero. With ``guide_trace`` (scoring a model
+    replayed at the guide's draws), model latents the guide did not sample are left out: they
+    were drawn from the prior, so their p/q ratio is one.
+    """
+    terms = [
+        _per_datapoint(_site_log_prob(site), site, layout, data_plate, name, num_particles)
+        for name, site in _sample_sites(trace)
+        if guide_trace is None or site["is_observed"] or name in guide_trace.nodes
+    ]
+    if not terms:  # e.g. the empty guide of a model without latents
+        return torch.zeros(())  # a 0-dim zero broadcasts on any device
+    return sum(terms[1:], terms[0]).expand(num_particles, layout.num_data)
+
+
 def _log_weights(model, guide, x, args, kwargs, layout, data_plate, num_particles):
     """One vectorized draw of ``num_particles`` log weights per datapoint: (S, N)."""
     with poutine.block(), pyro.plate(_PARTICLE_PLATE, num_particles, dim=layout.particle_dim):
@@ -201,16 +226,8 @@ def _log_weights(model, guide, x, args, kwargs, layout, data_plate, num_particle
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             x, *args, **kwargs
         )
-    terms = [
-        _per_datapoint(_site_log_prob(site), site, layout, data_plate, name, num_particles)
-        for name, site in _sample_sites(model_trace)
-        if site["is_observed"] or name in guide_trace.nodes  # unguided latents: p/q = 1
-    ]
-    terms += [
-        -_per_datapoint(_site_log_prob(site), site, layout, data_plate, name, num_particles)
-        for name, site in _sample_sites(guide_trace)
-    ]
-    return sum(terms[1:], terms[0]).expand(num_particles, layout.num_data)
+    log_p = trace_log_prob(model_trace, layout, num_particles, data_plate, guide_trace)
+    return log_p - trace_log_prob(guide_trace, layout, num_particles, data_plate)
 
 
 def _chunks(total, chunk_size):
@@ -226,7 +243,7 @@ def _setup(model, guide, x, args, kwargs, data_plate, num_samples, chunk_size):
             raise ValueError(f"{label} must be a positive int, got {value!r}")
         if value is not None and value < 1:
             raise ValueError(f"{label} must be a positive int, got {value!r}")
-    layout = _inspect(model, guide, x, args, kwargs, data_plate)
+    layout = inspect_pair(model, guide, x, *args, data_plate=data_plate, **kwargs)
     if x.device.type == "cpu":
         _prime_cpu_allocator()
     if chunk_size is None:
