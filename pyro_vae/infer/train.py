@@ -17,7 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
@@ -46,7 +46,6 @@ class TrainResult:
     device: torch.device
     param_names: list[str]
     out_dir: Path | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def final(self) -> dict:
