@@ -36,9 +36,9 @@ import pyro
 import torch
 import torch.nn.functional as F
 
-from pyro_vae.diagnostics.psis import pareto_khat
 from pyro_vae.infer.devices import resolve_device
 from pyro_vae.infer.evidence import default_chunk_size, log_evidence
+from pyro_vae.infer.psis import pareto_khat
 from pyro_vae.models.vae import VAE
 
 LOG_2PI = math.log(2 * math.pi)

@@ -1,4 +1,4 @@
-"""Tests for pyro_vae.diagnostics.psis: Pareto k-hat of importance weights.
+"""Tests for pyro_vae.infer.psis: Pareto k-hat of importance weights.
 
 Reference: ArviZ's ``psislw`` (same Zhang & Stephens estimator, same tail size and prior), on
 light- and heavy-tailed weights; a generalized Pareto sample of known shape k; and the
@@ -14,7 +14,7 @@ import pytest
 import torch
 from pyro.ops.stats import fit_generalized_pareto
 
-from pyro_vae.diagnostics.psis import _fit_gpd_shape, pareto_khat, psis_tail_size
+from pyro_vae.infer.psis import _fit_gpd_shape, pareto_khat, psis_tail_size
 
 ARVIZ_TOL = 1e-6  # same algorithm in float64; observed differences are ~1e-12
 
@@ -139,3 +139,13 @@ def test_shapes_dtype_and_tail_size():
 def test_bad_input_raises_value_error(log_w, num_samples, message):
     with pytest.raises(ValueError, match=message):
         pareto_khat(log_w, num_samples=num_samples)
+
+
+def test_light_tailed_weights_give_a_small_khat():
+    """Proposal N(0, 1) for the target N(0, 0.8^2): bounded weights, so k-hat < 0.5 (PSIS)."""
+    z = torch.randn(20000, dtype=torch.float64)
+    log_w = torch.distributions.Normal(0.0, 0.8).log_prob(z) - torch.distributions.Normal(
+        0.0, 1.0
+    ).log_prob(z)
+    light = pareto_khat(log_w)
+    assert light < 0.5, f"light-tailed weights gave k-hat {light:.3f} (expected < 0.5)"

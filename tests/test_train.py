@@ -9,10 +9,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from common import requires_cuda
 
 from pyro_vae.data import load_dataset
 from pyro_vae.infer.checkpoint import CheckpointError, load_checkpoint
 from pyro_vae.infer.objectives import FastTraceELBO, make_objective
+from pyro_vae.infer.svi import SVIStep
 from pyro_vae.infer.train import TrainingDivergedError, train
 from pyro_vae.models.ppca import PPCA, CollapsedPPCA
 from pyro_vae.models.vae import VAE
@@ -217,28 +219,55 @@ def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(mnist, tmp_path):
-    _run(mnist, tmp_path, epochs=1)
+class Poisonable:
+    """The LinearGaussian pair whose likelihood turns NaN once ``poisoned`` is set."""
+
+    def __init__(self, poison_from_call=None):
+        self.calls, self.poison_from_call, self.guide = 0, poison_from_call, LinearGaussian().guide
+
+    def model(self, x):
+        self.calls += 1
+        a = pyro.param("a", torch.tensor(0.1))
+        poisoned = self.poison_from_call is not None and self.calls >= self.poison_from_call
+        scale = torch.tensor(float("nan") if poisoned else 1.0)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(a * z, scale, validate_args=False), obs=x)
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")  # the set-up trace of the poisoned pair
+def test_divergence_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
+    x = torch.randn(400)
+    pair = Poisonable()
+    train(pair.model, pair.guide, x, epochs=1, batch_size=100, out_dir=tmp_path, progress=False)
     checkpoint = tmp_path / "checkpoint.pt"
     digest = _digest(checkpoint)
-    poisoned = mnist.train.x.clone()
-    poisoned[-1, 0] = float("nan")  # not in the first batch, which the trainer validates
-    vae = small_vae(seed=0)
-    pyro.clear_param_store()
-    with pytest.raises(TrainingDivergedError, match=r"epoch 2, step \d+.*checkpoint.*unchanged"):
-        train(
-            vae.model,
-            vae.guide,
-            poisoned,
-            epochs=3,
-            batch_size=256,
-            seed=0,
-            out_dir=tmp_path,
-            resume=True,
-            progress=False,
-        )
+    pair.poison_from_call = 0  # from now on
+    with pytest.raises(TrainingDivergedError, match=r"epoch 2, batch 1.*checkpoint.*unchanged"):
+        train(pair.model, pair.guide, x, epochs=3, batch_size=100, out_dir=tmp_path,
+              resume=True, progress=False)  # fmt: skip
     assert _digest(checkpoint) == digest
     assert load_checkpoint(checkpoint)["epoch"] == 1
+
+
+def test_divergence_before_any_checkpoint_says_none_was_written(tmp_path):
+    pair = Poisonable(poison_from_call=3)  # call 1 is the set-up trace: the second step
+    with pytest.raises(TrainingDivergedError, match="batch 2; no checkpoint was written yet"):
+        train(pair.model, pair.guide, torch.randn(400), epochs=1, batch_size=100,
+              out_dir=tmp_path, progress=False)  # fmt: skip
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("where", ["data", "val_data"])
+def test_nan_in_data_is_refused_before_training(where, tmp_path):
+    poisoned = torch.randn(100)
+    poisoned[-1] = float("nan")
+    data = {"data": torch.randn(100), "val_data": torch.randn(100)} | {where: poisoned}
+    pair = LinearGaussian()
+    with pytest.raises(ValueError, match=f"^{where} holds 1 NaN or inf values"):
+        train(pair.model, pair.guide, data["data"], val_data=data["val_data"], out_dir=tmp_path,
+              progress=False)  # fmt: skip
+    assert not any(tmp_path.iterdir())
 
 
 def test_corrupted_checkpoint_is_refused(mnist, tmp_path):
@@ -347,9 +376,12 @@ def test_stale_param_store_entry_is_refused(mnist):
     [
         ({"loss": "nope"}, "unknown loss"),
         ({"epochs": -1}, "epochs"),
-        ({"device": "cuda"}, "CUDA") if not torch.cuda.is_available() else ({"lr": 0}, "lr"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": 0}, "lr must be positive"),
+        ({"clip_norm": -1.0}, "clip_norm must be positive"),
+        ({"patience": 0}, "patience"),
     ],
-    ids=["unknown-loss", "negative-epochs", "absent-device"],
+    ids=["unknown-loss", "negative-epochs", "zero-batch", "zero-lr", "negative-clip", "patience"],
 )
 def test_bad_arguments_are_clear_errors(mnist, kwargs, match):
     vae = small_vae()
@@ -357,7 +389,100 @@ def test_bad_arguments_are_clear_errors(mnist, kwargs, match):
         train(vae.model, vae.guide, mnist.train.x[:64], progress=False, **kwargs)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_absent_cuda_device_is_a_clear_error(mnist, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # absent on every machine
+    vae = small_vae()
+    with pytest.raises(ValueError, match="no CUDA device"):
+        train(vae.model, vae.guide, mnist.train.x[:64], device="cuda", progress=False)
+
+
+# --- the step layer ------------------------------------------------------------------------------
+
+
+def test_svi_step_in_a_loop_of_ones_own_equals_train():
+    x = torch.randn(300) * 2.0
+    pair = LinearGaussian()
+    pyro.set_rng_seed(0)
+    svi = SVIStep(pair.model, pair.guide, lr=0.05)
+    mine = []
+    for _ in range(3):  # the loop train() runs: shuffle, then steps over minibatches
+        order = torch.randperm(300)
+        steps = [svi.step(x[order[i : i + 100]], num_data=300) for i in (0, 100, 200)]
+        mine.append(sum(steps) * 100)
+    pyro.clear_param_store()
+    result = train(pair.model, pair.guide, x, epochs=3, batch_size=100, lr=0.05, seed=0,
+                   progress=False)  # fmt: skip
+    # same seed, same shuffles, same Adam: train() is exactly that loop (float sums, so 1e-12)
+    assert [r["train_loss"] for r in result.history] == pytest.approx(
+        [m / 300 for m in mine], rel=1e-12
+    )
+
+
+def test_a_parameter_created_after_the_first_step_is_refused():
+    late = []
+
+    def guide(x):
+        c = pyro.param("c", torch.tensor(0.0))
+        if late:  # a parameter that only exists once the flag is set
+            c = c + pyro.param("late", torch.tensor(0.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(c * x, 1.0))
+
+    svi = SVIStep(LinearGaussian().model, guide, lr=0.01)
+    svi.step(torch.randn(10))
+    late.append(True)
+    with pytest.raises(ValueError, match=r"\['late'\] first appeared at step 2"):
+        svi.step(torch.randn(10))
+
+
+def test_a_parameter_created_by_someone_else_is_not_refused():
+    pair = LinearGaussian()
+    svi = SVIStep(pair.model, pair.guide, lr=0.01)
+    svi.step(torch.randn(10))
+    pyro.param("unrelated", torch.zeros(2))  # e.g. another model evaluated between steps
+    assert math.isfinite(svi.step(torch.randn(10)))
+
+
+def test_grad_hook_sees_every_gradient_before_the_update():
+    pair = LinearGaussian()
+    seen = {}
+
+    def hook(params):
+        seen.update({k: v.grad.clone() for k, v in params.items()})
+        for v in params.values():
+            v.grad.zero_()  # what the hook leaves is what the optimizer uses
+
+    svi = SVIStep(pair.model, pair.guide, lr=0.1, grad_hook=hook)
+    x = torch.randn(50) * 2
+    svi.setup(x)
+    before = {k: v.detach().clone() for k, v in svi.params.items()}
+    svi.step(x)
+    assert set(seen) == {"a", "c", "s"}
+    assert all(g.abs().sum() > 0 for g in seen.values())
+    # Adam from a fresh state moves a parameter by lr * m / (sqrt(v) + eps) = 0 for zero grads
+    for k, v in svi.params.items():
+        assert torch.equal(v.detach(), before[k]), k
+
+
+def test_any_callable_with_the_objective_signature_is_an_objective():
+    pair = LinearGaussian()
+    calls = []
+
+    def objective(model, guide, x, num_data=None):
+        calls.append(num_data)
+        return FastTraceELBO()(model, guide, x, num_data=num_data) * 2.0
+
+    svi = SVIStep(pair.model, pair.guide, loss=objective, lr=0.01)
+    svi.setup(torch.ones(8))
+    pyro.set_rng_seed(1)
+    plain = FastTraceELBO()(pair.model, pair.guide, torch.ones(8), num_data=80).item()
+    pyro.set_rng_seed(1)
+    doubled = svi.step(torch.ones(8), num_data=80)  # the loss before its own update
+    assert calls == [80]  # set-up traces the pair but never calls the objective
+    assert doubled == pytest.approx(2 * plain, rel=1e-12)  # float round-off only
+
+
+@requires_cuda
 def test_cuda_and_cpu_agree(mnist):
     vae = small_vae()
     x = mnist.train.x[:256]

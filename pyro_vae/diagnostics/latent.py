@@ -1,7 +1,7 @@
 """How a guide uses its latent space: active units, KL per dimension, amortization gap, exact KL.
 
-For any model/guide pair following DESIGN.md's convention (per-datapoint latent sites inside
-``pyro.plate("data", N)``, default latent site ``"z"``):
+For any model/guide pair following the site convention (:mod:`pyro_vae.infer.sites`:
+per-datapoint latent sites inside the data plate; default latent site ``"z"``):
 
 - :func:`active_units` -- Burda, Grosse & Salakhutdinov (2015), sec. 5.2: unit u is active when
   A_u = Cov_x(E_q[z_u | x]) exceeds a threshold (0.01).
@@ -23,12 +23,9 @@ import torch
 from torch.distributions import Independent, MultivariateNormal, Normal, biject_to, kl_divergence
 from torch.distributions.transforms import ComposeTransform, IndependentTransform
 
-from pyro_vae.diagnostics.posterior import _to_draws_layout, guide_draws, latent_sites
-from pyro_vae.infer.evidence import (
-    elbo_per_datapoint,
-    inspect_pair,
-    trace_log_prob,
-)
+from pyro_vae.diagnostics.posterior import _to_draws_layout, guide_draws
+from pyro_vae.infer.evidence import elbo_per_datapoint, inspect_pair, trace_log_prob
+from pyro_vae.infer.sites import DATA_PLATE, latent_sites
 
 __all__ = ["active_units", "kl_per_dimension", "amortization_gap", "gaussian_kl_to_posterior"]
 
@@ -76,7 +73,7 @@ def active_units(
     threshold: float = 0.01,
     site: str = "z",
     num_samples: int = 1000,
-    data_plate: str = "data",
+    data_plate: str = DATA_PLATE,
     **kwargs,
 ) -> tuple[int, torch.Tensor]:
     """Number of active latent units (Burda et al. 2015, eq. 15): A_u = Cov_x(E_q[z_u|x]) > 0.01.
@@ -111,7 +108,7 @@ def kl_per_dimension(
     x: torch.Tensor,
     *args,
     site: str = "z",
-    data_plate: str = "data",
+    data_plate: str = DATA_PLATE,
     **kwargs,
 ) -> torch.Tensor:
     """Mean over datapoints of KL(q(z_u | x_n) || p(z_u)) for every latent unit u: (D_z,) nats.
@@ -165,7 +162,7 @@ def gaussian_kl_to_posterior(
     exact_posterior: MultivariateNormal,
     *args,
     site: str = "z",
-    data_plate: str = "data",
+    data_plate: str = DATA_PLATE,
     **kwargs,
 ) -> torch.Tensor:
     """Exact KL(q(z | x_n) || p(z | x_n)) in nats for a Gaussian guide: (N,).
@@ -311,7 +308,7 @@ def amortization_gap(
     lr: float = 0.05,
     num_samples: int = 500,
     num_particles: int = 8,
-    data_plate: str = "data",
+    data_plate: str = DATA_PLATE,
     **kwargs,
 ) -> dict:
     """Amortization gap per datapoint (Cremer, Li & Duvenaud 2018, eq. 5), in nats.

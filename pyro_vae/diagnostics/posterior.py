@@ -5,9 +5,9 @@ that :func:`pyro_vae.diagnostics.arviz_io.to_inference_data` can put the amortiz
 q(z|x) next to a gold-standard Markov chain on p(z|x) (Hoffman & Gelman 2014, NUTS) with the
 model's parameters (decoder, likelihood scale, ...) held fixed at their param-store values.
 
-Works for any model/guide pair following DESIGN.md's convention: latent sites are discovered by
-tracing the guide (or the model, for NUTS); every latent site must live inside the data plate
-(default ``"data"``), because a global latent has no per-datapoint posterior.
+Works for any model/guide pair following the site convention (:mod:`pyro_vae.infer.sites`):
+latent sites are found by tracing the guide (or the model, for NUTS); every latent site must
+live inside the data plate, because a global latent has no per-datapoint posterior.
 """
 
 from __future__ import annotations
@@ -18,44 +18,10 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer.mcmc import MCMC, NUTS
-from pyro.poutine.util import site_is_subsample
 
-from pyro_vae.infer.evidence import GlobalLatentError
+from pyro_vae.infer.sites import DATA_PLATE, data_frame, latent_sites
 
-__all__ = ["guide_draws", "nuts_reference", "latent_sites"]
-
-
-def latent_sites(trace: poutine.Trace, data_plate: str = "data") -> dict[str, dict]:
-    """The unobserved sample sites of ``trace``, each checked to lie inside ``data_plate``.
-
-    Returns ``{name: site}`` in execution order. Raises ``GlobalLatentError`` (a
-    ``ValueError``) naming any latent site outside the data plate (a *global* latent: its
-    posterior is shared by all datapoints, so a per-datapoint diagnostic of it is ill-defined),
-    and ``ValueError`` when there is no latent site.
-    """
-    sites = {
-        name: site
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and not site["is_observed"]
-        and not site_is_subsample(site)  # the plate's own subsample site
-        and not site["infer"].get("_deterministic", False)  # pyro.deterministic
-    }
-    if not sites:
-        raise ValueError("found no latent (unobserved) sample site in the trace")
-    for name, site in sites.items():
-        if data_plate not in {f.name for f in site["cond_indep_stack"]}:
-            raise GlobalLatentError(
-                f"latent site {name!r} is a global latent (outside the data plate "
-                f"{data_plate!r}); per-datapoint posterior diagnostics need every latent site "
-                f"inside pyro.plate({data_plate!r}, N)"
-            )
-    return sites
-
-
-def _data_dim(site: dict, data_plate: str) -> int:
-    """The (negative) batch dimension of ``data_plate`` at ``site``."""
-    return next(f.dim for f in site["cond_indep_stack"] if f.name == data_plate)
+__all__ = ["guide_draws", "nuts_reference"]
 
 
 def _max_plate_nesting(sites: dict[str, dict]) -> int:
@@ -71,7 +37,7 @@ def _to_draws_layout(value: torch.Tensor, site: dict, data_plate: str, num_n: in
     """
     event_dim = site["fn"].event_dim
     batch_ndim = value.dim() - event_dim
-    pos = batch_ndim + _data_dim(site, data_plate)  # index of the data dim in value.shape
+    pos = batch_ndim + data_frame(site, data_plate).dim  # index of the data dim in value.shape
     if value.shape[pos] != num_n or any(s != 1 for s in value.shape[1:pos]):
         raise ValueError(
             f"site {site['name']!r} has shape {tuple(value.shape)}; expected the data plate "
@@ -87,7 +53,7 @@ def guide_draws(
     *args,
     num_chains: int = 4,
     num_draws: int = 500,
-    data_plate: str = "data",
+    data_plate: str = DATA_PLATE,
     **kwargs,
 ) -> dict[str, torch.Tensor]:
     """Independent draws z ~ q(z|x) of every latent site of ``guide``, in the MCMC layout.
@@ -122,7 +88,7 @@ def nuts_reference(
     num_warmup: int = 300,
     num_samples: int = 300,
     seed: int = 0,
-    data_plate: str = "data",
+    data_plate: str = DATA_PLATE,
     progress: bool = False,
     **kwargs,
 ) -> dict[str, torch.Tensor]:
@@ -142,7 +108,8 @@ def nuts_reference(
             f"num_chains and num_samples must be >= 1, got {num_chains}, {num_samples}"
         )
     with torch.no_grad():
-        sites = latent_sites(poutine.trace(model).get_trace(x, *args, **kwargs), data_plate)
+        trace = poutine.trace(model).get_trace(x, *args, **kwargs)
+        sites = latent_sites(trace, data_plate, role="model")
     rng_state = pyro.util.get_rng_state()
     chains: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
     try:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +46,22 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch reports a full disk as a RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        kept = "the previous checkpoint is unchanged" if path.exists() else "none was written"
+        raise OSError(
+            getattr(err, "errno", None),
+            f"could not write checkpoint {path} ({_first_line(err)}); {kept}",
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -55,15 +69,22 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise CheckpointError(f"{path} is corrupted or not a checkpoint (not a torch archive)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL [\w.]+", str(err))
+        what = f" ({found.group(0)})" if found else ""
         raise CheckpointError(
-            f"refused to load {path}: it holds objects other than tensors and plain data, "
-            f"which could run code when unpickled ({str(err).splitlines()[0]})"
+            f"refused to load {path}: it holds Python objects{what} besides tensors and plain "
+            "data, which could run code when unpickled; only load checkpoints written by "
+            "pyro_vae"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is corrupted or not a checkpoint: {err}") from None
+        raise CheckpointError(
+            f"{path} is corrupted or not a checkpoint ({_first_line(err)})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a pyro_vae checkpoint ({CHECKPOINT_FORMAT})")
     return state

@@ -10,7 +10,10 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["as_tensor", "move_owners", "place", "resolve_device"]
+__all__ = ["DEFAULT_THREADS", "as_tensor", "move_owners", "place", "resolve_device", "set_threads"]
+
+# placeholder until measured (experiments/bench_threads.py); see docs/design.md
+DEFAULT_THREADS = 1
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -59,3 +62,24 @@ def move_owners(device: torch.device, *fns) -> None:
         owner = getattr(fn, "__self__", None)
         if isinstance(owner, torch.nn.Module):
             owner.to(device)
+
+
+def set_threads(num_threads: int | None = None) -> int:
+    """Set torch's intra-op CPU threads; ``None`` keeps the library default (see docs/design.md).
+
+    Parameters
+    ----------
+    num_threads : int or None
+        Threads for CPU kernels, at least 1. ``None`` applies :data:`DEFAULT_THREADS`.
+
+    Returns
+    -------
+    int
+        The number of threads now in force.
+    """
+    if num_threads is None:
+        num_threads = DEFAULT_THREADS
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {num_threads!r}")
+    torch.set_num_threads(num_threads)
+    return torch.get_num_threads()

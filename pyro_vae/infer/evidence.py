@@ -3,7 +3,7 @@
 With z_l ~ q(z | x) and weights w_l = p(x, z_l) / q(z_l | x) (Kingma & Welling 2014,
 Appendix E; Burda et al. 2015, eq. 8),
 
-    log p(x) ~ log (1/L) sum_l w_l                                          (seed eq. 9)
+    log p(x) ~ log (1/L) sum_l w_l
 
 is a consistent estimate of log p(x) for each datapoint x. Unlike ``pyro.infer.Importance``
 (a Python loop over samples, one number for the batch) this module draws all L particles at
@@ -20,10 +20,11 @@ where small chunks that the allocator can recycle run faster (see
 :func:`_prime_cpu_allocator`; measured in ``experiments/bench_evidence.py``). Everything
 runs on the device of ``x`` (and of the model's parameters).
 
-Site convention (DESIGN.md): every sample site lies inside ``pyro.plate(data_plate, N)``.
-A latent or observed site outside it makes a per-datapoint evidence ill-defined and raises
-:class:`GlobalLatentError`. Each site's log-prob (scaled and masked like Pyro's) has batch
-shape (S, ..., N, ...); every plate dimension other than particles S and data N is summed.
+Site convention (:mod:`pyro_vae.infer.sites`, docs/design.md): every sample site lies inside
+``pyro.plate(data_plate, N)``. A latent or observed site outside it makes a per-datapoint
+evidence ill-defined and raises :class:`GlobalLatentError`. Each site's log-prob (scaled and
+masked like Pyro's) has batch shape (S, ..., N, ...); every plate dimension other than
+particles S and data N is summed.
 A model latent that the guide does not sample is drawn from the prior, so its p/q ratio is
 one and it does not enter the weight.
 """
@@ -37,10 +38,17 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
-from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
-from pyro_vae.diagnostics.psis import pareto_khat, psis_tail_size
+from pyro_vae.infer.psis import pareto_khat, psis_tail_size
+from pyro_vae.infer.sites import (
+    DATA_PLATE,
+    GlobalLatentError,
+    check_data,
+    check_data_plate,
+    data_frame,
+    sample_sites,
+)
 
 __all__ = [
     "CPU_ELEMENT_BUDGET",
@@ -54,6 +62,7 @@ __all__ = [
     "elbo_per_datapoint",
     "inspect_pair",
     "iwae_bound",
+    "iwae_from_log_weights",
     "log_evidence",
     "trace_log_prob",
 ]
@@ -64,10 +73,6 @@ _PARTICLE_PLATE = "_evidence_particles"
 _ALLOCATOR_PRIMED = False  # see _prime_cpu_allocator
 
 
-class GlobalLatentError(ValueError):
-    """A sample site lies outside the data plate, so log p(x_n) per datapoint is undefined."""
-
-
 @dataclass(frozen=True)
 class EvidenceResult:
     """Per-datapoint importance-sampling estimate of the evidence (nats).
@@ -75,7 +80,7 @@ class EvidenceResult:
     ``log_px`` (N,): log (1/L) sum_l w_l. ``stderr`` (N,): its Monte Carlo standard error
     by the delta method, sqrt(var(w) / L) / mean(w) (nan when L = 1). ``ess`` (N,): the
     effective sample size (sum w)^2 / sum w^2, between 1 and L. ``khat`` (N,): PSIS Pareto
-    k-hat of the weights (see :mod:`pyro_vae.diagnostics.psis`; > 0.7 means unreliable,
+    k-hat of the weights (see :mod:`pyro_vae.infer.psis`; > 0.7 means unreliable,
     -inf means constant weights, +inf too few distinct tail weights to fit). ``log_weights``
     (N, L) only if requested, else None.
     """
@@ -103,6 +108,7 @@ class NLLResult:
     mc_stderr: torch.Tensor
     khat: torch.Tensor
     num_samples: int
+    log_weights: torch.Tensor | None = None
 
     @property
     def nll_mc_stderr(self) -> float:
@@ -123,57 +129,39 @@ class PairLayout:
 # ------------------------------------------------------------------------------------------
 # tracing: the layout once, then (S, N) log weights per chunk of particles
 # ------------------------------------------------------------------------------------------
-def _sample_sites(trace):
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):  # plates record a site too
-            continue
-        if not site["infer"].get("_deterministic", False):
-            yield name, site
+def inspect_pair(model, guide, x, *args, data_plate=DATA_PLATE, **kwargs) -> PairLayout:
+    """Trace the guide and the replayed model once (no particles); check the site convention.
 
+    Parameters
+    ----------
+    model, guide : callable
+        The pair, called as ``f(x, *args, **kwargs)``.
+    x : torch.Tensor of shape (N, ...)
+        A batch of data.
 
-def _data_frame(site, data_plate):
-    return next((f for f in site["cond_indep_stack"] if f.name == data_plate), None)
+    Returns
+    -------
+    PairLayout
+        Where particles and datapoints sit in every site's batch shape.
 
-
-def inspect_pair(model, guide, x, *args, data_plate="data", **kwargs) -> PairLayout:
-    """Trace guide and replayed model once (no particles) and check the site convention.
-
-    Raises :class:`GlobalLatentError` for a site outside ``data_plate`` and ``ValueError`` when
-    there is no such plate, it is not vectorized, or its size differs between sites.
+    Raises
+    ------
+    GlobalLatentError, ValueError
+        See :func:`pyro_vae.infer.sites.check_data_plate`.
     """
     guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
         x, *args, **kwargs
     )
-    sites = [("guide", n, s) for n, s in _sample_sites(guide_trace)]
-    sites += [("model", n, s) for n, s in _sample_sites(model_trace)]
-    frames = [_data_frame(s, data_plate) for _, _, s in sites]
-    if all(f is None for f in frames):
-        raise ValueError(
-            f"no sample site is inside a plate named {data_plate!r}: log_evidence needs "
-            f"`with pyro.plate({data_plate!r}, N):` around every per-datapoint site "
-            "(or pass data_plate=<your plate's name>)"
-        )
-    for (role, name, site), frame in zip(sites, frames, strict=True):
-        if frame is None:
-            kind = "observed" if site["is_observed"] else "latent"
-            raise GlobalLatentError(
-                f"{kind} site {name!r} of the {role} lies outside the data plate "
-                f"{data_plate!r}: a site shared by all datapoints makes a per-datapoint "
-                "evidence log p(x_n) ill-defined; put it inside the plate or integrate it out"
-            )
-        if not frame.vectorized:
-            raise ValueError(f"the data plate {data_plate!r} must be vectorized (not a loop)")
-    sizes, dims = {f.size for f in frames}, {f.dim for f in frames}
-    if len(sizes) != 1 or len(dims) != 1:
-        raise ValueError(f"the data plate {data_plate!r} has inconsistent sizes or dims")
-    (num_data,), (data_dim,) = sizes, dims
+    sites = [("guide", n, s) for n, s in sample_sites(guide_trace)]
+    sites += [("model", n, s) for n, s in sample_sites(model_trace)]
+    plate = check_data_plate(sites, data_plate, num_data=x.shape[0])
     nesting = max(
         [-f.dim for _, _, s in sites for f in s["cond_indep_stack"] if f.vectorized]
         + [len(s["fn"].batch_shape) for _, _, s in sites]
     )
-    site_size = max(max(1, s["value"].numel() // num_data) for _, _, s in sites)
-    return PairLayout(-(nesting + 1), num_data, data_dim, site_size)
+    site_size = max(max(1, s["value"].numel() // plate.size) for _, _, s in sites)
+    return PairLayout(-(nesting + 1), plate.size, plate.dim, site_size)
 
 
 def _per_datapoint(log_prob, site, layout, data_plate, name, num_particles):
@@ -183,7 +171,7 @@ def _per_datapoint(log_prob, site, layout, data_plate, name, num_particles):
     if log_prob.dim() > n:
         raise ValueError(f"site {name!r} has batch dims left of all plates: {log_prob.shape}")
     log_prob = log_prob.reshape((1,) * (n - log_prob.dim()) + log_prob.shape)
-    data_dim = n + _data_frame(site, data_plate).dim
+    data_dim = n + data_frame(site, data_plate).dim
     other = [d for d in range(1, n) if d != data_dim]
     if other:
         log_prob = log_prob.sum(other, keepdim=True)
@@ -202,7 +190,7 @@ def _site_log_prob(site):
     return scale_and_mask(log_prob, site["scale"], site["mask"])
 
 
-def trace_log_prob(trace, layout, num_particles, data_plate="data", guide_trace=None):
+def trace_log_prob(trace, layout, num_particles, data_plate=DATA_PLATE, guide_trace=None):
     """Sum of a trace's scaled, masked sample-site log-densities per datapoint: (S, N).
 
     A trace without sample sites gives a 0-dim zero. With ``guide_trace`` (scoring a model
@@ -211,7 +199,7 @@ def trace_log_prob(trace, layout, num_particles, data_plate="data", guide_trace=
     """
     terms = [
         _per_datapoint(_site_log_prob(site), site, layout, data_plate, name, num_particles)
-        for name, site in _sample_sites(trace)
+        for name, site in sample_sites(trace)
         if guide_trace is None or site["is_observed"] or name in guide_trace.nodes
     ]
     if not terms:  # e.g. the empty guide of a model without latents
@@ -236,8 +224,7 @@ def _chunks(total, chunk_size):
 
 
 def _setup(model, guide, x, args, kwargs, data_plate, num_samples, chunk_size):
-    if not torch.is_tensor(x) or x.dim() < 1:
-        raise ValueError("x must be a tensor whose leftmost dimension indexes datapoints")
+    check_data(x)
     for label, value in (("num_samples", num_samples), ("chunk_size", chunk_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"{label} must be a positive int, got {value!r}")
@@ -350,20 +337,39 @@ def log_evidence(
     *args,
     num_samples=1000,
     chunk_size=None,
-    data_plate="data",
+    data_plate=DATA_PLATE,
     return_log_weights=False,
     **kwargs,
 ) -> EvidenceResult:
     """Importance-sampled log p(x_n) per datapoint with error bars and PSIS k-hat.
 
-    :param model, guide: a model/guide pair following DESIGN.md's convention, called as
-        ``model(x, *args, **kwargs)``; the guide is the proposal q(z | x).
-    :param x: data batch, leftmost dimension N = size of the data plate.
-    :param num_samples: L, importance samples per datapoint.
-    :param chunk_size: particles drawn per vectorized pass (default: :func:`default_chunk_size`).
-    :param return_log_weights: also return all (N, L) log weights (memory N * L).
-    :returns: :class:`EvidenceResult` with (N,) tensors on x's device.
-    :raises GlobalLatentError: if a sample site lies outside the data plate.
+    Parameters
+    ----------
+    model, guide : callable
+        A pair following the site convention, called as ``f(x, *args, **kwargs)``; the guide
+        is the proposal q(z | x).
+    x : torch.Tensor of shape (N, ...)
+        Data; N is the size of the data plate. NaN or inf values are refused.
+    num_samples : int
+        L, importance samples per datapoint.
+    chunk_size : int, optional
+        Particles drawn per vectorized pass (default: :func:`default_chunk_size`).
+    data_plate : str
+        Name of the data plate.
+    return_log_weights : bool
+        Also return all log weights, of shape (N, L).
+
+    Returns
+    -------
+    EvidenceResult
+        Tensors of shape (N,) on the device of ``x``, in nats.
+
+    Raises
+    ------
+    GlobalLatentError
+        If a sample site lies outside the data plate.
+    ValueError
+        For bad arguments or data (see :func:`pyro_vae.infer.sites.check_data_plate`).
     """
     with torch.no_grad():
         layout, chunk_size = _setup(
@@ -376,13 +382,27 @@ def log_evidence(
 
 
 def iwae_bound(
-    model, guide, x, k, *args, num_estimates=1, chunk_size=None, data_plate="data", **kwargs
+    model, guide, x, k, *args, num_estimates=1, chunk_size=None, data_plate=DATA_PLATE, **kwargs
 ) -> torch.Tensor:
-    """The importance-weighted bound L_k = E[log (1/k) sum_i w_i] per datapoint: (N,).
+    """The importance-weighted bound L_k = E[log (1/k) sum_i w_i] per datapoint.
 
     Burda, Grosse & Salakhutdinov 2015, eq. (8): L_1 is the ELBO, L_k <= L_{k+1} <= log p(x).
     Averages ``num_estimates`` independent k-sample estimates; when k fits in a chunk,
     several estimates are drawn in one vectorized pass.
+
+    Parameters
+    ----------
+    model, guide, x, data_plate, chunk_size
+        As for :func:`log_evidence`.
+    k : int
+        Importance samples per bound.
+    num_estimates : int
+        Independent k-sample estimates averaged.
+
+    Returns
+    -------
+    torch.Tensor of shape (N,)
+        Nats per datapoint.
     """
     for label, value in (("k", k), ("num_estimates", num_estimates)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -411,12 +431,53 @@ def iwae_bound(
         return total / num_estimates
 
 
-def elbo_per_datapoint(
-    model, guide, x, *args, num_samples=1, chunk_size=None, data_plate="data", **kwargs
-) -> torch.Tensor:
-    """Monte Carlo ELBO per datapoint, mean_l log w_l = E_q[log p(x, z) - log q(z | x)]: (N,).
+def iwae_from_log_weights(log_weights: torch.Tensor, k: int) -> torch.Tensor:
+    """IWAE bound L_k per datapoint from log weights already drawn: (N, L) -> (N,).
 
-    Kingma & Welling 2014, eq. (3); equals iwae_bound with k = 1. Gradients are not tracked.
+    The L weights of each row are cut into floor(L / k) disjoint groups of k; the mean over
+    groups of log (1/k) sum_group w is an unbiased estimate of L_k (Burda et al. 2015, eq. 8).
+    With the weights of :func:`log_evidence` (``return_log_weights=True``) one draw serves the
+    evidence, the ELBO (k = 1) and every L_k, instead of drawing afresh for each.
+
+    Parameters
+    ----------
+    log_weights : torch.Tensor of shape (N, L)
+        Independent log importance weights log p(x, z_l) - log q(z_l | x) per datapoint.
+    k : int
+        Samples per bound, 1 <= k <= L.
+
+    Returns
+    -------
+    torch.Tensor of shape (N,)
+    """
+    if log_weights.dim() != 2:
+        raise ValueError(f"log_weights must have shape (N, L), got {tuple(log_weights.shape)}")
+    num_samples = log_weights.shape[1]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_samples:
+        raise ValueError(f"k must be an int in [1, L={num_samples}], got {k!r}")
+    groups = num_samples // k
+    grouped = log_weights[:, : groups * k].reshape(log_weights.shape[0], groups, k)
+    return (grouped.logsumexp(-1) - math.log(k)).mean(-1)
+
+
+def elbo_per_datapoint(
+    model, guide, x, *args, num_samples=1, chunk_size=None, data_plate=DATA_PLATE, **kwargs
+) -> torch.Tensor:
+    """Monte Carlo ELBO per datapoint, mean_l log w_l = E_q[log p(x, z) - log q(z | x)].
+
+    Kingma & Welling 2014, eq. (3); equals :func:`iwae_bound` with k = 1. No gradients.
+
+    Parameters
+    ----------
+    model, guide, x, data_plate, chunk_size
+        As for :func:`log_evidence`.
+    num_samples : int
+        Samples averaged per datapoint.
+
+    Returns
+    -------
+    torch.Tensor of shape (N,)
+        Nats per datapoint.
     """
     with torch.no_grad():
         layout, chunk_size = _setup(
@@ -438,20 +499,32 @@ def dataset_nll(
     batch_size=100,
     chunk_size=None,
     progress=True,
-    data_plate="data",
+    data_plate=DATA_PLATE,
+    return_log_weights=False,
 ) -> NLLResult:
-    """Test negative log-likelihood -log p(x) in nats per datapoint over a whole dataset.
+    """Negative log-likelihood -log p(x) in nats per datapoint over a whole data set.
 
-    :param data: an (N, ...) tensor, or an object with a ``.x`` tensor (e.g.
-        :class:`pyro_vae.data.ImageData`); its ``batch_transform`` (dynamic binarization),
-        if any, is applied to each batch, so such data are scored on a fresh binarization.
-    :param batch_size: datapoints per call of :func:`log_evidence` (tqdm bar over batches,
-        hidden when ``progress=False``).
+    Parameters
+    ----------
+    model, guide : callable
+        As for :func:`log_evidence`.
+    data : torch.Tensor of shape (N, ...) or object with a tensor ``.x``
+        E.g. :class:`pyro_vae.data.ImageData`; its ``batch_transform`` (dynamic
+        binarization), if any, is applied to each batch.
+    num_samples, chunk_size, data_plate, return_log_weights
+        As for :func:`log_evidence`.
+    batch_size : int
+        Datapoints per call of :func:`log_evidence`.
+    progress : bool
+        Show a tqdm bar over batches.
+
+    Returns
+    -------
+    NLLResult
+        With per-datapoint tensors of shape (N,) (and ``log_weights`` of shape (N, L)).
     """
-    x = data.x if hasattr(data, "x") else data
+    x = check_data(data.x if hasattr(data, "x") else data, "data")
     transform = getattr(data, "batch_transform", None) or (lambda xb: xb)
-    if not torch.is_tensor(x) or x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError("data must be a non-empty tensor or an object with a tensor .x")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     parts = []
@@ -464,6 +537,7 @@ def dataset_nll(
             num_samples=num_samples,
             chunk_size=chunk_size,
             data_plate=data_plate,
+            return_log_weights=return_log_weights,
         )
         parts.append(result)
     log_px = torch.cat([r.log_px for r in parts])
@@ -475,4 +549,5 @@ def dataset_nll(
         mc_stderr=torch.cat([r.stderr for r in parts]),
         khat=torch.cat([r.khat for r in parts]),
         num_samples=num_samples,
+        log_weights=torch.cat([r.log_weights for r in parts]) if return_log_weights else None,
     )

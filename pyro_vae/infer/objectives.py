@@ -1,5 +1,14 @@
 """Training objectives: -ELBO per datapoint for any model/guide pair, with minibatch scaling.
 
+An *objective* is any callable with the signature
+
+    objective(model, guide, x, *args, num_data=None, **kwargs) -> torch.Tensor (0-dim)
+
+returning a differentiable estimate of -ELBO per datapoint (nats) of the batch ``x``, where
+``num_data`` is the size N of the whole training set (None: the batch is the data set). The
+trainer (:class:`pyro_vae.infer.svi.SVIStep`) accepts any such callable; :func:`make_objective`
+builds the built-in ones by name or from a ``pyro.infer.ELBO``.
+
 The fast path, :class:`FastTraceELBO`, computes exactly the single-particle Trace_ELBO estimate
 
     ELBO(x) = log p_theta(x, z) - log q_phi(z | x),  z ~ q_phi(z | x)  (Kingma & Welling 2014)
@@ -8,12 +17,10 @@ but records log-densities as the sites run instead of building two full ``Trace`
 step costs little more than the networks themselves. It requires every guide site to be
 reparameterized; :func:`make_objective` falls back to Pyro's own ``Trace_ELBO`` otherwise.
 
-Minibatches: a pair declares ``pyro.plate("data", B)`` over its batch of B datapoints. Every
-site inside that plate is scaled by ``N / full_size`` (N the size of the whole training set), which
-makes the loss an unbiased estimate of the full-data -ELBO even when a model also has global sites.
-A plate that already subsamples (``pyro.plate("data", N, subsample=idx)``) has
-``full_size == N`` and is left alone. The returned loss is that estimate divided by N:
--ELBO per datapoint, in nats.
+Minibatches: every site inside the data plate is scaled by N / full_size
+(:func:`pyro_vae.infer.sites.data_scale`), which makes the loss an unbiased estimate of the
+full-data -ELBO even when a model also has global sites. The returned loss is that estimate
+divided by N: -ELBO per datapoint, in nats.
 """
 
 from __future__ import annotations
@@ -26,26 +33,12 @@ from pyro import poutine
 from pyro.distributions.util import is_identically_one, scale_and_mask
 from pyro.infer import ELBO, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
+
+from pyro_vae.infer.sites import DATA_PLATE, counts, data_scale
 
 __all__ = ["LOSSES", "FastTraceELBO", "PyroELBO", "make_objective"]
 
 LOSSES = ("trace", "pyro-trace", "meanfield", "jit")
-
-
-def _data_scale(msg, data_plate: str, num_data: int | None) -> float:
-    """N / full_size for a site inside the data plate, 1 outside it (or when N is unknown)."""
-    if num_data is None:
-        return 1.0
-    for frame in msg["cond_indep_stack"]:
-        if frame.name == data_plate:
-            return num_data / (frame.full_size or frame.size)
-    return 1.0
-
-
-def _is_plate_index(msg) -> bool:
-    """The sample site a plate issues for its subsample indices: replayed, never scored."""
-    return isinstance(msg["fn"], _Subsample)
 
 
 def _scaled_log_prob_sum(msg, factor: float) -> torch.Tensor:
@@ -69,10 +62,10 @@ class _GuideRecorder(Messenger):
     def _pyro_post_sample(self, msg):
         if msg["is_observed"]:
             return
-        self.values[msg["name"]] = msg["value"]
-        if _is_plate_index(msg):
+        self.values[msg["name"]] = msg["value"]  # plate indices too: the model replays them
+        if not counts(msg):
             return
-        factor = _data_scale(msg, self.data_plate, self.num_data)
+        factor = data_scale(msg, self.data_plate, self.num_data)
         self.log_q = self.log_q + _scaled_log_prob_sum(msg, factor)
 
 
@@ -91,9 +84,9 @@ class _ModelScorer(Messenger):
             msg["done"] = True
 
     def _pyro_post_sample(self, msg):
-        if _is_plate_index(msg):
+        if not counts(msg):
             return
-        factor = _data_scale(msg, self.data_plate, self.num_data)
+        factor = data_scale(msg, self.data_plate, self.num_data)
         self.log_p = self.log_p + _scaled_log_prob_sum(msg, factor)
 
 
@@ -103,7 +96,7 @@ class FastTraceELBO:
     Same estimator and gradients as ``pyro.infer.Trace_ELBO`` for fully reparameterized guides.
     """
 
-    def __init__(self, data_plate: str = "data"):
+    def __init__(self, data_plate: str = DATA_PLATE):
         self.data_plate = data_plate
 
     def __call__(self, model, guide, x, *args, num_data: int | None = None, **kwargs):
@@ -123,7 +116,7 @@ class _ScaleDataPlate(Messenger):
         self.data_plate, self.num_data = data_plate, num_data
 
     def _pyro_sample(self, msg):
-        factor = _data_scale(msg, self.data_plate, self.num_data)
+        factor = data_scale(msg, self.data_plate, self.num_data)
         if factor != 1.0:
             msg["scale"] = msg["scale"] * factor
 
@@ -131,7 +124,7 @@ class _ScaleDataPlate(Messenger):
 class PyroELBO:
     """Any ``pyro.infer.ELBO`` (Trace, TraceMeanField, Jit...) as -ELBO per datapoint (nats)."""
 
-    def __init__(self, elbo: ELBO, data_plate: str = "data"):
+    def __init__(self, elbo: ELBO, data_plate: str = DATA_PLATE):
         self.elbo, self.data_plate = elbo, data_plate
 
     def __call__(self, model, guide, x, *args, num_data: int | None = None, **kwargs):
@@ -149,20 +142,39 @@ def _is_fully_reparameterized(model, guide, x, *args, **kwargs) -> bool:
     return all(
         site["fn"].has_rsample and not site["infer"].get("enumerate")
         for site in guide_trace.nodes.values()
-        if site["type"] == "sample" and not site["is_observed"] and not _is_plate_index(site)
+        if counts(site) and not site["is_observed"]
     )
 
 
 def make_objective(
-    loss: str | ELBO, model, guide, x, *args, data_plate: str = "data", **kwargs
+    loss: str | ELBO | Callable, model, guide, x, *args, data_plate: str = DATA_PLATE, **kwargs
 ) -> Callable:
-    """The objective for ``loss``: one of ``LOSSES`` or a ``pyro.infer.ELBO`` instance.
+    """The objective for ``loss``, with the signature in the module docstring.
 
-    ``"trace"`` is :class:`FastTraceELBO` when the guide is fully reparameterized (checked by
-    tracing the guide once on ``x``), else Pyro's ``Trace_ELBO`` (score-function gradients).
+    Parameters
+    ----------
+    loss : str, pyro.infer.ELBO or callable
+        ``"trace"`` is :class:`FastTraceELBO` when the guide is fully reparameterized (checked
+        by tracing the guide once on ``x``), else Pyro's ``Trace_ELBO`` (score-function
+        gradients); ``"pyro-trace"``, ``"meanfield"`` (``TraceMeanField_ELBO``, analytic KL)
+        and ``"jit"`` (``JitTrace_ELBO``) are Pyro's. A ``pyro.infer.ELBO`` instance is
+        wrapped in :class:`PyroELBO`; any other callable is taken to be an objective already.
+    model, guide : callable
+        The pair.
+    x : torch.Tensor of shape (N, ...)
+        A batch, used only to check reparameterization for ``"trace"``.
+    data_plate : str
+        Name of the data plate.
+
+    Returns
+    -------
+    callable
+        ``objective(model, guide, x, *args, num_data=None, **kwargs) -> 0-dim tensor``.
     """
     if isinstance(loss, ELBO):
         return PyroELBO(loss, data_plate)
+    if callable(loss):
+        return loss
     if loss == "trace":
         with torch.no_grad():
             fast = _is_fully_reparameterized(model, guide, x, *args, **kwargs)
