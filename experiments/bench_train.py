@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from pyro_vae.data import load_dataset
 from pyro_vae.infer.devices import resolve_device
-from pyro_vae.infer.train import make_adam, train
+from pyro_vae.infer.svi import SVIStep, make_adam
+from pyro_vae.infer.train import train
 from pyro_vae.models.vae import VAE
 
 LOG_2PI = math.log(2 * math.pi)
@@ -84,7 +85,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--num-data", type=int, default=4000, help="training datapoints used")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     device = resolve_device(args.device)
     pyro.set_rng_seed(args.seed)
@@ -99,6 +102,10 @@ def main(argv=None) -> dict:
     # the same optimizer the trainer builds, so the ratio isolates the Pyro model/guide overhead
     same_opt_reference = copy.deepcopy(vae)
     same_optimizer = make_adam(same_opt_reference.parameters(), lr=1e-3)
+    step_vae = copy.deepcopy(vae)
+    with pyro.get_param_store().scope():
+        step = SVIStep(step_vae.model, step_vae.guide, lr=1e-3)
+        step.setup(x[: args.batch_size])
     svi_vae = copy.deepcopy(vae)
     svi = pyro.infer.SVI(
         svi_vae.model, svi_vae.guide, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO()
@@ -128,6 +135,17 @@ def main(argv=None) -> dict:
         )
         return _timed_epochs(epoch, args.epochs_per_round, device)
 
+    def step_round():  # the step layer in a loop of one's own, written like hand_written_epoch
+        def epoch():
+            n = x.shape[0]
+            order = torch.randperm(n).to(x.device)
+            for i in range(batches_per_epoch):
+                step.step(x[order[i * args.batch_size : (i + 1) * args.batch_size]], num_data=n)
+            return batches_per_epoch
+
+        with pyro.get_param_store().scope():
+            return _timed_epochs(epoch, args.epochs_per_round, device)
+
     def svi_round():
         with pyro.get_param_store().scope():
             epoch = lambda: pyro_svi_epoch(svi, x, args.batch_size)  # noqa: E731
@@ -135,6 +153,7 @@ def main(argv=None) -> dict:
 
     runners = {
         "pyro_vae.train": trainer_round,
+        "SVIStep.step in your own loop": step_round,
         "hand-written": reference_round,
         "hand-written, trainer's fused Adam": same_optimizer_round,
         "Pyro SVI + Trace_ELBO + pyro.optim.Adam": svi_round,
@@ -148,7 +167,7 @@ def main(argv=None) -> dict:
 
     medians = {name: statistics.median(values) for name, values in rates.items()}
     hand = medians["hand-written"]
-    setting = f"batch {args.batch_size}, {device}"
+    setting = f"batch {args.batch_size}, {device}, {torch.get_num_threads()} threads"
     print(f"\nsteps/s, median over {args.rounds} alternating rounds, {setting}")
     same = medians["hand-written, trainer's fused Adam"]
     print("| loop | steps/s | ratio to hand-written | ratio to hand-written, same optimizer |")

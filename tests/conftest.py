@@ -2,6 +2,10 @@ import pyro
 import pytest
 import torch
 
+# One CPU thread per test process: the suite stays fast when other processes share the cores
+# (several OpenMP threads per process oversubscribe them; see docs/design.md).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def fresh_pyro():
@@ -14,7 +18,7 @@ def fresh_pyro():
 
 @pytest.fixture
 def float64():
-    """Statistical checks run in float64 (DESIGN.md); restored afterwards."""
+    """Statistical checks run in float64 (docs/design.md); restored afterwards."""
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     yield torch.float64

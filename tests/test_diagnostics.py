@@ -126,6 +126,7 @@ def test_global_latent_is_refused():
         nuts_reference(model, x, num_chains=1, num_warmup=2, num_samples=2)
 
 
+@pytest.mark.slow
 def test_nuts_reference_matches_exact_posterior_and_leaves_params(float64):
     ppca, x = _fit_ppca(num=100, data_dim=5, latent_dim=2)
     xs = x[:3]

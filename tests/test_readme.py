@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pyro
+import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -18,6 +19,7 @@ def run(source):
     return namespace
 
 
+@pytest.mark.slow
 def test_vae_example_gives_per_datapoint_evidence():
     pyro.set_rng_seed(0)
     result = run(examples()[0])["result"]
@@ -26,6 +28,7 @@ def test_vae_example_gives_per_datapoint_evidence():
     assert (result.log_px < 0).all() and (result.ess >= 1).all()
 
 
+@pytest.mark.slow
 def test_own_pair_example_matches_the_exact_ppca_evidence():
     pyro.set_rng_seed(0)
     ns = run(examples()[1])

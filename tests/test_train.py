@@ -66,6 +66,7 @@ def global_mean_guide(x):
 # --- fitting -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_vae_elbo_rises_on_mnist5k(mnist):
     vae = small_vae()
     result = train(

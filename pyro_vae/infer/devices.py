@@ -1,7 +1,8 @@
 """Where training data and parameters live: device choice, data as one tensor, moved once.
 
-DESIGN.md: ``device="auto"`` picks CUDA when present; data go to the device once when they fit,
-not batch by batch; nothing calls ``.cuda()`` blindly, so CPU and GPU runs share one code path.
+``device="auto"`` picks CUDA when present; data go to the device once when they fit, not batch by
+batch; nothing calls ``.cuda()`` blindly, so CPU and GPU runs share one code path (see
+docs/design.md, "Devices").
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import torch
 
 __all__ = ["DEFAULT_THREADS", "as_tensor", "move_owners", "place", "resolve_device", "set_threads"]
 
-# placeholder until measured (experiments/bench_threads.py); see docs/design.md
+# One thread: on 2 cores, 2 threads are 1.6x faster idle but 0.4-0.5x beside any other load
+# (experiments/bench_threads.py), and one thread makes CPU runs bit-reproducible across machines.
 DEFAULT_THREADS = 1
 
 
