@@ -4,7 +4,9 @@
     pyro-vae evaluate runs/vae --num-samples 5000
     pyro-vae diagnose runs/vae
 
-Every log-likelihood, ELBO and NLL printed is per datapoint, in nats.
+Every log-likelihood, ELBO and NLL printed is per datapoint, in nats, and names its split.
+Every failure is one line on stderr and exit status 2; nothing already on disk is changed by a
+command that fails before it starts training.
 """
 
 from __future__ import annotations
@@ -18,51 +20,198 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae.data import DATASETS, DEFAULT_DATASET, load_dataset
-from pyro_vae.infer.checkpoint import CheckpointError
-from pyro_vae.infer.devices import resolve_device
+from pyro_vae.data import DATASETS, DEFAULT_DATASET
+from pyro_vae.infer.checkpoint import CheckpointError, load_checkpoint
+from pyro_vae.infer.devices import DEFAULT_THREADS, resolve_device, set_threads
 from pyro_vae.infer.objectives import LOSSES
-from pyro_vae.infer.train import TrainingDivergedError, train
+from pyro_vae.infer.train import CHECKPOINT_NAME, TrainingDivergedError, train
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.models.vae import VAE
 from pyro_vae.nets import ACTIVATIONS, ARCHS
-from pyro_vae.runs import evaluation_data, load_run, save_config, training_figures
+from pyro_vae.runs import (
+    CONFIG_NAME,
+    RUN_FILES,
+    check_writable,
+    evaluation_data,
+    load_run,
+    read_config,
+    run_data,
+    training_figures,
+    write_text_atomic,
+)
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
+
+# options that define a run: a resumed run must keep them (the stored values are used)
+RUN_OPTIONS = (
+    "dataset",
+    "root",
+    "binarize",
+    "val_fraction",
+    "seed",
+    "likelihood",
+    "latent",
+    "hidden",
+    "activation",
+    "arch",
+    "batch_size",
+    "lr",
+    "loss",
+    "clip_norm",
+)
+# options a resume may change; the change is recorded in config.json and the history
+RESUME_OPTIONS = ("epochs", "patience", "device", "threads", "quiet")
+IWAE_KS = (1, 10, 100, 1000)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``pyro-vae train: error: ... (see --help)``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# --- argument types ----------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
 
 
 def _hidden(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--hidden takes sizes like 400 or 512,256, not {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"sizes like 400 or 512,256, not {text!r}") from None
     if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"--hidden needs positive sizes, got {text!r}")
+        raise argparse.ArgumentTypeError(f"positive sizes like 400 or 512,256, not {text!r}")
     return sizes
 
 
-def _ints(text: str) -> list[int]:
-    return [int(s) for s in text.split(",") if s.strip()]
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=1))
+def _ks(text: str) -> list[int]:
+    try:
+        ks = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"positive integers like 1,10,100, not {text!r}")
+    return ks
 
 
 # --- train -------------------------------------------------------------------------------------
 
 
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _stored(value):
+    """An option's value as config.json stores it (tuples become lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _resume_settings(args, given: set[str], out: Path) -> tuple[dict, int]:
+    """Check a ``--resume`` against the stored run before anything is written.
+
+    Options not given take their stored values; a given run-defining option that differs is
+    refused, naming every difference. Returns the stored config and the epochs already done.
+    """
+    checkpoint_path = out / CHECKPOINT_NAME
+    if not checkpoint_path.is_file():
+        raise FileNotFoundError(
+            f"--resume: there is no checkpoint {checkpoint_path} to continue; "
+            "train without --resume to start a run there"
+        )
+    config = read_config(out)
+    stored = config.get("options")
+    if not isinstance(stored, dict) or any(name not in stored for name in RUN_OPTIONS):
+        raise ValueError(f"{out / CONFIG_NAME} records no options of pyro-vae train to resume")
+    differences = [
+        f"{_option(name)} {_stored(getattr(args, name))} (the run has {stored[name]})"
+        for name in RUN_OPTIONS
+        if name in given and _stored(getattr(args, name)) != stored[name]
+    ]
+    if differences:
+        raise ValueError(
+            "--resume cannot change what defines the run: "
+            + ", ".join(differences)
+            + "; train into another --out, or pass --overwrite instead of --resume to replace it"
+        )
+    for name in RUN_OPTIONS:
+        value = stored[name]
+        setattr(args, name, tuple(value) if name == "hidden" else value)
+    for name in ("epochs", "patience"):  # the target and the stopping rule carry over
+        if name not in given:
+            setattr(args, name, stored[name])
+    done = int(load_checkpoint(checkpoint_path)["epoch"])  # also refuses a damaged checkpoint
+    if args.epochs <= done:
+        raise ValueError(
+            f"the run in {out} has done {done} epochs; --epochs {args.epochs} adds none "
+            f"(pass --epochs {done + 10}, say, to train on)"
+        )
+    return config, done
+
+
+def _existing_run_files(out: Path) -> list[str]:
+    return [name for name in RUN_FILES if (out / name).exists()]
+
+
 def cmd_train(args) -> int:
-    resolve_device(args.device)  # fail before loading data when the device is absent
+    given = args.given
+    out = Path(args.out)
+    say = (lambda *a: None) if args.quiet else print
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces it: pass one")
+    check_writable(out)
+    config, done = None, 0
+    if args.resume:
+        config, done = _resume_settings(args, given, out)
+    elif _existing_run_files(out) and not args.overwrite:
+        raise FileExistsError(
+            f"{out} already holds a run ({', '.join(_existing_run_files(out))}); pass --resume "
+            "to continue it or --overwrite to replace it"
+        )
+    set_threads(args.threads)
+    resolve_device(args.device)  # an absent device fails before the data are loaded
     binarize = args.binarize
     if binarize == "auto":  # Bernoulli pixels need binary data; a Gaussian keeps intensities
         binarize = "static" if args.likelihood == "bernoulli" else None
     binarize = None if binarize == "none" else binarize
-    data = load_dataset(
-        args.dataset, root=args.root, download=args.download, binarize=binarize, seed=args.seed
-    )
+    run_config = {
+        "dataset": args.dataset,
+        "root": args.root,
+        "binarize": binarize,
+        "seed": args.seed,
+        "val_fraction": args.val_fraction,
+    }
+    data = run_data(run_config)
+    pyro.set_rng_seed(args.seed)  # before the networks are initialised: runs repeat exactly
     vae = VAE(
         data.train.data_dim,
         latent_dim=args.latent,
@@ -72,26 +221,39 @@ def cmd_train(args) -> int:
         arch=args.arch,
         image_shape=data.image_shape,
     )
-    out = Path(args.out)
-    config = {
-        "dataset": args.dataset,
-        "root": args.root,
-        "binarize": binarize,
-        "seed": args.seed,
-        "vae": {**vae.config, "hidden": list(args.hidden)},
-        "train": {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "loss", "device")},
-    }
-    save_config(out, config)
-    print(
-        f"training a {args.likelihood} VAE {data.train.data_dim}-{'-'.join(map(str, args.hidden))}-"
-        f"{args.latent} on {args.dataset} ({len(data.train)} train, {len(data.test)} test) -> {out}"
+    options = {name: _stored(getattr(args, name)) for name in (*RUN_OPTIONS, *RESUME_OPTIONS)}
+    if config is None:  # a new run (or --overwrite): the folder is written from scratch
+        config = {**run_config, "vae": {**vae.config, "hidden": list(args.hidden)}}
+        config.update(options=options, resumes=[])
+        out.mkdir(parents=True, exist_ok=True)
+        for path in [*(out / n for n in _existing_run_files(out)), *out.glob("figures/*.png")]:
+            path.unlink()
+        write_text_atomic(out / CONFIG_NAME, json.dumps(config, indent=1))
+    else:  # recorded once the first new epoch is safely on disk
+        changed = {
+            name: [config["options"].get(name), options[name]]
+            for name in RESUME_OPTIONS
+            if config["options"].get(name) != options[name]
+        }
+        config["resumes"] = [*config.get("resumes", []), {"from_epoch": done, "changed": changed}]
+        config["options"] = options
+    segment = len(config["resumes"])
+
+    def on_epoch_end(record: dict) -> None:
+        if record["epoch"] == done + 1 and segment > 0:
+            write_text_atomic(out / CONFIG_NAME, json.dumps(config, indent=1))
+
+    what = f"{args.likelihood} VAE {data.train.data_dim}-{'-'.join(map(str, args.hidden))}-"
+    say(
+        f"{'resuming' if done else 'training'} a {what}{args.latent} on {args.dataset} "
+        f"({data.sizes()}) -> {out}" + (f", from epoch {done} to {args.epochs}" if done else "")
     )
     pyro.clear_param_store()
     result = train(
         vae.model,
         vae.guide,
         data.train,
-        val_data=data.test,
+        val_data=data.val,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -103,41 +265,67 @@ def cmd_train(args) -> int:
         out_dir=out,
         resume=args.resume,
         progress=not args.quiet,
-        on_epoch_end=(lambda r: print(_epoch_line(r), flush=True)) if args.quiet else None,
+        on_epoch_end=on_epoch_end,
+        tags={"segment": segment},
+    )
+    final = result.final
+    test_loss = _test_loss(vae, data)
+    bits = data.train.data_dim * math.log(2)
+    val_text = (
+        f"validation -ELBO {final['val_loss']:.2f}, " if final.get("val_loss") is not None else ""
+    )
+    print(
+        f"after {final['epoch']} epochs: train -ELBO {final['train_loss']:.2f}, {val_text}"
+        f"test -ELBO {test_loss:.2f} nats/datapoint ({test_loss / bits:.4f} bits/dim)"
+        + (" (stopped early)" if result.stopped_early else "")
     )
     figures = training_figures(vae, data, result.history, out / "figures")
-    final = result.final
-    print(
-        f"test -ELBO {final['val_loss']:.2f} nats/datapoint "
-        f"({final['val_loss'] / (data.train.data_dim * math.log(2)):.4f} bits/dim) after "
-        f"{final['epoch']} epochs"
-    )
-    print(f"figures in {out / 'figures'}: {', '.join(p.name for p in figures)}")
-    print(f"next: pyro-vae evaluate {out}    (log p(x) by importance sampling)")
+    say(f"figures in {out / 'figures'}: {', '.join(p.name for p in figures)}")
+    say(f"next: pyro-vae evaluate {out}    (test log p(x) by importance sampling)")
     return 0
 
 
-def _epoch_line(record: dict) -> str:
-    return (
-        f"epoch {record['epoch']}  train -ELBO {record['train_loss']:.3f}  "
-        f"val -ELBO {record['val_loss']:.3f} nats/datapoint  {record['seconds']:.1f} s  "
-        f"{record['examples_per_s']:.0f} examples/s"
-    )
+@torch.no_grad()
+def _test_loss(vae: VAE, data) -> float:
+    """-ELBO per datapoint on the test split (one fixed binarization for a "dynamic" run)."""
+    from pyro_vae.infer.evidence import elbo_per_datapoint
+
+    x = data.test.x
+    if data.test.binarize == "dynamic":
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
+    x = x.to(next(vae.parameters()).device)
+    return -elbo_per_datapoint(vae.model, vae.guide, x, num_samples=1).mean().item()
 
 
 # --- evaluate ----------------------------------------------------------------------------------
 
 
-def cmd_evaluate(args) -> int:
-    from pyro_vae.diagnostics import plots
-    from pyro_vae.infer.evidence import dataset_nll, elbo_per_datapoint, iwae_bound
+def _iwae_ks(args) -> list[int]:
+    if args.iwae_k is None:
+        return [k for k in IWAE_KS if k <= args.num_samples]
+    too_many = [k for k in args.iwae_k if k > args.num_samples]
+    if too_many:
+        raise ValueError(
+            f"--iwae-k {','.join(map(str, too_many))} exceeds --num-samples {args.num_samples}: "
+            "L_k is computed from k of the L importance samples"
+        )
+    return sorted(set(args.iwae_k))
 
+
+def cmd_evaluate(args) -> int:
+    from pyro_vae.infer.evidence import dataset_nll, iwae_from_log_weights
+
+    set_threads(args.threads)
     device = resolve_device(args.device)
-    pyro.set_rng_seed(args.seed)
+    ks = _iwae_ks(args)
     run = load_run(args.run_dir, device=device)
+    figures = Path(run.run_dir) / "figures"
+    check_writable(figures)  # before the work, not after it
+    pyro.set_rng_seed(args.seed)
     vae = run.vae
     x = evaluation_data(run, args.num_points, args.seed).to(device)
     n, dim = x.shape
+    # one importance-sampling pass: its weights give log p(x), the ELBO and every L_k
     nll = dataset_nll(
         vae.model,
         vae.guide,
@@ -145,27 +333,17 @@ def cmd_evaluate(args) -> int:
         num_samples=args.num_samples,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        return_log_weights=True,
     )
-    elbo = torch.cat(
-        [
-            elbo_per_datapoint(vae.model, vae.guide, xb, num_samples=args.elbo_samples)
-            for xb in x.split(args.batch_size)
-        ]
-    )
-    ks = [k for k in args.iwae_k if k <= args.num_samples]
+    elbo = nll.log_weights.mean(1)
     iwae = {}
     for k in ks:
-        estimates = max(1, min(100, args.num_samples // k))
-        bound = torch.cat(
-            [
-                iwae_bound(vae.model, vae.guide, xb, k, num_estimates=estimates)
-                for xb in x.split(args.batch_size)
-            ]
-        )
+        bound = iwae_from_log_weights(nll.log_weights, k)
         iwae[k] = (bound.mean().item(), bound.std().item() / math.sqrt(n))
     khat = nll.khat
     report = {
         "run_dir": str(run.run_dir),
+        "split": "test",
         "num_points": n,
         "num_samples": args.num_samples,
         "nll": nll.nll,
@@ -184,18 +362,21 @@ def cmd_evaluate(args) -> int:
             "max": khat.max().item(),
         },
     }
-    print(_evaluation_table(report))
-    figures = Path(run.run_dir) / "figures"
+    print(_evaluation_table(report))  # first: nothing computed is lost if a write fails
+    write_text_atomic(Path(run.run_dir) / "evaluation.json", json.dumps(report, indent=1))
+    from pyro_vae.diagnostics import plots
+
     plots.save_khat_plot(khat, figures / "khat.png")
     plots.save_elbo_vs_logpx(elbo, nll.log_px, figures / "elbo_vs_logpx.png")
-    _write_json(Path(run.run_dir) / "evaluation.json", report)
-    print(f"wrote {run.run_dir}/evaluation.json and figures/khat.png, figures/elbo_vs_logpx.png")
+    if not args.quiet:
+        print(f"wrote {run.run_dir}/evaluation.json, figures/khat.png, figures/elbo_vs_logpx.png")
     return 0
 
 
 def _evaluation_table(r: dict) -> str:
     lines = [
-        f"test set: {r['num_points']} datapoints, L = {r['num_samples']} importance samples each",
+        f"{r['split']} split: {r['num_points']} datapoints, L = {r['num_samples']} importance "
+        "samples each; the ELBO and every L_k are computed from the same samples",
         "",
         "| quantity (per datapoint, nats) | value | standard error |",
         "|---|---|---|",
@@ -226,14 +407,27 @@ def cmd_diagnose(args) -> int:
     from pyro_vae.diagnostics.latent import active_units, amortization_gap, kl_per_dimension
     from pyro_vae.diagnostics.posterior import guide_draws, nuts_reference
 
-    pyro.set_rng_seed(args.seed)
+    set_threads(args.threads)
     run = load_run(args.run_dir)
+    out = Path(run.run_dir) / "figures"
+    check_writable(out)
+    pyro.set_rng_seed(args.seed)
     vae = run.vae
     x = evaluation_data(run, args.num_points, args.seed)
-    out = Path(run.run_dir) / "figures"
+    if args.gap_points > len(x) or args.nuts_points > len(x):
+        raise ValueError(
+            f"--gap-points {args.gap_points} and --nuts-points {args.nuts_points} must not "
+            f"exceed --num-points {len(x)}"
+        )
     active, variances = active_units(vae.guide, x)
     kl = kl_per_dimension(vae.model, vae.guide, x)
-    gap = amortization_gap(vae.model, vae.guide, x[: args.gap_points], num_steps=args.gap_steps)
+    gap = amortization_gap(
+        vae.model,
+        vae.guide,
+        x[: args.gap_points],
+        num_steps=args.gap_steps,
+        progress=not args.quiet,
+    )
     index = list(range(args.nuts_points))
     guide = guide_draws(vae.guide, x[index], num_chains=args.chains, num_draws=args.draws)
     nuts = nuts_reference(
@@ -250,12 +444,8 @@ def cmd_diagnose(args) -> int:
         "NUTS": arviz_io.to_inference_data(nuts, index),
     }
     summaries = {name: arviz_io.summary(idata) for name, idata in idatas.items()}
-    for name, table in summaries.items():
-        table.to_csv(Path(run.run_dir) / f"posterior_summary_{name.lower()}.csv")
-    arviz_io.save_forest(idatas, out / "forest_guide_vs_nuts.png")
-    arviz_io.save_pair(idatas, out / "pair_guide_vs_nuts.png")
-    plots.save_kl_per_dimension(kl, out / "kl_per_dimension.png", variances=variances)
     report = {
+        "split": "test",
         "active_units": active,
         "latent_dim": vae.latent_dim,
         "activity_per_dim": variances.tolist(),
@@ -266,12 +456,12 @@ def cmd_diagnose(args) -> int:
         "elbo_optimized": gap["mean_elbo_optimized"],
         "max_r_hat_nuts": float(summaries["NUTS"]["r_hat"].max()),
     }
-    _write_json(Path(run.run_dir) / "diagnostics.json", report)
     guide_sum, nuts_sum = summaries["guide"], summaries["NUTS"]
     mean_abs = (guide_sum["mean"] - nuts_sum["mean"]).abs().mean()
     sd_ratio = (guide_sum["sd"] / nuts_sum["sd"]).median()
     kl_text = " ".join(f"{v:.2f}" for v in kl.tolist())
     lines = [
+        f"test split, {len(x)} datapoints:",
         f"active units (Cov_x E_q[z_j] > 0.01): {active} of {vae.latent_dim}",
         f"KL(q(z|x) || p(z)): {report['kl_total']:.3f} nats/datapoint; by dimension: {kl_text}",
         f"amortization gap on {args.gap_points} test points: {report['amortization_gap']:.3f} "
@@ -280,91 +470,180 @@ def cmd_diagnose(args) -> int:
         f"guide vs NUTS on {args.nuts_points} test points: mean |difference of posterior means| "
         f"{mean_abs:.3f}, median sd ratio guide/NUTS {sd_ratio:.3f}, "
         f"NUTS max R-hat {report['max_r_hat_nuts']:.3f}",
-        f"wrote {run.run_dir}/diagnostics.json, posterior_summary_*.csv, figures/"
-        "{forest,pair}_guide_vs_nuts.png and figures/kl_per_dimension.png",
     ]
-    print("\n".join(lines))
+    print("\n".join(lines))  # first: nothing computed is lost if a write fails
+    write_text_atomic(Path(run.run_dir) / "diagnostics.json", json.dumps(report, indent=1))
+    for name, table in summaries.items():
+        table.to_csv(Path(run.run_dir) / f"posterior_summary_{name.lower()}.csv")
+    arviz_io.save_forest(idatas, out / "forest_guide_vs_nuts.png")
+    arviz_io.save_pair(idatas, out / "pair_guide_vs_nuts.png")
+    plots.save_kl_per_dimension(kl, out / "kl_per_dimension.png", variances=variances)
+    if not args.quiet:
+        print(
+            f"wrote {run.run_dir}/diagnostics.json, posterior_summary_*.csv, figures/"
+            "{forest,pair}_guide_vs_nuts.png and figures/kl_per_dimension.png"
+        )
     return 0
 
 
 # --- parser ------------------------------------------------------------------------------------
 
 
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="seeds every random draw")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=DEFAULT_THREADS,
+        help="CPU threads for torch; one stays fast when other processes share the cores",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="print only the results (no progress, no notes)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyro-vae", description=__doc__.splitlines()[0])
+    """The ``pyro-vae`` argument parser (``train``, ``evaluate``, ``diagnose``)."""
+    from pyro_vae import __version__
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = _Parser(
+        prog="pyro-vae",
+        description=__doc__.splitlines()[0],
+        formatter_class=fmt,
+        allow_abbrev=False,  # so that _given_options sees every option as written
+    )
+    parser.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a VAE by SVI; writes checkpoint, history and figures")
-    t.add_argument("--dataset", default=DEFAULT_DATASET, choices=DATASETS)
-    t.add_argument("--root", default=None, help="folder of mnist/fashion-mnist files")
+    t = sub.add_parser(
+        "train",
+        help="train a VAE by SVI; writes checkpoint, history and figures",
+        description="Train a VAE by SVI (Trace_ELBO); writes config.json, checkpoint.pt, "
+        "history.json/.csv and figures/ in --out.",
+        formatter_class=fmt,
+        allow_abbrev=False,
+    )
+    t.add_argument("--dataset", default=DEFAULT_DATASET, choices=DATASETS, help="data set")
+    t.add_argument("--root", default=None, help="folder of the mnist/fashion-mnist files")
     t.add_argument("--download", action="store_true", help="let torchvision download into --root")
     t.add_argument(
         "--binarize",
         default="auto",
         choices=["auto", "static", "dynamic", "none"],
-        help="auto: static for --likelihood bernoulli, none for gaussian",
+        help="pixels to {0, 1}; auto: static for --likelihood bernoulli, none for gaussian",
     )
-    t.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS)
-    t.add_argument("--latent", type=int, default=20, help="latent dimension M")
     t.add_argument(
-        "--hidden", type=_hidden, default=(400,), help="hidden sizes, e.g. 400 or 512,256"
+        "--val-fraction",
+        type=_fraction,
+        default=0.1,
+        help="part of the training data held out (seeded) for the validation curve and "
+        "early stopping; the test split is only used for the final report",
     )
-    t.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS))
-    t.add_argument("--arch", default="mlp", choices=ARCHS)
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--loss", default="trace", choices=LOSSES)
-    t.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--clip-norm", type=float, default=None)
-    t.add_argument("--patience", type=int, default=None, help="early stopping on test -ELBO")
+    t.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS, help="p(x|z)")
+    t.add_argument("--latent", type=_positive_int, default=20, help="latent dimension M")
+    t.add_argument("--hidden", type=_hidden, default=(400,), help="hidden sizes, e.g. 512,256")
+    t.add_argument(
+        "--activation", default="relu", choices=sorted(ACTIVATIONS), help="hidden activation"
+    )
+    t.add_argument("--arch", default="mlp", choices=ARCHS, help="encoder/decoder networks")
+    t.add_argument("--epochs", type=_positive_int, default=10, help="epochs to reach")
+    t.add_argument("--batch-size", type=_positive_int, default=128, help="datapoints per step")
+    t.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
+    t.add_argument("--loss", default="trace", choices=LOSSES, help="the -ELBO implementation")
+    t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    t.add_argument("--clip-norm", type=_positive_float, default=None, help="clip the gradient norm")
+    t.add_argument(
+        "--patience",
+        type=_positive_int,
+        default=None,
+        help="stop after this many epochs without a better validation -ELBO",
+    )
     t.add_argument("--out", default="runs/vae", help="run folder")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out to --epochs; options not given keep the run's values",
+    )
+    t.add_argument(
+        "--overwrite", action="store_true", help="replace a run that is already in --out"
+    )
+    _common(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser(
-        "evaluate", help="test log p(x) by importance sampling, ELBO, gap, IWAE, k-hat"
+        "evaluate",
+        help="test log p(x) by importance sampling, ELBO, gap, IWAE, k-hat",
+        description="Score a trained run on its test split: log p(x) by importance sampling, "
+        "the ELBO and IWAE bounds from the same samples, PSIS k-hat.",
+        formatter_class=fmt,
+        allow_abbrev=False,
     )
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", help="a folder written by pyro-vae train")
     e.add_argument(
-        "--num-samples", type=int, default=5000, help="importance samples L per datapoint"
+        "--num-samples", type=_positive_int, default=5000, help="importance samples L per datapoint"
     )
-    e.add_argument("--num-points", type=int, default=None, help="first N test points (default all)")
-    e.add_argument("--batch-size", type=int, default=100)
-    e.add_argument("--elbo-samples", type=int, default=100)
-    e.add_argument("--iwae-k", type=_ints, default=[1, 10, 100, 1000])
-    e.add_argument("--device", default="auto")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument(
+        "--num-points", type=_positive_int, default=None, help="first N test points (default all)"
+    )
+    e.add_argument("--batch-size", type=_positive_int, default=100, help="datapoints per chunk")
+    e.add_argument(
+        "--iwae-k",
+        type=_ks,
+        default=None,
+        help="k of the IWAE bounds L_k, e.g. 1,10,100 (default: 1,10,100,1000 up to L)",
+    )
+    e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    _common(e)
     e.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser(
-        "diagnose", help="active units, KL per dimension, amortization gap, guide vs NUTS"
+        "diagnose",
+        help="active units, KL per dimension, amortization gap, guide vs NUTS",
+        description="Posterior diagnostics of a trained run on its test split, with ArviZ.",
+        formatter_class=fmt,
+        allow_abbrev=False,
     )
-    d.add_argument("run_dir")
+    d.add_argument("run_dir", help="a folder written by pyro-vae train")
     d.add_argument(
-        "--num-points", type=int, default=1000, help="test points for active units and KL"
+        "--num-points", type=_positive_int, default=1000, help="test points for units and KL"
     )
-    d.add_argument("--gap-points", type=int, default=20)
-    d.add_argument("--gap-steps", type=int, default=300)
-    d.add_argument("--nuts-points", type=int, default=2)
-    d.add_argument("--chains", type=int, default=2)
-    d.add_argument("--warmup", type=int, default=200)
-    d.add_argument("--draws", type=int, default=300)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--gap-points", type=_positive_int, default=20, help="test points for the gap")
+    d.add_argument("--gap-steps", type=_positive_int, default=300, help="per-datapoint guide steps")
+    d.add_argument(
+        "--nuts-points", type=_positive_int, default=2, help="test points compared with NUTS"
+    )
+    d.add_argument("--chains", type=_positive_int, default=2, help="NUTS and guide chains")
+    d.add_argument("--warmup", type=_positive_int, default=200, help="NUTS warm-up steps")
+    d.add_argument("--draws", type=_positive_int, default=300, help="draws per chain")
+    _common(d)
     d.set_defaults(func=cmd_diagnose)
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def _given_options(args: argparse.Namespace, argv: list[str]) -> set[str]:
+    """The option names written on the command line (abbreviations are off, so this is exact)."""
+    return {
+        name
+        for name in vars(args)
+        if any(a == _option(name) or a.startswith(_option(name) + "=") for a in argv)
+    }
+
+
+def _one_line(err: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``pyro-vae``; returns the exit status (0, or 2 after a one-line error)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.given = _given_options(args, argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, CheckpointError, TrainingDivergedError) as err:
-        print(f"pyro-vae {args.command}: error: {err}", file=sys.stderr)
+    except (OSError, ValueError, CheckpointError, TrainingDivergedError) as err:
+        print(f"pyro-vae {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

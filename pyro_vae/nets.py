@@ -1,19 +1,27 @@
 """Encoder and decoder networks for deep latent variable models.
 
 The encoder is the inference network f_phi(x) -> (mu, log sigma) of the amortized Gaussian
-posterior q_phi(z|x) = N(mu, diag sigma^2); the decoder is f_theta(z), whose output parametrizes
-the likelihood p_theta(x|z) (Kingma & Welling 2019, sec. 1.7 and 2.5).
+posterior q_phi(z|x) = N(mu, diag sigma^2) (the "Gaussian MLP as encoder" of Kingma & Welling
+2014, Appendix C.2); the decoder is f_theta(z), whose output parametrizes the likelihood
+p_theta(x|z) (their Appendix C.1 for Bernoulli pixels; Kingma & Welling 2019, sec. 1.7 and 2.5).
 
 Both come as a multilayer perceptron (``arch="mlp"``) or a small convolutional net for
 single-channel images such as 28x28 MNIST (``arch="conv"``). Every net works on inputs with any
 number of leading batch dimensions, e.g. codes ``z`` of shape ``(S, N, M)`` drawn under an outer
 particle plate: linear layers broadcast over them, conv nets flatten them into one batch dimension
 and restore them on the way out.
+
+References
+----------
+Kingma, D. P. and Welling, M. (2014). Auto-Encoding Variational Bayes. ICLR.
+Kingma, D. P. and Welling, M. (2019). An Introduction to Variational Autoencoders. Foundations
+and Trends in Machine Learning 12(4).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -29,6 +37,7 @@ __all__ = [
     "check_image_shape",
 ]
 
+#: Hidden-layer nonlinearities by name (the ``activation=`` argument of every net).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
@@ -41,43 +50,130 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
 }
 
+#: Network architectures (the ``arch=`` argument of every net).
 ARCHS = ("mlp", "conv")
 _CONV_CHANNELS = (32, 64)  # two stride-2 convolutions: (H, W) -> (H/2, W/2) -> (H/4, W/4)
 
 
 def _activation(name: str) -> nn.Module:
-    if name not in ACTIVATIONS:
+    if not isinstance(name, str) or name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not _is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return int(value)
+
+
+def _check_arch(arch: str) -> str:
+    if not isinstance(arch, str) or arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+    return arch
+
+
+def _check_last_dim(name: str, t: torch.Tensor, size: int) -> None:
+    """Shape check of a net's input: ``t`` must be ``(..., size)`` (a cheap attribute read)."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() < 1 or t.shape[-1] != size:
+        raise ValueError(f"{name} must have shape (..., {size}), got {tuple(t.shape)}")
 
 
 def check_hidden(hidden) -> tuple[int, ...]:
-    """Hidden layer sizes as a tuple of positive ints (an int means one layer; ``()`` none)."""
-    if isinstance(hidden, int) and not isinstance(hidden, bool):
+    """Validate hidden layer sizes.
+
+    Parameters
+    ----------
+    hidden : int or sequence of int
+        Sizes of the hidden layers; an int means one layer and ``()`` none (an affine map).
+
+    Returns
+    -------
+    tuple of int
+        The sizes, each a positive Python int.
+
+    Raises
+    ------
+    ValueError
+        When ``hidden`` is not an int or a sequence of ints (a string is refused), or a size is
+        not a positive integer.
+    """
+    if _is_int(hidden):
         hidden = (hidden,)
-    if isinstance(hidden, str) or not isinstance(hidden, Sequence):
+    if (
+        isinstance(hidden, str)
+        or not isinstance(hidden, Sequence)
+        or not all(_is_int(h) and h >= 1 for h in hidden)
+    ):
         raise ValueError(f"hidden must be a sequence of positive integers, got {hidden!r}")
-    return tuple(_check_positive_int("each hidden size", h) for h in hidden)
+    return tuple(int(h) for h in hidden)
 
 
-def check_image_shape(data_dim: int, image_shape) -> tuple[int, int]:
-    """``(H, W)`` for a conv net on ``data_dim = H * W`` pixels; square when not given."""
+def _parse_image_shape(image_shape) -> tuple[int, int]:
+    """``image_shape`` as ``(H, W)``, two positive ints, or a ValueError naming it."""
+    ok = (
+        isinstance(image_shape, Sequence)
+        and not isinstance(image_shape, str)
+        and len(image_shape) == 2
+        and all(_is_int(s) and s >= 1 for s in image_shape)
+    )
+    if not ok:
+        raise ValueError(f"image_shape must be (H, W), two positive integers, got {image_shape!r}")
+    return int(image_shape[0]), int(image_shape[1])
+
+
+def check_image_shape(data_dim: int, image_shape, arch: str = "conv") -> tuple[int, int] | None:
+    """Validate the image shape ``(H, W)`` of ``data_dim = H * W`` pixels for ``arch``.
+
+    Parameters
+    ----------
+    data_dim : int
+        Number of pixels D.
+    image_shape : sequence of two int, or None
+        ``(H, W)``. For ``arch="conv"`` it defaults to a square image and ``H`` and ``W`` must be
+        divisible by 4 (two stride-2 layers); for ``arch="mlp"`` it is only metadata (e.g. for
+        plots) and may be None.
+    arch : {"conv", "mlp"}
+        The architecture that reads the pixels.
+
+    Returns
+    -------
+    tuple of (int, int), or None
+        ``(H, W)``; None only for ``arch="mlp"`` without an image shape.
+
+    Raises
+    ------
+    ValueError
+        When ``image_shape`` is not two positive integers, ``H * W != data_dim``, a conv net gets
+        a non-square ``data_dim`` without ``image_shape``, or ``H`` or ``W`` is not divisible by
+        4 for a conv net.
+    """
+    _check_positive_int("data_dim", data_dim)
+    if _check_arch(arch) == "mlp":
+        if image_shape is None:
+            return None
+        h, w = _parse_image_shape(image_shape)
+        if h * w != data_dim:
+            raise ValueError(
+                f"image_shape (H, W) must have H * W == data_dim ({data_dim}), got {(h, w)}"
+            )
+        return h, w
     if image_shape is None:
         side = math.isqrt(data_dim)
         if side * side != data_dim:
             raise ValueError(f"arch='conv' needs image_shape for non-square data_dim={data_dim}")
         image_shape = (side, side)
-    h, w = (int(s) for s in image_shape)
+    h, w = _parse_image_shape(image_shape)
     if h * w != data_dim or h % 4 or w % 4:
         raise ValueError(
             f"arch='conv' needs image_shape (H, W) with H * W == data_dim ({data_dim}) and H, W "
-            f"divisible by 4 (two stride-2 layers), got {tuple(image_shape)}"
+            f"divisible by 4 (two stride-2 layers), got {(h, w)}"
         )
     return h, w
 
@@ -85,8 +181,27 @@ def check_image_shape(data_dim: int, image_shape) -> tuple[int, int]:
 class MLP(nn.Sequential):
     """Multilayer perceptron ``in -> hidden[0] -> ... -> hidden[-1] -> out``.
 
-    An activation follows every hidden layer; the output layer is linear. Input
-    ``(..., in_features)``, output ``(..., out_features)`` for any leading batch dims.
+    An activation follows every hidden layer; the output layer is linear. Called on an input of
+    shape ``(..., in_features)`` it returns ``(..., out_features)``, for any leading batch dims.
+    Weights get PyTorch's default initialization from the global torch RNG, so construction
+    after ``torch.manual_seed(s)`` is reproducible.
+
+    Parameters
+    ----------
+    in_features : int
+        Input size.
+    hidden : int or sequence of int
+        Hidden layer sizes; ``()`` gives a single affine layer.
+    out_features : int
+        Output size.
+    activation : str, default "relu"
+        A key of :data:`ACTIVATIONS`.
+
+    Raises
+    ------
+    ValueError
+        When a size is not a positive integer or ``activation`` is unknown (the message lists
+        the valid names).
     """
 
     def __init__(
@@ -150,24 +265,39 @@ class _ConvDecoderTrunk(nn.Sequential):
         return out.reshape(*lead, self.out_features)
 
 
-def _check_arch(arch: str) -> str:
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
-    return arch
-
-
 class GaussianEncoder(nn.Module):
     """Inference network of q_phi(z|x) = N(z; mu, diag sigma^2), (mu, log sigma) = f_phi(x).
 
-    Kingma & Welling (2019), sec. 2.5. One output layer produces ``2 * latent_dim``
-    numbers split into ``mu`` and ``log sigma`` (one matmul instead of two).
-
-    Input ``x``: ``(..., data_dim)``. Output ``(loc, scale)``, each ``(..., latent_dim)``,
-    with ``scale = exp(log sigma) > 0``.
+    The "Gaussian MLP as encoder" of Kingma & Welling (2014), Appendix C.2 (which outputs
+    log sigma^2; here the net outputs log sigma, the same family); Kingma & Welling (2019),
+    sec. 2.5. One output layer produces ``2 * latent_dim`` numbers split into ``mu`` and
+    ``log sigma`` (one matmul instead of two).
 
     ``arch="mlp"``: ``MLP(data_dim, hidden, 2 * latent_dim)``. ``arch="conv"``: reads ``x`` as
     single-channel ``image_shape`` images (default square), two stride-2 convolutions, then
     ``MLP(features, hidden, 2 * latent_dim)``.
+
+    Parameters
+    ----------
+    data_dim : int
+        Number of input pixels D.
+    latent_dim : int
+        Dimension M of z.
+    hidden : int or sequence of int
+        Hidden layer sizes of the MLP (``()``: affine).
+    activation : str, default "relu"
+        A key of :data:`ACTIVATIONS`.
+    arch : {"mlp", "conv"}, default "mlp"
+        Architecture.
+    image_shape : sequence of two int, optional
+        ``(H, W)`` with ``H * W == data_dim``, for ``arch="conv"``; see
+        :func:`check_image_shape`.
+
+    Raises
+    ------
+    ValueError
+        When a size is not a positive integer, or ``activation``, ``arch`` or ``image_shape``
+        is invalid (the message names the argument and the valid choices).
     """
 
     def __init__(
@@ -180,7 +310,7 @@ class GaussianEncoder(nn.Module):
         image_shape: Sequence[int] | None = None,
     ):
         super().__init__()
-        _check_positive_int("data_dim", data_dim)
+        self.data_dim = _check_positive_int("data_dim", data_dim)
         self.latent_dim = _check_positive_int("latent_dim", latent_dim)
         if _check_arch(arch) == "conv":
             trunk = _ConvEncoderTrunk(check_image_shape(data_dim, image_shape), activation)
@@ -191,19 +321,63 @@ class GaussianEncoder(nn.Module):
             self.net = MLP(data_dim, hidden, 2 * latent_dim, activation)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior parameters of each datapoint.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (..., D)
+            Data, any number of leading batch dimensions.
+
+        Returns
+        -------
+        loc : torch.Tensor of shape (..., M)
+            mu_phi(x).
+        scale : torch.Tensor of shape (..., M)
+            sigma_phi(x) = exp(log sigma) > 0.
+
+        Raises
+        ------
+        ValueError
+            When ``x`` is not a tensor whose last dimension is D.
+        """
+        _check_last_dim("x", x, self.data_dim)
         loc, log_scale = self.net(x).split(self.latent_dim, dim=-1)
         return loc, log_scale.exp()
 
 
 class Decoder(nn.Module):
-    """Generative network f_theta(z) giving the parameters of p_theta(x|z) (K&W 2019, sec. 1.7).
+    """Generative network f_theta(z) giving the parameters of p_theta(x|z).
 
-    Input ``z``: ``(..., latent_dim)``, e.g. ``(S, N, M)``. Output: raw (unconstrained)
-    likelihood parameters ``(..., out_features)``; the likelihood maps them to a distribution.
+    The decoder MLP of Kingma & Welling (2014), Appendix C.1 (Bernoulli) and C.2 (Gaussian);
+    Kingma & Welling (2019), sec. 1.7. Its output is raw (unconstrained) likelihood parameters,
+    which a :class:`~pyro_vae.models.likelihoods.Likelihood` maps to a distribution.
 
     ``arch="mlp"``: ``MLP(latent_dim, hidden, out_features)``. ``arch="conv"``:
     ``MLP(latent_dim, hidden, features)``, activation, then two stride-2 transposed convolutions
     to ``out_features / (H * W)`` channels, flattened channel-major.
+
+    Parameters
+    ----------
+    latent_dim : int
+        Dimension M of z.
+    out_features : int
+        Number of outputs P, e.g. D (one logit per pixel) or 2 D (a location and a scale).
+    hidden : int or sequence of int
+        Hidden layer sizes of the MLP (``()``: affine).
+    activation : str, default "relu"
+        A key of :data:`ACTIVATIONS`.
+    arch : {"mlp", "conv"}, default "mlp"
+        Architecture.
+    image_shape : sequence of two int, optional
+        ``(H, W)``, required for ``arch="conv"``; ``out_features`` must be a multiple of
+        ``H * W``.
+
+    Raises
+    ------
+    ValueError
+        When a size is not a positive integer, ``activation`` or ``arch`` is unknown, or a conv
+        decoder has no valid ``image_shape`` or an ``out_features`` that is not a multiple of
+        ``H * W``.
     """
 
     def __init__(
@@ -216,12 +390,13 @@ class Decoder(nn.Module):
         image_shape: Sequence[int] | None = None,
     ):
         super().__init__()
-        _check_positive_int("latent_dim", latent_dim)
-        _check_positive_int("out_features", out_features)
+        self.latent_dim = _check_positive_int("latent_dim", latent_dim)
+        self.out_features = _check_positive_int("out_features", out_features)
         if _check_arch(arch) == "conv":
             if image_shape is None:
                 raise ValueError("Decoder(arch='conv') needs image_shape (H, W)")
-            h, w = check_image_shape(int(image_shape[0]) * int(image_shape[1]), image_shape)
+            h, w = _parse_image_shape(image_shape)
+            check_image_shape(h * w, (h, w))
             if out_features % (h * w):
                 raise ValueError(
                     f"arch='conv' needs out_features to be a multiple of H * W = {h * w}, "
@@ -236,4 +411,22 @@ class Decoder(nn.Module):
             self.net = MLP(latent_dim, hidden, out_features, activation)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The raw likelihood parameters f_theta(z).
+
+        Parameters
+        ----------
+        z : torch.Tensor of shape (..., M)
+            Codes, any number of leading batch dimensions, e.g. ``(S, N, M)``.
+
+        Returns
+        -------
+        torch.Tensor of shape (..., P)
+            Unconstrained outputs, P = ``out_features``.
+
+        Raises
+        ------
+        ValueError
+            When ``z`` is not a tensor whose last dimension is M.
+        """
+        _check_last_dim("z", z, self.latent_dim)
         return self.net(z)

@@ -1,32 +1,58 @@
 """Run folders for the VAE command line: the config, the trained model, its figures.
 
-A run folder holds ``config.json`` (data set and architecture), ``checkpoint.pt`` and
-``history.json``/``.csv`` (written by :func:`pyro_vae.infer.train.train`) and ``figures/``.
-This module and :mod:`pyro_vae.cli` are the only library code that knows both the data sets and
-the VAE; ``infer`` and ``diagnostics`` stay generic.
+A run folder holds ``config.json`` (data set, architecture and every option that defines the
+run), ``checkpoint.pt`` and ``history.json``/``.csv`` (written by
+:func:`pyro_vae.infer.train.train`), ``figures/`` and, after ``pyro-vae evaluate`` / ``diagnose``,
+their reports. This module and :mod:`pyro_vae.cli` are the only library code that knows both the
+data sets and the VAE; ``infer`` and ``diagnostics`` stay generic.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyro
 import torch
 
 from pyro_vae.data import DatasetSplits, load_dataset
-from pyro_vae.diagnostics import plots
 from pyro_vae.infer.checkpoint import load_checkpoint
+from pyro_vae.infer.params import collect_params, restore_params
 from pyro_vae.infer.train import CHECKPOINT_NAME
 from pyro_vae.models.vae import VAE
 
-__all__ = ["Run", "evaluation_data", "load_run", "save_config", "training_figures"]
+__all__ = [
+    "CONFIG_NAME",
+    "RUN_FILES",
+    "Run",
+    "check_writable",
+    "evaluation_data",
+    "load_run",
+    "read_config",
+    "run_data",
+    "training_figures",
+    "write_text_atomic",
+]
 
 CONFIG_NAME = "config.json"
+# what a training run leaves, and the reports that describe it: replaced together by --overwrite
+RUN_FILES = (
+    CONFIG_NAME,
+    CHECKPOINT_NAME,
+    "history.json",
+    "history.csv",
+    "evaluation.json",
+    "diagnostics.json",
+)
 
 
 @dataclass
 class Run:
+    """A trained run folder, rebuilt: its config, the VAE with trained weights, data, history."""
+
     run_dir: Path
     config: dict
     vae: VAE
@@ -34,37 +60,146 @@ class Run:
     history: list[dict]
 
 
-def save_config(run_dir: Path, config: dict) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / CONFIG_NAME
-    path.write_text(json.dumps(config, indent=1))
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename.
+
+    A full disk or a crash leaves the previous file intact.
+
+    Parameters
+    ----------
+    path : Path
+        Destination; its folder must exist.
+    text : str
+        The new content.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    OSError
+        One line naming ``path``; the previous file is unchanged.
+    """
+    path = Path(path)
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w", dir=path.parent, prefix=f".{path.name}.", delete=False
+        ) as f:
+            tmp = Path(f.name)
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        if "tmp" in locals():
+            tmp.unlink(missing_ok=True)
+        raise OSError(
+            f"could not write {path}: {err.strerror or err}; the previous file is unchanged"
+        ) from None
     return path
 
 
-def _vae_state_dict(params: dict) -> dict:
-    """Param-store names ``"encoder$$$net.0.weight"`` -> module keys ``"encoder.net.0.weight"``."""
-    return {name.replace("$$$", "."): value for name, value in params.items()}
+def check_writable(folder: Path) -> None:
+    """Refuse, before any work is done, a folder that cannot be created or written to.
+
+    Parameters
+    ----------
+    folder : Path
+        A folder that exists or will be created (with its parents).
+
+    Raises
+    ------
+    OSError
+        When ``folder`` or one of its ancestors is a file, or the nearest existing ancestor is
+        not writable; the message names the path.
+    """
+    folder = Path(folder)
+    for ancestor in [folder, *folder.parents]:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise NotADirectoryError(f"{ancestor} is a file, not a folder")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise PermissionError(f"cannot write to {ancestor}: permission denied")
+            return
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
-    """Rebuild the data and the trained VAE of a ``pyro-vae train`` run folder."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_NAME
-    if not config_path.is_file():
+def read_config(run_dir: Path) -> dict:
+    """The ``config.json`` of a run folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``config.json``: not a run folder.
+    ValueError
+        The file is not a JSON object with a dataset and a VAE; the message names the file.
+    """
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
         raise FileNotFoundError(
             f"{run_dir} is not a run folder: no {CONFIG_NAME} (see pyro-vae train)"
         )
-    config = json.loads(config_path.read_text())
-    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    vae = VAE(**config["vae"])
-    vae.load_state_dict(_vae_state_dict(state["params"]))
-    vae.to(device).eval()
-    data = load_dataset(
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); it is not a pyro-vae run config"
+        ) from None
+    missing = [
+        key
+        for key in ("dataset", "seed", "vae")
+        if not isinstance(config, dict) or key not in config
+    ]
+    if missing:
+        raise ValueError(f"{path} is not a pyro-vae run config: it lacks {', '.join(missing)}")
+    return config
+
+
+def run_data(config: dict) -> DatasetSplits:
+    """The data a run was trained on, split the way it was (train / validation / test)."""
+    return load_dataset(
         config["dataset"],
         root=config.get("root"),
         binarize=config.get("binarize"),
         seed=config["seed"],
+        val_fraction=config.get("val_fraction", 0.0),  # runs written before the split had none
     )
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Rebuild the data and the trained VAE of a ``pyro-vae train`` run folder.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        The folder given to ``pyro-vae train --out``.
+    device : str or torch.device
+        Where the VAE is put.
+
+    Returns
+    -------
+    Run
+        With the VAE in eval mode and its weights from ``checkpoint.pt``.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError, pyro_vae.infer.checkpoint.CheckpointError
+        Not a run folder, an invalid config, or a missing, corrupted or foreign checkpoint.
+    """
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    data = run_data(config)
+    vae = VAE(**config["vae"])
+    # the parameters are found by running the pair (public Pyro API), then overwritten by name
+    pyro.clear_param_store()
+    params = collect_params(vae.model, vae.guide, data.test.x[:2])
+    try:
+        restore_params(params, state["params"])
+    except ValueError as err:
+        raise ValueError(
+            f"{run_dir / CHECKPOINT_NAME} does not match {run_dir / CONFIG_NAME}: {err}"
+        ) from None
+    vae.to(device).eval()
     return Run(run_dir, config, vae, data, state["history"])
 
 
@@ -73,6 +208,19 @@ def evaluation_data(run: Run, num_points: int | None = None, seed: int = 0) -> t
 
     A run trained on dynamically binarized data is judged on one fixed, seeded binarization of
     the test set, so the numbers are repeatable and every estimator sees the same binary data.
+
+    Parameters
+    ----------
+    run : Run
+        A loaded run folder.
+    num_points : int, optional
+        How many test images (default all).
+    seed : int
+        Seeds the fixed binarization of a "dynamic" run.
+
+    Returns
+    -------
+    torch.Tensor of shape (num_points, D)
     """
     x = run.data.test.x[:num_points]
     if run.data.test.binarize == "dynamic":
@@ -82,7 +230,26 @@ def evaluation_data(run: Run, num_points: int | None = None, seed: int = 0) -> t
 
 @torch.no_grad()
 def training_figures(vae: VAE, data: DatasetSplits, history: list[dict], out: Path) -> list[Path]:
-    """ELBO curves, test reconstructions, prior samples; the latent map and manifold when M = 2."""
+    """ELBO curves, test reconstructions, prior samples; the latent map and manifold when M = 2.
+
+    Parameters
+    ----------
+    vae : VAE
+        The trained VAE.
+    data : DatasetSplits
+        Its data; the figures show test images.
+    history : list of dict
+        The training history (one record per epoch).
+    out : Path
+        The figures folder (created).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    from pyro_vae.diagnostics import plots  # matplotlib only when figures are drawn
+
     out.mkdir(parents=True, exist_ok=True)
     device = next(vae.parameters()).device
     shape = data.image_shape

@@ -9,11 +9,12 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def fresh_pyro():
-    """Every test starts with an empty param store and a fixed, explicit seed."""
+    """Every test starts with an empty param store, a fixed seed and one CPU thread."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     yield
     pyro.clear_param_store()
+    torch.set_num_threads(1)  # a script or CLI run inside a test may have set another count
 
 
 @pytest.fixture

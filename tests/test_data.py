@@ -137,13 +137,8 @@ def test_idx_folder_exact(tmp_path, name, suffix):
 
 
 def test_torchvision_layout(tmp_path):
-    """Uncompressed IDX files in root/MNIST/raw are read by torchvision.datasets.MNIST."""
-    torchvision = pytest.importorskip("torchvision")
+    """Uncompressed IDX files in root/MNIST/raw are read through torchvision.datasets.MNIST."""
     images, labels = _tiny_mnist(tmp_path / "MNIST" / "raw")
-    try:
-        torchvision.datasets.MNIST(str(tmp_path), train=True, download=False)
-    except Exception as error:  # this torchvision reads a different layout: not ours to test
-        pytest.skip(f"torchvision {torchvision.__version__} did not read MNIST/raw: {error}")
     _check_tiny(load_dataset("mnist", root=tmp_path), images, labels)
 
 
@@ -235,7 +230,6 @@ def test_missing_folder(tmp_path, name):
 
 def test_empty_torchvision_folder_is_reraised_cleanly(tmp_path):
     """torchvision's own RuntimeError becomes one DatasetNotFoundError with no chained trace."""
-    pytest.importorskip("torchvision")
     (tmp_path / "FashionMNIST" / "raw").mkdir(parents=True)
     with pytest.raises(DatasetNotFoundError) as info:
         load_dataset("fashion-mnist", root=tmp_path)
@@ -275,3 +269,35 @@ def test_image_data_validates():
         ImageData(torch.zeros(2, 4), torch.zeros(2), (3, 3))
     with pytest.raises(ValueError, match=r"\(N, D\)"):
         ImageData(torch.zeros(2, 4), torch.zeros(3), (2, 2))
+
+
+def test_validation_split_is_carved_from_train_and_seeded():
+    full = load_dataset("mnist5k")
+    split = load_dataset("mnist5k", val_fraction=0.1)
+    assert (len(split.train), len(split.val), len(split.test)) == (3600, 400, 1000)
+    assert split.sizes() == "3,600 train / 400 validation / 1,000 test"
+    assert torch.equal(split.test.x, full.test.x)  # the test part is untouched
+    # train and validation partition the original training part (rows as exact byte strings)
+    rows = lambda x: sorted(r.numpy().tobytes() for r in x)  # noqa: E731
+    assert rows(torch.cat([split.train.x, split.val.x])) == rows(full.train.x)
+    assert not set(rows(split.train.x)) & set(rows(split.val.x))
+    again = load_dataset("mnist5k", val_fraction=0.1)
+    assert torch.equal(again.val.x, split.val.x) and torch.equal(again.val.y, split.val.y)
+    other = load_dataset("mnist5k", val_fraction=0.1, seed=1)
+    assert not torch.equal(other.val.x, split.val.x)
+    assert full.val is None
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5])
+def test_bad_validation_fraction(fraction):
+    with pytest.raises(ValueError, match=r"val_fraction must lie in \[0, 1\)"):
+        load_dataset("digits", val_fraction=fraction)
+
+
+def test_image_data_refuses_nan_and_negative_labels():
+    x = torch.zeros(3, 4)
+    x[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="x holds 1 NaN or inf values"):
+        ImageData(x, torch.zeros(3), (2, 2))
+    with pytest.raises(ValueError, match="labels y must be non-negative"):
+        ImageData(torch.zeros(3, 4), torch.tensor([0, -1, 2]), (2, 2))

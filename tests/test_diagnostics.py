@@ -6,11 +6,13 @@ standard errors (SE).
 
 import math
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from PIL import Image
 from torch.distributions import constraints
 
 from pyro_vae.diagnostics import arviz_io
@@ -105,6 +107,7 @@ def test_guide_draws_match_exact_posterior(float64):
     n = z.shape[0]
     mean_se = post.stddev / math.sqrt(n)
     mean_err = ((z.mean(0) - post.mean) / mean_se).abs().max()
+    # 8 means: P(|N(0,1)| > 4) = 6e-5 each, a false alarm once in ~2000 seeds
     assert mean_err < 4, f"guide-draw mean off by {mean_err:.2f} SE (tolerance 4 SE)"
     zc = z - z.mean(0)
     cov = torch.einsum("snm,snk->nmk", zc, zc) / (n - 1)
@@ -112,6 +115,9 @@ def test_guide_draws_match_exact_posterior(float64):
     var = sig.diagonal(dim1=-2, dim2=-1)
     cov_se = ((var[..., :, None] * var[..., None, :] + sig**2) / n).sqrt()
     cov_err = ((cov - sig) / cov_se).abs().max()
+    # normal-theory SE of a sample covariance, Var(S_ij) = (s_ii s_jj + s_ij^2) / n; 12 entries,
+    # P(|N(0,1)| > 5) = 6e-7 each: 5 rather than 4 SE since a sample variance's tail is
+    # heavier than the normal approximation
     assert cov_err < 5, f"guide-draw covariance off by {cov_err:.2f} SE (tolerance 5 SE)"
 
 
@@ -140,10 +146,14 @@ def test_nuts_reference_matches_exact_posterior_and_leaves_params(float64):
     post = ppca.posterior(xs)
     ess = torch.tensor(arviz_io.summary(arviz_io.to_inference_data(draws))["ess_bulk"].values)
     ess = ess.reshape(3, 2)
+    # below ~50 draws the MC SE is itself too noisy to judge by (measured: 358-614 here)
     assert (ess > 50).all(), f"NUTS ESS too small to judge: {ess}"
     err = ((z.mean((0, 1)) - post.mean) / (post.stddev / ess.sqrt())).abs().max()
+    # 6 means: P(|N(0,1)| > 4) = 6e-5 each (measured: 1.5 SE)
     assert err < 4, f"NUTS mean off by {err:.2f} MC SE (tolerance 4 SE at the bulk ESS)"
     sd_ratio = z.std((0, 1)) / post.stddev
+    # a sd from ESS draws has relative SE ~ 1/sqrt(2 ESS): 0.1 at the ESS floor of 50, 0.04 at
+    # the measured ESS >= 358, so 25% is >= 2.5 SE at the floor (measured: at most 9.5%)
     assert ((sd_ratio - 1).abs() < 0.25).all(), f"NUTS sd / exact sd = {sd_ratio} (tol 25%)"
 
 
@@ -162,11 +172,12 @@ def test_to_inference_data_keeps_shapes_names_and_summary_columns(float64):
     named = arviz_io.to_inference_data(draws, latent_names=["pc1", "pc2"])
     assert list(named.posterior["z_dim"].values) == ["pc1", "pc2"]
 
-    table = arviz_io.summary(idata)
+    table = arviz_io.summary(idata)  # unrounded
     for column in ("mean", "sd", "hdi_3%", "hdi_97%", "ess_bulk", "r_hat"):
         assert column in table.columns, f"summary lacks {column!r}: {list(table.columns)}"
     assert len(table) == 8, f"expected 4 datapoints x 2 dims = 8 rows, got {len(table)}"
     expected = draws["z"].mean((0, 1)).reshape(-1).numpy()
+    # the same float64 mean of 150 draws, summed in another order: round-off only
     np.testing.assert_allclose(table["mean"].values, expected, rtol=1e-12, atol=1e-12)
     assert (table["hdi_3%"] < table["mean"]).all() and (table["mean"] < table["hdi_97%"]).all()
 
@@ -180,16 +191,37 @@ def test_to_inference_data_rejects_bad_input():
         arviz_io.to_inference_data({"z": torch.zeros(2, 3, 4, 2)}, datapoint_index=[1])
 
 
-def test_forest_and_pair_plots_write_pngs(tmp_path, float64):
+def _drawn_pixels(path, rgb):
+    """Pixels of a PNG within 10 levels per channel of the colour ``rgb`` (anti-aliasing)."""
+    with Image.open(path) as im:
+        px = np.asarray(im.convert("RGB")).astype(int)
+    return int((np.abs(px - np.array(rgb)).max(-1) <= 10).sum())
+
+
+def test_forest_and_pair_plots_draw_both_posteriors_without_pyplot(tmp_path, float64):
     ppca, x = _fit_ppca()
     xs = x[:2]
     guide = arviz_io.to_inference_data(guide_draws(ppca.guide, xs, num_chains=2, num_draws=100))
     other = arviz_io.to_inference_data(guide_draws(ppca.guide, xs, num_chains=2, num_draws=100))
     idatas = {"guide": guide, "NUTS": other}
-    for save, name in ((arviz_io.save_forest, "forest.png"), (arviz_io.save_pair, "pair.png")):
-        path = save(idatas, tmp_path / "figs" / name)
-        assert path.exists() and path.stat().st_size > 1000, f"{name}: {path.stat().st_size} B"
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{name} is not a PNG"
+    sentinel = plt.figure()
+    try:
+        for save, name in ((arviz_io.save_forest, "forest.png"), (arviz_io.save_pair, "pair.png")):
+            path = save(idatas, tmp_path / "figs" / name)
+            assert path == tmp_path / "figs" / name and path.exists()
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{name} is not a PNG"
+            # both posteriors are drawn, in matplotlib's C0 blue and C1 orange; an empty figure
+            # has none of either, the drawn ones at least ~800 each (measured)
+            for colour in ((31, 119, 180), (255, 127, 14)):
+                drawn = _drawn_pixels(path, colour)
+                assert drawn > 200, f"{name}: {drawn} pixels of colour {colour}"
+            assert plt.get_fignums() == [sentinel.number], f"pyplot figures {plt.get_fignums()}"
+    finally:
+        plt.close(sentinel)
+    with pytest.raises(ValueError, match="at least 2 scalar"):
+        arviz_io.save_pair(idatas, tmp_path / "bad.png", coords={"z_dim": [0]})
+    with pytest.raises(ValueError, match="empty"):
+        arviz_io.save_forest({}, tmp_path / "bad.png")
 
 
 # ------------------------------------------------------------------------------------------
@@ -198,6 +230,7 @@ def test_forest_and_pair_plots_write_pngs(tmp_path, float64):
 def test_gaussian_kl_of_exact_guide_is_zero(float64):
     ppca, x = _fit_ppca()
     kl = gaussian_kl_to_posterior(ppca.guide, x[:20], ppca.posterior(x[:20]))
+    # KL of a distribution to itself: float64 round-off of O(1) terms
     assert kl.shape == (20,) and kl.abs().max() < 1e-10, f"KL of the exact guide: {kl}"
 
 
@@ -227,7 +260,7 @@ def test_gaussian_kl_matches_closed_form(family, float64):
         s2 = scale.numpy() ** 2
         logdet = np.linalg.slogdet(sig)[1]
         expected = 0.5 * (np.sum(np.diag(prec) * s2) + maha - 3 + logdet - np.log(s2).sum())
-    np.testing.assert_allclose(kl, expected, rtol=1e-10)
+    np.testing.assert_allclose(kl, expected, rtol=1e-10)  # two float64 closed forms: round-off
 
 
 def test_gaussian_kl_rejects_non_gaussian_guide(float64):
@@ -270,9 +303,12 @@ def test_active_units_counts_the_varying_dimensions(closed_form_mean):
     assert num_active == 3, f"expected 3 active units, got {num_active} (cov {cov})"
     assert cov.shape == (6,)
     expected = locs(x).var(0, unbiased=False)
-    if closed_form_mean:
+    if closed_form_mean:  # the same float32 computation: round-off (eps 1.2e-7)
         torch.testing.assert_close(cov, expected, rtol=1e-6, atol=1e-12)
-    else:  # MC mean of 1000 draws: each mean has variance 0.25 / 1000
+    else:
+        # MC mean of 1000 draws of scale 0.5: variance 0.25 / 1000 each; their variance over
+        # 100 datapoints is that times chi2_99 / 100, whose 99.99% quantile is 1.6, so 5x is
+        # safe and still 8x below the activity threshold 0.01
         assert cov[3:].max() < 5 * 0.25 / 1000, f"inactive dims: MC-noise cov {cov[3:]}"
 
 
@@ -292,7 +328,7 @@ def test_kl_per_dimension_matches_closed_form(float64):
 
     kl = kl_per_dimension(_standard_normal_model, guide, x)
     expected = (0.5 * (scale**2 + loc**2 - 1) - scale.log()).mean(0)
-    torch.testing.assert_close(kl, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(kl, expected, rtol=1e-12, atol=1e-12)  # float64 round-off
     assert kl[2] < kl[0], f"unit scale should cost less KL than scale 0.3: {kl}"
 
 
@@ -321,9 +357,12 @@ def test_amortization_gap_is_zero_for_the_exact_ppca_guide(float64):
     _assert_params_untouched(before)
     gap = result["amortization_gap"]
     assert gap.shape == (10,)
-    # the exact guide's ELBO is log p(x) with zero variance (Bishop PRML eq. 12.43)
+    # the exact guide's ELBO is log p(x) with zero variance (Bishop PRML eq. 12.43); default
+    # float64 tolerances of assert_close (rtol 1e-7): round-off
     torch.testing.assert_close(result["elbo_amortized"], ppca.log_marginal(xs))
     se = _mc_stderr(model, result["local_guide"], xs, 500)
+    # 3 MC SE of the fitted guide's ELBO, plus 1e-3 nats for the optimizer not reaching the
+    # exact posterior (measured: |gap| <= 1.5e-5 nats, 1.8 SE)
     tol = 3 * se + 1e-3
     assert (gap.abs() < tol).all(), f"gap {gap} exceeds 3 SE + 1e-3 nats ({tol})"
     assert result["mean_amortization_gap"] == pytest.approx(gap.mean().item())
@@ -335,6 +374,7 @@ def test_amortization_gap_of_a_poor_guide_is_its_kl_to_the_posterior(float64):
     xs = x[:8]
     post = ppca.posterior(xs)
     off_diag = post.covariance_matrix[0] - torch.diag(post.variance[0])
+    # zero in exact arithmetic: float64 round-off of O(1) entries
     assert off_diag.abs().max() < 1e-12, "premise: the pPCA MLE posterior is diagonal"
 
     def poor_guide(x):
@@ -348,8 +388,11 @@ def test_amortization_gap_of_a_poor_guide_is_its_kl_to_the_posterior(float64):
         _mc_stderr(ppca.model, poor_guide, xs, 2000) ** 2
         + _mc_stderr(ppca.model, result["local_guide"], xs, 2000) ** 2
     ).sqrt()
+    # KL(q || p(z|x)) = 27.9 nats here: 1 nat only checks the sign and scale
     assert (gap > 1.0).all(), f"gap of the poor guide should be clearly > 0: {gap}"
     err = (gap - kl).abs()
+    # 4 MC SE of the two ELBO estimates, plus 1% of the KL for the local fit's optimization
+    # error (measured: at most 1.8 SE)
     assert (err < 4 * se + 0.01 * kl).all(), f"gap {gap} vs KL {kl} (tol 4 SE + 1%, SE {se})"
 
 
@@ -374,6 +417,7 @@ def test_amortization_gap_uses_the_unconstrained_space_for_positive_latents(floa
     exact = amortization_gap(model, guide_shifted_by(0.0), x, num_steps=200, num_samples=500)
     se = _mc_stderr(model, exact["local_guide"], x, 500)
     gap = exact["amortization_gap"]
+    # 3 MC SE plus 0.01 nats for the optimizer not reaching the exact posterior
     assert (gap.abs() < 3 * se + 0.01).all(), f"gap {gap} (tol 3 SE + 0.01, SE {se})"
 
     poor = guide_shifted_by(1.0)
@@ -384,7 +428,7 @@ def test_amortization_gap_uses_the_unconstrained_space_for_positive_latents(floa
         _mc_stderr(model, poor, x, 2000) ** 2
         + _mc_stderr(model, shifted["local_guide"], x, 2000) ** 2
     ).sqrt()
-    tol = 4 * se + 0.01 * kl
+    tol = 4 * se + 0.01 * kl  # 4 MC SE, plus 1% of the KL for the optimization error
     assert ((gap - kl).abs() < tol).all(), f"gap {gap} vs KL {kl:.3f} (tol 4 SE + 1%: {tol})"
 
 
@@ -402,7 +446,9 @@ def test_vae_diagnostics_run_with_correct_shapes():
         loc, scale = vae.encode(x)
     kl = kl_per_dimension(vae.model, vae.guide, x)
     expected = (0.5 * (scale**2 + loc**2 - 1) - scale.log()).mean(0)
+    # float32 (default dtype), computed two ways: round-off of ~100 eps (1.2e-7)
     torch.testing.assert_close(kl, expected, rtol=1e-5, atol=1e-6)
     num_active, cov = active_units(vae.guide, x)
     torch.testing.assert_close(cov, loc.var(0, unbiased=False), rtol=1e-5, atol=1e-7)
+    # 0.01: the default activity threshold (Burda et al. 2015)
     assert num_active == int((loc.var(0, unbiased=False) > 0.01).sum()), (num_active, cov)

@@ -1,1 +1,5 @@
-"""Diagnostics: ArviZ export, PSIS k-hat, NUTS reference posteriors, latent-space checks, plots."""
+"""Judge a trained pair: NUTS reference posteriors, ArviZ export, latent-space checks, plots.
+
+Import the submodules on their own (``posterior``, ``latent``, ``arviz_io``, ``plots``), so
+that nothing imports arviz unless asked; PSIS k-hat is :func:`pyro_vae.infer.psis.pareto_khat`.
+"""

@@ -2,11 +2,16 @@
 
 This is the ONLY module of pyro_vae that imports arviz, so an arviz upgrade touches one file.
 It sticks to calls that exist in both the 0.x and the 1.x lines (``from_dict``, ``summary``,
-``plot_forest``, ``plot_pair``, ``psislw``) and guards their differing signatures with
-``_ARVIZ_1`` (the 1.x branches follow the 1.x documentation; only 0.x is tested here).
+``plot_forest``, ``plot_pair``) and guards their differing signatures with ``_ARVIZ_1`` (the
+1.x branches follow the 1.x documentation; only 0.x is tested here). PSIS k-hat is not here:
+its one implementation is :func:`pyro_vae.infer.psis.pareto_khat`.
 
 Draws come in the layout of :mod:`pyro_vae.diagnostics.posterior`:
 ``{site: tensor (chains, draws, N, *event_shape)}``.
+
+Figures are drawn on axes of a :class:`matplotlib.figure.Figure` made here and passed to arviz
+as ``ax=``, so pyplot's backend and its list of open figures are never touched (see
+:mod:`pyro_vae.diagnostics.plots`).
 """
 
 from __future__ import annotations
@@ -18,16 +23,14 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-__all__ = ["to_inference_data", "summary", "save_forest", "save_pair", "psis_khat"]
+from pyro_vae.diagnostics.plots import _save, _to_numpy
+
+__all__ = ["to_inference_data", "summary", "save_forest", "save_pair"]
 
 _ARVIZ_1 = int(az.__version__.split(".")[0]) >= 1
-
-
-def _numpy(value) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
 
 
 def _site_dims(site: str, arr: np.ndarray, names) -> tuple[list[str], dict[str, list]]:
@@ -51,17 +54,39 @@ def to_inference_data(
     datapoint_index: Sequence[int] | None = None,
     latent_names: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
 ):
-    """Draws ``{site: (chains, draws, N, *event_shape)}`` -> ``az.InferenceData`` (posterior group).
+    """Per-datapoint posterior draws as an ``arviz.InferenceData`` (posterior group).
 
     Dimensions are ("chain", "draw", "datapoint", "<site>_dim"); coordinates are the datapoint
-    indices (``datapoint_index``, default 0..N-1) and latent names (0, 1, ... by default, so
-    summaries label rows "z[datapoint, j]"; ``latent_names`` is a list for a single-site dict,
-    or ``{site: list}``).
-    Event shapes of rank > 1 get dims "<site>_dim_k" with integer coordinates.
+    indices and the latent names (0, 1, ... by default, so summaries label rows
+    "z[datapoint, j]"). Event shapes of rank > 1 get dims "<site>_dim_k" with integer
+    coordinates. Values keep their dtype.
+
+    Parameters
+    ----------
+    draws : dict of str to torch.Tensor of shape (chains, draws, N, *event_shape)
+        As returned by :func:`pyro_vae.diagnostics.posterior.guide_draws` or
+        :func:`pyro_vae.diagnostics.posterior.nuts_reference`; one common N.
+    datapoint_index : sequence of int of length N, optional
+        Datapoint coordinates, e.g. the rows of the data set the N datapoints came from;
+        default 0, ..., N-1.
+    latent_names : sequence of str, or dict of str to sequence of str, optional
+        Names of the entries of a site with event shape (D,): a list for a single-site
+        ``draws``, else ``{site: names}``.
+
+    Returns
+    -------
+    arviz.InferenceData
+        With one posterior variable per site.
+
+    Raises
+    ------
+    ValueError
+        If ``draws`` is empty, its sites do not share one N in the (chains, draws, N, ...)
+        layout, or ``datapoint_index`` / ``latent_names`` have the wrong length.
     """
     if not draws:
         raise ValueError("draws is empty")
-    arrays = {site: _numpy(value) for site, value in draws.items()}
+    arrays = {site: _to_numpy(value) for site, value in draws.items()}
     sizes = {arr.shape[2] if arr.ndim >= 3 else None for arr in arrays.values()}
     if None in sizes or len(sizes) != 1:
         shapes = {site: arr.shape for site, arr in arrays.items()}
@@ -86,9 +111,31 @@ def to_inference_data(
 def summary(idata, var_names: Sequence[str] | None = None, hdi_prob: float = 0.94, coords=None):
     """``az.summary`` with fixed column names, unrounded.
 
-    Returns a ``pandas.DataFrame``, one row per scalar latent, with columns ``mean``, ``sd``,
-    ``hdi_{lo}%``, ``hdi_{hi}%`` (``hdi_3%``/``hdi_97%`` for the default 94% HDI), ``mcse_mean``,
-    ``mcse_sd``, ``ess_bulk``, ``ess_tail`` and ``r_hat`` (Vehtari et al. 2021 rank-normalized).
+    R-hat and the bulk and tail effective sample sizes are the rank-normalized ones of
+    Vehtari, Gelman, Simpson, Carpenter & Bürkner (2021), Bayesian Analysis 16(2).
+
+    Parameters
+    ----------
+    idata : arviz.InferenceData
+        From :func:`to_inference_data`.
+    var_names : sequence of str, optional
+        Sites to summarize; default all.
+    hdi_prob : float, default 0.94
+        Probability mass of the highest-density interval, in (0, 1).
+    coords : dict, optional
+        Coordinates to select, e.g. ``{"datapoint": [0, 1]}``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per scalar latent, with columns ``mean``, ``sd``, ``hdi_{lo}%``, ``hdi_{hi}%``
+        (``hdi_3%`` / ``hdi_97%`` for the default 94% HDI), ``mcse_mean``, ``mcse_sd``,
+        ``ess_bulk``, ``ess_tail`` and ``r_hat``.
+
+    Raises
+    ------
+    ValueError
+        If ``hdi_prob`` is not in (0, 1).
     """
     if not 0.0 < hdi_prob < 1.0:
         raise ValueError(f"hdi_prob must lie in (0, 1), got {hdi_prob}")
@@ -108,17 +155,6 @@ def summary(idata, var_names: Sequence[str] | None = None, hdi_prob: float = 0.9
     return pd.DataFrame(table).rename(columns=renames)
 
 
-def _pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend (figures are only saved)."""
-    import matplotlib
-
-    if matplotlib.get_backend().lower() != "agg":
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _default_coords(idata, coords, max_datapoints: int, max_dims: int | None = None) -> dict:
     """Restrict to the first datapoints (and latent dims) unless the caller chose coords."""
     coords = dict(coords or {})
@@ -132,11 +168,31 @@ def _default_coords(idata, coords, max_datapoints: int, max_dims: int | None = N
     return coords
 
 
-def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    _pyplot().close(fig)
+def _num_scalars(idata, var_names, coords) -> int:
+    """Number of scalar variables (rows of a forest plot) after selecting ``coords``."""
+    posterior = idata.posterior
+    total = 0
+    for name in var_names if var_names is not None else list(posterior.data_vars):
+        var = posterior[name]
+        var = var.sel({dim: value for dim, value in coords.items() if dim in var.dims})
+        total += int(np.prod([var.sizes[d] for d in var.dims if d not in ("chain", "draw")]))
+    return total
+
+
+def _arviz_plots_save(plot, idatas, path, **kwargs) -> Path:
+    """arviz 1.x: draw with arviz-plots and save the returned ``PlotCollection``."""
+    # arviz-plots makes its figures through pyplot and takes no axes; close only the figures
+    # it opened, leaving the backend and the caller's figures alone
+    import matplotlib.pyplot as plt
+
+    before = set(plt.get_fignums())
+    try:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plot(dict(idatas), **kwargs).savefig(path)
+    finally:
+        for num in set(plt.get_fignums()) - before:
+            plt.close(num)
     return path
 
 
@@ -150,28 +206,50 @@ def save_forest(
 ) -> Path:
     """Forest plot (posterior mean and HDI per latent) of several posteriors, e.g. guide vs NUTS.
 
-    ``idatas`` maps a label ("guide", "NUTS") to an InferenceData from :func:`to_inference_data`.
-    Without ``coords`` only the first ``max_datapoints`` datapoints are drawn. Returns ``path``.
+    Parameters
+    ----------
+    idatas : dict of str to arviz.InferenceData
+        A label ("guide", "NUTS") for each posterior, from :func:`to_inference_data`.
+    path : str or Path
+        PNG file to write; parent folders are created.
+    var_names : sequence of str, optional
+        Sites to draw; default all.
+    coords : dict, optional
+        Coordinates to select; default the first ``max_datapoints`` datapoints.
+    hdi_prob : float, default 0.94
+        Probability mass of the drawn highest-density intervals.
+    max_datapoints : int, default 4
+        Datapoints drawn when ``coords`` does not choose them.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If ``idatas`` is empty.
     """
     if not idatas:
         raise ValueError("idatas is empty")
-    plt = _pyplot()
     coords = _default_coords(next(iter(idatas.values())), coords, max_datapoints)
     var_names = list(var_names) if var_names is not None else None
     if _ARVIZ_1:  # arviz-plots returns a PlotCollection
-        pc = az.plot_forest(dict(idatas), var_names=var_names, coords=coords, ci_prob=hdi_prob)
-        pc.savefig(path)
-        plt.close("all")
-        return Path(path)
-    axes = az.plot_forest(
+        kwargs = dict(var_names=var_names, coords=coords, ci_prob=hdi_prob)
+        return _arviz_plots_save(az.plot_forest, idatas, path, **kwargs)
+    rows = _num_scalars(next(iter(idatas.values())), var_names, coords) * len(idatas)
+    fig = Figure(figsize=(6.0, 1.0 + 0.25 * rows))
+    az.plot_forest(
         list(idatas.values()),
         model_names=list(idatas),
         var_names=var_names,
         coords=coords,
         combined=True,
         hdi_prob=hdi_prob,
+        ax=fig.subplots(),
     )
-    return _save(np.ravel(axes)[0].figure, path)
+    return _save(fig, path, tight=True)
 
 
 def save_pair(
@@ -183,23 +261,53 @@ def save_pair(
 ) -> Path:
     """Pair (scatter) plot of the latents of one datapoint, the posteriors overlaid in colour.
 
-    Without ``coords`` the first datapoint and its first ``max_dims`` latent dimensions are
-    drawn (a pair plot needs at least two scalar variables). Returns ``path``.
+    Marginal densities on the diagonal, scatter plots of every pair of scalar latents below it.
+
+    Parameters
+    ----------
+    idatas : dict of str to arviz.InferenceData
+        A label ("guide", "NUTS") for each posterior, from :func:`to_inference_data`.
+    path : str or Path
+        PNG file to write; parent folders are created.
+    var_names : sequence of str, optional
+        Sites to draw; default all.
+    coords : dict, optional
+        Coordinates to select; default the first datapoint and its first ``max_dims``
+        latent dimensions.
+    max_dims : int, default 4
+        Latent dimensions drawn when ``coords`` does not choose them.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If ``idatas`` is empty or the selection has fewer than two scalar latents.
     """
     if not idatas:
         raise ValueError("idatas is empty")
-    plt = _pyplot()
     coords = _default_coords(next(iter(idatas.values())), coords, 1, max_dims)
     var_names = list(var_names) if var_names is not None else None
     if _ARVIZ_1:
-        pc = az.plot_pair(dict(idatas), var_names=var_names, coords=coords)
-        pc.savefig(path)
-        plt.close("all")
-        return Path(path)
-    ax, handles = None, []
-    for i, (name, idata) in enumerate(idatas.items()):
-        color = f"C{i}"
-        ax = az.plot_pair(
+        kwargs = dict(var_names=var_names, coords=coords)
+        return _arviz_plots_save(az.plot_pair, idatas, path, **kwargs)
+    num = _num_scalars(next(iter(idatas.values())), var_names, coords)
+    if num < 2:
+        raise ValueError(f"a pair plot needs at least 2 scalar latents, the selection has {num}")
+    fig = Figure(figsize=(max(5.0, 2.2 * num), max(5.0, 2.2 * num)))
+    ax = fig.subplots(num, num, sharex="col", squeeze=False)
+    for j in range(num):  # scatter panels of one row share the y variable
+        for i in range(1, j):
+            ax[j, i].sharey(ax[j, 0])
+    if num == 2:  # the rotated marginal of z_2 sits right of the scatter plot
+        ax[1, 1].sharey(ax[1, 0])
+    handles = []
+    for k, (name, idata) in enumerate(idatas.items()):
+        color = f"C{k}"
+        az.plot_pair(
             idata,
             var_names=var_names,
             coords=coords,
@@ -209,20 +317,6 @@ def save_pair(
             scatter_kwargs={"color": color, "alpha": 0.3},
             marginal_kwargs={"color": color},
         )
-        handles.append(plt.Line2D([], [], color=color, marker="o", linestyle="", label=name))
-    fig = np.ravel(ax)[0].figure
+        handles.append(Line2D([], [], color=color, marker="o", linestyle="", label=name))
     fig.legend(handles=handles, loc="upper right")
-    return _save(fig, path)
-
-
-def psis_khat(log_weights) -> torch.Tensor:
-    """Pareto k-hat of importance log weights (Vehtari et al. 2024, PSIS), via ``az.psislw``.
-
-    ``log_weights``: (..., L) tensor or array, samples on the last axis. Returns a float64
-    tensor of shape (...,): k-hat < 0.7 means the importance-sampling estimate is reliable.
-    """
-    lw = _numpy(log_weights).astype(np.float64)
-    if lw.ndim < 1 or lw.shape[-1] < 2:
-        raise ValueError(f"need at least 2 log weights on the last axis, got shape {lw.shape}")
-    _, khat = az.psislw(lw, 1.0)
-    return torch.as_tensor(np.asarray(khat, dtype=np.float64))
+    return _save(fig, path, tight=True)

@@ -3,11 +3,12 @@
 For any model/guide pair following the site convention (:mod:`pyro_vae.infer.sites`:
 per-datapoint latent sites inside the data plate; default latent site ``"z"``):
 
-- :func:`active_units` -- Burda, Grosse & Salakhutdinov (2015), sec. 5.2: unit u is active when
-  A_u = Cov_x(E_q[z_u | x]) exceeds a threshold (0.01).
+- :func:`active_units` -- Burda, Grosse & Salakhutdinov (2015), "Importance weighted
+  autoencoders", sec. 5.2: unit u is active when A_u = Cov_x(E_q[z_u | x]) exceeds 0.01.
 - :func:`kl_per_dimension` -- mean over datapoints of KL(q(z_u | x) || p(z_u)) per latent unit.
-- :func:`amortization_gap` -- Cremer, Li & Duvenaud (2018): ELBO of a mean-field Gaussian fitted
-  to each datapoint separately minus the ELBO of the amortized guide.
+- :func:`amortization_gap` -- Cremer, Li & Duvenaud (2018), "Inference suboptimality in
+  variational autoencoders": ELBO of a mean-field Gaussian fitted to each datapoint separately
+  minus the ELBO of the amortized guide.
 - :func:`gaussian_kl_to_posterior` -- exact KL(q(z|x) || p(z|x)) against a Gaussian posterior
   (pPCA: Bishop PRML eq. 12.42).
 """
@@ -22,6 +23,7 @@ import pyro.poutine as poutine
 import torch
 from torch.distributions import Independent, MultivariateNormal, Normal, biject_to, kl_divergence
 from torch.distributions.transforms import ComposeTransform, IndependentTransform
+from tqdm.auto import tqdm
 
 from pyro_vae.diagnostics.posterior import _to_draws_layout, guide_draws
 from pyro_vae.infer.evidence import elbo_per_datapoint, inspect_pair, trace_log_prob
@@ -76,14 +78,41 @@ def active_units(
     data_plate: str = DATA_PLATE,
     **kwargs,
 ) -> tuple[int, torch.Tensor]:
-    """Number of active latent units (Burda et al. 2015, eq. 15): A_u = Cov_x(E_q[z_u|x]) > 0.01.
+    """Number of active latent units (Burda, Grosse & Salakhutdinov 2015, sec. 5.2).
 
+    Unit u is active when A_u = Cov_x(E_q[z_u | x]) > ``threshold`` (0.01 in the paper).
     E_q[z | x] is the traced guide distribution's ``.mean`` when it has one (e.g.
     ``Independent(Normal)``), else the mean of ``num_samples`` guide draws. Cov_x is the
-    population variance over the N rows of ``x`` (N >= 2).
+    population variance over the N rows of ``x``.
 
-    Returns ``(num_active, cov_per_dim)`` with ``cov_per_dim`` of shape (D_z,) (the event
-    dimensions of ``site`` flattened).
+    Parameters
+    ----------
+    guide : callable
+        ``guide(x, *args, **kwargs)`` following the site convention (docs/design.md).
+    x : torch.Tensor of shape (N, ...)
+        Data batch, N >= 2 datapoints along the first dimension.
+    *args, **kwargs
+        Passed on to ``guide``.
+    threshold : float, default 0.01
+        Activity above which a unit counts as active.
+    site : str, default "z"
+        The latent site whose units are counted.
+    num_samples : int, default 1000
+        Guide draws per datapoint when the site's distribution has no closed-form mean.
+    data_plate : str, default "data"
+        Name of the data plate.
+
+    Returns
+    -------
+    num_active : int
+        Number of units with A_u > ``threshold``.
+    cov_per_dim : torch.Tensor of shape (D_z,)
+        A_u for every unit, the event dimensions of ``site`` flattened.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` has fewer than 2 rows or the guide has no latent site ``site``.
     """
     num_n = x.shape[0]
     if num_n < 2:
@@ -111,13 +140,38 @@ def kl_per_dimension(
     data_plate: str = DATA_PLATE,
     **kwargs,
 ) -> torch.Tensor:
-    """Mean over datapoints of KL(q(z_u | x_n) || p(z_u)) for every latent unit u: (D_z,) nats.
+    """Mean over datapoints of KL(q(z_u | x_n) || p(z_u)) for every latent unit u, in nats.
 
     Analytic, via ``torch.distributions.kl_divergence`` on the univariate factors of a
     factorized guide and prior (``Independent`` of univariate distributions); the prior is read
     from the model replayed on a guide draw. Summed over u it is the KL term of the ELBO
-    (Kingma & Welling 2014, eq. 10). Raises ``ValueError`` for a non-factorized q or p or a pair
-    without an analytic KL.
+    (Kingma & Welling 2014, eq. 10).
+
+    Parameters
+    ----------
+    model : callable
+        ``model(x, *args, **kwargs)`` following the site convention (docs/design.md).
+    guide : callable
+        ``guide(x, *args, **kwargs)``, with the same latent site ``site``.
+    x : torch.Tensor of shape (N, ...)
+        Data batch, datapoints along the first dimension.
+    *args, **kwargs
+        Passed on to ``model`` and ``guide``.
+    site : str, default "z"
+        The latent site.
+    data_plate : str, default "data"
+        Name of the data plate.
+
+    Returns
+    -------
+    torch.Tensor of shape (D_z,)
+        KL per unit, the event dimensions of ``site`` flattened.
+
+    Raises
+    ------
+    ValueError
+        If ``site`` is not a latent site of both, q or p is not factorized, or the pair of
+        factor distributions has no analytic KL.
     """
     num_n = x.shape[0]
     with torch.no_grad():
@@ -165,12 +219,38 @@ def gaussian_kl_to_posterior(
     data_plate: str = DATA_PLATE,
     **kwargs,
 ) -> torch.Tensor:
-    """Exact KL(q(z | x_n) || p(z | x_n)) in nats for a Gaussian guide: (N,).
+    """Exact KL(q(z | x_n) || p(z | x_n)) in nats for a Gaussian guide and Gaussian posterior.
 
-    ``exact_posterior`` is a ``MultivariateNormal`` with batch (N,), event (D_z,) -- for pPCA
-    ``PPCA.posterior(x)`` (Bishop PRML eq. 12.42). The guide's site must be a
-    ``MultivariateNormal`` or ``Independent(Normal, 1)`` with batch (N,). The closed form is
-    0.5 [tr(S_p^-1 S_q) + (m_p - m_q)^T S_p^-1 (m_p - m_q) - D + log det S_p - log det S_q].
+    The closed form between two Gaussians,
+    0.5 [tr(S_p^-1 S_q) + (m_p - m_q)^T S_p^-1 (m_p - m_q) - D + log det S_p - log det S_q],
+    against e.g. pPCA's exact posterior (Bishop 2006, PRML eq. 12.42).
+
+    Parameters
+    ----------
+    guide : callable
+        ``guide(x, *args, **kwargs)`` whose site ``site`` is a ``MultivariateNormal`` or
+        ``Normal(loc, scale).to_event(1)`` with batch shape (N,).
+    x : torch.Tensor of shape (N, ...)
+        Data batch, datapoints along the first dimension.
+    exact_posterior : torch.distributions.MultivariateNormal
+        p(z | x_n), batch shape (N,), event shape (D_z,); for pPCA ``PPCA.posterior(x)``.
+    *args, **kwargs
+        Passed on to ``guide``.
+    site : str, default "z"
+        The latent site.
+    data_plate : str, default "data"
+        Name of the data plate.
+
+    Returns
+    -------
+    torch.Tensor of shape (N,)
+        KL per datapoint.
+
+    Raises
+    ------
+    ValueError
+        If ``exact_posterior`` is not a ``MultivariateNormal``, the guide's site is not
+        Gaussian, or the batch or event shapes do not match.
     """
     if not isinstance(exact_posterior, MultivariateNormal):
         raise ValueError(f"exact_posterior must be a MultivariateNormal, got {exact_posterior}")
@@ -271,7 +351,7 @@ def _stl_elbo(model, live, frozen, x, args, kwargs, data_plate, num_particles, l
 
 def _fit_local(model, init, x, args, kwargs, data_plate, layout, opts):
     """Adam on the local (loc, log-scale) leaves only; Polyak average of the last half."""
-    num_steps, lr, num_particles = opts
+    num_steps, lr, num_particles, progress = opts
     num_n = x.shape[0]
     leaves = [t.clone().requires_grad_() for loc, ls, _, _ in init.values() for t in (loc, ls)]
     spec = [(tr, ev) for _, _, tr, ev in init.values()]
@@ -283,7 +363,8 @@ def _fit_local(model, init, x, args, kwargs, data_plate, layout, opts):
     live = _local_guide(build(leaves), data_plate, layout.data_dim, num_n)
     optim = torch.optim.Adam(leaves, lr=lr)
     averages, count = [torch.zeros_like(t) for t in leaves], 0
-    for step in range(num_steps):
+    bar = tqdm(range(num_steps), desc="per-datapoint guides", leave=False, disable=not progress)
+    for step in bar:
         frozen = _local_guide(
             build([t.detach() for t in leaves]), data_plate, layout.data_dim, num_n
         )
@@ -309,25 +390,63 @@ def amortization_gap(
     num_samples: int = 500,
     num_particles: int = 8,
     data_plate: str = DATA_PLATE,
+    progress: bool = False,
     **kwargs,
 ) -> dict:
-    """Amortization gap per datapoint (Cremer, Li & Duvenaud 2018, eq. 5), in nats.
+    """Amortization gap per datapoint (Cremer, Li & Duvenaud 2018, Table 1), in nats.
 
-    A mean-field Normal guide with local parameters (loc, log-scale) per datapoint and per
-    latent unit -- in the unconstrained space ``biject_to(support)`` of each latent site -- is
-    initialised from the amortized guide's mean/scale (or draw moments) and fitted by Adam
-    (``num_steps``, ``lr``) on a ``num_particles``-sample ELBO. Gradients are taken with
-    ``torch.autograd.grad`` w.r.t. the local parameters only: model and guide parameters are
-    constants, no ``.grad`` is set and the param store is untouched. Both ELBOs are then
-    estimated by :func:`pyro_vae.infer.evidence.elbo_per_datapoint` with ``num_samples``.
+    The gap is L[q*] - L[q], the ELBO of the best guide of a family fitted to each datapoint
+    minus the ELBO of the amortized guide. Here q* is a mean-field Normal with local parameters
+    (loc, log-scale) per datapoint and per latent unit -- in the unconstrained space
+    ``biject_to(support)`` of each latent site -- initialised from the amortized guide's
+    mean/scale (or draw moments) and fitted by Adam (``num_steps``, ``lr``) on a
+    ``num_particles``-sample ELBO with the "sticking the landing" gradient (Roeder, Wu &
+    Duvenaud 2017). Gradients are taken with ``torch.autograd.grad`` w.r.t. the local
+    parameters only: model and guide parameters are constants, no ``.grad`` is set and the
+    param store is untouched. Both ELBOs are then estimated by
+    :func:`pyro_vae.infer.evidence.elbo_per_datapoint` with ``num_samples`` draws.
 
-    The gap ``elbo_optimized - elbo_amortized`` is >= 0 up to Monte Carlo and optimization error
-    when the amortized guide is itself a mean-field Gaussian; a richer amortized guide (full
-    covariance, flows) can make it negative.
+    The gap is >= 0 up to Monte Carlo and optimization error when the amortized guide is
+    itself a mean-field Gaussian; a richer amortized guide (full covariance, flows) can make
+    it negative.
 
-    Returns a dict with ``elbo_amortized``, ``elbo_optimized``, ``amortization_gap`` (N,) and
-    their means ``mean_elbo_amortized``, ``mean_elbo_optimized``, ``mean_amortization_gap``
-    (floats), plus ``local_guide`` (the fitted per-datapoint guide, a callable on ``x``).
+    Parameters
+    ----------
+    model : callable
+        ``model(x, *args, **kwargs)`` following the site convention (docs/design.md).
+    guide : callable
+        ``guide(x, *args, **kwargs)``, the amortized guide.
+    x : torch.Tensor of shape (N, ...)
+        Data batch, datapoints along the first dimension.
+    *args, **kwargs
+        Passed on to ``model`` and ``guide``.
+    num_steps : int, default 300
+        Adam steps of the local fit (the last half are averaged).
+    lr : float, default 0.05
+        Adam learning rate.
+    num_samples : int, default 500
+        Draws per datapoint of the final ELBO estimates.
+    num_particles : int, default 8
+        Draws per datapoint of each optimization step.
+    data_plate : str, default "data"
+        Name of the data plate.
+    progress : bool, default False
+        A tqdm bar over the optimization steps.
+
+    Returns
+    -------
+    dict
+        ``elbo_amortized``, ``elbo_optimized``, ``amortization_gap``: torch.Tensor of shape
+        (N,) in nats; ``mean_elbo_amortized``, ``mean_elbo_optimized``,
+        ``mean_amortization_gap``: their means (float); ``local_guide``: the fitted
+        per-datapoint guide, a callable on ``x``.
+
+    Raises
+    ------
+    ValueError
+        If ``num_steps < 0``, ``num_particles < 1`` or ``num_samples < 1``.
+    pyro_vae.infer.sites.GlobalLatentError
+        If a latent site of the model or guide lies outside the data plate.
     """
     if num_steps < 0 or num_particles < 1 or num_samples < 1:
         raise ValueError("need num_steps >= 0, num_particles >= 1 and num_samples >= 1")
@@ -336,7 +455,7 @@ def amortization_gap(
         # where particles go; refuses any site of the model or guide outside the data plate
         layout = inspect_pair(model, guide, x, *args, data_plate=data_plate, **kwargs)
     init = _initial_local_params(guide, x, args, kwargs, sites, data_plate, num_samples)
-    opts = (num_steps, lr, num_particles)
+    opts = (num_steps, lr, num_particles, progress)
     fitted = _fit_local(model, init, x, args, kwargs, data_plate, layout, opts)
     local = _local_guide(fitted, data_plate, layout.data_dim, x.shape[0])
     estimate = dict(num_samples=num_samples, data_plate=data_plate, **kwargs)

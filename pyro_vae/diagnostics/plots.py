@@ -1,16 +1,20 @@
 """Matplotlib figures for judging a latent variable model, saved as PNG files.
 
-Every function takes plain arrays or tensors (no model objects), writes one PNG, closes its
-figure and returns the path it wrote (a :class:`pathlib.Path`). The Agg backend is selected on
-import, so the functions work on a headless machine.
+Every function takes plain arrays or tensors (no model objects), writes one PNG and returns the
+path it wrote (a :class:`pathlib.Path`). Figures are built with matplotlib's object API
+(:class:`matplotlib.figure.Figure`), never with ``pyplot``: importing this module or calling
+its functions neither switches the backend nor adds to pyplot's list of open figures, so
+they work on a headless machine and inside a notebook alike (docs/design.md, "Layout").
 
+- :func:`tile_images`: images tiled into one array (``torchvision.utils.make_grid``).
 - :func:`save_image_grid`: a tiled grid of images, values in [0, 1].
 - :func:`save_side_by_side`: originals above their reconstructions.
 - :func:`save_history_plot`: training curve, -ELBO per datapoint in nats.
 - :func:`save_latent_map`: 2-D latent codes coloured by label.
 - :func:`save_manifold`: the learned 2-D manifold (Kingma & Welling 2014, Fig. 4).
-- :func:`save_khat_plot`: PSIS k-hat per datapoint (Vehtari et al. 2015, thresholds 0.5, 0.7).
+- :func:`save_khat_plot`: PSIS k-hat per datapoint (Vehtari et al. 2024, thresholds 0.5, 0.7).
 - :func:`save_elbo_vs_logpx`: ELBO against importance-sampled log p(x), nats per datapoint.
+- :func:`save_kl_per_dimension`: KL(q(z_j|x) || p(z_j)) per latent unit, inactive units grey.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid
 
 __all__ = [
+    "tile_images",
     "save_image_grid",
     "save_side_by_side",
     "save_history_plot",
@@ -37,84 +41,131 @@ __all__ = [
     "save_kl_per_dimension",
 ]
 
+_DPI = 100  # pixels per inch of every PNG written here
 _INCH_PER_IMAGE = 0.6  # figure size per tiled image, so the PNG keeps the grid's aspect ratio
+_PAD = 1  # white pixels between (and around) tiled images
 
 
-def _to_numpy(a) -> np.ndarray:
-    """A tensor (any device, with or without grad) or array-like as a float numpy array."""
+# --------------------------------------------------------------------------------------------
+# helpers shared with arviz_io
+# --------------------------------------------------------------------------------------------
+def _to_numpy(a, dtype=None) -> np.ndarray:
+    """A tensor (any device, with or without grad) or array-like as a numpy array.
+
+    ``dtype`` (e.g. ``np.float64``) converts; ``None`` keeps the input's dtype (bfloat16, which
+    numpy lacks, becomes float32).
+    """
     if isinstance(a, torch.Tensor):
-        a = a.detach().to("cpu", torch.float64).numpy()
-    return np.asarray(a, dtype=np.float64)
+        a = a.detach().cpu()
+        a = (a.float() if a.dtype == torch.bfloat16 else a).numpy()
+    return np.asarray(a, dtype=dtype)
 
 
-def _save(fig, path) -> Path:
-    """Save ``fig`` to ``path`` (parent folders created), close it and return the path."""
+def _save(fig: Figure, path, *, tight: bool = False) -> Path:
+    """Save ``fig`` as a PNG at ``path`` (parent folders created) and return the path.
+
+    ``tight=True`` crops the PNG to the drawn content (``bbox_inches="tight"``). A
+    :class:`~matplotlib.figure.Figure` made without pyplot needs no closing: nothing but the
+    caller refers to it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
+    fig.savefig(path, dpi=_DPI, bbox_inches="tight" if tight else None)
     return path
 
 
-def _as_images(images, image_shape: Sequence[int]) -> np.ndarray:
-    """Images ``(n, D)`` or ``(n, H, W)`` as an array ``(n, H, W)``, checking ``H * W == D``."""
+def _as_images(images, image_shape: Sequence[int]) -> torch.Tensor:
+    """Images ``(n, D)`` or ``(n, H, W)`` as a float tensor ``(n, H, W)`` on the CPU."""
     if len(image_shape) != 2:
         raise ValueError(f"image_shape must be (H, W), got {tuple(image_shape)}")
     h, w = (int(s) for s in image_shape)
-    arr = _to_numpy(images)
-    if arr.ndim not in (2, 3) or arr.shape[0] == 0:
-        raise ValueError(f"images must have shape (n, D) or (n, H, W) with n > 0, got {arr.shape}")
-    if arr[0].size != h * w:
+    arr = torch.as_tensor(_to_numpy(images, np.float64))
+    if arr.dim() not in (2, 3) or arr.shape[0] == 0:
         raise ValueError(
-            f"each image has {arr[0].size} values but image_shape {(h, w)} needs {h * w}"
+            f"images must have shape (n, D) or (n, H, W) with n > 0, got {tuple(arr.shape)}"
+        )
+    if arr[0].numel() != h * w:
+        raise ValueError(
+            f"each image has {arr[0].numel()} values but image_shape {(h, w)} needs {h * w}"
         )
     return arr.reshape(-1, h, w)
 
 
-def _tile(images: np.ndarray, ncol: int, pad: int = 1) -> np.ndarray:
-    """Tile ``(n, H, W)`` images into one ``(rows*(H+pad)+pad, ncol*(W+pad)+pad)`` array.
-
-    Unused cells and the padding are white (1.0), images fill row by row.
-    """
-    n, h, w = images.shape
-    nrow = math.ceil(n / ncol)
-    grid = np.ones((nrow * (h + pad) + pad, ncol * (w + pad) + pad))
-    for i, img in enumerate(images):
-        r, c = divmod(i, ncol)
-        top, left = pad + r * (h + pad), pad + c * (w + pad)
-        grid[top : top + h, left : left + w] = img
-    return grid
-
-
-def _show_grid(ax, grid: np.ndarray) -> None:
-    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+def _show_grid(ax, grid: torch.Tensor) -> None:
+    ax.imshow(grid.numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.spines[:].set_visible(False)
 
 
-def save_image_grid(images, image_shape, path, nrow=None, title=None) -> Path:
-    """Save a grid of images.
+# --------------------------------------------------------------------------------------------
+# images
+# --------------------------------------------------------------------------------------------
+def tile_images(images, image_shape, nrow: int | None = None) -> torch.Tensor:
+    """Tile images row by row into one grey-scale array with ``torchvision.utils.make_grid``.
 
-    Args:
-        images: ``(n, D)`` flattened or ``(n, H, W)`` images with values in [0, 1]
-            (values outside are clipped by the colour map).
-        image_shape: ``(H, W)``.
-        path: PNG file to write.
-        nrow: images per row (as in ``torchvision.utils.make_grid``); default ``ceil(sqrt(n))``.
-        title: optional figure title.
+    Images are separated and surrounded by 1 pixel of white (1.0); unused cells of the last
+    row are white too.
+
+    Parameters
+    ----------
+    images : torch.Tensor or array_like of shape (n, D) or (n, H, W)
+        Images (flattened or not), values in [0, 1]; ``D = H * W``.
+    image_shape : tuple of int
+        ``(H, W)``.
+    nrow : int, optional
+        Images per row, as in ``make_grid``; default ``ceil(sqrt(n))``, at most ``n``.
+
+    Returns
+    -------
+    torch.Tensor of shape (rows * (H + 1) + 1, ncol * (W + 1) + 1)
+        The tiled float64 image, ``ncol = min(nrow, n)`` and ``rows = ceil(n / ncol)``.
+
+    Raises
+    ------
+    ValueError
+        If ``image_shape`` is not ``(H, W)``, the images do not have ``H * W`` values each,
+        there are none, or ``nrow < 1``.
     """
     imgs = _as_images(images, image_shape)
     ncol = int(nrow) if nrow is not None else math.ceil(math.sqrt(len(imgs)))
     if ncol < 1:
         raise ValueError(f"nrow must be a positive integer, got {nrow}")
-    ncol = min(ncol, len(imgs))
-    grid = _tile(imgs, ncol)
-    scale = _INCH_PER_IMAGE / imgs.shape[2]  # inches per pixel
-    extra = 0.4 if title else 0.0
-    fig = plt.figure(figsize=(grid.shape[1] * scale, grid.shape[0] * scale + extra))
+    # make_grid takes (n, C, H, W) and returns 3 identical channels for C = 1
+    grid = make_grid(imgs.unsqueeze(1), nrow=min(ncol, len(imgs)), padding=_PAD, pad_value=1.0)
+    return grid[0]
+
+
+def save_image_grid(images, image_shape, path, nrow=None, title=None) -> Path:
+    """Save a grid of grey-scale images, tiled by :func:`tile_images`.
+
+    Parameters
+    ----------
+    images : torch.Tensor or array_like of shape (n, D) or (n, H, W)
+        Images with values in [0, 1] (values outside are clipped by the colour map).
+    image_shape : tuple of int
+        ``(H, W)``.
+    path : str or Path
+        PNG file to write; parent folders are created.
+    nrow : int, optional
+        Images per row (as in ``torchvision.utils.make_grid``); default ``ceil(sqrt(n))``.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        As :func:`tile_images`.
+    """
+    grid = tile_images(images, image_shape, nrow)
+    scale = _INCH_PER_IMAGE / int(image_shape[1])  # inches per pixel
+    extra = 0.4 if title else 0.0  # inches above the grid for the title
+    fig = Figure(figsize=(grid.shape[1] * scale, grid.shape[0] * scale + extra))
     ax = fig.add_axes((0.0, 0.0, 1.0, grid.shape[0] * scale / (grid.shape[0] * scale + extra)))
     _show_grid(ax, grid)
     if title:
@@ -123,24 +174,42 @@ def save_image_grid(images, image_shape, path, nrow=None, title=None) -> Path:
 
 
 def save_side_by_side(originals, reconstructions, image_shape, path, title=None) -> Path:
-    """Save originals (top row(s)) above their reconstructions (bottom row(s)).
+    """Save originals (top) above their reconstructions (bottom), 10 images per row at most.
 
-    Args:
-        originals, reconstructions: ``(n, D)`` or ``(n, H, W)``, same ``n``, values in [0, 1].
-        image_shape: ``(H, W)``.
-        path: PNG file to write.
-        title: optional figure title.
+    Parameters
+    ----------
+    originals : torch.Tensor or array_like of shape (n, D) or (n, H, W)
+        Data images, values in [0, 1].
+    reconstructions : torch.Tensor or array_like of shape (n, D) or (n, H, W)
+        Their reconstructions, same ``n``, values in [0, 1].
+    image_shape : tuple of int
+        ``(H, W)``.
+    path : str or Path
+        PNG file to write; parent folders are created.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If the two sets differ in size, or as :func:`tile_images`.
     """
     top = _as_images(originals, image_shape)
     bottom = _as_images(reconstructions, image_shape)
     if len(top) != len(bottom):
         raise ValueError(f"got {len(top)} originals but {len(bottom)} reconstructions")
     ncol = min(len(top), 10)
-    grids = [_tile(top, ncol), _tile(bottom, ncol)]
+    grids = [tile_images(top, image_shape, ncol), tile_images(bottom, image_shape, ncol)]
     scale = _INCH_PER_IMAGE / top.shape[2]
     width = grids[0].shape[1] * scale + 0.3  # room for the row labels
     height = 2 * grids[0].shape[0] * scale + (0.4 if title else 0.1)
-    fig, axes = plt.subplots(2, 1, figsize=(width, height))
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(2, 1)
     for ax, grid, label in zip(axes, grids, ("original", "reconstruction"), strict=True):
         _show_grid(ax, grid)
         ax.set_ylabel(label, fontsize=7)
@@ -150,20 +219,83 @@ def save_side_by_side(originals, reconstructions, image_shape, path, title=None)
     return _save(fig, path)
 
 
+def save_manifold(
+    decode_fn: Callable[[torch.Tensor], torch.Tensor], image_shape, path, n=20, device=None
+) -> Path:
+    """Save the learned manifold of a model with a 2-D latent space (Kingma & Welling 2014, Fig. 4).
+
+    Linearly spaced coordinates in (0.05, 0.95) are mapped through the inverse CDF of N(0, 1),
+    so each grid cell covers equal prior probability; the ``n * n`` codes are decoded with
+    ``decode_fn`` and tiled with ``z_1`` increasing to the right and ``z_2`` upwards.
+
+    Parameters
+    ----------
+    decode_fn : callable
+        Maps codes, a torch.Tensor of shape (n * n, 2), to images, a torch.Tensor of shape
+        (n * n, D) or (n * n, H, W) with values in [0, 1] (e.g. ``vae.decode``); called under
+        ``torch.no_grad()``.
+    image_shape : tuple of int
+        ``(H, W)``.
+    path : str or Path
+        PNG file to write; parent folders are created.
+    n : int, default 20
+        Grid points per axis.
+    device : str or torch.device, optional
+        Device of the codes passed to ``decode_fn`` (default: CPU).
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If ``n < 1`` or the decoded images do not match ``image_shape``.
+    """
+    if int(n) < 1:
+        raise ValueError(f"n must be a positive integer, got {n}")
+    n = int(n)
+    u = torch.linspace(0.05, 0.95, n, dtype=torch.get_default_dtype())
+    coords = torch.distributions.Normal(0.0, 1.0).icdf(u)
+    z2, z1 = torch.meshgrid(coords.flip(0), coords, indexing="ij")  # top row = largest z_2
+    z = torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=-1).to(device or "cpu")
+    with torch.no_grad():
+        images = decode_fn(z)
+    return save_image_grid(images, image_shape, path, nrow=n)
+
+
+# --------------------------------------------------------------------------------------------
+# curves and scatter plots
+# --------------------------------------------------------------------------------------------
 def save_history_plot(history, path) -> Path:
     """Save a training curve: -ELBO per datapoint (nats) against epoch.
 
-    Args:
-        history: list of dicts with keys ``epoch``, ``train_loss`` and optionally ``val_loss``
-            (``None`` or missing where there was no validation that epoch).
-        path: PNG file to write.
+    Parameters
+    ----------
+    history : list of dict
+        One dict per epoch with keys ``epoch``, ``train_loss`` and optionally ``val_loss``
+        (``None`` or missing where there was no validation that epoch).
+    path : str or Path
+        PNG file to write; parent folders are created.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If ``history`` is empty or its entries lack ``epoch`` or ``train_loss``.
     """
     if not history:
         raise ValueError("history is empty: nothing to plot")
     missing = [k for k in ("epoch", "train_loss") if k not in history[0]]
     if missing:
         raise ValueError(f"history entries need keys 'epoch' and 'train_loss', missing {missing}")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     ax.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], "o-", label="train")
     val = [(h["epoch"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
     if val:
@@ -179,26 +311,42 @@ def save_history_plot(history, path) -> Path:
 def save_latent_map(z2d, labels, path, title=None) -> Path:
     """Save a scatter plot of 2-D latent codes coloured by label.
 
-    Args:
-        z2d: ``(N, 2)`` codes (e.g. encoder means, or a 2-D projection of them).
-        labels: ``(N,)`` labels or ``None``. Up to 20 distinct integer labels get a legend;
-            other labels (many classes, or real values) get a colour bar.
-        path: PNG file to write.
-        title: optional axes title.
+    Parameters
+    ----------
+    z2d : torch.Tensor or array_like of shape (N, 2)
+        Codes (e.g. encoder means, or a 2-D projection of them).
+    labels : torch.Tensor or array_like of shape (N,), or None
+        Up to 20 distinct integer labels get a legend; other labels (many classes, or real
+        values) get a colour bar; ``None`` draws every code in one colour.
+    path : str or Path
+        PNG file to write; parent folders are created.
+    title : str, optional
+        Axes title.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If ``z2d`` is not of shape (N, 2) or ``labels`` has not N entries.
     """
-    z = _to_numpy(z2d)
+    z = _to_numpy(z2d, np.float64)
     if z.ndim != 2 or z.shape[1] != 2:
         raise ValueError(f"z2d must have shape (N, 2), got {z.shape}; project it to 2-D first")
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
     if labels is None:
         ax.scatter(z[:, 0], z[:, 1], s=4, alpha=0.6)
     else:
-        lab = _to_numpy(labels).reshape(-1)
+        lab = _to_numpy(labels, np.float64).reshape(-1)
         if lab.shape[0] != z.shape[0]:
             raise ValueError(f"got {z.shape[0]} codes but {lab.shape[0]} labels")
         classes = np.unique(lab)
         if len(classes) <= 20 and np.all(classes == np.round(classes)):
-            cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+            cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
             for i, c in enumerate(classes):
                 m = lab == c
                 ax.scatter(z[m, 0], z[m, 1], s=4, alpha=0.6, color=cmap(i), label=str(int(c)))
@@ -214,49 +362,36 @@ def save_latent_map(z2d, labels, path, title=None) -> Path:
     return _save(fig, path)
 
 
-def save_manifold(
-    decode_fn: Callable[[torch.Tensor], torch.Tensor], image_shape, path, n=20, device=None
-) -> Path:
-    """Save the learned manifold of a model with a 2-D latent space (Kingma & Welling 2014, Fig. 4).
-
-    Linearly spaced coordinates in (0.05, 0.95) are mapped through the inverse CDF of N(0, 1),
-    so each grid cell covers equal prior probability; the ``n * n`` codes are decoded with
-    ``decode_fn`` and tiled with ``z_1`` increasing to the right and ``z_2`` upwards.
-
-    Args:
-        decode_fn: maps codes ``(n * n, 2)`` to images ``(n * n, D)`` with values in [0, 1]
-            (e.g. ``vae.decode``); called under ``torch.no_grad()``.
-        image_shape: ``(H, W)``.
-        path: PNG file to write.
-        n: grid points per axis.
-        device: device of the codes passed to ``decode_fn`` (default: CPU).
-    """
-    if int(n) < 1:
-        raise ValueError(f"n must be a positive integer, got {n}")
-    n = int(n)
-    u = torch.linspace(0.05, 0.95, n, dtype=torch.get_default_dtype())
-    coords = torch.distributions.Normal(0.0, 1.0).icdf(u)
-    z2, z1 = torch.meshgrid(coords.flip(0), coords, indexing="ij")  # top row = largest z_2
-    z = torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=-1).to(device or "cpu")
-    with torch.no_grad():
-        images = decode_fn(z)
-    return save_image_grid(images, image_shape, path, nrow=n)
-
-
 def save_khat_plot(khat, path) -> Path:
-    """Save PSIS k-hat per datapoint with the reference lines 0.5 and 0.7 (Vehtari et al.).
+    """Save PSIS k-hat per datapoint with the reference lines 0.5 and 0.7.
 
-    k-hat < 0.5: importance weights have finite variance; 0.5-0.7: usable but slower to
-    converge; > 0.7: the importance-sampled log p(x) for that point is unreliable.
+    Thresholds of Vehtari, Simpson, Gelman, Yao & Gabry (2024), "Pareto smoothed importance
+    sampling", JMLR 25(72): k-hat < 0.5, the importance weights have finite variance;
+    0.5-0.7, usable but slower to converge; > 0.7, the importance-sampled log p(x) of that
+    point is unreliable. The estimates come from :func:`pyro_vae.infer.psis.pareto_khat`.
 
-    Args:
-        khat: ``(N,)`` Pareto shape estimates, one per datapoint.
-        path: PNG file to write.
+    Parameters
+    ----------
+    khat : torch.Tensor or array_like of shape (N,)
+        Pareto shape estimates, one per datapoint.
+    path : str or Path
+        PNG file to write; parent folders are created.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If ``khat`` is empty.
     """
-    k = _to_numpy(khat).reshape(-1)
+    k = _to_numpy(khat, np.float64).reshape(-1)
     if k.size == 0:
         raise ValueError("khat is empty: nothing to plot")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.scatter(np.arange(k.size), k, s=6, alpha=0.7)
     ax.axhline(0.5, color="tab:orange", ls="--", lw=1, label="0.5")
     ax.axhline(0.7, color="tab:red", ls="--", lw=1, label="0.7")
@@ -275,17 +410,32 @@ def save_elbo_vs_logpx(elbo, log_px, path) -> Path:
     Points lie on or below the line since ELBO <= log p(x); the vertical distance is the
     gap KL(q(z|x) || p(z|x)) (Kingma & Welling 2019, eq. 2.8).
 
-    Args:
-        elbo: ``(N,)`` ELBO per datapoint in nats.
-        log_px: ``(N,)`` log p(x) estimates per datapoint in nats.
-        path: PNG file to write.
+    Parameters
+    ----------
+    elbo : torch.Tensor or array_like of shape (N,)
+        ELBO per datapoint in nats.
+    log_px : torch.Tensor or array_like of shape (N,)
+        log p(x) estimates per datapoint in nats.
+    path : str or Path
+        PNG file to write; parent folders are created.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If the two are empty or of different lengths.
     """
-    e, lp = _to_numpy(elbo).reshape(-1), _to_numpy(log_px).reshape(-1)
+    e, lp = _to_numpy(elbo, np.float64).reshape(-1), _to_numpy(log_px, np.float64).reshape(-1)
     if e.shape != lp.shape or e.size == 0:
         raise ValueError(
             f"elbo and log_px must be non-empty and of equal length: {e.shape}, {lp.shape}"
         )
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.subplots()
     ax.scatter(lp, e, s=6, alpha=0.6)
     lo, hi = float(min(e.min(), lp.min())), float(max(e.max(), lp.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
@@ -298,19 +448,49 @@ def save_elbo_vs_logpx(elbo, log_px, path) -> Path:
 
 
 def save_kl_per_dimension(kl, path, variances=None, threshold: float = 0.01) -> Path:
-    """Bar chart of KL(q(z_j|x) || p(z_j)) per latent dimension (nats, mean over datapoints).
+    """Bar chart of KL(q(z_j|x) || p(z_j)) per latent unit j (nats, mean over datapoints).
 
-    With ``variances`` (Cov_x E_q[z_j], Burda et al. 2015) inactive units are drawn grey.
+    With ``variances`` (A_j = Cov_x E_q[z_j | x], Burda, Grosse & Salakhutdinov 2015, sec. 5.2,
+    as returned by :func:`pyro_vae.diagnostics.latent.active_units`) the inactive units,
+    A_j <= ``threshold``, are drawn grey.
+
+    Parameters
+    ----------
+    kl : torch.Tensor or array_like of shape (D_z,)
+        KL per latent unit in nats, e.g. from
+        :func:`pyro_vae.diagnostics.latent.kl_per_dimension`.
+    path : str or Path
+        PNG file to write; parent folders are created.
+    variances : torch.Tensor or array_like of shape (D_z,), optional
+        Activity A_j of each unit.
+    threshold : float, default 0.01
+        Activity above which a unit counts as active (Burda et al. 2015).
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If ``kl`` is empty or ``variances`` has not ``D_z`` entries.
     """
-    kl = _to_numpy(kl).ravel()
+    kl = _to_numpy(kl, np.float64).reshape(-1)
+    if kl.size == 0:
+        raise ValueError("kl is empty: nothing to plot")
     colors = ["tab:blue"] * len(kl)
     if variances is not None:
-        active = _to_numpy(variances).ravel() > threshold
+        active = _to_numpy(variances, np.float64).reshape(-1) > threshold
+        if active.shape != kl.shape:
+            raise ValueError(f"got {kl.size} KL values but {active.size} variances")
         colors = ["tab:blue" if a else "lightgrey" for a in active]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.3 * len(kl) + 2), 3.2))
+    fig = Figure(figsize=(max(4.0, 0.3 * len(kl) + 2), 3.2))
+    ax = fig.subplots()
     ax.bar(np.arange(len(kl)), kl, color=colors)
     ax.set_xlabel("latent dimension j")
     ax.set_ylabel("KL per datapoint (nats)")
     title = "KL(q(z_j|x) || p(z_j))"
-    ax.set_title(title + (" (grey: inactive unit)" if variances is not None else ""))
+    ax.set_title(title + (" (grey: inactive unit)" if variances is not None else ""), fontsize=9)
+    fig.tight_layout()
     return _save(fig, path)

@@ -62,7 +62,34 @@ def guide_draws(
     S = num_chains * num_draws, without gradients. "Chains" of a guide are just independent
     blocks of draws (their R-hat is 1 by construction), kept so guide and NUTS line up in ArviZ.
 
-    Returns ``{site: tensor (num_chains, num_draws, N, *event_shape)}``, N = ``x.shape[0]``.
+    Parameters
+    ----------
+    guide : callable
+        ``guide(x, *args, **kwargs)`` following the site convention (docs/design.md); every
+        latent site inside ``data_plate``.
+    x : torch.Tensor of shape (N, ...)
+        Data batch, datapoints along the first dimension.
+    *args, **kwargs
+        Passed on to ``guide``.
+    num_chains : int, default 4
+        Blocks of draws.
+    num_draws : int, default 500
+        Draws per block.
+    data_plate : str, default "data"
+        Name of the data plate.
+
+    Returns
+    -------
+    dict of str to torch.Tensor of shape (num_chains, num_draws, N, *event_shape)
+        One entry per latent site of the guide.
+
+    Raises
+    ------
+    ValueError
+        If ``num_chains`` or ``num_draws`` is below 1, or the data plate is not a site's
+        outermost plate.
+    pyro_vae.infer.sites.GlobalLatentError
+        If a latent site lies outside the data plate.
     """
     if num_chains < 1 or num_draws < 1:
         raise ValueError(f"num_chains and num_draws must be >= 1, got {num_chains}, {num_draws}")
@@ -94,14 +121,46 @@ def nuts_reference(
 ) -> dict[str, torch.Tensor]:
     """Gold-standard draws from p(z|x) by NUTS, with the model's parameters held fixed.
 
+    The No-U-Turn sampler of Hoffman & Gelman (2014), JMLR 15, through ``pyro.infer.mcmc``.
     Observed sites are already conditioned through ``obs=x`` in the model; ``pyro.param`` /
     ``pyro.module`` values are read from the param store as constants (NUTS differentiates the
     potential energy only with respect to the latents, so no parameter gets a ``.grad`` and the
     store is unchanged). Chains run sequentially, chain c with seed ``seed + c``; the global RNG
     state is restored afterwards.
 
-    Returns ``{site: tensor (num_chains, num_samples, N, *event_shape)}`` for every latent site
-    of the model (all must lie inside ``data_plate``).
+    Parameters
+    ----------
+    model : callable
+        ``model(x, *args, **kwargs)`` following the site convention (docs/design.md); every
+        latent site inside ``data_plate``.
+    x : torch.Tensor of shape (N, ...)
+        Data batch, datapoints along the first dimension.
+    *args, **kwargs
+        Passed on to ``model``.
+    num_chains : int, default 2
+        Independent chains.
+    num_warmup : int, default 300
+        Warm-up (adaptation) steps per chain, discarded.
+    num_samples : int, default 300
+        Kept draws per chain.
+    seed : int, default 0
+        Seed of the first chain.
+    data_plate : str, default "data"
+        Name of the data plate.
+    progress : bool, default False
+        Show Pyro's progress bar.
+
+    Returns
+    -------
+    dict of str to torch.Tensor of shape (num_chains, num_samples, N, *event_shape)
+        One entry per latent site of the model.
+
+    Raises
+    ------
+    ValueError
+        If ``num_chains`` or ``num_samples`` is below 1.
+    pyro_vae.infer.sites.GlobalLatentError
+        If a latent site lies outside the data plate.
     """
     if num_chains < 1 or num_samples < 1:
         raise ValueError(

@@ -32,11 +32,34 @@ CHECKPOINT_FORMAT = "pyro_vae.checkpoint/1"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, corrupted, unsafe or not ours."""
+    """A checkpoint that is missing, corrupted, unsafe or not ours.
+
+    Raised by :func:`load_checkpoint`; the message names the file and the reason.
+    """
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
-    """Write ``state`` to ``path`` atomically (write a temporary file, then rename)."""
+    """Write ``state`` to ``path`` atomically (write a temporary file, then rename).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination file; missing parent folders are created.
+    state : dict
+        Tensors, numbers, strings, lists and dicts only (what ``torch.load(weights_only=True)``
+        reads back); the key ``"format"`` is set to :data:`CHECKPOINT_FORMAT`.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be written (e.g. a full disk); the temporary file is removed and
+        a previous checkpoint at ``path`` is left unchanged.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -65,7 +88,26 @@ def _first_line(err: BaseException) -> str:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`; refuse anything else clearly."""
+    """Read a checkpoint written by :func:`save_checkpoint`; refuse anything else clearly.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The checkpoint file.
+    map_location : str, torch.device or callable
+        Where tensors are loaded, as for ``torch.load``.
+
+    Returns
+    -------
+    dict
+        The saved state, including its ``"format"`` key.
+
+    Raises
+    ------
+    CheckpointError
+        When the file is missing, is not a torch archive, is corrupted, holds Python objects
+        other than tensors and plain data, or is not a pyro_vae checkpoint of this format.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -91,7 +133,14 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 
 def rng_state() -> dict:
-    """Every RNG a training run draws from: torch (CPU and CUDA), Python and NumPy."""
+    """Every RNG a training run draws from: torch (CPU and CUDA), Python and NumPy.
+
+    Returns
+    -------
+    dict
+        Keys ``"torch"``, ``"cuda"`` (one state per device, empty without CUDA), ``"python"``
+        and ``"numpy"``, as tensors and plain data that :func:`save_checkpoint` can store.
+    """
     kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 (the global RNG itself)
     return {
         "torch": torch.get_rng_state(),
@@ -102,6 +151,18 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore every RNG from :func:`rng_state` output (as read back from a checkpoint).
+
+    Parameters
+    ----------
+    state : dict
+        As returned by :func:`rng_state`. The CUDA states are skipped when torch sees no CUDA
+        device.
+
+    Returns
+    -------
+    None
+    """
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -2,7 +2,7 @@
 
 ``device="auto"`` picks CUDA when present; data go to the device once when they fit, not batch by
 batch; nothing calls ``.cuda()`` blindly, so CPU and GPU runs share one code path (see
-docs/design.md, "Devices").
+docs/design.md, "Devices, dtypes, threads").
 """
 
 from __future__ import annotations
@@ -19,17 +19,61 @@ DEFAULT_THREADS = 1
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` is CUDA when present, else CPU; asking for absent CUDA is a clear error."""
+    """The torch device for ``device``: ``"auto"`` is CUDA when present, else CPU.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``"auto"``, or anything ``torch.device`` accepts (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ValueError
+        When ``device`` names no torch device, or CUDA is asked for but torch sees none.
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
+        raise ValueError(f"device={str(device)!r} was asked for but torch sees no CUDA device")
     return device
 
 
 def as_tensor(data) -> tuple[torch.Tensor, Callable]:
-    """A (N, ...) tensor and the per-batch transform (e.g. dynamic binarization) of ``data``."""
+    """The datapoints of ``data`` as one tensor, and its per-batch transform.
+
+    Parameters
+    ----------
+    data : torch.Tensor of shape (N, ...), object with a tensor ``.x``, or torch Dataset
+        An object with ``.x`` (e.g. :class:`pyro_vae.data.ImageData`) may carry a
+        ``batch_transform``; a ``Dataset`` is stacked item by item (the first element of a
+        tuple item).
+
+    Returns
+    -------
+    x : torch.Tensor of shape (N, ...)
+        Floating point (integer data are cast to torch's default dtype); not copied when
+        already a floating tensor.
+    transform : callable
+        ``transform(batch) -> batch``, e.g. dynamic binarization; the identity if ``data``
+        has none.
+
+    Raises
+    ------
+    TypeError
+        When ``data`` is neither a tensor nor a torch Dataset.
+    ValueError
+        When ``data`` holds no datapoints.
+    """
     identity = lambda batch: batch  # noqa: E731
     if isinstance(data, torch.Tensor):
         x, transform = data, identity
@@ -51,7 +95,21 @@ def as_tensor(data) -> tuple[torch.Tensor, Callable]:
 
 
 def place(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move data to the device once when it fits in half the free memory; else batch by batch."""
+    """Move data to the device once when it fits in half the free memory; else batch by batch.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (N, ...)
+        The whole data set.
+    device : torch.device
+        The training device.
+
+    Returns
+    -------
+    torch.Tensor of shape (N, ...)
+        ``x`` on ``device``, or, on CUDA when it does not fit in half the free GPU memory, in
+        pinned CPU memory so that each batch is copied over asynchronously.
+    """
     if device.type != "cuda":
         return x.to(device)
     free, _ = torch.cuda.mem_get_info(device)
@@ -59,7 +117,20 @@ def place(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def move_owners(device: torch.device, *fns) -> None:
-    """Bound methods of an nn.Module (e.g. ``vae.model``) bring their module to the device."""
+    """Move the ``nn.Module`` behind each bound method (e.g. ``vae.model``) to ``device``.
+
+    Parameters
+    ----------
+    device : torch.device
+        The training device.
+    *fns : callable
+        Model and guide callables; those that are not bound methods of an ``nn.Module`` are
+        left alone.
+
+    Returns
+    -------
+    None
+    """
     for fn in fns:
         owner = getattr(fn, "__self__", None)
         if isinstance(owner, torch.nn.Module):
@@ -78,6 +149,11 @@ def set_threads(num_threads: int | None = None) -> int:
     -------
     int
         The number of threads now in force.
+
+    Raises
+    ------
+    ValueError
+        When ``num_threads`` is not a positive integer.
     """
     if num_threads is None:
         num_threads = DEFAULT_THREADS

@@ -77,12 +77,23 @@ _ALLOCATOR_PRIMED = False  # see _prime_cpu_allocator
 class EvidenceResult:
     """Per-datapoint importance-sampling estimate of the evidence (nats).
 
-    ``log_px`` (N,): log (1/L) sum_l w_l. ``stderr`` (N,): its Monte Carlo standard error
-    by the delta method, sqrt(var(w) / L) / mean(w) (nan when L = 1). ``ess`` (N,): the
-    effective sample size (sum w)^2 / sum w^2, between 1 and L. ``khat`` (N,): PSIS Pareto
-    k-hat of the weights (see :mod:`pyro_vae.infer.psis`; > 0.7 means unreliable,
-    -inf means constant weights, +inf too few distinct tail weights to fit). ``log_weights``
-    (N, L) only if requested, else None.
+    Attributes
+    ----------
+    log_px : torch.Tensor of shape (N,)
+        log (1/L) sum_l w_l, nats per datapoint.
+    stderr : torch.Tensor of shape (N,)
+        Its Monte Carlo standard error by the delta method, sqrt(var(w) / L) / mean(w)
+        (nan when L = 1).
+    ess : torch.Tensor of shape (N,)
+        Effective sample size (sum w)^2 / sum w^2, between 1 and L.
+    khat : torch.Tensor of shape (N,)
+        PSIS Pareto k-hat of the weights (Vehtari et al. 2024; see
+        :mod:`pyro_vae.infer.psis`): > 0.7 means unreliable, -inf constant weights, +inf too
+        few distinct tail weights to fit.
+    num_samples : int
+        L, importance samples per datapoint.
+    log_weights : torch.Tensor of shape (N, L) or None
+        All log weights, only if requested.
     """
 
     log_px: torch.Tensor
@@ -97,9 +108,22 @@ class EvidenceResult:
 class NLLResult:
     """Dataset negative log-likelihood, in nats per datapoint.
 
-    ``nll``: mean of -log p(x_n) over the N datapoints; ``stderr``: its standard error over
-    datapoints, std(log p(x_n)) / sqrt(N); ``log_px``, ``mc_stderr``, ``khat``: (N,)
-    per-datapoint estimates, Monte Carlo standard errors and PSIS k-hat.
+    Attributes
+    ----------
+    nll : float
+        Mean of -log p(x_n) over the N datapoints, nats.
+    stderr : float
+        Its standard error over datapoints, std(log p(x_n)) / sqrt(N) (nan when N = 1).
+    log_px : torch.Tensor of shape (N,)
+        Per-datapoint estimates of log p(x_n), nats.
+    mc_stderr : torch.Tensor of shape (N,)
+        Their Monte Carlo standard errors.
+    khat : torch.Tensor of shape (N,)
+        Their PSIS Pareto k-hat.
+    num_samples : int
+        L, importance samples per datapoint.
+    log_weights : torch.Tensor of shape (N, L) or None
+        All log weights, only if requested.
     """
 
     nll: float
@@ -112,18 +136,36 @@ class NLLResult:
 
     @property
     def nll_mc_stderr(self) -> float:
-        """Monte Carlo standard error of ``nll`` itself: sqrt(sum_n se_n^2) / N."""
+        """Monte Carlo standard error of ``nll`` itself: sqrt(sum_n se_n^2) / N.
+
+        Returns
+        -------
+        float
+            Nats per datapoint.
+        """
         return self.mc_stderr.pow(2).sum().sqrt().item() / self.log_px.numel()
 
 
 @dataclass(frozen=True)
 class PairLayout:
-    """Where particles and data live in every site's batch shape (found by one trace)."""
+    """Where particles and data live in every site's batch shape (found by one trace).
 
-    particle_dim: int  # negative, left of all model and guide plates
-    num_data: int  # N, the data plate's size
-    data_dim: int  # negative, the data plate's batch dimension
-    site_size: int  # largest per-datapoint number of elements of any sample site
+    Attributes
+    ----------
+    particle_dim : int
+        Negative batch dimension of the particle plate, left of all model and guide plates.
+    num_data : int
+        N, the data plate's size.
+    data_dim : int
+        Negative batch dimension of the data plate.
+    site_size : int
+        Largest per-datapoint number of elements of any sample site (D in the chunk budget).
+    """
+
+    particle_dim: int
+    num_data: int
+    data_dim: int
+    site_size: int
 
 
 # ------------------------------------------------------------------------------------------
@@ -138,6 +180,10 @@ def inspect_pair(model, guide, x, *args, data_plate=DATA_PLATE, **kwargs) -> Pai
         The pair, called as ``f(x, *args, **kwargs)``.
     x : torch.Tensor of shape (N, ...)
         A batch of data.
+    *args, **kwargs
+        Passed on to ``model`` and ``guide``.
+    data_plate : str
+        Name of the data plate.
 
     Returns
     -------
@@ -191,11 +237,35 @@ def _site_log_prob(site):
 
 
 def trace_log_prob(trace, layout, num_particles, data_plate=DATA_PLATE, guide_trace=None):
-    """Sum of a trace's scaled, masked sample-site log-densities per datapoint: (S, N).
+    """Sum of a trace's scaled, masked sample-site log-densities per datapoint.
 
-    A trace without sample sites gives a 0-dim zero. With ``guide_trace`` (scoring a model
-    replayed at the guide's draws), model latents the guide did not sample are left out: they
-    were drawn from the prior, so their p/q ratio is one.
+    With ``guide_trace`` (scoring a model replayed at the guide's draws), model latents the
+    guide did not sample are left out: they were drawn from the prior, so their p/q ratio is
+    one.
+
+    Parameters
+    ----------
+    trace : pyro.poutine.Trace
+        A trace drawn under a particle plate of S particles at ``layout.particle_dim``.
+    layout : PairLayout
+        As returned by :func:`inspect_pair`.
+    num_particles : int
+        S.
+    data_plate : str
+        Name of the data plate.
+    guide_trace : pyro.poutine.Trace, optional
+        The guide trace that ``trace``, a model trace, was replayed at.
+
+    Returns
+    -------
+    torch.Tensor of shape (S, N)
+        Log-density per particle and datapoint, nats; a 0-dim zero for a trace without
+        sample sites.
+
+    Raises
+    ------
+    ValueError
+        When a site's log-prob batch shape does not fit S particles and N datapoints.
     """
     terms = [
         _per_datapoint(_site_log_prob(site), site, layout, data_plate, name, num_particles)
@@ -255,7 +325,22 @@ def _prime_cpu_allocator():
 
 
 def default_chunk_size(num_data: int, site_size: int, device) -> int:
-    """Particles per vectorized pass: budget // (N * D), at least 1 (see module docstring)."""
+    """Particles per vectorized pass: budget // (N * D), at least 1 (see module docstring).
+
+    Parameters
+    ----------
+    num_data : int
+        N, datapoints per batch.
+    site_size : int
+        D, the largest per-datapoint number of elements of any sample site.
+    device : str or torch.device
+        :data:`CPU_ELEMENT_BUDGET` applies on CPU, :data:`ELEMENT_BUDGET` elsewhere.
+
+    Returns
+    -------
+    int
+        The chunk size, at least 1.
+    """
     on_cpu = torch.device(device).type == "cpu"
     budget = CPU_ELEMENT_BUDGET if on_cpu else ELEMENT_BUDGET
     return max(1, budget // (num_data * site_size))
@@ -343,6 +428,9 @@ def log_evidence(
 ) -> EvidenceResult:
     """Importance-sampled log p(x_n) per datapoint with error bars and PSIS k-hat.
 
+    log p(x) ~ log (1/L) sum_l p(x, z_l) / q(z_l | x), z_l ~ q(z | x) (Burda et al. 2015,
+    eq. 8, with k = L); k-hat as in Vehtari et al. (2024).
+
     Parameters
     ----------
     model, guide : callable
@@ -350,6 +438,8 @@ def log_evidence(
         is the proposal q(z | x).
     x : torch.Tensor of shape (N, ...)
         Data; N is the size of the data plate. NaN or inf values are refused.
+    *args, **kwargs
+        Passed on to ``model`` and ``guide``.
     num_samples : int
         L, importance samples per datapoint.
     chunk_size : int, optional
@@ -392,8 +482,8 @@ def iwae_bound(
 
     Parameters
     ----------
-    model, guide, x, data_plate, chunk_size
-        As for :func:`log_evidence`.
+    model, guide, x, data_plate, chunk_size, *args, **kwargs
+        As for :func:`log_evidence`; ``x`` is a torch.Tensor of shape (N, ...).
     k : int
         Importance samples per bound.
     num_estimates : int
@@ -403,6 +493,13 @@ def iwae_bound(
     -------
     torch.Tensor of shape (N,)
         Nats per datapoint.
+
+    Raises
+    ------
+    GlobalLatentError
+        If a sample site lies outside the data plate.
+    ValueError
+        When ``k``, ``num_estimates`` or ``chunk_size`` is not a positive int, or for bad data.
     """
     for label, value in (("k", k), ("num_estimates", num_estimates)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -449,6 +546,12 @@ def iwae_from_log_weights(log_weights: torch.Tensor, k: int) -> torch.Tensor:
     Returns
     -------
     torch.Tensor of shape (N,)
+        Nats per datapoint.
+
+    Raises
+    ------
+    ValueError
+        When ``log_weights`` is not 2-dim or ``k`` is not an int in [1, L].
     """
     if log_weights.dim() != 2:
         raise ValueError(f"log_weights must have shape (N, L), got {tuple(log_weights.shape)}")
@@ -469,8 +572,8 @@ def elbo_per_datapoint(
 
     Parameters
     ----------
-    model, guide, x, data_plate, chunk_size
-        As for :func:`log_evidence`.
+    model, guide, x, data_plate, chunk_size, *args, **kwargs
+        As for :func:`log_evidence`; ``x`` is a torch.Tensor of shape (N, ...).
     num_samples : int
         Samples averaged per datapoint.
 
@@ -478,6 +581,13 @@ def elbo_per_datapoint(
     -------
     torch.Tensor of shape (N,)
         Nats per datapoint.
+
+    Raises
+    ------
+    GlobalLatentError
+        If a sample site lies outside the data plate.
+    ValueError
+        When ``num_samples`` or ``chunk_size`` is not a positive int, or for bad data.
     """
     with torch.no_grad():
         layout, chunk_size = _setup(
@@ -522,6 +632,14 @@ def dataset_nll(
     -------
     NLLResult
         With per-datapoint tensors of shape (N,) (and ``log_weights`` of shape (N, L)).
+
+    Raises
+    ------
+    GlobalLatentError
+        If a sample site lies outside the data plate.
+    ValueError
+        When ``batch_size`` is not a positive int, or for bad arguments or data, as for
+        :func:`log_evidence`.
     """
     x = check_data(data.x if hasattr(data, "x") else data, "data")
     transform = getattr(data, "batch_transform", None) or (lambda xb: xb)

@@ -93,13 +93,40 @@ class _ModelScorer(Messenger):
 class FastTraceELBO:
     """Single-particle, reparameterized Trace_ELBO as -ELBO per datapoint (nats).
 
-    Same estimator and gradients as ``pyro.infer.Trace_ELBO`` for fully reparameterized guides.
+    Estimates -[log p(x, z) - log q(z | x)] with z ~ q(z | x) drawn by reparameterization
+    (Kingma & Welling 2014, Secs. 2.3-2.4): the same estimator and gradients as
+    ``pyro.infer.Trace_ELBO`` for fully reparameterized guides.
+
+    Parameters
+    ----------
+    data_plate : str
+        Name of the data plate.
     """
 
     def __init__(self, data_plate: str = DATA_PLATE):
         self.data_plate = data_plate
 
     def __call__(self, model, guide, x, *args, num_data: int | None = None, **kwargs):
+        """-ELBO per datapoint of the batch ``x``, differentiable in every parameter.
+
+        Parameters
+        ----------
+        model, guide : callable
+            A pair following the site convention (docs/design.md), called as
+            ``f(x, *args, **kwargs)``.
+        x : torch.Tensor of shape (B, ...)
+            A minibatch of B datapoints.
+        *args, **kwargs
+            Passed on to ``model`` and ``guide``.
+        num_data : int, optional
+            Size N of the whole training set, for minibatch scaling (None: ``x`` is all of it).
+
+        Returns
+        -------
+        torch.Tensor of shape ()
+            -ELBO per datapoint, in nats: the minibatch estimate of the full-data -ELBO,
+            divided by N.
+        """
         n = num_data or x.shape[0]
         with _GuideRecorder(self.data_plate, num_data) as guide_run:
             guide(x, *args, **kwargs)
@@ -122,12 +149,41 @@ class _ScaleDataPlate(Messenger):
 
 
 class PyroELBO:
-    """Any ``pyro.infer.ELBO`` (Trace, TraceMeanField, Jit...) as -ELBO per datapoint (nats)."""
+    """Any ``pyro.infer.ELBO`` (Trace, TraceMeanField, Jit...) as -ELBO per datapoint (nats).
+
+    Parameters
+    ----------
+    elbo : pyro.infer.ELBO
+        The estimator; its ``differentiable_loss`` runs on the pair with every data-plate
+        site scaled for the minibatch.
+    data_plate : str
+        Name of the data plate.
+    """
 
     def __init__(self, elbo: ELBO, data_plate: str = DATA_PLATE):
         self.elbo, self.data_plate = elbo, data_plate
 
     def __call__(self, model, guide, x, *args, num_data: int | None = None, **kwargs):
+        """-ELBO per datapoint of the batch ``x``, differentiable in every parameter.
+
+        Parameters
+        ----------
+        model, guide : callable
+            A pair following the site convention (docs/design.md), called as
+            ``f(x, *args, **kwargs)``.
+        x : torch.Tensor of shape (B, ...)
+            A minibatch of B datapoints.
+        *args, **kwargs
+            Passed on to ``model`` and ``guide``.
+        num_data : int, optional
+            Size N of the whole training set, for minibatch scaling (None: ``x`` is all of it).
+
+        Returns
+        -------
+        torch.Tensor of shape ()
+            -ELBO per datapoint, in nats: the minibatch estimate of the full-data -ELBO,
+            divided by N.
+        """
         n = num_data or x.shape[0]
         scale = _ScaleDataPlate(self.data_plate, num_data)
         with warnings.catch_warnings():
@@ -163,13 +219,21 @@ def make_objective(
         The pair.
     x : torch.Tensor of shape (N, ...)
         A batch, used only to check reparameterization for ``"trace"``.
+    *args, **kwargs
+        Passed on to the guide for that check.
     data_plate : str
         Name of the data plate.
 
     Returns
     -------
     callable
-        ``objective(model, guide, x, *args, num_data=None, **kwargs) -> 0-dim tensor``.
+        ``objective(model, guide, x, *args, num_data=None, **kwargs) -> 0-dim tensor``,
+        -ELBO per datapoint in nats.
+
+    Raises
+    ------
+    ValueError
+        When ``loss`` is a string other than those in :data:`LOSSES`.
     """
     if isinstance(loss, ELBO):
         return PyroELBO(loss, data_plate)

@@ -25,6 +25,8 @@ def collect_params(model, guide, x, *args, **kwargs) -> dict[str, torch.Tensor]:
         A model/guide pair called as ``f(x, *args, **kwargs)``.
     x : torch.Tensor of shape (N, ...)
         A batch of data (a few datapoints suffice).
+    *args, **kwargs
+        Passed on to ``model`` and ``guide``.
 
     Returns
     -------
@@ -51,6 +53,11 @@ def restore_params(params: dict[str, torch.Tensor], saved: dict[str, torch.Tenso
         As returned by :func:`collect_params`.
     saved : dict of str to torch.Tensor
         The same names, e.g. a checkpoint's ``"params"``.
+
+    Returns
+    -------
+    None
+        The tensors of ``params`` are overwritten in place, without gradients.
 
     Raises
     ------

@@ -41,7 +41,25 @@ _MIN_TAIL = 5  # ArviZ refuses to fit a GPD to 4 or fewer exceedances
 
 
 def psis_tail_size(num_samples: int) -> int:
-    """Number M of largest weights used for the Pareto fit: ceil(min(L/5, 3 sqrt(L)))."""
+    """Number M of largest weights used for the Pareto fit: ceil(min(L/5, 3 sqrt(L))).
+
+    The tail size of Vehtari et al. (2024), with relative efficiency r_eff = 1.
+
+    Parameters
+    ----------
+    num_samples : int
+        Total number L of importance weights, L >= 1.
+
+    Returns
+    -------
+    int
+        M, between 1 and L.
+
+    Raises
+    ------
+    ValueError
+        When ``num_samples`` < 1.
+    """
     if num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
     return math.ceil(min(num_samples / 5.0, 3.0 * math.sqrt(num_samples)))
@@ -50,13 +68,30 @@ def psis_tail_size(num_samples: int) -> int:
 def pareto_khat(log_weights: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
     """PSIS Pareto shape estimate k-hat for each row of log importance weights.
 
-    :param log_weights: tensor of shape (..., K). Either all L = K log weights of each
-        row (``num_samples=None``), or only the largest K >= M + 1 of ``num_samples``
-        log weights of each row (as kept by a running ``torch.topk``), in any order.
-        Normalization does not matter: each row is shifted by its maximum.
-    :param num_samples: total number L of weights per row when only the largest are given.
-    :returns: k-hat of shape (...), same dtype and device as ``log_weights``
-        (see the module docstring for the -inf / +inf / nan conventions).
+    Vehtari, Simpson, Gelman, Yao & Gabry (2015/2024), "Pareto smoothed importance sampling";
+    k-hat > 0.7 marks an unreliable importance-sampling estimate.
+
+    Parameters
+    ----------
+    log_weights : torch.Tensor of shape (..., K)
+        Either all L = K log weights of each row (``num_samples=None``), or only the largest
+        K >= M + 1 of ``num_samples`` log weights of each row (as kept by a running
+        ``torch.topk``), in any order. Normalization does not matter: each row is shifted by
+        its maximum.
+    num_samples : int, optional
+        Total number L of weights per row when only the largest are given.
+
+    Returns
+    -------
+    torch.Tensor of shape (...)
+        k-hat of each row, same dtype and device as ``log_weights`` (see the module docstring
+        for the -inf / +inf / nan conventions).
+
+    Raises
+    ------
+    ValueError
+        When ``log_weights`` is 0-dim, ``num_samples`` is smaller than K, or fewer than the
+        M + 1 largest log weights per row are given.
     """
     log_weights = torch.as_tensor(log_weights)
     if log_weights.dim() == 0:
@@ -79,7 +114,9 @@ def pareto_khat(log_weights: torch.Tensor, num_samples: int | None = None) -> to
 
 
 def _khat_from_top(top: torch.Tensor, tail: int, flat: float) -> torch.Tensor:
-    """k-hat of each row from its M+1 largest log weights (R, M+1), float64, descending.
+    """k-hat of each row from its M+1 largest log weights ``top``: (R, M+1) -> (R,).
+
+    ``top`` is float64 and sorted in descending order along each row.
 
     ``flat`` is the log-weight spread below which a row's tail counts as constant.
     """
@@ -103,7 +140,7 @@ def _khat_from_top(top: torch.Tensor, tail: int, flat: float) -> torch.Tensor:
 
 
 def _fit_gpd_shape(x: torch.Tensor, block: int = 2**22) -> torch.Tensor:
-    """GPD shape k of each row of positive, ascending exceedances x (R, n), float64.
+    """GPD shape k of each row of positive, ascending exceedances x: (R, n) -> (R,), float64.
 
     The Zhang & Stephens (2009) empirical-Bayes estimator with Vehtari et al.'s weak prior
     towards k = 0.5, exactly as ``pyro.ops.stats.fit_generalized_pareto`` computes it for one

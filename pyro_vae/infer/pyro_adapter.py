@@ -23,5 +23,6 @@ def is_deterministic(site: dict) -> bool:
     Returns
     -------
     bool
+        True for a site of ``pyro.deterministic``, which adds nothing to any density.
     """
     return bool(site.get("infer", {}).get("_deterministic", False))

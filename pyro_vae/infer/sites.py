@@ -45,7 +45,11 @@ DATA_PLATE = "data"
 
 
 class GlobalLatentError(ValueError):
-    """A sample site lies outside the data plate, so a per-datapoint quantity is undefined."""
+    """A sample site lies outside the data plate, so a per-datapoint quantity is undefined.
+
+    Raised by :func:`check_data_plate` and so by every per-datapoint tool; the message names
+    the site and whether it belongs to the model or the guide.
+    """
 
 
 def counts(site: dict) -> bool:
@@ -65,17 +69,57 @@ def counts(site: dict) -> bool:
 
 
 def sample_sites(trace) -> Iterator[tuple[str, dict]]:
-    """The ``(name, site)`` pairs of a trace that :func:`counts`, in execution order."""
+    """The ``(name, site)`` pairs of a trace that :func:`counts`, in execution order.
+
+    Parameters
+    ----------
+    trace : pyro.poutine.Trace
+        A trace of a model or guide.
+
+    Returns
+    -------
+    iterator of (str, dict)
+        Site name and trace node, lazily.
+    """
     return ((name, site) for name, site in trace.nodes.items() if counts(site))
 
 
 def data_frame(site: dict, data_plate: str = DATA_PLATE):
-    """The data plate's frame in the site's plate stack, or None when the site is outside it."""
+    """The data plate's frame in the site's plate stack, or None when the site is outside it.
+
+    Parameters
+    ----------
+    site : dict
+        A Pyro trace node or effect-handler message.
+    data_plate : str
+        The name of the data plate.
+
+    Returns
+    -------
+    pyro.poutine.indep_messenger.CondIndepStackFrame or None
+        The frame, with the plate's ``size``, ``full_size`` and batch ``dim``.
+    """
     return next((f for f in site["cond_indep_stack"] if f.name == data_plate), None)
 
 
 def data_scale(site: dict, data_plate: str, num_data: int | None) -> float:
-    """N_total / full_size for a site inside the data plate; 1 outside it or when N is None."""
+    """N_total / full_size for a site inside the data plate; 1 outside it or when N is None.
+
+    Parameters
+    ----------
+    site : dict
+        A Pyro trace node or effect-handler message.
+    data_plate : str
+        The name of the data plate.
+    num_data : int or None
+        N_total, the size of the whole data set; None when the batch is the whole data set.
+
+    Returns
+    -------
+    float
+        The factor that makes a minibatch's log-density an unbiased estimate of the full-data
+        one (a plate that subsamples itself has full_size = N_total, so 1).
+    """
     if num_data is None:
         return 1.0
     frame = data_frame(site, data_plate)
@@ -83,10 +127,18 @@ def data_scale(site: dict, data_plate: str, num_data: int | None) -> float:
 
 
 class DataPlate(NamedTuple):
-    """The data plate as found by :func:`check_data_plate`."""
+    """The data plate as found by :func:`check_data_plate`.
 
-    size: int  # N
-    dim: int  # its (negative) batch dimension
+    Attributes
+    ----------
+    size : int
+        N, the number of datapoints in the plate.
+    dim : int
+        The plate's (negative) batch dimension.
+    """
+
+    size: int
+    dim: int
 
 
 def check_data_plate(
@@ -152,6 +204,20 @@ def check_data_plate(
 def latent_sites(trace, data_plate: str = DATA_PLATE, role: str = "guide") -> dict[str, dict]:
     """The latent sites of a trace, each checked to be per-datapoint, in execution order.
 
+    Parameters
+    ----------
+    trace : pyro.poutine.Trace
+        A trace of a guide (or of a model).
+    data_plate : str
+        The name of the data plate.
+    role : str
+        Whose trace it is ("guide" or "model"), for error messages.
+
+    Returns
+    -------
+    dict of str to dict
+        Site name to trace node, for every unobserved site that :func:`counts`.
+
     Raises
     ------
     ValueError
@@ -173,11 +239,18 @@ def check_data(x, name: str = "x") -> torch.Tensor:
     ----------
     x : torch.Tensor of shape (N, ...)
         Datapoints along the first dimension, N >= 1.
+    name : str
+        What to call ``x`` in the error message.
 
     Returns
     -------
-    torch.Tensor
+    torch.Tensor of shape (N, ...)
         ``x`` itself.
+
+    Raises
+    ------
+    ValueError
+        When ``x`` is not a tensor, is 0-dim, has no datapoints, or holds NaN or inf values.
     """
     if not torch.is_tensor(x) or x.dim() < 1 or x.shape[0] < 1:
         shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__

@@ -29,7 +29,15 @@ __all__ = ["SVIStep", "TrainingDivergedError", "make_adam"]
 
 
 class TrainingDivergedError(FloatingPointError):
-    """The loss became NaN or infinite (``value``); the parameters were not updated with it."""
+    """The loss became NaN or infinite; the parameters were not updated with it.
+
+    Parameters
+    ----------
+    message : str
+        What happened, and at which step.
+    value : float
+        The offending loss, NaN or +-inf; kept as the attribute ``value``.
+    """
 
     def __init__(self, message: str, value: float = math.nan):
         super().__init__(message)
@@ -117,6 +125,11 @@ class SVIStep:
         ``grad_hook(params)`` runs after ``backward`` and before clipping and the update, e.g.
         to all-reduce gradients across processes.
 
+    Raises
+    ------
+    ValueError
+        When ``lr`` or ``clip_norm`` is not positive.
+
     Examples
     --------
     >>> svi = SVIStep(vae.model, vae.guide, lr=1e-3)          # doctest: +SKIP
@@ -160,6 +173,19 @@ class SVIStep:
         ----------
         x : torch.Tensor of shape (B, ...)
             A batch of data.
+        *args, **kwargs
+            Passed on to ``model`` and ``guide``.
+
+        Returns
+        -------
+        None
+
+        Raises
+        ------
+        ValueError
+            When the pair registers no trainable parameter, a parameter holds NaN or inf, or a
+            module's parameter is shadowed by an older param-store entry; Pyro's own errors
+            for a model/guide mismatch or a value outside a distribution's support.
         """
         devices = [x.device.index or 0] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -191,6 +217,8 @@ class SVIStep:
         ----------
         x : torch.Tensor of shape (B, ...)
             A minibatch.
+        *args, **kwargs
+            Passed on to ``model`` and ``guide``.
         num_data : int, optional
             Size N of the whole training set, for minibatch scaling (None: ``x`` is all of it).
 
@@ -203,6 +231,9 @@ class SVIStep:
         ------
         TrainingDivergedError
             When the loss is NaN or infinite (the parameters are left unchanged).
+        ValueError
+            When a parameter first appears after the first batch (it would never be
+            optimized), or from :meth:`setup` on the first batch.
         """
         if self.optimizer is None:
             self.setup(x, *args, **kwargs)
@@ -239,6 +270,18 @@ class SVIStep:
     def evaluate(self, x: torch.Tensor, *args, num_data: int | None = None, **kwargs) -> float:
         """The objective on ``x`` without gradients or an update (e.g. a validation batch).
 
+        With ``loss="jit"`` it uses the plain ``"trace"`` objective, since the JIT compiles one
+        batch shape.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, ...)
+            A batch of data.
+        *args, **kwargs
+            Passed on to ``model`` and ``guide``.
+        num_data : int, optional
+            Size N of the data set ``x`` is drawn from (None: ``x`` is all of it).
+
         Returns
         -------
         float
@@ -251,13 +294,36 @@ class SVIStep:
         ).item()
 
     def state_dict(self) -> dict:
-        """Parameters (unconstrained, on CPU) and optimizer state, for a checkpoint."""
+        """Parameters (unconstrained, on CPU) and optimizer state, for a checkpoint.
+
+        Returns
+        -------
+        dict
+            ``"params"``: param-store name to a detached CPU tensor; ``"optimizer"``: the
+            optimizer's ``state_dict()``.
+        """
         return {
             "params": {k: v.detach().cpu() for k, v in self.params.items()},
             "optimizer": self.optimizer.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` output; ``setup`` must have run."""
+        """Restore :meth:`state_dict` output; ``setup`` must have run.
+
+        Parameters
+        ----------
+        state : dict
+            As returned by :meth:`state_dict`, e.g. read back from a checkpoint.
+
+        Returns
+        -------
+        None
+
+        Raises
+        ------
+        ValueError
+            When the saved parameters' names or shapes differ from the pair's, or a saved
+            value is not finite (see :func:`pyro_vae.infer.params.restore_params`).
+        """
         restore_params(self.params, state["params"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -208,13 +208,14 @@ def train(
     out_dir : str or Path, optional
         Where ``checkpoint.pt`` (every epoch, atomic) and ``history.json``/``.csv`` go.
     resume : bool
-        Continue from ``out_dir/checkpoint.pt`` when it exists.
+        Continue from ``out_dir/checkpoint.pt`` when it exists (else start afresh; the command
+        line refuses ``--resume`` without a checkpoint).
     progress : bool
         A tqdm bar per epoch and one line per finished epoch.
     data_plate : str
         Name of the data plate.
     on_epoch_end : callable, optional
-        Called with each epoch's history record.
+        Called with each epoch's history record, after the epoch's checkpoint is written.
     tags : dict, optional
         Constant columns added to every history record this call writes.
 
@@ -279,10 +280,10 @@ def train(
                 scheduler.step()
             if progress:
                 tqdm.write(_epoch_line(record, epochs))
-            if on_epoch_end is not None:
-                on_epoch_end(record)
             if out_dir is not None:
                 _save(out_dir, svi, scheduler, state)
+            if on_epoch_end is not None:  # after the save: the epoch is on disk when it runs
+                on_epoch_end(record)
             if patience is not None and state.bad_epochs >= patience:
                 stopped_early = True
                 break

@@ -1,4 +1,11 @@
-"""Generative models as Pyro model/guide pairs."""
+"""Generative models as Pyro model/guide pairs (the convention is in docs/design.md).
+
+- :class:`VAE`: the variational autoencoder of Kingma & Welling (2014), with the observation
+  models of :mod:`pyro_vae.models.likelihoods` (:class:`BernoulliLikelihood`,
+  :class:`GaussianLikelihood`, or a user's :class:`Likelihood`).
+- :class:`PPCA`: probabilistic PCA, whose posterior and evidence are exact;
+  :class:`CollapsedPPCA`: its marginal, with z integrated out (no latent sites).
+"""
 
 from pyro_vae.models.likelihoods import BernoulliLikelihood, GaussianLikelihood, Likelihood
 from pyro_vae.models.ppca import PPCA, CollapsedPPCA

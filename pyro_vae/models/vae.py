@@ -1,27 +1,38 @@
 """The variational autoencoder as a Pyro model/guide pair (Kingma & Welling 2014; 2019, ch. 2).
 
-Generative model (``model``), a deep latent variable model (K&W 2019, sec. 1.7):
+Generative model (``model``), a deep latent variable model (Kingma & Welling 2014, sec. 3;
+2019, sec. 1.7):
 
     z ~ p(z) = N(0, I)                      site "z"
     x ~ p_theta(x|z), params = f_theta(z)   site "x", e.g. Bernoulli(logits = f_theta(z))
 
-Inference model (``guide``), the amortized approximate posterior (K&W 2019, sec. 2.1, 2.5):
+Inference model (``guide``), the amortized approximate posterior (2014, sec. 3 and
+Appendix C.2; 2019, sec. 2.1, 2.5):
 
     (mu, log sigma) = f_phi(x)
     z ~ q_phi(z|x) = N(mu, diag sigma^2)    site "z", reparameterized: z = mu + sigma * eps
 
-Pyro's ``Trace_ELBO`` then estimates the ELBO (K&W 2019, sec. 2.2)
+Pyro's ``Trace_ELBO`` then estimates the ELBO of Kingma & Welling (2014), eq. 3,
 E_q[log p_theta(x, z) - log q_phi(z|x)] <= log p_theta(x) per datapoint, and its gradient with
-the reparameterization trick (sec. 2.4), exactly Algorithm 2 of K&W 2019 for the Bernoulli case.
+the reparameterization trick (2014, sec. 2.4; 2019, sec. 2.4): for the Bernoulli case exactly
+Algorithm 2 of Kingma & Welling (2019); ``TraceMeanField_ELBO`` gives the analytic-KL form of
+Kingma & Welling (2014), eq. 10.
 
 To write your own pair, copy ``model`` and ``guide``: keep every per-datapoint site inside
 ``pyro.plate("data", N)``, declare the pixel/latent dimension with ``.to_event(1)``, and
-register networks with ``pyro.module``.
+register networks with ``pyro.module`` (the convention is in docs/design.md).
+
+References
+----------
+Kingma, D. P. and Welling, M. (2014). Auto-Encoding Variational Bayes. ICLR.
+Kingma, D. P. and Welling, M. (2019). An Introduction to Variational Autoencoders. Foundations
+and Trends in Machine Learning 12(4).
 """
 
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Sequence
 
 import pyro
@@ -29,45 +40,116 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_vae.models.likelihoods import Likelihood, get_likelihood
-from pyro_vae.nets import ARCHS, Decoder, GaussianEncoder, check_hidden, check_image_shape
+from pyro_vae.models.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
+from pyro_vae.nets import (
+    ACTIVATIONS,
+    ARCHS,
+    Decoder,
+    GaussianEncoder,
+    check_hidden,
+    check_image_shape,
+)
 
 __all__ = ["VAE"]
 
 
-def _check_args(data_dim, latent_dim, hidden, arch, image_shape):
-    """Validate the VAE's size arguments; return ``hidden`` as a tuple and ``image_shape``."""
-    for name, value in (("data_dim", data_dim), ("latent_dim", latent_dim)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_args(data_dim, latent_dim, hidden, likelihood, activation, arch, image_shape):
+    """Validate every constructor argument before anything is built (or any RNG draw is made).
+
+    Returns the normalized ``(data_dim, latent_dim, hidden, image_shape)``.
+    """
+    data_dim = _positive_int("data_dim", data_dim)
+    latent_dim = _positive_int("latent_dim", latent_dim)
     hidden = check_hidden(hidden)
-    if arch not in ARCHS:
+    if not hidden:
+        raise ValueError(
+            "hidden must be a non-empty sequence of positive integers (at least one hidden "
+            "layer), got ()"
+        )
+    if not isinstance(likelihood, Likelihood) and (
+        not isinstance(likelihood, str) or likelihood not in LIKELIHOODS
+    ):
+        raise ValueError(
+            f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS} or pass a "
+            "Likelihood instance"
+        )
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    if not isinstance(arch, str) or arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
-    if arch == "conv":
-        return hidden, check_image_shape(data_dim, image_shape)
-    if image_shape is not None:  # only metadata for an MLP (e.g. for plotting)
-        image_shape = tuple(int(s) for s in image_shape)
-        if len(image_shape) != 2 or image_shape[0] * image_shape[1] != data_dim:
-            raise ValueError(f"image_shape {image_shape} does not match data_dim={data_dim}")
-    return hidden, image_shape
+    image_shape = check_image_shape(data_dim, image_shape, arch)
+    return data_dim, latent_dim, hidden, image_shape
+
+
+def _check_tensor(name: str, t, size: int, weight: torch.Tensor, batched: bool, what: str):
+    """Refuse ``t`` unless it is ``(N, size)`` (or ``(..., N, size)`` when ``batched``) with the
+    dtype and device of ``weight``. Reads shape, dtype and device only: no pass over the data."""
+    expected = f"(N, {size}) or (..., N, {size})" if batched else f"(N, {size})"
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(
+            f"{name} must be a torch.Tensor of shape {expected}, got {type(t).__name__}"
+        )
+    if (t.dim() < 2 if batched else t.dim() != 2) or t.shape[-1] != size:
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(t.shape)}")
+    if t.dtype != weight.dtype:
+        raise ValueError(
+            f"{name} must have the dtype of the VAE's parameters, {weight.dtype}, got {t.dtype} "
+            f"(convert it with {name}.to({weight.dtype}))"
+        )
+    if t.device != weight.device:
+        raise ValueError(
+            f"{name} is on device {t.device} but the VAE's {what} is on {weight.device}; move "
+            f"one of them ({name}.to(device) or vae.to(device))"
+        )
 
 
 class VAE(nn.Module):
     """Variational autoencoder with a N(0, I) prior and a diagonal Gaussian encoder.
 
-    Args:
-        data_dim: number of pixels D (data are flattened, shape ``(N, D)``).
-        latent_dim: dimension M of z.
-        hidden: hidden layer sizes of the encoder MLP; the decoder uses them reversed
-            (``(400,)`` gives the classic 784-400-20 net).
-        likelihood: "bernoulli" (logits; binary or [0, 1] data), "gaussian" (learned per-pixel
-            scale) or a :class:`~pyro_vae.models.likelihoods.Likelihood` instance.
-        activation: hidden-layer nonlinearity, see :data:`pyro_vae.nets.ACTIVATIONS`.
-        arch: "mlp" or "conv" (two stride-2 convolutions for single-channel images).
-        image_shape: ``(H, W)`` with ``H * W == D``; for "conv", defaults to a square image.
+    The model of Kingma & Welling (2014), sec. 3: prior p(z) = N(0, I), decoder p_theta(x|z)
+    and encoder q_phi(z|x) = N(mu_phi(x), diag sigma_phi(x)^2) given by neural networks
+    (their Appendix C). ``model(x)`` and ``guide(x)`` take ``x`` of shape ``(N, D)`` and also
+    run vectorized under an outer ``pyro.plate("particles", S, dim=-2)``, where z has shape
+    ``(S, N, M)``.
 
-    ``model(x)`` and ``guide(x)`` take ``x`` of shape ``(N, D)`` and also run vectorized under an
-    outer ``pyro.plate("particles", S, dim=-2)``, where z has shape ``(S, N, M)``.
+    Construction draws the initial weights from the global torch RNG (PyTorch's default
+    initialization) and nothing else: after ``pyro.set_rng_seed(s)`` or ``torch.manual_seed(s)``
+    the same arguments give bit-identical parameters. It touches no Pyro param store.
+
+    Parameters
+    ----------
+    data_dim : int
+        Number of pixels D (data are flattened, shape ``(N, D)``).
+    latent_dim : int, default 20
+        Dimension M of z.
+    hidden : int or sequence of int, default (400,)
+        Hidden layer sizes of the encoder MLP, at least one; the decoder uses them reversed
+        (``(400,)`` gives the classic 784-400-20 net).
+    likelihood : {"bernoulli", "gaussian"} or Likelihood, default "bernoulli"
+        "bernoulli" (logits; binary or [0, 1] data, see
+        :class:`~pyro_vae.models.likelihoods.BernoulliLikelihood`), "gaussian" (learned
+        per-pixel scale) or a :class:`~pyro_vae.models.likelihoods.Likelihood` instance.
+    activation : str, default "relu"
+        Hidden-layer nonlinearity, a key of :data:`pyro_vae.nets.ACTIVATIONS`.
+    arch : {"mlp", "conv"}, default "mlp"
+        "conv" reads x as single-channel images through two stride-2 convolutions.
+    image_shape : sequence of two int, optional
+        ``(H, W)`` with ``H * W == D``; for "conv", defaults to a square image and needs H and
+        W divisible by 4; for "mlp" it is metadata only (e.g. for plots).
+
+    Raises
+    ------
+    ValueError
+        When ``data_dim`` or ``latent_dim`` is not a positive integer; ``hidden`` is empty or
+        holds a size that is not a positive integer; ``likelihood``, ``activation`` or ``arch``
+        is unknown (the message lists the valid choices); or ``image_shape`` does not fit
+        ``data_dim`` (and ``arch``).
     """
 
     def __init__(
@@ -81,7 +163,9 @@ class VAE(nn.Module):
         image_shape: Sequence[int] | None = None,
     ):
         super().__init__()
-        hidden, image_shape = _check_args(data_dim, latent_dim, hidden, arch, image_shape)
+        data_dim, latent_dim, hidden, image_shape = _check_args(
+            data_dim, latent_dim, hidden, likelihood, activation, arch, image_shape
+        )
         self._config = dict(
             data_dim=data_dim,
             latent_dim=latent_dim,
@@ -105,15 +189,42 @@ class VAE(nn.Module):
     def config(self) -> dict:
         """Keyword arguments that rebuild this architecture: ``VAE(**vae.config)``.
 
-        A likelihood given as an instance is deep-copied, so the rebuilt VAE owns its own.
+        Returns
+        -------
+        dict
+            ``data_dim``, ``latent_dim``, ``hidden``, ``likelihood``, ``activation``, ``arch``
+            and ``image_shape``. A likelihood given as an instance is deep-copied, so the
+            rebuilt VAE owns its own.
         """
         config = dict(self._config)
         if isinstance(config["likelihood"], Likelihood):
             config["likelihood"] = copy.deepcopy(config["likelihood"])
         return config
 
+    def _weight(self, net: nn.Module) -> torch.Tensor:
+        return next(net.parameters())
+
     def model(self, x: torch.Tensor) -> None:
-        """p_theta(x, z) = p(z) p_theta(x|z) for a batch ``x`` of shape ``(N, D)``."""
+        """The generative model p_theta(x, z) = p(z) p_theta(x|z) (Kingma & Welling 2014, sec. 3).
+
+        Registers the decoder (and a likelihood with parameters) with ``pyro.module``, then
+        samples site "z" from p(z) = N(0, I) and observes site "x" from p_theta(x|z), both
+        inside ``pyro.plate("data", N)`` with event dimension 1.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, D)
+            A batch of data, with the dtype and device of the VAE's parameters. Under an outer
+            ``pyro.plate("particles", S, dim=-2)``, z (and the decoder output) gets shape
+            ``(S, N, M)`` (``(S, N, P)``) and x is broadcast against it.
+
+        Raises
+        ------
+        ValueError
+            When ``x`` is not a tensor of shape ``(N, D)`` (a 1-D ``(D,)`` is refused), or its
+            dtype or device differs from the decoder's parameters.
+        """
+        _check_tensor("x", x, self.data_dim, self._weight(self.decoder), False, "decoder")
         pyro.module("decoder", self.decoder)
         if self._likelihood_has_params:
             pyro.module("likelihood", self.likelihood)
@@ -122,38 +233,125 @@ class VAE(nn.Module):
             # (not copied); constants, so argument validation is skipped
             prior = dist.Normal(x.new_zeros(()), x.new_ones(()), validate_args=False)
             z = pyro.sample("z", prior.expand([x.shape[0], self.latent_dim]).to_event(1))
-            # p_theta(x|z) with parameters f_theta(z) (K&W 2019, Alg. 2: Bernoulli logits);
+            # p_theta(x|z) with parameters f_theta(z) (K&W 2014, Appendix C.1; 2019, Alg. 2);
             # z may be (S, N, M) under an outer particle plate
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
-        """q_phi(z|x) = N(z; mu, diag sigma^2) with (mu, log sigma) = f_phi(x)."""
+        """The inference model q_phi(z|x) = N(z; mu, diag sigma^2), (mu, log sigma) = f_phi(x).
+
+        Registers the encoder with ``pyro.module`` and samples site "z" inside
+        ``pyro.plate("data", N)`` with event dimension 1, reparameterized as
+        z = mu + sigma * eps, eps ~ N(0, I) (Kingma & Welling 2014, sec. 2.4 and 3).
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, D)
+            A batch of data, with the dtype and device of the VAE's parameters. Under an outer
+            ``pyro.plate("particles", S, dim=-2)`` the draw z has shape ``(S, N, M)``.
+
+        Raises
+        ------
+        ValueError
+            When ``x`` is not a tensor of shape ``(N, D)`` (a 1-D ``(D,)`` is refused), or its
+            dtype or device differs from the encoder's parameters.
+        """
+        _check_tensor("x", x, self.data_dim, self._weight(self.encoder), False, "encoder")
         pyro.module("encoder", self.encoder)
         with pyro.plate("data", x.shape[0]):
             loc, scale = self.encoder(x)
-            # reparameterized draw z = mu + sigma * eps, eps ~ N(0, I) (K&W 2019, sec. 2.4)
+            # reparameterized draw z = mu + sigma * eps, eps ~ N(0, I) (K&W 2014, sec. 2.4)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     # ----- helpers (plain PyTorch, no Pyro sites) -----
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior parameters ``(loc, scale)``, each ``(..., M)``, for ``x`` of ``(..., D)``."""
+        """The parameters of q_phi(z|x) (Kingma & Welling 2014, sec. 3).
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, D) or (..., N, D)
+            Data, with the dtype and device of the VAE's parameters.
+
+        Returns
+        -------
+        loc : torch.Tensor of shape (N, M) or (..., N, M)
+            The posterior mean mu_phi(x).
+        scale : torch.Tensor of shape (N, M) or (..., N, M)
+            The posterior standard deviation sigma_phi(x) > 0.
+
+        Raises
+        ------
+        ValueError
+            When ``x`` is not a tensor of at least two dimensions ending in D, or its dtype or
+            device differs from the encoder's parameters.
+        """
+        _check_tensor("x", x, self.data_dim, self._weight(self.encoder), True, "encoder")
         return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Likelihood mean E[x|z], ``(..., D)``, e.g. sigmoid(logits) for Bernoulli."""
+        """The likelihood mean E[x|z], e.g. sigmoid(f_theta(z)) for Bernoulli pixels.
+
+        Parameters
+        ----------
+        z : torch.Tensor of shape (N, M) or (..., N, M)
+            Codes, e.g. ``(S, N, M)``, with the dtype and device of the VAE's parameters.
+
+        Returns
+        -------
+        torch.Tensor of shape (N, D) or (..., N, D)
+            E[x|z] under p_theta(x|z).
+
+        Raises
+        ------
+        ValueError
+            When ``z`` is not a tensor of at least two dimensions ending in M, or its dtype or
+            device differs from the decoder's parameters.
+        """
+        _check_tensor("z", z, self.latent_dim, self._weight(self.decoder), True, "decoder")
         return self.likelihood.mean(self.decoder(z))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Decode the encoder mean: E[x | z = mu_phi(x)], shape of ``x``."""
-        return self.decode(self.encoder(x)[0])
+        """Decode the encoder mean: E[x | z = mu_phi(x)], without gradients.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, D) or (..., N, D)
+            Data, with the dtype and device of the VAE's parameters.
+
+        Returns
+        -------
+        torch.Tensor of the shape of ``x``
+            The reconstructions.
+
+        Raises
+        ------
+        ValueError
+            As :meth:`encode`.
+        """
+        return self.decode(self.encode(x)[0])
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        """Mean images ``(n, D)`` of ``n`` draws z ~ p(z) = N(0, I) (uses the torch RNG)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        weight = next(self.decoder.parameters())
+        """Mean images of ``n`` draws z ~ p(z) = N(0, I), from the global torch RNG.
+
+        Parameters
+        ----------
+        n : int
+            Number of draws.
+
+        Returns
+        -------
+        torch.Tensor of shape (n, D)
+            E[x|z] of each draw, on the device and in the dtype of the decoder's parameters.
+
+        Raises
+        ------
+        ValueError
+            When ``n`` is not a positive integer.
+        """
+        n = _positive_int("n", n)
+        weight = self._weight(self.decoder)
         z = torch.randn(n, self.latent_dim, dtype=weight.dtype, device=weight.device)
         return self.decode(z)
