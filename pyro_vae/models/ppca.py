@@ -13,15 +13,12 @@ equals log p(x). :class:`CollapsedPPCA` integrates z out and learns W, b, sigma 
 Shapes: ``x`` is (N, D); ``W`` is (D, M); ``b`` is (D,); ``sigma2`` is a 0-dim tensor.
 """
 
-import math
-
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch.distributions import constraints
 
-__all__ = ["PPCA", "CollapsedPPCA", "PPCAMarginal"]
+__all__ = ["PPCA", "CollapsedPPCA"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -58,74 +55,39 @@ def _check_latent_dim(latent_dim, data_dim):
         )
 
 
-# --------------------------------------------------------------------------------------------
-# the Gaussian algebra, written once
-# --------------------------------------------------------------------------------------------
-def _woodbury_log_prob(x, W, b, sigma2):
-    """log N(x | b, W W^T + sigma^2 I) for x of shape (..., D); returns shape (...).
+def _marginal(W, b, sigma2):
+    """p(x) = N(x | b, W W^T + sigma^2 I_D) with z integrated out (PRML eq. 12.35).
 
-    Never forms the D x D covariance C: with M = W^T W + sigma^2 I_M (PRML eq. 12.41),
-    C^-1 = sigma^-2 (I - W M^-1 W^T) (Woodbury, PRML eq. 12.40) and
-    log|C| = (D - M) log sigma^2 + log|M| (matrix determinant lemma), so the cost is
-    O(N D M + M^3). With M = L L^T and a = L^-1 W^T r, r^T C^-1 r = (|r|^2 - |a|^2) / sigma^2.
+    ``LowRankMultivariateNormal`` is exactly this covariance, low rank plus diagonal: its
+    log-density never forms the D x D matrix (Woodbury and the matrix determinant lemma,
+    PRML eq. 12.40-12.41), O(N D M + M^3).
     """
-    D, M = W.shape
-    eye = torch.eye(M, dtype=W.dtype, device=W.device)
-    L = torch.linalg.cholesky(W.T @ W + sigma2 * eye)
-    L_inv = torch.linalg.solve_triangular(L, eye, upper=False)
-    r = x - b
-    a = (r @ W) @ L_inv.T  # (..., M)
-    quad = (r.pow(2).sum(-1) - a.pow(2).sum(-1)) / sigma2
-    log_det = (D - M) * torch.log(sigma2) + 2.0 * torch.log(torch.diagonal(L)).sum()
-    return -0.5 * (D * math.log(2 * math.pi) + log_det + quad)
-
-
-class PPCAMarginal(dist.TorchDistribution):
-    """p(x) = N(x | b, W W^T + sigma^2 I) with z integrated out (PRML eq. 12.35).
-
-    Batch shape (), event shape (D,); ``log_prob`` uses the O(D M^2) Woodbury form
-    above. Used as the observation of :class:`CollapsedPPCA`.
-    """
-
-    arg_constraints = {}
-    support = constraints.real_vector
-    has_rsample = True
-
-    def __init__(self, W, b, sigma2, validate_args=None):
-        self.W, self.b, self.sigma2 = W, b, sigma2
-        super().__init__(torch.Size(), b.shape[-1:], validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        return TorchDistributionMixin.expand(self, batch_shape)
-
-    @property
-    def mean(self):
-        return self.b
-
-    @property
-    def variance(self):
-        return self.W.pow(2).sum(-1) + self.sigma2
-
-    def rsample(self, sample_shape=()):
-        shape = torch.Size(sample_shape)
-        D, M = self.W.shape
-        z = torch.randn(shape + (M,), dtype=self.W.dtype, device=self.W.device)
-        eps = torch.randn(shape + (D,), dtype=self.W.dtype, device=self.W.device)
-        return z @ self.W.T + self.b + self.sigma2.sqrt() * eps
-
-    def log_prob(self, value):
-        return _woodbury_log_prob(value, self.W, self.b, self.sigma2)
+    return dist.LowRankMultivariateNormal(b, W, sigma2.expand(W.shape[:1]))
 
 
 # --------------------------------------------------------------------------------------------
 # PPCA with fixed parameters: MLE, exact evidence, exact posterior, Pyro model + exact guide
 # --------------------------------------------------------------------------------------------
 class PPCA:
-    """Probabilistic PCA with parameters W (D, M), b (D,), sigma2 (scalar).
+    """Probabilistic PCA with fixed parameters (Tipping & Bishop 1999; PRML 12.2).
 
     :meth:`fit` gives the closed-form maximum-likelihood solution; :meth:`log_marginal`,
     :meth:`posterior` are exact; :meth:`model` / :meth:`guide` are a Pyro pair with latent
     site ``"z"``, observed site ``"x"`` and plate ``"data"``, the guide being p(z | x).
+
+    Parameters
+    ----------
+    W : torch.Tensor of shape (D, M)
+        Factor loadings.
+    b : torch.Tensor of shape (D,)
+        Mean of x.
+    sigma2 : float or torch.Tensor of shape ()
+        Isotropic noise variance, positive.
+
+    Raises
+    ------
+    ValueError
+        Shapes, dtypes or devices that do not fit, non-finite values, sigma2 <= 0.
     """
 
     def __init__(self, W, b, sigma2):
@@ -163,11 +125,35 @@ class PPCA:
 
         b = mean(x); sigma^2 = mean of the D - M discarded eigenvalues of the covariance
         S = X_c^T X_c / (N - ddof); W = U_M (L_M - sigma^2 I)^(1/2) (rotation R = I).
-        ``ddof=0`` is the MLE; ``ddof=1`` uses sklearn's N - 1 covariance.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, D)
+            Floating-point data, finite, with N > latent_dim + 1.
+        latent_dim : int
+            M, with 1 <= M < D.
+        ddof : {0, 1}
+            0 is the MLE; 1 uses scikit-learn's N - 1 covariance.
+
+        Returns
+        -------
+        PPCA
+
+        Raises
+        ------
+        ValueError
+            Bad x, latent_dim or ddof, too few datapoints, or data in a subspace of dimension
+            <= M (sigma^2 would be 0).
         """
         _check_data(x, min_rows=2)
         N, D = x.shape
         _check_latent_dim(latent_dim, D)
+        if N - 1 <= latent_dim:  # centred data span at most N - 1 dimensions
+            raise ValueError(
+                f"PPCA.fit needs more than latent_dim + 1 = {latent_dim + 1} datapoints, got "
+                f"N={N}: the centred data span at most N - 1 = {N - 1} dimensions, so sigma^2 "
+                "would be 0"
+            )
         if ddof not in (0, 1):
             raise ValueError(f"ddof must be 0 or 1, got {ddof!r}")
         b = x.mean(0)
@@ -188,19 +174,43 @@ class PPCA:
         return cls(W, b, sigma2)
 
     def marginal(self):
-        """p(x) as a distribution with event shape (D,) (PRML eq. 12.35)."""
-        return PPCAMarginal(self.W, self.b, self.sigma2)
+        """p(x) = N(b, W W^T + sigma^2 I) (PRML eq. 12.35).
+
+        Returns
+        -------
+        pyro.distributions.LowRankMultivariateNormal
+            Batch shape (), event shape (D,).
+        """
+        return _marginal(self.W, self.b, self.sigma2)
 
     def log_marginal(self, x):
-        """Exact log p(x_n) = log N(x_n | b, W W^T + sigma^2 I) per datapoint: (N, D) -> (N,)."""
+        """Exact log p(x_n) = log N(x_n | b, W W^T + sigma^2 I) per datapoint, in nats.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, D)
+
+        Returns
+        -------
+        torch.Tensor of shape (N,)
+        """
         _check_data(x, self.data_dim, like=self.W)
-        return _woodbury_log_prob(x, self.W, self.b, self.sigma2)
+        return _marginal(self.W, self.b, self.sigma2).log_prob(x)
 
     def posterior(self, x):
-        """Exact p(z | x) (PRML eq. 12.42): batch (N,), event (M,) MultivariateNormal.
+        """Exact p(z | x) (PRML eq. 12.42).
 
         Mean M^-1 W^T (x - b), covariance sigma^2 M^-1 with M = W^T W + sigma^2 I
         (so sigma^-2 M is the precision).
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, D)
+
+        Returns
+        -------
+        pyro.distributions.MultivariateNormal
+            Batch shape (N,), event shape (M,).
         """
         _check_data(x, self.data_dim, like=self.W)
         eye = torch.eye(self.latent_dim, dtype=self.W.dtype, device=self.W.device)
@@ -210,7 +220,13 @@ class PPCA:
         return dist.MultivariateNormal(mean, covariance_matrix=cov)
 
     def model(self, x):
-        """Pyro model p(z) p(x | z), z explicit; vectorizes under outer plates (z: (..., N, M))."""
+        """Pyro model p(z) p(x | z) with z explicit; vectorizes under outer plates.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, D)
+            Observed at site ``"x"``; ``"z"`` has shape (..., N, M), in plate ``"data"``.
+        """
         _check_data(x, self.data_dim, like=self.W)
         N, M = x.shape[0], self.latent_dim
         with pyro.plate("data", N):
@@ -220,12 +236,27 @@ class PPCA:
             pyro.sample("x", dist.Normal(loc, self.sigma2.sqrt()).to_event(1), obs=x)
 
     def guide(self, x):
-        """Exact posterior guide q(z | x) = p(z | x): every ELBO sample equals log p(x)."""
+        """Exact posterior guide q(z | x) = p(z | x): every ELBO sample equals log p(x).
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, D)
+        """
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", self.posterior(x))
 
     def sample(self, n):
-        """Draw n datapoints x ~ p(x): returns (n, D). Uses the global torch RNG."""
+        """Draw datapoints x ~ p(x) with the global torch RNG.
+
+        Parameters
+        ----------
+        n : int
+            How many, at least 1.
+
+        Returns
+        -------
+        torch.Tensor of shape (n, D)
+        """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         return self.marginal().sample((n,))
@@ -241,6 +272,17 @@ class CollapsedPPCA:
     ``guide(x)`` is empty (no latents), so the ELBO is exactly log p(x) and SVI is maximum
     likelihood. Starting point: W ~ init_scale * N(0, 1) drawn from a generator seeded with
     ``seed`` (not the global RNG), b = 0, sigma = 1.
+
+    Parameters
+    ----------
+    data_dim : int
+        D, at least 2.
+    latent_dim : int
+        M, with 1 <= M < D.
+    init_scale : float
+        Scale of the initial W.
+    seed : int
+        Seeds the initial W.
     """
 
     def __init__(self, data_dim, latent_dim, *, init_scale=0.1, seed=0):
@@ -258,17 +300,29 @@ class CollapsedPPCA:
         return W, b, sigma
 
     def model(self, x):
+        """Observe x ~ N(b, W W^T + sigma^2 I) in plate ``"data"``.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, D)
+        """
         _check_data(x, self.data_dim)
         W, b, sigma = self._params(x)
         _check_data(x, like=W)
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("x", PPCAMarginal(W, b, sigma**2), obs=x)
+            pyro.sample("x", _marginal(W, b, sigma**2), obs=x)
 
     def guide(self, x):
         """No latent variables: nothing to sample."""
 
     def to_ppca(self):
-        """A :class:`PPCA` holding (detached copies of) the current param-store values."""
+        """A :class:`PPCA` holding (detached copies of) the current param-store values.
+
+        Raises
+        ------
+        ValueError
+            When the model has not run yet (no params).
+        """
         store = pyro.get_param_store()
         if "W" not in store:
             raise ValueError("no params yet: run model(x) (e.g. train it) before to_ppca()")
