@@ -253,7 +253,7 @@ def training_figures(vae: VAE, data: DatasetSplits, history: list[dict], out: Pa
     out.mkdir(parents=True, exist_ok=True)
     device = next(vae.parameters()).device
     shape = data.image_shape
-    x = data.test.x[:16].to(device)
+    x = data.test.x[:10].to(device)  # one row of originals above one of reconstructions
     paths = [
         plots.save_history_plot(history, out / "elbo_curves.png"),
         plots.save_side_by_side(
