@@ -198,7 +198,9 @@ def train(
     device : str or torch.device
         ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``...
     seed : int, optional
-        Seeds Pyro, torch, NumPy and Python before anything is drawn.
+        Seeds Pyro, torch, NumPy and Python before anything is drawn here. Networks built
+        before the call drew their initial weights already: seed before building them too
+        (``pyro.set_rng_seed``), as ``pyro-vae train`` does, for a run that repeats bit for bit.
     clip_norm : float, optional
         Global gradient-norm clipping.
     lr_schedule : callable, optional
