@@ -14,7 +14,9 @@ The fast path, :class:`FastTraceELBO`, computes exactly the single-particle Trac
     ELBO(x) = log p_theta(x, z) - log q_phi(z | x),  z ~ q_phi(z | x)  (Kingma & Welling 2014)
 
 but records log-densities as the sites run instead of building two full ``Trace`` objects, so a
-step costs little more than the networks themselves. It requires every guide site to be
+step costs little more than the networks themselves (Pyro's ``SVI`` with ``Trace_ELBO`` runs at
+0.73x of a hand-written loop, ``SVIStep`` with this objective at 1.0x:
+``experiments/bench_train.py``). It requires every guide site to be
 reparameterized; :func:`make_objective` falls back to Pyro's own ``Trace_ELBO`` otherwise.
 
 Minibatches: every site inside the data plate is scaled by N / full_size
