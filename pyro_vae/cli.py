@@ -36,6 +36,7 @@ from pyro_vae.runs import (
     load_run,
     read_config,
     run_data,
+    test_images,
     training_figures,
     write_text_atomic,
 )
@@ -74,34 +75,24 @@ class _Parser(argparse.ArgumentParser):
 # --- argument types ----------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number(convert, accept, expected: str):
+    """An argparse type: ``convert(text)`` if ``accept`` takes it, else "expected {expected}"."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
-    return value
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+_fraction = _number(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -190,11 +181,12 @@ def cmd_train(args) -> int:
         raise ValueError("--resume continues a run and --overwrite replaces it: pass one")
     check_writable(out)
     config, done = None, 0
+    existing = _existing_run_files(out)
     if args.resume:
         config, done = _resume_settings(args, given, out)
-    elif _existing_run_files(out) and not args.overwrite:
+    elif existing and not args.overwrite:
         raise FileExistsError(
-            f"{out} already holds a run ({', '.join(_existing_run_files(out))}); pass --resume "
+            f"{out} already holds a run ({', '.join(existing)}); pass --resume "
             "to continue it or --overwrite to replace it"
         )
     set_threads(args.threads)
@@ -226,7 +218,7 @@ def cmd_train(args) -> int:
         config = {**run_config, "vae": {**vae.config, "hidden": list(args.hidden)}}
         config.update(options=options, resumes=[])
         out.mkdir(parents=True, exist_ok=True)
-        for path in [*(out / n for n in _existing_run_files(out)), *out.glob("figures/*.png")]:
+        for path in [*(out / n for n in existing), *out.glob("figures/*.png")]:
             path.unlink()
         write_text_atomic(out / CONFIG_NAME, json.dumps(config, indent=1))
     else:  # recorded once the first new epoch is safely on disk
@@ -290,10 +282,7 @@ def _test_loss(vae: VAE, data) -> float:
     """-ELBO per datapoint on the test split (one fixed binarization for a "dynamic" run)."""
     from pyro_vae.infer.evidence import elbo_per_datapoint
 
-    x = data.test.x
-    if data.test.binarize == "dynamic":
-        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
-    x = x.to(next(vae.parameters()).device)
+    x = test_images(data).to(next(vae.parameters()).device)
     return -elbo_per_datapoint(vae.model, vae.guide, x, num_samples=1).mean().item()
 
 

@@ -33,8 +33,11 @@ __all__ = [
     "MLP",
     "GaussianEncoder",
     "Decoder",
+    "check_activation",
+    "check_arch",
     "check_hidden",
     "check_image_shape",
+    "check_positive_int",
 ]
 
 #: Hidden-layer nonlinearities by name (the ``activation=`` argument of every net).
@@ -55,23 +58,30 @@ ARCHS = ("mlp", "conv")
 _CONV_CHANNELS = (32, 64)  # two stride-2 convolutions: (H, W) -> (H/2, W/2) -> (H/4, W/4)
 
 
-def _activation(name: str) -> nn.Module:
+def check_activation(name: str) -> str:
+    """``name`` if it is a key of :data:`ACTIVATIONS`, else a ValueError listing them."""
     if not isinstance(name, str) or name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
+    return name
+
+
+def _activation(name: str) -> nn.Module:
+    return ACTIVATIONS[check_activation(name)]()
 
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_positive_int(name: str, value) -> int:
+def check_positive_int(name: str, value) -> int:
+    """``value`` as an int if it is a positive integer, else a ValueError naming ``name``."""
     if not _is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
-def _check_arch(arch: str) -> str:
+def check_arch(arch: str) -> str:
+    """``arch`` if it is one of :data:`ARCHS`, else a ValueError listing them."""
     if not isinstance(arch, str) or arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
     return arch
@@ -154,8 +164,8 @@ def check_image_shape(data_dim: int, image_shape, arch: str = "conv") -> tuple[i
         a non-square ``data_dim`` without ``image_shape``, or ``H`` or ``W`` is not divisible by
         4 for a conv net.
     """
-    _check_positive_int("data_dim", data_dim)
-    if _check_arch(arch) == "mlp":
+    check_positive_int("data_dim", data_dim)
+    if check_arch(arch) == "mlp":
         if image_shape is None:
             return None
         h, w = _parse_image_shape(image_shape)
@@ -212,9 +222,9 @@ class MLP(nn.Sequential):
         activation: str = "relu",
     ):
         sizes = (
-            _check_positive_int("in_features", in_features),
+            check_positive_int("in_features", in_features),
             *check_hidden(hidden),
-            _check_positive_int("out_features", out_features),
+            check_positive_int("out_features", out_features),
         )
         _activation(activation)  # fail early on a bad name
         layers: list[nn.Module] = []
@@ -310,9 +320,9 @@ class GaussianEncoder(nn.Module):
         image_shape: Sequence[int] | None = None,
     ):
         super().__init__()
-        self.data_dim = _check_positive_int("data_dim", data_dim)
-        self.latent_dim = _check_positive_int("latent_dim", latent_dim)
-        if _check_arch(arch) == "conv":
+        self.data_dim = check_positive_int("data_dim", data_dim)
+        self.latent_dim = check_positive_int("latent_dim", latent_dim)
+        if check_arch(arch) == "conv":
             trunk = _ConvEncoderTrunk(check_image_shape(data_dim, image_shape), activation)
             self.net = nn.Sequential(
                 trunk, MLP(trunk.out_features, hidden, 2 * latent_dim, activation)
@@ -390,9 +400,9 @@ class Decoder(nn.Module):
         image_shape: Sequence[int] | None = None,
     ):
         super().__init__()
-        self.latent_dim = _check_positive_int("latent_dim", latent_dim)
-        self.out_features = _check_positive_int("out_features", out_features)
-        if _check_arch(arch) == "conv":
+        self.latent_dim = check_positive_int("latent_dim", latent_dim)
+        self.out_features = check_positive_int("out_features", out_features)
+        if check_arch(arch) == "conv":
             if image_shape is None:
                 raise ValueError("Decoder(arch='conv') needs image_shape (H, W)")
             h, w = _parse_image_shape(image_shape)

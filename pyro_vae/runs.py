@@ -33,6 +33,7 @@ __all__ = [
     "load_run",
     "read_config",
     "run_data",
+    "test_images",
     "training_figures",
     "write_text_atomic",
 ]
@@ -203,29 +204,39 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     return Run(run_dir, config, vae, data, state["history"])
 
 
-def evaluation_data(run: Run, num_points: int | None = None, seed: int = 0) -> torch.Tensor:
-    """The first ``num_points`` test images as scored by ``evaluate``/``diagnose``.
+def test_images(data: DatasetSplits, num_points: int | None = None, seed: int = 0) -> torch.Tensor:
+    """The first ``num_points`` test images, as every final report scores them.
 
-    A run trained on dynamically binarized data is judged on one fixed, seeded binarization of
+    Data binarized "dynamically" in training are judged on one fixed, seeded binarization of
     the test set, so the numbers are repeatable and every estimator sees the same binary data.
 
     Parameters
     ----------
-    run : Run
-        A loaded run folder.
+    data : DatasetSplits
+        The run's data.
     num_points : int, optional
         How many test images (default all).
     seed : int
-        Seeds the fixed binarization of a "dynamic" run.
+        Seeds the fixed binarization of "dynamic" data.
 
     Returns
     -------
     torch.Tensor of shape (num_points, D)
     """
-    x = run.data.test.x[:num_points]
-    if run.data.test.binarize == "dynamic":
+    x = data.test.x[:num_points]
+    if data.test.binarize == "dynamic":
         x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
     return x
+
+
+def evaluation_data(run: Run, num_points: int | None = None, seed: int = 0) -> torch.Tensor:
+    """:func:`test_images` of a loaded run: what ``evaluate``/``diagnose`` score.
+
+    Returns
+    -------
+    torch.Tensor of shape (num_points, D)
+    """
+    return test_images(run.data, num_points, seed)
 
 
 @torch.no_grad()

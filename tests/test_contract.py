@@ -11,6 +11,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from common import LinearGaussian
 
 from pyro_vae.diagnostics import arviz_io
 from pyro_vae.diagnostics.latent import active_units, amortization_gap, kl_per_dimension
@@ -29,22 +30,6 @@ N = 6  # datapoints in every x below
 
 
 # --- pairs written only here ---------------------------------------------------------------------
-class LinearGaussian:
-    """z ~ N(0, 1), x | z ~ N(a z, 1); q(z | x) = N(c x, s): one scalar latent per datapoint."""
-
-    def model(self, x):
-        a = pyro.param("a", torch.tensor(0.5))
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(a * z, 1.0), obs=x)
-
-    def guide(self, x):
-        c = pyro.param("c", torch.tensor(0.1))
-        s = pyro.param("s", torch.tensor(1.0), constraint=dist.constraints.positive)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(c * x, s))
-
-
 class PositiveFeatures:
     """Data plate at dim -2, feature plate at -1, a positive latent and a deterministic site."""
 
@@ -88,9 +73,9 @@ def _pairs():
         "ppca-exact": (ppca.model, ppca.guide, ppca.sample(N)),
         "collapsed-ppca": (collapsed.model, collapsed.guide, torch.randn(N, 5)),
         **{name: (vae.model, vae.guide, x) for name, (vae, x) in vaes.items()},
-        "linear-gaussian": (LinearGaussian().model, LinearGaussian().guide, torch.randn(N)),
     }
-    positive, global_mean = PositiveFeatures(), GlobalMean()
+    linear, positive, global_mean = LinearGaussian(a=0.5, c=0.1), PositiveFeatures(), GlobalMean()
+    pairs["linear-gaussian"] = (linear.model, linear.guide, torch.randn(N))
     pairs["positive-features"] = (positive.model, positive.guide, torch.rand(N, 3))
     pairs["global-latent"] = (global_mean.model, global_mean.guide, torch.randn(N))
     return pairs

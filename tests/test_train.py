@@ -9,7 +9,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from common import requires_cuda
+from common import LinearGaussian, requires_cuda
 
 from pyro_vae.data import load_dataset
 from pyro_vae.infer.checkpoint import CheckpointError, load_checkpoint
@@ -33,22 +33,6 @@ def small_vae(seed=0, **kwargs):
 
 
 # --- pairs written only here, to show the trainer knows nothing of our models -------------------
-
-
-class LinearGaussian:
-    """z ~ N(0, 1), x | z ~ N(a z, 1); guide q(z|x) = N(c x, s). Evidence: x ~ N(0, a^2 + 1)."""
-
-    def model(self, x):
-        a = pyro.param("a", torch.tensor(0.1))
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(a * z, 1.0), obs=x)
-
-    def guide(self, x):
-        c = pyro.param("c", torch.tensor(0.0))
-        s = pyro.param("s", torch.tensor(1.0), constraint=dist.constraints.positive)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(c * x, s))
 
 
 def global_mean_model(x):

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from pyro.distributions import constraints
 from torch import nn
 
+from pyro_vae.nets import check_positive_int
+
 __all__ = [
     "Likelihood",
     "BernoulliLikelihood",
@@ -260,8 +262,7 @@ class GaussianLikelihood(Likelihood):
 
     def __init__(self, data_dim: int, init_scale: float = 1.0):
         super().__init__()
-        if isinstance(data_dim, bool) or not isinstance(data_dim, numbers.Integral) or data_dim < 1:
-            raise ValueError(f"data_dim must be a positive integer, got {data_dim!r}")
+        data_dim = check_positive_int("data_dim", data_dim)
         if (
             isinstance(init_scale, bool)
             or not isinstance(init_scale, numbers.Real)

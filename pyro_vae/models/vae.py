@@ -32,7 +32,6 @@ and Trends in Machine Learning 12(4).
 from __future__ import annotations
 
 import copy
-import numbers
 from collections.abc import Sequence
 
 import pyro
@@ -42,21 +41,16 @@ from torch import nn
 
 from pyro_vae.models.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from pyro_vae.nets import (
-    ACTIVATIONS,
-    ARCHS,
     Decoder,
     GaussianEncoder,
+    check_activation,
+    check_arch,
     check_hidden,
     check_image_shape,
+    check_positive_int,
 )
 
 __all__ = ["VAE"]
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _check_args(data_dim, latent_dim, hidden, likelihood, activation, arch, image_shape):
@@ -64,8 +58,8 @@ def _check_args(data_dim, latent_dim, hidden, likelihood, activation, arch, imag
 
     Returns the normalized ``(data_dim, latent_dim, hidden, image_shape)``.
     """
-    data_dim = _positive_int("data_dim", data_dim)
-    latent_dim = _positive_int("latent_dim", latent_dim)
+    data_dim = check_positive_int("data_dim", data_dim)
+    latent_dim = check_positive_int("latent_dim", latent_dim)
     hidden = check_hidden(hidden)
     if not hidden:
         raise ValueError(
@@ -79,10 +73,8 @@ def _check_args(data_dim, latent_dim, hidden, likelihood, activation, arch, imag
             f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS} or pass a "
             "Likelihood instance"
         )
-    if not isinstance(activation, str) or activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
-    if not isinstance(arch, str) or arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+    check_activation(activation)
+    check_arch(arch)
     image_shape = check_image_shape(data_dim, image_shape, arch)
     return data_dim, latent_dim, hidden, image_shape
 
@@ -351,7 +343,7 @@ class VAE(nn.Module):
         ValueError
             When ``n`` is not a positive integer.
         """
-        n = _positive_int("n", n)
+        n = check_positive_int("n", n)
         weight = self._weight(self.decoder)
         z = torch.randn(n, self.latent_dim, dtype=weight.dtype, device=weight.device)
         return self.decode(z)
