@@ -25,6 +25,8 @@ from pyro_vae.infer.evidence import (
     iwae_from_log_weights,
     log_evidence,
 )
+from pyro_vae.infer.iwae import IWAEObjective
+from pyro_vae.infer.kl_control import KLControlledELBO
 from pyro_vae.infer.psis import pareto_khat
 from pyro_vae.models.ppca import PPCA, CollapsedPPCA
 from pyro_vae.models.vae import VAE
@@ -113,7 +115,14 @@ ESTIMATORS = {
     "iwae_from_log_weights": lambda m, g, x: iwae_from_log_weights(
         log_evidence(m, g, x, num_samples=40, return_log_weights=True).log_weights, 10
     ),
+    # the training objectives, per datapoint: the negated loss of a batch of one
+    "IWAEObjective-k5": lambda m, g, x: _per_datapoint_loss(IWAEObjective(5), m, g, x),
+    "KLControlledELBO": lambda m, g, x: _per_datapoint_loss(KLControlledELBO(), m, g, x),
 }
+
+
+def _per_datapoint_loss(objective, model, guide, x):
+    return torch.stack([-objective(model, guide, x[n : n + 1]) for n in range(x.shape[0])])
 
 
 def _exact_pairs():

@@ -149,7 +149,7 @@ def test_trace_and_meanfield_agree_in_expectation(mnist):
     assert values["meanfield"].std() <= values["trace"].std()
 
 
-@pytest.mark.parametrize("loss", ["pyro-trace", "meanfield", "jit"])
+@pytest.mark.parametrize("loss", ["pyro-trace", "meanfield", "jit", "iwae"])
 def test_every_loss_trains(mnist, loss):
     vae = small_vae()
     result = train(

@@ -7,6 +7,8 @@ from pyro_vae.infer.evidence import (
     iwae_from_log_weights,
     log_evidence,
 )
+from pyro_vae.infer.iwae import IWAEObjective
+from pyro_vae.infer.kl_control import KLAnnealing, KLControlledELBO
 from pyro_vae.infer.objectives import make_objective
 from pyro_vae.infer.psis import pareto_khat
 from pyro_vae.infer.sites import GlobalLatentError
@@ -15,6 +17,9 @@ from pyro_vae.infer.train import train
 
 __all__ = [
     "GlobalLatentError",
+    "IWAEObjective",
+    "KLAnnealing",
+    "KLControlledELBO",
     "SVIStep",
     "TrainingDivergedError",
     "dataset_nll",

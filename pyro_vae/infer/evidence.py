@@ -59,6 +59,7 @@ __all__ = [
     "PairLayout",
     "dataset_nll",
     "default_chunk_size",
+    "draw_log_weights",
     "elbo_per_datapoint",
     "inspect_pair",
     "iwae_bound",
@@ -277,8 +278,33 @@ def trace_log_prob(trace, layout, num_particles, data_plate=DATA_PLATE, guide_tr
     return sum(terms[1:], terms[0]).expand(num_particles, layout.num_data)
 
 
-def _log_weights(model, guide, x, args, kwargs, layout, data_plate, num_particles):
-    """One vectorized draw of ``num_particles`` log weights per datapoint: (S, N)."""
+def draw_log_weights(model, guide, x, args, kwargs, layout, data_plate, num_particles):
+    """One vectorized draw of S log weights log p(x, z_s) - log q(z_s | x) per datapoint.
+
+    Differentiable when the guide is reparameterized (the IWAE objective trains through it).
+
+    Parameters
+    ----------
+    model, guide : callable
+        The pair, called as ``f(x, *args, **kwargs)``.
+    x : torch.Tensor of shape (N, ...)
+        A batch of data.
+    args : tuple
+        Positional arguments after ``x``.
+    kwargs : dict
+        Keyword arguments of ``model`` and ``guide``.
+    layout : PairLayout
+        As returned by :func:`inspect_pair` for a batch of this size.
+    data_plate : str
+        Name of the data plate.
+    num_particles : int
+        S.
+
+    Returns
+    -------
+    torch.Tensor of shape (S, N)
+        Log weights, nats.
+    """
     with poutine.block(), pyro.plate(_PARTICLE_PLATE, num_particles, dim=layout.particle_dim):
         guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
@@ -467,7 +493,7 @@ def log_evidence(
         )
         stream = _WeightStream(psis_tail_size(num_samples), return_log_weights)
         for s in _chunks(num_samples, chunk_size):
-            stream.update(_log_weights(model, guide, x, args, kwargs, layout, data_plate, s))
+            stream.update(draw_log_weights(model, guide, x, args, kwargs, layout, data_plate, s))
         return stream.result()
 
 
@@ -523,7 +549,7 @@ def iwae_bound(
             return torch.stack(estimates).mean(0)
         total = 0.0
         for e in _chunks(num_estimates, chunk_size // k):
-            log_w = _log_weights(model, guide, x, args, kwargs, layout, data_plate, e * k)
+            log_w = draw_log_weights(model, guide, x, args, kwargs, layout, data_plate, e * k)
             total = total + (log_w.reshape(e, k, -1).logsumexp(1) - math.log(k)).sum(0)
         return total / num_estimates
 
@@ -595,7 +621,7 @@ def elbo_per_datapoint(
         )
         total = 0.0
         for s in _chunks(num_samples, chunk_size):
-            log_w = _log_weights(model, guide, x, args, kwargs, layout, data_plate, s)
+            log_w = draw_log_weights(model, guide, x, args, kwargs, layout, data_plate, s)
             total = total + log_w.sum(0)
         return total / num_samples
 

@@ -36,48 +36,82 @@ from pyro.distributions.util import is_identically_one, scale_and_mask
 from pyro.infer import ELBO, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
-from pyro_vae.infer.sites import DATA_PLATE, counts, data_scale
+from pyro_vae.infer.sites import DATA_PLATE, counts, data_frame, data_scale
 
-__all__ = ["LOSSES", "FastTraceELBO", "PyroELBO", "make_objective"]
+__all__ = [
+    "LOSSES",
+    "FastTraceELBO",
+    "PyroELBO",
+    "SiteTerm",
+    "is_fully_reparameterized",
+    "make_objective",
+    "run_pair",
+]
 
-LOSSES = ("trace", "pyro-trace", "meanfield", "jit")
+LOSSES = ("trace", "pyro-trace", "meanfield", "jit", "iwae")
 
 
-def _scaled_log_prob_sum(msg, factor: float) -> torch.Tensor:
-    log_prob = msg["fn"].log_prob(msg["value"])
-    if msg["mask"] is not None:
-        log_prob = scale_and_mask(log_prob, mask=msg["mask"])
-    scale = msg["scale"] * factor
-    # multiply after summing: one scalar op instead of one over the whole batch
-    return log_prob.sum() if is_identically_one(scale) else log_prob.sum() * scale
+class SiteTerm:
+    """One counting sample site as a Pyro run saw it: enough to score it later.
+
+    Attributes
+    ----------
+    fn : torch.distributions.Distribution
+        The site's distribution.
+    value : torch.Tensor
+        Its value (the draw, or the observation).
+    mask : torch.Tensor or None
+        Pyro's mask of the site.
+    scale : float or torch.Tensor
+        Pyro's scale times the minibatch factor N_total / full_size of the data plate.
+    is_observed : bool
+        Whether the site is observed.
+    per_datapoint : bool
+        Whether the site lies inside the data plate.
+    """
+
+    __slots__ = ("fn", "value", "mask", "scale", "is_observed", "per_datapoint")
+
+    def __init__(self, msg, data_plate: str, num_data: int | None):
+        self.fn, self.value, self.mask = msg["fn"], msg["value"], msg["mask"]
+        self.scale = msg["scale"] * data_scale(msg, data_plate, num_data)
+        self.is_observed = msg["is_observed"]
+        self.per_datapoint = data_frame(msg, data_plate) is not None
+
+    def log_prob_sum(self) -> torch.Tensor:
+        """The scaled, masked log-density summed over the site's batch: a 0-dim tensor."""
+        log_prob = self.fn.log_prob(self.value)
+        if self.mask is not None:
+            log_prob = scale_and_mask(log_prob, mask=self.mask)
+        # multiply after summing: one scalar op instead of one over the whole batch
+        scale = self.scale
+        return log_prob.sum() if is_identically_one(scale) else log_prob.sum() * scale
 
 
 class _GuideRecorder(Messenger):
-    """Runs the guide, keeping each latent value and accumulating scaled log q(z|x)."""
+    """Runs the guide, keeping each latent value and its :class:`SiteTerm`."""
 
     def __init__(self, data_plate: str, num_data: int | None):
         super().__init__()
         self.data_plate, self.num_data = data_plate, num_data
         self.values: dict[str, torch.Tensor] = {}
-        self.log_q = 0.0
+        self.latents: dict[str, SiteTerm] = {}
 
     def _pyro_post_sample(self, msg):
         if msg["is_observed"]:
             return
         self.values[msg["name"]] = msg["value"]  # plate indices too: the model replays them
-        if not counts(msg):
-            return
-        factor = data_scale(msg, self.data_plate, self.num_data)
-        self.log_q = self.log_q + _scaled_log_prob_sum(msg, factor)
+        if counts(msg):
+            self.latents[msg["name"]] = SiteTerm(msg, self.data_plate, self.num_data)
 
 
 class _ModelScorer(Messenger):
-    """Runs the model at the guide's latent values (a replay), accumulating scaled log p(x, z)."""
+    """Runs the model at the guide's latent values (a replay), keeping every :class:`SiteTerm`."""
 
     def __init__(self, values: dict[str, torch.Tensor], data_plate: str, num_data: int | None):
         super().__init__()
         self.values, self.data_plate, self.num_data = values, data_plate, num_data
-        self.log_p = 0.0
+        self.sites: dict[str, SiteTerm] = {}
 
     def _pyro_sample(self, msg):
         value = self.values.get(msg["name"])
@@ -86,10 +120,43 @@ class _ModelScorer(Messenger):
             msg["done"] = True
 
     def _pyro_post_sample(self, msg):
-        if not counts(msg):
-            return
-        factor = data_scale(msg, self.data_plate, self.num_data)
-        self.log_p = self.log_p + _scaled_log_prob_sum(msg, factor)
+        if counts(msg):
+            self.sites[msg["name"]] = SiteTerm(msg, self.data_plate, self.num_data)
+
+
+def run_pair(model, guide, x, *args, data_plate=DATA_PLATE, num_data=None, **kwargs):
+    """Draw z ~ q(z|x) once and replay the model there, recording every counting site.
+
+    Parameters
+    ----------
+    model, guide : callable
+        A pair following the site convention (docs/design.md), called as
+        ``f(x, *args, **kwargs)``.
+    x : torch.Tensor of shape (B, ...)
+        A minibatch.
+    *args, **kwargs
+        Passed on to ``model`` and ``guide``.
+    data_plate : str
+        Name of the data plate.
+    num_data : int, optional
+        Size N of the whole training set, for the minibatch factor in each site's ``scale``.
+
+    Returns
+    -------
+    guide_sites : dict of str to SiteTerm
+        The guide's latent sites.
+    model_sites : dict of str to SiteTerm
+        The model's sites, observed and latent, in execution order.
+    """
+    with _GuideRecorder(data_plate, num_data) as guide_run:
+        guide(x, *args, **kwargs)
+    with _ModelScorer(guide_run.values, data_plate, num_data) as model_run:
+        model(x, *args, **kwargs)
+    return guide_run.latents, model_run.sites
+
+
+def _total(terms) -> torch.Tensor | float:
+    return sum((site.log_prob_sum() for site in terms), 0.0)
 
 
 class FastTraceELBO:
@@ -130,11 +197,10 @@ class FastTraceELBO:
             divided by N.
         """
         n = num_data or x.shape[0]
-        with _GuideRecorder(self.data_plate, num_data) as guide_run:
-            guide(x, *args, **kwargs)
-        with _ModelScorer(guide_run.values, self.data_plate, num_data) as model_run:
-            model(x, *args, **kwargs)
-        return (guide_run.log_q - model_run.log_p) / n
+        guide_sites, model_sites = run_pair(
+            model, guide, x, *args, data_plate=self.data_plate, num_data=num_data, **kwargs
+        )
+        return (_total(guide_sites.values()) - _total(model_sites.values())) / n
 
 
 class _ScaleDataPlate(Messenger):
@@ -195,8 +261,27 @@ class PyroELBO:
         return loss / n
 
 
-def _is_fully_reparameterized(model, guide, x, *args, **kwargs) -> bool:
-    guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
+def is_fully_reparameterized(model, guide, x, *args, **kwargs) -> bool:
+    """Whether every latent site of the guide, traced once on ``x``, draws by ``rsample``.
+
+    Parameters
+    ----------
+    model, guide : callable
+        The pair (only the guide runs).
+    x : torch.Tensor of shape (N, ...)
+        A batch of data.
+    *args, **kwargs
+        Passed on to the guide.
+
+    Returns
+    -------
+    bool
+        False when a latent site has no ``rsample`` or is marked for enumeration. The trace
+        runs in a forked RNG, so asking does not change the draws that follow.
+    """
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
     return all(
         site["fn"].has_rsample and not site["infer"].get("enumerate")
         for site in guide_trace.nodes.values()
@@ -215,7 +300,9 @@ def make_objective(
         ``"trace"`` is :class:`FastTraceELBO` when the guide is fully reparameterized (checked
         by tracing the guide once on ``x``), else Pyro's ``Trace_ELBO`` (score-function
         gradients); ``"pyro-trace"``, ``"meanfield"`` (``TraceMeanField_ELBO``, analytic KL)
-        and ``"jit"`` (``JitTrace_ELBO``) are Pyro's. A ``pyro.infer.ELBO`` instance is
+        and ``"jit"`` (``JitTrace_ELBO``) are Pyro's; ``"iwae"`` is
+        :class:`~pyro_vae.infer.iwae.IWAEObjective` with k = 5 particles (pass an
+        ``IWAEObjective(k)`` for another k). A ``pyro.infer.ELBO`` instance is
         wrapped in :class:`PyroELBO`; any other callable is taken to be an objective already.
     model, guide : callable
         The pair.
@@ -241,9 +328,13 @@ def make_objective(
         return PyroELBO(loss, data_plate)
     if callable(loss):
         return loss
+    if loss == "iwae":
+        from pyro_vae.infer.iwae import IWAEObjective  # iwae builds on this module
+
+        return IWAEObjective(data_plate=data_plate)
     if loss == "trace":
         with torch.no_grad():
-            fast = _is_fully_reparameterized(model, guide, x, *args, **kwargs)
+            fast = is_fully_reparameterized(model, guide, x, *args, **kwargs)
         return FastTraceELBO(data_plate) if fast else PyroELBO(Trace_ELBO(), data_plate)
     elbos = {"pyro-trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "jit": JitTrace_ELBO}
     if loss not in elbos:

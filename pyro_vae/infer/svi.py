@@ -160,6 +160,7 @@ class SVIStep:
         self.objective = self.eval_objective = self.optimizer = None
         self.params: dict[str, torch.Tensor] = {}
         self.num_steps = 0
+        self.last_neg_elbo = math.nan
         self._store_size = 0
 
     def setup(self, x: torch.Tensor, *args, **kwargs) -> None:
@@ -192,8 +193,10 @@ class SVIStep:
             traces = _validated_traces(self.model, self.guide, x, args, kwargs)
             build = dict(data_plate=self.data_plate)
             self.objective = make_objective(self.loss, self.model, self.guide, x, *args, **build)
-            # the JIT compiles one batch shape; score other batches with the plain ELBO
-            eval_loss = "trace" if self.loss == "jit" else self.loss
+            # the JIT compiles one batch shape, and a surrogate (annealed, free-bits, IWAE)
+            # loss is not -ELBO: score validation batches with the plain ELBO
+            plain = self.loss == "jit" or getattr(self.objective, "surrogate", False)
+            eval_loss = "trace" if plain else self.loss
             self.eval_objective = make_objective(eval_loss, self.model, self.guide, x, **build)
         params = {}
         for trace in traces:
@@ -225,7 +228,9 @@ class SVIStep:
         Returns
         -------
         float
-            The objective before the update: -ELBO per datapoint, nats.
+            The objective before the update: -ELBO per datapoint, nats (for a surrogate
+            objective, its own value; the true -ELBO of the same draw is then
+            ``last_neg_elbo``).
 
         Raises
         ------
@@ -239,8 +244,10 @@ class SVIStep:
             self.setup(x, *args, **kwargs)
         loss = self.objective(self.model, self.guide, x, *args, num_data=num_data, **kwargs)
         value = loss.item()
+        neg_elbo = getattr(self.objective, "neg_elbo", None)  # a surrogate's true -ELBO
+        self.last_neg_elbo = value if neg_elbo is None else float(neg_elbo)
         if not math.isfinite(value):
-            message = f"-ELBO became {value} at step {self.num_steps + 1}"
+            message = f"the loss became {value} at step {self.num_steps + 1}"
             raise TrainingDivergedError(message, value=value)
         if len(pyro.get_param_store()) != self._store_size:  # O(1); rarely true
             self._refuse_new_params(x, args, kwargs)
@@ -253,6 +260,22 @@ class SVIStep:
         self.optimizer.step()
         self.num_steps += 1
         return value
+
+    def set_progress(self, epochs_done: float) -> None:
+        """Pass training progress to an objective with a schedule (e.g. KL annealing).
+
+        :func:`~pyro_vae.infer.train.train` calls it before every step; a loop of your own
+        should too when its objective has a ``set_progress`` method. Progress is a function of
+        the epoch and the step, so a resumed run continues the schedule exactly.
+
+        Parameters
+        ----------
+        epochs_done : float
+            Epochs completed before the coming step (fractional within an epoch).
+        """
+        set_progress = getattr(self.objective, "set_progress", None)
+        if set_progress is not None:
+            set_progress(epochs_done)
 
     def _refuse_new_params(self, x, args, kwargs) -> None:
         """The param store grew: refuse if the pair itself created the new parameters."""

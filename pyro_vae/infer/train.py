@@ -65,25 +65,31 @@ class _Progress:
 
 
 def _epoch(svi: SVIStep, x, transform, batch_size, drop_last, device, progress, epoch):
-    """One pass over shuffled minibatches; returns (mean -ELBO per datapoint, examples/s)."""
+    """One pass over shuffled minibatches.
+
+    Returns the means of -ELBO and of the minimized objective per datapoint (the same number
+    unless the objective is a surrogate), and examples/s.
+    """
     tic = time.perf_counter()
     n = x.shape[0]
     num_batches = n // batch_size if drop_last else math.ceil(n / batch_size)
     order = torch.randperm(n).to(x.device)
-    total = 0.0
+    total = total_elbo = 0.0
     bar = tqdm(range(num_batches), desc=f"epoch {epoch}", leave=False, disable=not progress)
     for step in bar:
         batch = transform(x[order[step * batch_size : (step + 1) * batch_size]].to(device))
+        svi.set_progress(epoch - 1 + step / num_batches)  # a schedule's t, from (epoch, step)
         try:
             value = svi.step(batch, num_data=n)
         except TrainingDivergedError as err:
-            where = f"-ELBO became {err.value} at epoch {epoch}, batch {step + 1}"
+            where = f"the loss became {err.value} at epoch {epoch}, batch {step + 1}"
             raise TrainingDivergedError(where, value=err.value) from None
         total += value * batch.shape[0]
+        total_elbo += svi.last_neg_elbo * batch.shape[0]
         if step % 20 == 0:
-            bar.set_postfix_str(f"-ELBO {value:.2f}", refresh=False)
+            bar.set_postfix_str(f"loss {value:.2f}", refresh=False)
     seen = num_batches * batch_size if drop_last else n
-    return total / seen, seen / (time.perf_counter() - tic)
+    return total_elbo / seen, total / seen, seen / (time.perf_counter() - tic)
 
 
 def _mean_loss(svi: SVIStep, x, transform, batch_size, device) -> float:
@@ -194,7 +200,11 @@ def train(
     lr : float
         Adam's learning rate.
     loss : str, pyro.infer.ELBO or callable
-        The objective, see :func:`pyro_vae.infer.objectives.make_objective`.
+        The objective, see :func:`pyro_vae.infer.objectives.make_objective`; e.g.
+        ``"iwae"``, :class:`~pyro_vae.infer.iwae.IWAEObjective`,
+        :class:`~pyro_vae.infer.kl_control.KLControlledELBO` (KL annealing, free bits). An
+        objective with ``set_progress(t)`` gets t, the epochs done (fractional), before every
+        step; a resumed run recomputes t from its epoch, so the schedule continues exactly.
     device : str or torch.device
         ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``...
     seed : int, optional
@@ -225,8 +235,10 @@ def train(
     -------
     TrainResult
         ``history`` has one dict per epoch: ``epoch``, ``train_loss`` and ``val_loss``
-        (-ELBO per datapoint, nats; ``val_loss`` None without ``val_data``), ``seconds``,
-        ``examples_per_s``, ``lr`` and the ``tags``.
+        (-ELBO per datapoint, nats; ``val_loss`` None without ``val_data``),
+        ``train_objective`` (the mean of the minimized loss: -ELBO itself, or the annealed,
+        free-bits or IWAE objective), ``kl_weight`` (the KL annealing weight beta at the
+        epoch's last step, else 1), ``seconds``, ``examples_per_s``, ``lr`` and the ``tags``.
 
     Raises
     ------
@@ -260,7 +272,7 @@ def train(
             tic = time.perf_counter()
             drop_last = loss == "jit"  # the JIT compiles one batch shape
             try:
-                train_loss, rate = _epoch(
+                train_loss, train_objective, rate = _epoch(
                     svi, x, transform, batch_size, drop_last, device, progress, epoch
                 )
             except TrainingDivergedError as err:
@@ -270,6 +282,8 @@ def train(
                 "epoch": epoch,
                 "train_loss": train_loss,
                 "val_loss": val_loss,
+                "train_objective": train_objective,
+                "kl_weight": getattr(svi.objective, "beta", 1.0),
                 "seconds": time.perf_counter() - tic,
                 "examples_per_s": rate,
                 "lr": svi.optimizer.param_groups[0]["lr"],
