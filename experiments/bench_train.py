@@ -7,6 +7,11 @@ shuffles, slices and calls ``.item()`` per step exactly as the trainer does. Bot
 in one process; we report median steady-state steps/s and the ratio trainer / hand-written.
 For context the obvious Pyro loop (``SVI`` + ``Trace_ELBO`` + ``pyro.optim.Adam``) is timed too.
 
+With ``--iwae-k K`` (default 5; 0 skips it) the importance-weighted bound with K particles is
+timed the same three ways: ``SVIStep`` with :class:`~pyro_vae.infer.iwae.IWAEObjective`, Pyro's
+``SVI`` with ``RenyiELBO(alpha=0, vectorize_particles=True)`` (the same bound, summed over the
+batch) and a hand-written loop; the ratios of these rows are to the hand-written IWAE loop.
+
     python experiments/bench_train.py            # ~1 minute on 2 CPU cores
     python experiments/bench_train.py --device cuda
 """
@@ -25,6 +30,7 @@ import torch.nn.functional as F
 
 from pyro_vae.data import load_dataset
 from pyro_vae.infer.devices import resolve_device
+from pyro_vae.infer.iwae import IWAEObjective
 from pyro_vae.infer.svi import SVIStep, make_adam
 from pyro_vae.infer.train import train
 from pyro_vae.models.vae import VAE
@@ -53,6 +59,29 @@ def hand_written_epoch(vae, optimizer, x, batch_size) -> int:
     return steps
 
 
+def hand_written_iwae_epoch(vae, optimizer, x, batch_size, k) -> int:
+    """One epoch of the k-particle IWAE bound written directly in PyTorch."""
+    n = x.shape[0]
+    order = torch.randperm(n).to(x.device)
+    steps = math.ceil(n / batch_size)
+    for step in range(steps):
+        batch = x[order[step * batch_size : (step + 1) * batch_size]]
+        loc, scale = vae.encoder(batch)
+        z = loc + scale * torch.randn((k, *loc.shape), device=loc.device)  # (k, B, M)
+        log_q = (-0.5 * ((z - loc) / scale) ** 2 - scale.log() - 0.5 * LOG_2PI).sum(-1)
+        log_prior = (-0.5 * z**2 - 0.5 * LOG_2PI).sum(-1)
+        logits = vae.decoder(z)
+        target = batch.expand_as(logits)
+        log_lik = -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+        log_w = log_lik + log_prior - log_q
+        loss = -(torch.logsumexp(log_w, 0) - math.log(k)).mean()
+        loss.item()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return steps
+
+
 def pyro_svi_epoch(svi, x, batch_size) -> int:
     """One epoch of the obvious Pyro loop: SVI + Trace_ELBO + pyro.optim.Adam."""
     n = x.shape[0]
@@ -61,6 +90,43 @@ def pyro_svi_epoch(svi, x, batch_size) -> int:
     for step in range(steps):
         svi.step(x[order[step * batch_size : (step + 1) * batch_size]]) / batch_size
     return steps
+
+
+def _iwae_runners(vae, x, batch_size, k, device, batches_per_epoch) -> dict:
+    """The IWAE bound with k particles, three ways, each on its own copy of ``vae``."""
+    ours, theirs, hand = (copy.deepcopy(vae) for _ in range(3))
+    hand_optimizer = make_adam(hand.parameters(), lr=1e-3)
+    with pyro.get_param_store().scope():
+        step = SVIStep(ours.model, ours.guide, IWAEObjective(k), lr=1e-3)
+        step.setup(x[:batch_size])
+    renyi = pyro.infer.RenyiELBO(
+        alpha=0, num_particles=k, max_plate_nesting=1, vectorize_particles=True
+    )
+    svi = pyro.infer.SVI(theirs.model, theirs.guide, pyro.optim.Adam({"lr": 1e-3}), renyi)
+
+    def step_round():
+        def epoch():
+            order = torch.randperm(x.shape[0]).to(x.device)
+            for i in range(batches_per_epoch):
+                step.step(x[order[i * batch_size : (i + 1) * batch_size]])
+            return batches_per_epoch
+
+        with pyro.get_param_store().scope():
+            return _timed_epochs(epoch, 1, device)
+
+    def renyi_round():
+        with pyro.get_param_store().scope():
+            return _timed_epochs(lambda: pyro_svi_epoch(svi, x, batch_size), 1, device)
+
+    def hand_round():
+        epoch = lambda: hand_written_iwae_epoch(hand, hand_optimizer, x, batch_size, k)  # noqa: E731
+        return _timed_epochs(epoch, 1, device)
+
+    return {
+        f"IWAE k={k}, SVIStep + IWAEObjective": step_round,
+        f"IWAE k={k}, Pyro SVI + RenyiELBO(alpha=0)": renyi_round,
+        f"IWAE k={k}, hand-written": hand_round,
+    }
 
 
 def _timed_epochs(epoch_fn, epochs, device) -> list[float]:
@@ -86,6 +152,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--iwae-k", type=int, default=5, help="IWAE particles (0: skip)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -158,6 +225,9 @@ def main(argv=None) -> dict:
         "hand-written, trainer's fused Adam": same_optimizer_round,
         "Pyro SVI + Trace_ELBO + pyro.optim.Adam": svi_round,
     }
+    k = args.iwae_k
+    if k > 0:
+        runners.update(_iwae_runners(vae, x, args.batch_size, k, device, batches_per_epoch))
     rates = {name: [] for name in runners}
     for round_ in range(args.rounds + 1):  # round 0 warms up and is discarded
         for name, fn in runners.items():
@@ -173,11 +243,24 @@ def main(argv=None) -> dict:
     print("| loop | steps/s | ratio to hand-written | ratio to hand-written, same optimizer |")
     print("|---|---|---|---|")
     for name, rate in medians.items():
+        if name.startswith("IWAE"):
+            continue
         print(f"| {name} | {rate:.1f} | {rate / hand:.3f}x | {rate / same:.3f}x |")
+    if k > 0:
+        hand_iwae = medians[f"IWAE k={k}, hand-written"]
+        print(f"\n| IWAE k={k} loop | steps/s | ratio to hand-written IWAE |\n|---|---|---|")
+        for name, rate in medians.items():
+            if name.startswith("IWAE"):
+                print(f"| {name} | {rate:.1f} | {rate / hand_iwae:.3f}x |")
     return {
         "steps_per_s": medians,
         "ratio": medians["pyro_vae.train"] / hand,
         "ratio_same_optimizer": medians["pyro_vae.train"] / same,
+        "iwae_ratio": (
+            medians[f"IWAE k={k}, SVIStep + IWAEObjective"] / medians[f"IWAE k={k}, hand-written"]
+            if k > 0
+            else None
+        ),
         "rates": rates,
     }
 

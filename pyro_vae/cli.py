@@ -23,6 +23,8 @@ import torch
 from pyro_vae.data import DATASETS, DEFAULT_DATASET
 from pyro_vae.infer.checkpoint import CheckpointError, load_checkpoint
 from pyro_vae.infer.devices import DEFAULT_THREADS, resolve_device, set_threads
+from pyro_vae.infer.iwae import IWAEObjective
+from pyro_vae.infer.kl_control import KLAnnealing, KLControlledELBO
 from pyro_vae.infer.objectives import LOSSES
 from pyro_vae.infer.train import CHECKPOINT_NAME, TrainingDivergedError, train
 from pyro_vae.models.likelihoods import LIKELIHOODS
@@ -59,6 +61,16 @@ RUN_OPTIONS = (
     "lr",
     "loss",
     "clip_norm",
+    "flows",
+    "anneal_epochs",
+    "anneal_start",
+    "anneal_cycles",
+    "free_bits",
+    "iwae_k",
+)
+# run-defining options added after runs were first written: an older run had these values
+ADDED_RUN_OPTIONS = dict(
+    flows=0, anneal_epochs=None, anneal_start=0.0, anneal_cycles=1, free_bits=0.0, iwae_k=5
 )
 # options a resume may change; the change is recorded in config.json and the history
 RESUME_OPTIONS = ("epochs", "patience", "device", "threads", "quiet")
@@ -93,6 +105,8 @@ def _number(convert, accept, expected: str):
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
 _fraction = _number(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+_count = _number(int, lambda v: v >= 0, "a non-negative integer")
+_nats = _number(float, lambda v: v >= 0 and math.isfinite(v), "a number of nats >= 0")
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -141,6 +155,8 @@ def _resume_settings(args, given: set[str], out: Path) -> tuple[dict, int]:
         )
     config = read_config(out)
     stored = config.get("options")
+    if isinstance(stored, dict):
+        stored = {**ADDED_RUN_OPTIONS, **stored}
     if not isinstance(stored, dict) or any(name not in stored for name in RUN_OPTIONS):
         raise ValueError(f"{out / CONFIG_NAME} records no options of pyro-vae train to resume")
     differences = [
@@ -169,6 +185,40 @@ def _resume_settings(args, given: set[str], out: Path) -> tuple[dict, int]:
     return config, done
 
 
+def _check_objective_options(args, given: set[str]) -> None:
+    """Refuse objective options that cannot apply together, naming them."""
+    if "anneal_epochs" not in given and args.anneal_epochs is None:
+        orphans = [n for n in ("anneal_start", "anneal_cycles") if n in given]
+        if orphans:
+            raise ValueError(
+                f"{_option(orphans[0])} needs --anneal-epochs (the length of the rise)"
+            )
+    if "iwae_k" in given and args.loss != "iwae":
+        raise ValueError(f"--iwae-k sets the particles of --loss iwae, not of --loss {args.loss}")
+    reshaped = [
+        name
+        for name, off in (("anneal_epochs", None), ("free_bits", 0.0))
+        if getattr(args, name) != off
+    ]
+    if reshaped and args.loss != "trace":
+        raise ValueError(
+            f"{_option(reshaped[0])} reshapes the single-sample ELBO of --loss trace; it cannot "
+            f"apply to --loss {args.loss}"
+        )
+
+
+def _objective(args):
+    """The training objective the options ask for: a loss name or an objective object."""
+    if args.loss == "iwae":
+        return IWAEObjective(args.iwae_k)
+    if args.anneal_epochs is None and args.free_bits == 0:
+        return args.loss
+    annealing = None
+    if args.anneal_epochs is not None:
+        annealing = KLAnnealing(args.anneal_epochs, args.anneal_start, args.anneal_cycles)
+    return KLControlledELBO(annealing, args.free_bits)
+
+
 def _existing_run_files(out: Path) -> list[str]:
     return [name for name in RUN_FILES if (out / name).exists()]
 
@@ -184,7 +234,8 @@ def cmd_train(args) -> int:
     existing = _existing_run_files(out)
     if args.resume:
         config, done = _resume_settings(args, given, out)
-    elif existing and not args.overwrite:
+    _check_objective_options(args, given)
+    if not args.resume and existing and not args.overwrite:
         raise FileExistsError(
             f"{out} already holds a run ({', '.join(existing)}); pass --resume "
             "to continue it or --overwrite to replace it"
@@ -212,7 +263,9 @@ def cmd_train(args) -> int:
         activation=args.activation,
         arch=args.arch,
         image_shape=data.image_shape,
+        flows=args.flows,
     )
+    objective = _objective(args)
     options = {name: _stored(getattr(args, name)) for name in (*RUN_OPTIONS, *RESUME_OPTIONS)}
     if config is None:  # a new run (or --overwrite): the folder is written from scratch
         config = {**run_config, "vae": {**vae.config, "hidden": list(args.hidden)}}
@@ -240,6 +293,8 @@ def cmd_train(args) -> int:
         f"{'resuming' if done else 'training'} a {what}{args.latent} on {args.dataset} "
         f"({data.sizes()}) -> {out}" + (f", from epoch {done} to {args.epochs}" if done else "")
     )
+    if not isinstance(objective, str):
+        say(f"objective: {objective!r}; the history records it and the true -ELBO")
     pyro.clear_param_store()
     result = train(
         vae.model,
@@ -249,7 +304,7 @@ def cmd_train(args) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
-        loss=args.loss,
+        loss=objective,
         device=args.device,
         seed=args.seed,
         clip_norm=args.clip_norm,
@@ -539,7 +594,46 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive_int, default=10, help="epochs to reach")
     t.add_argument("--batch-size", type=_positive_int, default=128, help="datapoints per step")
     t.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
-    t.add_argument("--loss", default="trace", choices=LOSSES, help="the -ELBO implementation")
+    t.add_argument(
+        "--loss",
+        default="trace",
+        choices=LOSSES,
+        help="the objective: trace (our fast Trace_ELBO), Pyro's pyro-trace, meanfield or "
+        "jit, or iwae (the importance-weighted bound, --iwae-k particles)",
+    )
+    t.add_argument(
+        "--iwae-k", type=_positive_int, default=5, help="particles k of --loss iwae (Burda et al.)"
+    )
+    t.add_argument(
+        "--flows",
+        type=_count,
+        default=0,
+        help="inverse autoregressive flow steps in the guide (0: diagonal Gaussian guide)",
+    )
+    t.add_argument(
+        "--anneal-epochs",
+        type=_positive_float,
+        default=None,
+        help="KL annealing (Bowman et al.): the KL weight rises linearly from --anneal-start "
+        "to 1 over this many epochs (default: no annealing)",
+    )
+    t.add_argument(
+        "--anneal-start", type=_fraction, default=0.0, help="KL weight at the start of a rise"
+    )
+    t.add_argument(
+        "--anneal-cycles",
+        type=_positive_int,
+        default=1,
+        help="rises of the KL weight; above 1 the schedule is cyclical (Fu et al.: each cycle "
+        "rises over --anneal-epochs, then holds 1 as long)",
+    )
+    t.add_argument(
+        "--free-bits",
+        type=_nats,
+        default=0.0,
+        help="free bits (Kingma et al. 2016): nats per latent dimension below which a "
+        "dimension's minibatch KL is not penalized (0: off)",
+    )
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     t.add_argument("--clip-norm", type=_positive_float, default=None, help="clip the gradient norm")
     t.add_argument(

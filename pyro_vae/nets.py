@@ -16,6 +16,8 @@ References
 Kingma, D. P. and Welling, M. (2014). Auto-Encoding Variational Bayes. ICLR.
 Kingma, D. P. and Welling, M. (2019). An Introduction to Variational Autoencoders. Foundations
 and Trends in Machine Learning 12(4).
+Kingma, D. P., Salimans, T., Jozefowicz, R., Chen, X., Sutskever, I. and Welling, M. (2016).
+Improving Variational Inference with Inverse Autoregressive Flow. NeurIPS.
 """
 
 from __future__ import annotations
@@ -287,6 +289,12 @@ class GaussianEncoder(nn.Module):
     single-channel ``image_shape`` images (default square), two stride-2 convolutions, then
     ``MLP(features, hidden, 2 * latent_dim)``.
 
+    With ``context_dim = C > 0`` the output layer also emits a context h(x) of C numbers, a
+    linear function of the last hidden layer, for the flow steps that follow the Gaussian draw
+    (the extra encoder output h of inverse autoregressive flow; Kingma et al. 2016, sec. 4 and
+    Fig. 2): the output layer has ``2 * latent_dim + C`` units. ``context_dim = 0`` builds
+    exactly the net above (same layers, same initial random draws).
+
     Parameters
     ----------
     data_dim : int
@@ -302,12 +310,15 @@ class GaussianEncoder(nn.Module):
     image_shape : sequence of two int, optional
         ``(H, W)`` with ``H * W == data_dim``, for ``arch="conv"``; see
         :func:`check_image_shape`.
+    context_dim : int, default 0
+        Size C of the extra context output h(x); 0 for none.
 
     Raises
     ------
     ValueError
-        When a size is not a positive integer, or ``activation``, ``arch`` or ``image_shape``
-        is invalid (the message names the argument and the valid choices).
+        When a size is not a positive integer (``context_dim``: not a non-negative integer), or
+        ``activation``, ``arch`` or ``image_shape`` is invalid (the message names the argument
+        and the valid choices).
     """
 
     def __init__(
@@ -318,25 +329,30 @@ class GaussianEncoder(nn.Module):
         activation: str = "relu",
         arch: str = "mlp",
         image_shape: Sequence[int] | None = None,
+        context_dim: int = 0,
     ):
         super().__init__()
         self.data_dim = check_positive_int("data_dim", data_dim)
         self.latent_dim = check_positive_int("latent_dim", latent_dim)
+        if not _is_int(context_dim) or context_dim < 0:
+            raise ValueError(f"context_dim must be a non-negative integer, got {context_dim!r}")
+        self.context_dim = int(context_dim)
+        out = 2 * self.latent_dim + self.context_dim
         if check_arch(arch) == "conv":
             trunk = _ConvEncoderTrunk(check_image_shape(data_dim, image_shape), activation)
-            self.net = nn.Sequential(
-                trunk, MLP(trunk.out_features, hidden, 2 * latent_dim, activation)
-            )
+            self.net = nn.Sequential(trunk, MLP(trunk.out_features, hidden, out, activation))
         else:
-            self.net = MLP(data_dim, hidden, 2 * latent_dim, activation)
+            self.net = MLP(data_dim, hidden, out, activation)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The posterior parameters of each datapoint.
+    def forward(self, x: torch.Tensor, return_context: bool = False) -> tuple[torch.Tensor, ...]:
+        """The posterior parameters of each datapoint (and its context h(x)).
 
         Parameters
         ----------
         x : torch.Tensor of shape (..., D)
             Data, any number of leading batch dimensions.
+        return_context : bool, default False
+            Also return the context h(x).
 
         Returns
         -------
@@ -344,6 +360,8 @@ class GaussianEncoder(nn.Module):
             mu_phi(x).
         scale : torch.Tensor of shape (..., M)
             sigma_phi(x) = exp(log sigma) > 0.
+        context : torch.Tensor of shape (..., C)
+            h(x), only when ``return_context`` (shape ``(..., 0)`` when C = 0).
 
         Raises
         ------
@@ -351,8 +369,9 @@ class GaussianEncoder(nn.Module):
             When ``x`` is not a tensor whose last dimension is D.
         """
         _check_last_dim("x", x, self.data_dim)
-        loc, log_scale = self.net(x).split(self.latent_dim, dim=-1)
-        return loc, log_scale.exp()
+        sizes = (self.latent_dim, self.latent_dim, self.context_dim)
+        loc, log_scale, context = self.net(x).split(sizes, dim=-1)
+        return (loc, log_scale.exp(), context) if return_context else (loc, log_scale.exp())
 
 
 class Decoder(nn.Module):

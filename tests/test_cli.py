@@ -167,6 +167,32 @@ def test_version(capsys):
     )
 
 
+def test_flow_annealing_and_free_bits_are_stored_and_rebuilt(tmp_path, capsys):
+    out = tmp_path / "run"
+    extra = ["--flows", "2", "--anneal-epochs", "2", "--free-bits", "0.1"]
+    assert _train(out, *extra) == 0
+    options = json.loads((out / "config.json").read_text())["options"]
+    assert (options["flows"], options["anneal_epochs"], options["free_bits"]) == (2, 2.0, 0.1)
+    history = json.loads((out / "history.json").read_text())
+    assert history[0]["kl_weight"] < 1 and history[0]["train_objective"] != history[0]["train_loss"]
+    run = load_run(out)
+    assert run.vae.flows == 2  # evaluate and diagnose rebuild the flow guide
+    # a resume keeps the schedule without being told it again
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "3", "--quiet"]) == 0
+    resumed = json.loads((out / "history.json").read_text())
+    assert resumed[:2] == history and resumed[2]["kl_weight"] == 1.0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--num-samples", "20", "--num-points", "10", "--quiet"]) == 0
+    assert "NLL = -log p(x)" in capsys.readouterr().out
+
+
+def test_iwae_loss_trains_from_the_command_line(tmp_path):
+    assert _train(tmp_path / "run", "--loss", "iwae", "--iwae-k", "3") == 0
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    # the bound L_3 lies above the ELBO of the same draws: the objective is below -ELBO
+    assert all(r["train_objective"] < r["train_loss"] for r in history), history
+
+
 # --- every failure: exit 2, one line on stderr, nothing on disk changed -------------------------
 
 
@@ -257,6 +283,30 @@ FAILURES = {
         ["evaluate", "{run}", "--num-samples", "10", "--num-points", "5", "--quiet"],
         "could not write",
         {"pyro_vae.runs.os.replace": _enospc},
+    ),
+    "free bits negative": (["train", "--free-bits", "-1"], "--free-bits: expected a number", {}),
+    "flows negative": (["train", "--flows", "-2"], "--flows: expected a non-negative", {}),
+    "anneal epochs 0": (["train", "--anneal-epochs", "0"], "--anneal-epochs: expected", {}),
+    "train iwae k 0": (["train", "--loss", "iwae", "--iwae-k", "0"], "--iwae-k: expected", {}),
+    "anneal start alone": (
+        ["train", "--out", "{empty}/new", "--anneal-start", "0.2"],
+        "--anneal-start needs --anneal-epochs",
+        {},
+    ),
+    "iwae k without iwae": (
+        ["train", "--out", "{empty}/new", "--iwae-k", "50"],
+        "--iwae-k sets the particles of --loss iwae",
+        {},
+    ),
+    "free bits with iwae": (
+        ["train", "--out", "{empty}/new", "--loss", "iwae", "--free-bits", "0.5"],
+        "--free-bits reshapes the single-sample ELBO",
+        {},
+    ),
+    "resume changes the objective": (
+        ["train", "--out", "{run}", "--resume", "--epochs", "3", "--anneal-epochs", "2"],
+        "--anneal-epochs 2.0 (the run has None)",
+        {},
     ),
     "diagnose gap points": (
         ["diagnose", "{run}", "--num-points", "5", "--gap-points", "20"],

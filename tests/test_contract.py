@@ -68,6 +68,7 @@ def _pairs():
         "vae-bernoulli": (VAE(16, latent_dim=3, hidden=(8,)), torch.bernoulli(torch.rand(N, 16))),
         "vae-gaussian": (VAE(16, 3, (8,), likelihood="gaussian"), torch.rand(N, 16)),
         "vae-conv": (VAE(784, 3, (8,), arch="conv"), torch.bernoulli(torch.rand(N, 784))),
+        "vae-iaf": (VAE(16, 3, (8,), flows=2), torch.bernoulli(torch.rand(N, 16))),
     }
     pairs = {
         "ppca-exact": (ppca.model, ppca.guide, ppca.sample(N)),
@@ -127,8 +128,9 @@ NO_LATENT = (ValueError, "has no latent")
 GLOBAL = (GlobalLatentError, "lies outside the data plate")
 REFUSALS = {
     ("ppca-exact", "train"): (ValueError, "no trainable parameter"),
-    # a full-covariance guide has no per-dimension KL
+    # a full-covariance or flow guide has no per-dimension KL
     ("ppca-exact", "kl_per_dimension"): (ValueError, "factorized"),
+    ("vae-iaf", "kl_per_dimension"): (ValueError, "factorized"),
     **{
         ("collapsed-ppca", t): NO_LATENT
         for t in (

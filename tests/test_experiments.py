@@ -17,7 +17,8 @@ def load(name):
 
 def test_every_script_is_smoke_tested():
     scripts = {p.stem for p in EXPERIMENTS.glob("*.py")}
-    assert scripts == {"ppca_baseline", "bench_train", "bench_evidence", "bench_threads"}, scripts
+    expected = {"ppca_baseline", "bench_train", "bench_evidence", "bench_threads", "ablation"}
+    assert scripts == expected, scripts
 
 
 def test_ppca_baseline(tmp_path):
@@ -42,6 +43,20 @@ def test_bench_train(capsys):
     assert set(result["steps_per_s"]) >= {"pyro_vae.train", "hand-written"}
     assert all(math.isfinite(v) and v > 0 for v in result["steps_per_s"].values())
     assert "| pyro_vae.train |" in capsys.readouterr().out
+    assert math.isfinite(result["iwae_ratio"]) and result["iwae_ratio"] > 0, result
+
+
+def test_ablation(tmp_path):
+    rows = ["gaussian", "+ annealing + free bits", "IAF K=2", "IWAE k=5"]
+    argv = ["--epochs", "1", "--num-samples", "20", "--num-points", "30", "--quiet"]
+    result = load("ablation").main([*argv, "--rows", *rows, "--out", str(tmp_path)])
+    assert [r["row"] for r in result] == rows
+    for r in result:
+        # an estimate of log p(x) from 20 samples is above the ELBO of the same draws (Jensen)
+        assert r["gap"] > 0 and r["nll"] < -r["elbo"], r
+        assert 0 <= r["active_units"] <= 20 and 0 <= r["khat_below_0.7"] <= 1, r
+    assert (tmp_path / "mnist5k.md").read_text().count("\n") == 2 + len(rows)
+    assert (tmp_path / "mnist5k.png").stat().st_size > 1000
 
 
 def test_bench_evidence(capsys):

@@ -91,6 +91,23 @@ def test_encoder_scale_is_exp_of_second_half():
     assert torch.equal(loc, raw[:, :2]) and torch.equal(scale, raw[:, 2:].exp())
 
 
+@pytest.mark.parametrize("arch, data_dim", [("mlp", 6), ("conv", 64)])
+def test_encoder_context_is_the_last_block_of_the_output_layer(arch, data_dim):
+    """context_dim = C: one output layer of size 2M + C, split into mu, log sigma and h(x);
+    C = 0 gives an empty context and the plain (loc, scale) pair."""
+    enc = GaussianEncoder(data_dim, 2, (5,), arch=arch, context_dim=3)
+    x = torch.randn(2, 4, data_dim)
+    raw = enc.net(x)
+    loc, scale, context = enc(x, return_context=True)
+    assert raw.shape == (2, 4, 7) and context.shape == (2, 4, 3), (raw.shape, context.shape)
+    # exact: the same numbers split
+    assert torch.equal(context, raw[..., 4:]) and torch.equal(loc, enc(x)[0])
+    plain = GaussianEncoder(data_dim, 2, (5,), arch=arch)
+    assert plain(x, return_context=True)[2].shape == (2, 4, 0) and len(plain(x)) == 2
+    with pytest.raises(ValueError, match="^context_dim must be a non-negative integer, got -1"):
+        GaussianEncoder(data_dim, 2, (5,), arch=arch, context_dim=-1)
+
+
 @pytest.mark.parametrize(
     "make,match",
     [

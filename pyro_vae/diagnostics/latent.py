@@ -57,10 +57,13 @@ def _factors(fn) -> tuple[torch.distributions.Distribution, int]:
         ndims += fn.reinterpreted_batch_ndims
         fn = fn.base_dist
     if fn.event_shape != torch.Size():
+        # e.g. a full-covariance Gaussian or a flow (TransformedDistribution): the marginals
+        # q(z_u | x) have no closed form, and summing per-unit KLs would miss the dependence
         raise ValueError(
             f"kl_per_dimension needs a factorized distribution (Independent of univariate "
             f"factors, e.g. Normal(loc, scale).to_event(1)); got {type(fn).__name__} with event "
-            f"shape {tuple(fn.event_shape)}"
+            f"shape {tuple(fn.event_shape)}, whose per-unit marginals have no closed form (for a "
+            f"flow or full-covariance guide, the total KL term is E_q[log q - log p(z)])"
         )
     return fn, ndims
 
@@ -82,8 +85,9 @@ def active_units(
 
     Unit u is active when A_u = Cov_x(E_q[z_u | x]) > ``threshold`` (0.01 in the paper).
     E_q[z | x] is the traced guide distribution's ``.mean`` when it has one (e.g.
-    ``Independent(Normal)``), else the mean of ``num_samples`` guide draws. Cov_x is the
-    population variance over the N rows of ``x``.
+    ``Independent(Normal)``), else the mean of ``num_samples`` guide draws (e.g. a flow guide,
+    whose ``TransformedDistribution`` has no closed-form mean). Cov_x is the population
+    variance over the N rows of ``x``.
 
     Parameters
     ----------
@@ -145,7 +149,10 @@ def kl_per_dimension(
     Analytic, via ``torch.distributions.kl_divergence`` on the univariate factors of a
     factorized guide and prior (``Independent`` of univariate distributions); the prior is read
     from the model replayed on a guide draw. Summed over u it is the KL term of the ELBO
-    (Kingma & Welling 2014, eq. 10).
+    (Kingma & Welling 2014, eq. 10). A guide whose site is not factorized -- a full-covariance
+    Gaussian, or a normalizing flow such as the IAF guide of ``VAE(flows=K)`` (a
+    ``TransformedDistribution``) -- is refused with a ValueError: its per-unit marginals have
+    no closed form.
 
     Parameters
     ----------
@@ -170,8 +177,8 @@ def kl_per_dimension(
     Raises
     ------
     ValueError
-        If ``site`` is not a latent site of both, q or p is not factorized, or the pair of
-        factor distributions has no analytic KL.
+        If ``site`` is not a latent site of both, q or p is not factorized (e.g. a flow guide),
+        or the pair of factor distributions has no analytic KL.
     """
     num_n = x.shape[0]
     with torch.no_grad():

@@ -2,17 +2,22 @@
 
 - :class:`VAE`: the variational autoencoder of Kingma & Welling (2014), with the observation
   models of :mod:`pyro_vae.models.likelihoods` (:class:`BernoulliLikelihood`,
-  :class:`GaussianLikelihood`, or a user's :class:`Likelihood`).
+  :class:`GaussianLikelihood`, or a user's :class:`Likelihood`), and a diagonal Gaussian or
+  (``flows=K``) inverse autoregressive flow guide.
+- :class:`IAFlow`: K conditional IAF steps (Kingma et al. 2016), the building block of a flow
+  guide of one's own (:mod:`pyro_vae.models.flows`).
 - :class:`PPCA`: probabilistic PCA, whose posterior and evidence are exact;
   :class:`CollapsedPPCA`: its marginal, with z integrated out (no latent sites).
 """
 
+from pyro_vae.models.flows import IAFlow
 from pyro_vae.models.likelihoods import BernoulliLikelihood, GaussianLikelihood, Likelihood
 from pyro_vae.models.ppca import PPCA, CollapsedPPCA
 from pyro_vae.models.vae import VAE
 
 __all__ = [
     "PPCA",
+    "IAFlow",
     "VAE",
     "BernoulliLikelihood",
     "CollapsedPPCA",

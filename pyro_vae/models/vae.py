@@ -12,6 +12,14 @@ Appendix C.2; 2019, sec. 2.1, 2.5):
     (mu, log sigma) = f_phi(x)
     z ~ q_phi(z|x) = N(mu, diag sigma^2)    site "z", reparameterized: z = mu + sigma * eps
 
+or, with ``flows=K >= 1``, an inverse autoregressive flow (Kingma et al. 2016, sec. 4; the
+block is :class:`pyro_vae.models.flows.IAFlow`): the encoder also emits a context h(x) and
+
+    (mu, log sigma, h) = f_phi(x)
+    z0 ~ N(mu, diag sigma^2),  z_k = m_k(z_{k-1}, h) + s_k(z_{k-1}, h) * z_{k-1},  k = 1..K
+    z = z_K                                 site "z", reparameterized
+    log q_phi(z|x) = log N(z0; mu, diag sigma^2) - sum_k log |det dz_k/dz_{k-1}|
+
 Pyro's ``Trace_ELBO`` then estimates the ELBO of Kingma & Welling (2014), eq. 3,
 E_q[log p_theta(x, z) - log q_phi(z|x)] <= log p_theta(x) per datapoint, and its gradient with
 the reparameterization trick (2014, sec. 2.4; 2019, sec. 2.4): for the Bernoulli case exactly
@@ -27,11 +35,14 @@ References
 Kingma, D. P. and Welling, M. (2014). Auto-Encoding Variational Bayes. ICLR.
 Kingma, D. P. and Welling, M. (2019). An Introduction to Variational Autoencoders. Foundations
 and Trends in Machine Learning 12(4).
+Kingma, D. P., Salimans, T., Jozefowicz, R., Chen, X., Sutskever, I. and Welling, M. (2016).
+Improving Variational Inference with Inverse Autoregressive Flow. NeurIPS.
 """
 
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Sequence
 
 import pyro
@@ -39,6 +50,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyro_vae.models.flows import IAFlow
 from pyro_vae.models.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from pyro_vae.nets import (
     Decoder,
@@ -53,10 +65,10 @@ from pyro_vae.nets import (
 __all__ = ["VAE"]
 
 
-def _check_args(data_dim, latent_dim, hidden, likelihood, activation, arch, image_shape):
+def _check_args(data_dim, latent_dim, hidden, likelihood, activation, arch, image_shape, flows):
     """Validate every constructor argument before anything is built (or any RNG draw is made).
 
-    Returns the normalized ``(data_dim, latent_dim, hidden, image_shape)``.
+    Returns the normalized ``(data_dim, latent_dim, hidden, image_shape, flows)``.
     """
     data_dim = check_positive_int("data_dim", data_dim)
     latent_dim = check_positive_int("latent_dim", latent_dim)
@@ -76,7 +88,11 @@ def _check_args(data_dim, latent_dim, hidden, likelihood, activation, arch, imag
     check_activation(activation)
     check_arch(arch)
     image_shape = check_image_shape(data_dim, image_shape, arch)
-    return data_dim, latent_dim, hidden, image_shape
+    if isinstance(flows, bool) or not isinstance(flows, numbers.Integral) or flows < 0:
+        raise ValueError(
+            f"flows must be a non-negative integer (0: the diagonal Gaussian guide), got {flows!r}"
+        )
+    return data_dim, latent_dim, hidden, image_shape, int(flows)
 
 
 def _check_tensor(name: str, t, size: int, weight: torch.Tensor, batched: bool, what: str):
@@ -102,13 +118,18 @@ def _check_tensor(name: str, t, size: int, weight: torch.Tensor, batched: bool, 
 
 
 class VAE(nn.Module):
-    """Variational autoencoder with a N(0, I) prior and a diagonal Gaussian encoder.
+    """Variational autoencoder with a N(0, I) prior and a Gaussian or IAF encoder.
 
     The model of Kingma & Welling (2014), sec. 3: prior p(z) = N(0, I), decoder p_theta(x|z)
     and encoder q_phi(z|x) = N(mu_phi(x), diag sigma_phi(x)^2) given by neural networks
-    (their Appendix C). ``model(x)`` and ``guide(x)`` take ``x`` of shape ``(N, D)`` and also
-    run vectorized under an outer ``pyro.plate("particles", S, dim=-2)``, where z has shape
-    ``(S, N, M)``.
+    (their Appendix C). With ``flows=K >= 1`` the encoder is an inverse autoregressive flow
+    (Kingma et al. 2016, sec. 4): z0 ~ N(mu_phi(x), diag sigma_phi(x)^2) is mapped by K IAF
+    steps conditioned on a context h_phi(x) to z = z_K, and
+
+        log q_phi(z|x) = log N(z0; mu, diag sigma^2) - sum_k log |det dz_k/dz_{k-1}|.
+
+    ``model(x)`` and ``guide(x)`` take ``x`` of shape ``(N, D)`` and also run vectorized under
+    an outer ``pyro.plate("particles", S, dim=-2)``, where z has shape ``(S, N, M)``.
 
     Construction draws the initial weights from the global torch RNG (PyTorch's default
     initialization) and nothing else: after ``pyro.set_rng_seed(s)`` or ``torch.manual_seed(s)``
@@ -134,14 +155,21 @@ class VAE(nn.Module):
     image_shape : sequence of two int, optional
         ``(H, W)`` with ``H * W == D``; for "conv", defaults to a square image and needs H and
         W divisible by 4; for "mlp" it is metadata only (e.g. for plots).
+    flows : int, default 0
+        Number K of IAF steps after the Gaussian draw; 0 is the diagonal Gaussian guide (the
+        same networks and initial weights as without the argument). With K >= 1 the encoder's
+        output layer also emits a context h(x) of ``hidden[-1]`` numbers (the size of its last
+        hidden layer), and each step is an autoregressive net with one hidden layer of
+        ``10 * latent_dim`` units and ``activation``, started at the identity (see
+        :class:`~pyro_vae.models.flows.IAFlow`).
 
     Raises
     ------
     ValueError
         When ``data_dim`` or ``latent_dim`` is not a positive integer; ``hidden`` is empty or
         holds a size that is not a positive integer; ``likelihood``, ``activation`` or ``arch``
-        is unknown (the message lists the valid choices); or ``image_shape`` does not fit
-        ``data_dim`` (and ``arch``).
+        is unknown (the message lists the valid choices); ``image_shape`` does not fit
+        ``data_dim`` (and ``arch``); or ``flows`` is not a non-negative integer.
     """
 
     def __init__(
@@ -153,10 +181,11 @@ class VAE(nn.Module):
         activation: str = "relu",
         arch: str = "mlp",
         image_shape: Sequence[int] | None = None,
+        flows: int = 0,
     ):
         super().__init__()
-        data_dim, latent_dim, hidden, image_shape = _check_args(
-            data_dim, latent_dim, hidden, likelihood, activation, arch, image_shape
+        data_dim, latent_dim, hidden, image_shape, flows = _check_args(
+            data_dim, latent_dim, hidden, likelihood, activation, arch, image_shape, flows
         )
         self._config = dict(
             data_dim=data_dim,
@@ -166,16 +195,21 @@ class VAE(nn.Module):
             activation=activation,
             arch=arch,
             image_shape=image_shape,
+            flows=flows,
         )
         if not isinstance(likelihood, Likelihood):
             likelihood = get_likelihood(likelihood, data_dim)
         self.data_dim, self.latent_dim, self.image_shape = data_dim, latent_dim, image_shape
+        self.flows = flows
         net = dict(activation=activation, arch=arch, image_shape=image_shape)
-        self.encoder = GaussianEncoder(data_dim, latent_dim, hidden, **net)
+        context_dim = hidden[-1] if flows else 0  # 0: exactly the Gaussian guide's encoder
+        self.encoder = GaussianEncoder(data_dim, latent_dim, hidden, context_dim=context_dim, **net)
         out = likelihood.num_params(data_dim)
         self.decoder = Decoder(latent_dim, out, tuple(reversed(hidden)), **net)
         self.likelihood = likelihood
         self._likelihood_has_params = any(True for _ in likelihood.parameters())
+        # built last, so that flows=0 makes the same RNG draws as before the flow existed
+        self.flow = IAFlow(latent_dim, context_dim, flows, activation=activation) if flows else None
 
     @property
     def config(self) -> dict:
@@ -184,9 +218,9 @@ class VAE(nn.Module):
         Returns
         -------
         dict
-            ``data_dim``, ``latent_dim``, ``hidden``, ``likelihood``, ``activation``, ``arch``
-            and ``image_shape``. A likelihood given as an instance is deep-copied, so the
-            rebuilt VAE owns its own.
+            ``data_dim``, ``latent_dim``, ``hidden``, ``likelihood``, ``activation``, ``arch``,
+            ``image_shape`` and ``flows``. A likelihood given as an instance is deep-copied, so
+            the rebuilt VAE owns its own.
         """
         config = dict(self._config)
         if isinstance(config["likelihood"], Likelihood):
@@ -236,6 +270,11 @@ class VAE(nn.Module):
         ``pyro.plate("data", N)`` with event dimension 1, reparameterized as
         z = mu + sigma * eps, eps ~ N(0, I) (Kingma & Welling 2014, sec. 2.4 and 3).
 
+        With ``flows=K >= 1`` it also registers the flow (``pyro.module("flow", ...)``) and z is
+        z_K = IAF_K(... IAF_1(z0; h) ...; h), z0 = mu + sigma * eps, with (mu, log sigma, h) =
+        f_phi(x) and log q_phi(z|x) = log N(z0; mu, diag sigma^2) - sum_k log |det
+        dz_k/dz_{k-1}| (Kingma et al. 2016, eq. 5 and 10; :class:`~pyro_vae.models.flows.IAFlow`).
+
         Parameters
         ----------
         x : torch.Tensor of shape (N, D)
@@ -250,15 +289,24 @@ class VAE(nn.Module):
         """
         _check_tensor("x", x, self.data_dim, self._weight(self.encoder), False, "encoder")
         pyro.module("encoder", self.encoder)
+        if self.flow is not None:
+            pyro.module("flow", self.flow)
         with pyro.plate("data", x.shape[0]):
-            loc, scale = self.encoder(x)
-            # reparameterized draw z = mu + sigma * eps, eps ~ N(0, I) (K&W 2014, sec. 2.4)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            if self.flow is None:
+                loc, scale = self.encoder(x)
+                # reparameterized draw z = mu + sigma * eps, eps ~ N(0, I) (K&W 2014, sec. 2.4)
+                pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            else:
+                loc, scale, context = self.encoder(x, return_context=True)
+                pyro.sample("z", self.flow.distribution(loc, scale, context))
 
     # ----- helpers (plain PyTorch, no Pyro sites) -----
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The parameters of q_phi(z|x) (Kingma & Welling 2014, sec. 3).
+
+        With ``flows >= 1`` these are the parameters of the base Gaussian q(z0|x), not the
+        mean and standard deviation of z = z_K.
 
         Parameters
         ----------
@@ -307,6 +355,9 @@ class VAE(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Decode the encoder mean: E[x | z = mu_phi(x)], without gradients.
 
+        With ``flows >= 1`` the code decoded is the base mean pushed through the flow,
+        z_K(mu_phi(x)).
+
         Parameters
         ----------
         x : torch.Tensor of shape (N, D) or (..., N, D)
@@ -322,7 +373,11 @@ class VAE(nn.Module):
         ValueError
             As :meth:`encode`.
         """
-        return self.decode(self.encode(x)[0])
+        if self.flow is None:
+            return self.decode(self.encode(x)[0])
+        _check_tensor("x", x, self.data_dim, self._weight(self.encoder), True, "encoder")
+        loc, _, context = self.encoder(x, return_context=True)
+        return self.decode(self.flow(loc, context))
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
