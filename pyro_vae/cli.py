@@ -448,7 +448,12 @@ def _evaluation_table(r: dict) -> str:
 
 def cmd_diagnose(args) -> int:
     from pyro_vae.diagnostics import arviz_io, plots
-    from pyro_vae.diagnostics.latent import active_units, amortization_gap, kl_per_dimension
+    from pyro_vae.diagnostics.latent import (
+        active_units,
+        amortization_gap,
+        kl_per_dimension,
+        latent_kl,
+    )
     from pyro_vae.diagnostics.posterior import guide_draws, nuts_reference
 
     set_threads(args.threads)
@@ -464,7 +469,9 @@ def cmd_diagnose(args) -> int:
             f"exceed --num-points {len(x)}"
         )
     active, variances = active_units(vae.guide, x)
-    kl = kl_per_dimension(vae.model, vae.guide, x)
+    # a flow guide does not factorize: its KL has no per-unit split, only a Monte Carlo total
+    kl = kl_per_dimension(vae.model, vae.guide, x) if not vae.flows else None
+    kl_total = kl.sum().item() if kl is not None else latent_kl(vae.model, vae.guide, x).mean()
     gap = amortization_gap(
         vae.model,
         vae.guide,
@@ -493,8 +500,8 @@ def cmd_diagnose(args) -> int:
         "active_units": active,
         "latent_dim": vae.latent_dim,
         "activity_per_dim": variances.tolist(),
-        "kl_per_dim": kl.tolist(),
-        "kl_total": kl.sum().item(),
+        "kl_per_dim": kl.tolist() if kl is not None else None,
+        "kl_total": float(kl_total),
         "amortization_gap": gap["mean_amortization_gap"],
         "elbo_amortized": gap["mean_elbo_amortized"],
         "elbo_optimized": gap["mean_elbo_optimized"],
@@ -503,11 +510,15 @@ def cmd_diagnose(args) -> int:
     guide_sum, nuts_sum = summaries["guide"], summaries["NUTS"]
     mean_abs = (guide_sum["mean"] - nuts_sum["mean"]).abs().mean()
     sd_ratio = (guide_sum["sd"] / nuts_sum["sd"]).median()
-    kl_text = " ".join(f"{v:.2f}" for v in kl.tolist())
+    kl_text = (
+        "by dimension: " + " ".join(f"{v:.2f}" for v in kl.tolist())
+        if kl is not None
+        else "Monte Carlo total (a flow guide has no per-dimension KL)"
+    )
     lines = [
         f"test split, {len(x)} datapoints:",
         f"active units (Cov_x E_q[z_j] > 0.01): {active} of {vae.latent_dim}",
-        f"KL(q(z|x) || p(z)): {report['kl_total']:.3f} nats/datapoint; by dimension: {kl_text}",
+        f"KL(q(z|x) || p(z)): {report['kl_total']:.3f} nats/datapoint; {kl_text}",
         f"amortization gap on {args.gap_points} test points: {report['amortization_gap']:.3f} "
         f"nats/datapoint (ELBO amortized {report['elbo_amortized']:.3f}, "
         f"optimized per datapoint {report['elbo_optimized']:.3f})",
@@ -521,11 +532,13 @@ def cmd_diagnose(args) -> int:
         table.to_csv(Path(run.run_dir) / f"posterior_summary_{name.lower()}.csv")
     arviz_io.save_forest(idatas, out / "forest_guide_vs_nuts.png")
     arviz_io.save_pair(idatas, out / "pair_guide_vs_nuts.png")
-    plots.save_kl_per_dimension(kl, out / "kl_per_dimension.png", variances=variances)
+    if kl is not None:
+        plots.save_kl_per_dimension(kl, out / "kl_per_dimension.png", variances=variances)
     if not args.quiet:
+        kl_figure = " and figures/kl_per_dimension.png" if kl is not None else ""
         print(
             f"wrote {run.run_dir}/diagnostics.json, posterior_summary_*.csv, figures/"
-            "{forest,pair}_guide_vs_nuts.png and figures/kl_per_dimension.png"
+            "{forest,pair}_guide_vs_nuts.png" + kl_figure
         )
     return 0
 

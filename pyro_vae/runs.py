@@ -279,11 +279,8 @@ def training_figures(vae: VAE, data: DatasetSplits, history: list[dict], out: Pa
         ),
     ]
     if vae.latent_dim == 2:
-        loc, _ = vae.encode(data.test.x.to(device))
-        paths.append(
-            plots.save_latent_map(
-                loc, data.test.y, out / "latent_map.png", title="test means E_q[z|x]"
-            )
-        )
+        codes = vae.code(data.test.x.to(device))
+        title = "test flow codes z_K(mu(x))" if vae.flows else "test means E_q[z|x]"
+        paths.append(plots.save_latent_map(codes, data.test.y, out / "latent_map.png", title=title))
         paths.append(plots.save_manifold(vae.decode, shape, out / "manifold.png", device=device))
     return paths

@@ -184,6 +184,13 @@ def test_flow_annealing_and_free_bits_are_stored_and_rebuilt(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(out), "--num-samples", "20", "--num-points", "10", "--quiet"]) == 0
     assert "NLL = -log p(x)" in capsys.readouterr().out
+    argv = ["diagnose", str(out), "--num-points", "50", "--gap-points", "2", "--gap-steps", "5"]
+    argv += ["--nuts-points", "1", "--chains", "1", "--warmup", "5", "--draws", "5", "--quiet"]
+    assert main(argv) == 0
+    report = json.loads((out / "diagnostics.json").read_text())
+    # a flow guide has no per-dimension KL; its total is estimated by Monte Carlo
+    assert report["kl_per_dim"] is None and report["kl_total"] > 0, report
+    assert "Monte Carlo total" in capsys.readouterr().out
 
 
 def test_iwae_loss_trains_from_the_command_line(tmp_path):

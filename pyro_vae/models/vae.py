@@ -351,9 +351,33 @@ class VAE(nn.Module):
         _check_tensor("z", z, self.latent_dim, self._weight(self.decoder), True, "decoder")
         return self.likelihood.mean(self.decoder(z))
 
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        """One point code per datapoint: the encoder mean mu_phi(x), or with ``flows >= 1``
+        the base mean pushed through the flow, z_K(mu_phi(x)) (for plots and reconstructions).
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, D) or (..., N, D)
+            Data, with the dtype and device of the VAE's parameters.
+
+        Returns
+        -------
+        torch.Tensor of shape (N, M) or (..., N, M)
+
+        Raises
+        ------
+        ValueError
+            As :meth:`encode`.
+        """
+        if self.flow is None:
+            return self.encode(x)[0]
+        _check_tensor("x", x, self.data_dim, self._weight(self.encoder), True, "encoder")
+        loc, _, context = self.encoder(x, return_context=True)
+        return self.flow(loc, context)
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Decode the encoder mean: E[x | z = mu_phi(x)], without gradients.
+        """Decode the point code of :meth:`code`: E[x | z = mu_phi(x)], without gradients.
 
         With ``flows >= 1`` the code decoded is the base mean pushed through the flow,
         z_K(mu_phi(x)).
@@ -373,11 +397,7 @@ class VAE(nn.Module):
         ValueError
             As :meth:`encode`.
         """
-        if self.flow is None:
-            return self.decode(self.encode(x)[0])
-        _check_tensor("x", x, self.data_dim, self._weight(self.encoder), True, "encoder")
-        loc, _, context = self.encoder(x, return_context=True)
-        return self.decode(self.flow(loc, context))
+        return self.decode(self.code(x))
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
