@@ -1,4 +1,4 @@
-"""Shared test helpers: ``from common import LinearGaussian, requires_cuda``."""
+"""Shared test helpers, e.g. ``from common import LinearGaussian, requires_cuda``."""
 
 import pyro
 import pyro.distributions as dist
@@ -29,3 +29,19 @@ class LinearGaussian:
         s = pyro.param("s", torch.tensor(1.0), constraint=dist.constraints.positive)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(c * x, s))
+
+
+def bernoulli_latent_pair():
+    """A pair whose latent z ~ Bernoulli has no reparameterized draw: (model, guide)."""
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        p = pyro.param("p", torch.tensor(0.5), constraint=dist.constraints.unit_interval)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Bernoulli(p))
+
+    return model, guide

@@ -11,7 +11,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from common import LinearGaussian
+from common import LinearGaussian, bernoulli_latent_pair
 from pyro.infer import RenyiELBO
 
 from pyro_vae.infer.iwae import IWAEObjective
@@ -100,15 +100,6 @@ def test_a_global_latent_is_refused():
 
 
 def test_a_guide_that_is_not_reparameterized_is_refused():
-    def model(x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Bernoulli(0.5))
-            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-    def guide(x):
-        p = pyro.param("p", torch.tensor(0.5), constraint=dist.constraints.unit_interval)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Bernoulli(p))
-
+    model, guide = bernoulli_latent_pair()
     with pytest.raises(ValueError, match="reparameterized"):
         IWAEObjective(3)(model, guide, torch.randn(4))

@@ -11,7 +11,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from common import LinearGaussian
+from common import LinearGaussian, bernoulli_latent_pair
 from pyro import poutine
 
 from pyro_vae.infer.kl_control import KLAnnealing, KLControlledELBO
@@ -157,18 +157,9 @@ def test_bad_free_bits_are_refused(free_bits):
 
 
 def test_a_guide_that_is_not_reparameterized_is_refused():
-    def discrete_model(x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Bernoulli(0.5))
-            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-    def discrete_guide(x):
-        p = pyro.param("p", torch.tensor(0.5), constraint=dist.constraints.unit_interval)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Bernoulli(p))
-
+    model, guide = bernoulli_latent_pair()
     with pytest.raises(ValueError, match="reparameterized"):
-        KLControlledELBO(free_bits=1.0)(discrete_model, discrete_guide, torch.randn(4))
+        KLControlledELBO(free_bits=1.0)(model, guide, torch.randn(4))
 
 
 def _annealed_run(out_dir, epochs, resume=False):

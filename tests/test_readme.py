@@ -44,3 +44,15 @@ def test_own_loop_example_trains_with_svistep():
     # well under 300 (measured 225 and 209); 300 leaves a wide margin for other seeds
     assert ns["svi"].num_steps == 2 * 32, ns["svi"].num_steps
     assert ns["loss"] < 300 and ns["held_out"] < 300, (ns["loss"], ns["held_out"])
+
+
+def test_remedies_example_anneals_and_trains_on_the_iwae_bound():
+    pyro.set_rng_seed(0)
+    ns = run(next(e for e in examples() if "KLControlledELBO" in e))
+    first, more = ns["first"], ns["more"]
+    # the last of epoch 1's 29 steps (3,600 digits, batch 128) starts at t = 28/29 epochs, where
+    # a 10-epoch rise from 0 has beta = t / 10
+    assert first.history[0]["kl_weight"] == pytest.approx(0.1 * 28 / 29), first.history[0]
+    assert first.history[1]["val_loss"] < first.history[0]["val_loss"], first.history
+    # L_5 of a draw is at least its average log weight: the IWAE objective is below -ELBO
+    assert all(r["train_objective"] < r["train_loss"] for r in more.history), more.history
