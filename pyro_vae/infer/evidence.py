@@ -26,7 +26,10 @@ evidence ill-defined and raises :class:`GlobalLatentError`. Each site's log-prob
 masked like Pyro's) has batch shape (S, ..., N, ...); every plate dimension other than
 particles S and data N is summed.
 A model latent that the guide does not sample is drawn from the prior, so its p/q ratio is
-one and it does not enter the weight.
+one and it does not enter the weight. A discrete guide site marked for enumeration (summed out
+by ``TraceEnum_ELBO`` in training) is *sampled* here, as part of the proposal: for the M2
+model, y ~ q(y|x) and z ~ q(z|x, y) (the guide runs through
+:func:`pyro_vae.infer.sites.without_enumeration`; no change to the user's code).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from tqdm.auto import tqdm
 
+from pyro_vae.infer.distributed import current, gather_strided
 from pyro_vae.infer.psis import pareto_khat, psis_tail_size
 from pyro_vae.infer.sites import (
     DATA_PLATE,
@@ -48,7 +52,9 @@ from pyro_vae.infer.sites import (
     check_data_plate,
     data_frame,
     sample_sites,
+    without_enumeration,
 )
+from pyro_vae.infer.devices import as_columns
 
 __all__ = [
     "CPU_ELEMENT_BUDGET",
@@ -196,7 +202,7 @@ def inspect_pair(model, guide, x, *args, data_plate=DATA_PLATE, **kwargs) -> Pai
     GlobalLatentError, ValueError
         See :func:`pyro_vae.infer.sites.check_data_plate`.
     """
-    guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
+    guide_trace = poutine.trace(without_enumeration(guide)).get_trace(x, *args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
         x, *args, **kwargs
     )
@@ -306,7 +312,7 @@ def draw_log_weights(model, guide, x, args, kwargs, layout, data_plate, num_part
         Log weights, nats.
     """
     with poutine.block(), pyro.plate(_PARTICLE_PLATE, num_particles, dim=layout.particle_dim):
-        guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
+        guide_trace = poutine.trace(without_enumeration(guide)).get_trace(x, *args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             x, *args, **kwargs
         )
@@ -644,9 +650,12 @@ def dataset_nll(
     ----------
     model, guide : callable
         As for :func:`log_evidence`.
-    data : torch.Tensor of shape (N, ...) or object with a tensor ``.x``
+    data : torch.Tensor of shape (N, ...), object with a tensor ``.x``, or tuple
         E.g. :class:`pyro_vae.data.ImageData`; its ``batch_transform`` (dynamic
-        binarization), if any, is applied to each batch.
+        binarization), if any, is applied to each batch. A tuple ``(x, *extras)`` of such
+        data and tensors of shape (N, ...) passes each batch's rows of the extras on to the
+        pair, ``f(x[idx], *(e[idx] for e in extras))``: ``(x, y)`` scores a conditional pair's
+        log p(x|y).
     num_samples, chunk_size, data_plate, return_log_weights
         As for :func:`log_evidence`.
     batch_size : int
@@ -658,6 +667,8 @@ def dataset_nll(
     -------
     NLLResult
         With per-datapoint tensors of shape (N,) (and ``log_weights`` of shape (N, L)).
+        Under torchrun (a torch.distributed process group of P ranks) each rank scores the
+        datapoints r, r + P, ... and every rank returns the whole result, gathered in order.
 
     Raises
     ------
@@ -667,31 +678,41 @@ def dataset_nll(
         When ``batch_size`` is not a positive int, or for bad arguments or data, as for
         :func:`log_evidence`.
     """
-    x = check_data(data.x if hasattr(data, "x") else data, "data")
-    transform = getattr(data, "batch_transform", None) or (lambda xb: xb)
+    x, extras, transform = as_columns(data, "data")
+    x = check_data(x, "data")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    num_data, ranks = x.shape[0], current()
+    if ranks.distributed:  # under torchrun each rank scores x[r::P]; rows are gathered back
+        if num_data < ranks.world_size:
+            raise ValueError(f"{num_data} datapoints cannot be shared by {ranks.world_size} ranks")
+        x = x[ranks.rank :: ranks.world_size]
     parts = []
     starts = range(0, x.shape[0], batch_size)
     for start in tqdm(starts, desc="log p(x)", unit="batch", disable=not progress):
+        rows = slice(start, start + batch_size)
         result = log_evidence(
             model,
             guide,
-            transform(x[start : start + batch_size]),
+            transform(x[rows]),
+            *(e[rows] for e in extras),
             num_samples=num_samples,
             chunk_size=chunk_size,
             data_plate=data_plate,
             return_log_weights=return_log_weights,
         )
         parts.append(result)
-    log_px = torch.cat([r.log_px for r in parts])
+    def gathered(field):
+        return gather_strided(torch.cat([getattr(r, field) for r in parts]), num_data)
+
+    log_px = gathered("log_px")
     n = log_px.numel()
     return NLLResult(
         nll=-log_px.mean().item(),
         stderr=(log_px.std().item() / math.sqrt(n)) if n > 1 else math.nan,
         log_px=log_px,
-        mc_stderr=torch.cat([r.stderr for r in parts]),
-        khat=torch.cat([r.khat for r in parts]),
+        mc_stderr=gathered("stderr"),
+        khat=gathered("khat"),
         num_samples=num_samples,
-        log_weights=torch.cat([r.log_weights for r in parts]) if return_log_weights else None,
+        log_weights=gathered("log_weights") if return_log_weights else None,
     )

@@ -1,0 +1,150 @@
+"""Tests for pyro_vae.infer.distributed: two gloo processes on CPU, against one process.
+
+Two ranks are started with ``torch.multiprocessing.spawn`` and the environment torchrun would
+set; a failed assertion in a rank fails the test. Closed forms: the averaged gradient of two
+half batches is the gradient of the whole batch at the same noise (float64 round-off, 1e-12);
+the sharded evidence of the exact pPCA guide is the exact log p(x) on every rank.
+"""
+
+import os
+import socket
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+import torch.distributed as torch_dist
+
+from pyro_vae.infer.distributed import (
+    Ranks,
+    average_gradients,
+    broadcast_params,
+    epoch_shard,
+    init_from_env,
+)
+from pyro_vae.infer.evidence import dataset_nll
+from pyro_vae.infer.svi import SVIStep
+from pyro_vae.models.ppca import PPCA
+from pyro_vae.models.vae import VAE
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank, world_size, port, fn):
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size)
+    )
+    torch.set_num_threads(1)
+    ranks = init_from_env(torch.device("cpu"))
+    assert ranks == Ranks(rank, world_size)
+    try:
+        fn(ranks)
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def spawn(fn, world_size=2):
+    """Run ``fn(ranks)`` on ``world_size`` gloo ranks; any rank's exception fails the caller."""
+    torch.multiprocessing.spawn(_rank_main, args=(world_size, _free_port(), fn), nprocs=world_size)
+
+
+class GivenNoise:
+    """The VAE with its guide's noise given: z = mu(x) + sigma(x) * eps, scored by the Gaussian
+    density, so that one process and two ranks can use exactly the same eps per datapoint."""
+
+    def __init__(self, vae):
+        self.vae = vae
+
+    def model(self, x, eps):
+        self.vae.model(x)
+
+    def guide(self, x, eps):
+        pyro.module("encoder", self.vae.encoder)
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = self.vae.encoder(x)
+            z = loc + scale * eps
+            log_q = dist.Normal(loc, scale).log_prob(z).sum(-1)
+            pyro.sample("z", dist.Delta(z, log_density=log_q, event_dim=1))
+
+
+def _recorded_gradients(svi: SVIStep, x, eps, hook=None):
+    """One step on ``x`` with noise ``eps``; the gradients as the update saw them."""
+    seen = {}
+
+    def record(params):
+        if hook is not None:
+            hook(params)
+        seen.update({name: p.grad.clone() for name, p in params.items()})
+
+    svi.grad_hook = record
+    svi.step(x, eps, num_data=8)
+    return seen
+
+
+def _gradients_and_evidence(ranks):
+    torch.set_default_dtype(torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    x, eps = torch.rand(8, 6, generator=gen).round(), torch.randn(8, 2, generator=gen)
+    pyro.set_rng_seed(0)
+    whole = GivenNoise(VAE(6, latent_dim=2, hidden=(5,)))
+    one_process = SVIStep(whole.model, whole.guide, lr=1e-3)
+    with pyro.get_param_store().scope():
+        one_process.setup(x, eps)
+        initial = {name: value.detach().clone() for name, value in one_process.params.items()}
+        expected = _recorded_gradients(one_process, x, eps)
+    pyro.set_rng_seed(ranks.rank)  # a different initialization on each rank: the broadcast
+    local = GivenNoise(VAE(6, latent_dim=2, hidden=(5,)))  # makes them all rank 0's
+    rank = SVIStep(local.model, local.guide, lr=1e-3)
+    rank.setup(x[:4], eps[:4])
+    broadcast_params(rank.params)
+    for name, value in rank.params.items():  # rank 0's initial values are the one process's
+        torch.testing.assert_close(value.detach(), initial[name], rtol=0, atol=0)
+    rows = slice(4 * ranks.rank, 4 * ranks.rank + 4)  # each rank half of the global batch
+    got = _recorded_gradients(rank, x[rows], eps[rows], hook=average_gradients)
+    for name in expected:
+        # float64 round-off of two partial sums against one
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-12, msg=name)
+
+    # the sharded evidence of the exact guide is exact, on every rank, in the original order
+    ppca = PPCA(torch.randn(5, 2, generator=gen), torch.zeros(5), torch.tensor(0.3))
+    pyro.set_rng_seed(5)  # the same data on every rank
+    xs = ppca.sample(11)
+    result = dataset_nll(ppca.model, ppca.guide, xs, num_samples=7, batch_size=4, progress=False)
+    torch.testing.assert_close(result.log_px, ppca.log_marginal(xs), rtol=0, atol=1e-8)
+    assert result.khat.shape == (11,)
+
+
+def test_two_ranks_average_to_the_whole_batch_gradient_and_shard_the_evidence():
+    spawn(_gradients_and_evidence)
+
+
+@pytest.mark.parametrize("num_data, world_size", [(10, 2), (11, 2), (10, 3), (5, 1)])
+def test_epoch_shards_cover_the_data_like_distributed_sampler(num_data, world_size):
+    shards = [epoch_shard(num_data, 4, 0, Ranks(r, world_size)) for r in range(world_size)]
+    assert len({len(s) for s in shards}) == 1  # every rank takes the same number of steps
+    joined = torch.cat(shards)
+    assert set(joined.tolist()) == set(range(num_data))
+    assert len(joined) - num_data == (-num_data) % world_size  # the padding, nothing more
+    sampler = torch.utils.data.DistributedSampler(
+        range(num_data), num_replicas=world_size, rank=1 % world_size, seed=0
+    )
+    sampler.set_epoch(4)
+    assert shards[1 % world_size].tolist() == list(sampler)  # the same indices as PyTorch's
+    other_epoch = epoch_shard(num_data, 5, 0, Ranks(0, world_size))
+    assert not torch.equal(other_epoch, shards[0])  # reshuffled every epoch
+
+
+def test_a_lone_process_is_rank_0_of_1(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert init_from_env(torch.device("cpu")) == Ranks(0, 1)
+
+
+def test_an_incomplete_torchrun_environment_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(RuntimeError, match="start the processes with torchrun"):
+        init_from_env(torch.device("cpu"))
