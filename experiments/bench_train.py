@@ -7,13 +7,27 @@ shuffles, slices and calls ``.item()`` per step exactly as the trainer does. Bot
 in one process; we report median steady-state steps/s and the ratio trainer / hand-written.
 For context the obvious Pyro loop (``SVI`` + ``Trace_ELBO`` + ``pyro.optim.Adam``) is timed too.
 
+Two rows answer "what does eager execution cost": ``compiled SVIStep``
+(:class:`~pyro_vae.infer.compiled.CompiledSVIStep`: Pyro's handlers run once per batch shape,
+the step is one inductor-compiled graph; its compile time is printed apart, since the
+warm-up round absorbs it) and ``NumPyro jit(svi.update)``: the same VAE as a NumPyro model and
+guide, starting from the very same (PyTorch-initialized) weights, NumPyro's ``Trace_ELBO`` and
+Adam(1e-3), stepped by ``jax.jit(svi.update)`` on the same batches with a ``float(loss)`` per
+step. The NumPyro row needs the ``bench`` extra (``pip install -e '.[bench]'``: numpyro, CPU
+jax); without it the row is skipped with a notice. ``--main-job`` also times the README's main
+job (``pyro-vae train --epochs 50``) end to end with the eager and the compiled step;
+``--main-job`` runs first, so that with a fresh ``TORCHINDUCTOR_CACHE_DIR`` its first compile
+is a cold one; ``--routes`` adds the two other ways to run the captured step graph: as it is
+(ATen ops, no inductor) and through ``torch.compile`` (Dynamo on the captured GraphModule).
+
 With ``--iwae-k K`` (default 5; 0 skips it) the importance-weighted bound with K particles is
 timed the same three ways: ``SVIStep`` with :class:`~pyro_vae.infer.iwae.IWAEObjective`, Pyro's
 ``SVI`` with ``RenyiELBO(alpha=0, vectorize_particles=True)`` (the same bound, summed over the
 batch) and a hand-written loop; the ratios of these rows are to the hand-written IWAE loop.
 
-    python experiments/bench_train.py            # ~1 minute on 2 CPU cores
+    python experiments/bench_train.py            # ~2 minutes on 2 CPU cores
     python experiments/bench_train.py --device cuda
+    python experiments/bench_train.py --main-job --iwae-k 0
 """
 
 from __future__ import annotations
@@ -21,14 +35,18 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import statistics
+import tempfile
 import time
+from unittest import mock
 
 import pyro
 import torch
 import torch.nn.functional as F
 
 from pyro_vae.data import load_dataset
+from pyro_vae.infer.compiled import CompiledSVIStep
 from pyro_vae.infer.devices import resolve_device
 from pyro_vae.infer.iwae import IWAEObjective
 from pyro_vae.infer.svi import SVIStep, make_adam
@@ -129,6 +147,171 @@ def _iwae_runners(vae, x, batch_size, k, device, batches_per_epoch) -> dict:
     }
 
 
+def load_numpyro():
+    """``(jax, numpyro)`` on CPU, or None after a one-line notice when they are not installed."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # never probe for accelerators here
+    try:
+        import jax
+        import numpyro
+    except ImportError:
+        print("NumPyro rows skipped: numpyro and jax are not installed (pip install -e '.[bench]')")
+        return None
+    return jax, numpyro
+
+
+def numpyro_vae(vae, jax, numpyro):
+    """The MLP VAE ``vae`` as a NumPyro (model, guide, params) starting at its torch weights.
+
+    Same math as :class:`pyro_vae.models.vae.VAE`: an encoder MLP emitting (mu, log sigma),
+    z ~ N(mu, sigma) in the guide, z ~ N(0, I) and x ~ Bernoulli(logits = decoder(z)) in the
+    model; the loss of a batch is scaled to -ELBO per datapoint as ``SVIStep``'s is. Layer
+    weights are stored transposed (x @ W), as JAX code writes them.
+    """
+    jnp, dist, handlers = jax.numpy, numpyro.distributions, numpyro.handlers
+    params = {
+        name.replace(".", "_"): jnp.asarray(p.detach().cpu().numpy().T)
+        for name, p in vae.named_parameters()
+    }
+    latent = params["encoder_net_2_bias"].shape[0] // 2
+
+    def mlp(prefix, h):
+        for layer in (0, 2):
+            w = numpyro.param(
+                f"{prefix}_net_{layer}_weight", params[f"{prefix}_net_{layer}_weight"]
+            )
+            b = numpyro.param(f"{prefix}_net_{layer}_bias", params[f"{prefix}_net_{layer}_bias"])
+            h = h @ w + b
+            h = jax.nn.relu(h) if layer == 0 else h
+        return h
+
+    def model(x, scale=True):
+        with (
+            numpyro.plate("data", x.shape[0]),
+            handlers.scale(scale=1 / x.shape[0] if scale else 1.0),
+        ):
+            z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([latent]).to_event(1))
+            numpyro.sample("x", dist.Bernoulli(logits=mlp("decoder", z)).to_event(1), obs=x)
+
+    def guide(x, scale=True):
+        out = mlp("encoder", x)
+        with (
+            numpyro.plate("data", x.shape[0]),
+            handlers.scale(scale=1 / x.shape[0] if scale else 1.0),
+        ):
+            numpyro.sample(
+                "z", dist.Normal(out[..., :latent], jnp.exp(out[..., latent:])).to_event(1)
+            )
+
+    return model, guide, params
+
+
+def _numpyro_runner(vae, x, batch_size, seed, epochs_per_round):
+    """A round of NumPyro SVI epochs with ``jax.jit(svi.update)``, or None without NumPyro."""
+    loaded = load_numpyro()
+    if loaded is None:
+        return None
+    jax, numpyro = loaded
+    model, guide, _ = numpyro_vae(vae, jax, numpyro)
+    svi = numpyro.infer.SVI(model, guide, numpyro.optim.Adam(1e-3), numpyro.infer.Trace_ELBO())
+    x_np = x.cpu().numpy()
+    state = [svi.init(jax.random.PRNGKey(seed), x_np[:batch_size])]
+    update = jax.jit(svi.update)
+
+    def epoch():
+        n = x_np.shape[0]
+        order = torch.randperm(n).numpy()
+        steps = math.ceil(n / batch_size)
+        for step in range(steps):
+            state[0], loss = update(
+                state[0], x_np[order[step * batch_size : (step + 1) * batch_size]]
+            )
+            float(loss)  # as .item() in the torch loops: the step has finished
+        return steps
+
+    return lambda: _timed_epochs(epoch, epochs_per_round, torch.device("cpu"))
+
+
+def _dynamo_route(graph, inputs, device):
+    """The captured graph through torch.compile (Dynamo over an ATen GraphModule)."""
+    options = {"fallback_random": True}
+    return torch.compile(graph, options=options, fullgraph=True, dynamic=False)
+
+
+ROUTES = {
+    "captured graph, uncompiled": lambda graph, inputs, device: graph,
+    "captured graph, torch.compile": _dynamo_route,
+}
+
+
+def _route_runner(vae, x, args, device, compile_fn, batches_per_epoch):
+    """A round of epochs of a CompiledSVIStep whose graphs ``compile_fn`` compiles."""
+    route_vae = copy.deepcopy(vae)
+    with pyro.get_param_store().scope():
+        step = CompiledSVIStep(route_vae.model, route_vae.guide, lr=1e-3, compile_fn=compile_fn)
+        step.setup(x[: args.batch_size])
+
+    def epoch():
+        n = x.shape[0]
+        order = torch.randperm(n).to(x.device)
+        for i in range(batches_per_epoch):
+            step.step(x[order[i * args.batch_size : (i + 1) * args.batch_size]], num_data=n)
+        return batches_per_epoch
+
+    def round_():
+        with pyro.get_param_store().scope():
+            return _timed_epochs(epoch, args.epochs_per_round, device)
+
+    return round_
+
+
+def main_job_seconds(compiled: bool, epochs: int, out_dir: str) -> tuple[float, float]:
+    """Wall time of ``pyro-vae train --epochs E --out DIR`` with the eager or compiled step.
+
+    The compiled step is swapped in where the trainer builds its step (the one-line change
+    that ``train(compile=...)`` makes), so everything else, data loading to figures, is the
+    command as users run it. Returns (wall seconds, seconds spent capturing and compiling).
+    """
+    import importlib
+
+    from pyro_vae import cli
+
+    train_module = importlib.import_module("pyro_vae.infer.train")  # not the function train
+    made = []
+
+    class RecordedStep(CompiledSVIStep):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    step_cls = RecordedStep if compiled else SVIStep
+    tic = time.perf_counter()
+    with mock.patch.object(train_module, "SVIStep", step_cls):
+        status = cli.main(["train", "--epochs", str(epochs), "--out", out_dir, "--quiet"])
+    if status not in (0, None):
+        raise RuntimeError(f"pyro-vae train exited with status {status}")
+    return time.perf_counter() - tic, sum(step.compile_seconds for step in made)
+
+
+def _main_job(epochs: int) -> dict:
+    """The main job eagerly, compiled, compiled again (inductor's on-disk cache warm) and
+    eagerly again (the first run also pays the process's one-time costs: data, imports)."""
+    runs = {}
+    order = (
+        ("eager, first in the process", False),
+        ("compiled", True),
+        ("compiled, cache warm", True),
+        ("eager", False),
+    )
+    for label, compiled in order:
+        with tempfile.TemporaryDirectory() as out:
+            runs[label] = main_job_seconds(compiled, epochs, out)
+    print(f"\n`pyro-vae train --epochs {epochs}`: wall time, of which capture + compile")
+    print("| step | wall s | compile s |\n|---|---|---|")
+    for label, (wall, compile_s) in runs.items():
+        print(f"| {label} | {wall:.1f} | {compile_s:.1f} |")
+    return runs
+
+
 def _timed_epochs(epoch_fn, epochs, device) -> list[float]:
     """Steps per second of each of ``epochs`` calls of ``epoch_fn()`` (returns its step count)."""
     rates = []
@@ -153,10 +336,27 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--iwae-k", type=int, default=5, help="IWAE particles (0: skip)")
+    parser.add_argument("--no-compiled", action="store_true", help="skip the compiled row")
+    parser.add_argument("--no-numpyro", action="store_true", help="skip the NumPyro row")
+    parser.add_argument(
+        "--main-job", action="store_true", help="also time `pyro-vae train --epochs 50`"
+    )
+    parser.add_argument("--main-job-epochs", type=int, default=50)
+    parser.add_argument("--main-job-only", action="store_true", help="time the main job only")
+    parser.add_argument(
+        "--routes",
+        action="store_true",
+        help="also time the captured graph uncompiled and via torch.compile",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     device = resolve_device(args.device)
+    # first, so that with a fresh TORCHINDUCTOR_CACHE_DIR its first compile is a cold one
+    main_job = _main_job(args.main_job_epochs) if args.main_job or args.main_job_only else None
+    if args.main_job_only:
+        return {"main_job_seconds": main_job}
+    torch.set_num_threads(args.threads)  # the command sets its own
     pyro.set_rng_seed(args.seed)
     x = load_dataset("mnist5k", binarize="static", seed=args.seed).train.x[: args.num_data]
     x = x.to(device)
@@ -173,6 +373,10 @@ def main(argv=None) -> dict:
     with pyro.get_param_store().scope():
         step = SVIStep(step_vae.model, step_vae.guide, lr=1e-3)
         step.setup(x[: args.batch_size])
+    compiled_vae = copy.deepcopy(vae)
+    with pyro.get_param_store().scope():
+        compiled_step = CompiledSVIStep(compiled_vae.model, compiled_vae.guide, lr=1e-3)
+        compiled_step.setup(x[: args.batch_size])
     svi_vae = copy.deepcopy(vae)
     svi = pyro.infer.SVI(
         svi_vae.model, svi_vae.guide, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO()
@@ -213,6 +417,19 @@ def main(argv=None) -> dict:
         with pyro.get_param_store().scope():
             return _timed_epochs(epoch, args.epochs_per_round, device)
 
+    def compiled_round():
+        def epoch():
+            n = x.shape[0]
+            order = torch.randperm(n).to(x.device)
+            for i in range(batches_per_epoch):
+                compiled_step.step(
+                    x[order[i * args.batch_size : (i + 1) * args.batch_size]], num_data=n
+                )
+            return batches_per_epoch
+
+        with pyro.get_param_store().scope():
+            return _timed_epochs(epoch, args.epochs_per_round, device)
+
     def svi_round():
         with pyro.get_param_store().scope():
             epoch = lambda: pyro_svi_epoch(svi, x, args.batch_size)  # noqa: E731
@@ -225,6 +442,16 @@ def main(argv=None) -> dict:
         "hand-written, trainer's fused Adam": same_optimizer_round,
         "Pyro SVI + Trace_ELBO + pyro.optim.Adam": svi_round,
     }
+    if not args.no_compiled:
+        runners["compiled SVIStep"] = compiled_round
+    if args.routes:
+        for name, compile_fn in ROUTES.items():
+            runners[name] = _route_runner(vae, x, args, device, compile_fn, batches_per_epoch)
+    numpyro_round = None
+    if not args.no_numpyro and device.type == "cpu":
+        numpyro_round = _numpyro_runner(vae, x, args.batch_size, args.seed, args.epochs_per_round)
+    if numpyro_round is not None:
+        runners["NumPyro jit(svi.update)"] = numpyro_round
     k = args.iwae_k
     if k > 0:
         runners.update(_iwae_runners(vae, x, args.batch_size, k, device, batches_per_epoch))
@@ -246,6 +473,17 @@ def main(argv=None) -> dict:
         if name.startswith("IWAE"):
             continue
         print(f"| {name} | {rate:.1f} | {rate / hand:.3f}x | {rate / same:.3f}x |")
+    numpyro_rate = medians.get("NumPyro jit(svi.update)")
+    if numpyro_rate is not None:
+        print("\n| loop | ratio to NumPyro jit(svi.update) |\n|---|---|")
+        for name, rate in medians.items():
+            if not name.startswith("IWAE"):
+                print(f"| {name} | {rate / numpyro_rate:.3f}x |")
+    if not args.no_compiled:
+        print(
+            f"\ncompiled SVIStep: {compiled_step.num_compiles} graphs (batch shapes) captured and "
+            f"compiled in {compiled_step.compile_seconds:.1f} s"
+        )
     if k > 0:
         hand_iwae = medians[f"IWAE k={k}, hand-written"]
         print(f"\n| IWAE k={k} loop | steps/s | ratio to hand-written IWAE |\n|---|---|---|")
@@ -262,6 +500,13 @@ def main(argv=None) -> dict:
             else None
         ),
         "rates": rates,
+        "ratio_compiled_to_numpyro": (
+            medians["compiled SVIStep"] / numpyro_rate
+            if numpyro_rate is not None and "compiled SVIStep" in medians
+            else None
+        ),
+        "compile_seconds": None if args.no_compiled else compiled_step.compile_seconds,
+        "main_job_seconds": main_job,
     }
 
 

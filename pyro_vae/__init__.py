@@ -6,11 +6,13 @@ their modules, so that ``import pyro_vae`` stays light.
 
 from pyro_vae.data import load_dataset
 from pyro_vae.infer import dataset_nll, iwae_bound, log_evidence, train
-from pyro_vae.models import PPCA, VAE, CollapsedPPCA
+from pyro_vae.models import CVAE, M2, PPCA, VAE, CollapsedPPCA
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CVAE",
+    "M2",
     "PPCA",
     "VAE",
     "CollapsedPPCA",

@@ -4,6 +4,11 @@
     pyro-vae evaluate runs/vae --num-samples 5000
     pyro-vae diagnose runs/vae
 
+``--model cvae`` trains the conditional VAE p(x|y) on images with their labels (evaluated as
+log p(x|y) with the test labels); ``--model m2 --labels-per-class N`` the semi-supervised M2 on
+N labelled images per class and the rest unlabelled (evaluated as log p(x), and by the test
+accuracy of its classifier q(y|x)).
+
 Every log-likelihood, ELBO and NLL printed is per datapoint, in nats, and names its split.
 Every failure is one line on stderr and exit status 2; nothing already on disk is changed by a
 command that fails before it starts training.
@@ -20,21 +25,25 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae.data import DATASETS, DEFAULT_DATASET
+from pyro_vae.data import DATASETS, DEFAULT_DATASET, labelled_split
 from pyro_vae.infer.checkpoint import CheckpointError, load_checkpoint
 from pyro_vae.infer.devices import DEFAULT_THREADS, resolve_device, set_threads
+from pyro_vae.infer.distributed import barrier, join
 from pyro_vae.infer.iwae import IWAEObjective
 from pyro_vae.infer.kl_control import KLAnnealing, KLControlledELBO
-from pyro_vae.infer.objectives import LOSSES
+from pyro_vae.infer.objectives import LOSSES, AuxiliaryTerm
 from pyro_vae.infer.train import CHECKPOINT_NAME, TrainingDivergedError, train
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.models.vae import VAE
 from pyro_vae.nets import ACTIVATIONS, ARCHS
 from pyro_vae.runs import (
     CONFIG_NAME,
+    MODELS,
     RUN_FILES,
     check_writable,
+    conditional_figures,
     evaluation_data,
+    evaluation_labels,
     load_run,
     read_config,
     run_data,
@@ -67,11 +76,23 @@ RUN_OPTIONS = (
     "anneal_cycles",
     "free_bits",
     "iwae_k",
+    "model",
+    "labels_per_class",
+    "alpha",
 )
 # run-defining options added after runs were first written: an older run had these values
 ADDED_RUN_OPTIONS = dict(
-    flows=0, anneal_epochs=None, anneal_start=0.0, anneal_cycles=1, free_bits=0.0, iwae_k=5
+    flows=0,
+    anneal_epochs=None,
+    anneal_start=0.0,
+    anneal_cycles=1,
+    free_bits=0.0,
+    iwae_k=5,
+    model="vae",
+    labels_per_class=None,
+    alpha=None,
 )
+M2_LABELS_PER_CLASS = 10  # the default of --model m2: MNIST with 100 labels (Kingma et al. 2014)
 # options a resume may change; the change is recorded in config.json and the history
 RESUME_OPTIONS = ("epochs", "patience", "device", "threads", "quiet")
 IWAE_KS = (1, 10, 100, 1000)
@@ -107,6 +128,7 @@ _positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "a positi
 _fraction = _number(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
 _count = _number(int, lambda v: v >= 0, "a non-negative integer")
 _nats = _number(float, lambda v: v >= 0 and math.isfinite(v), "a number of nats >= 0")
+_non_negative = _number(float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -207,6 +229,30 @@ def _check_objective_options(args, given: set[str]) -> None:
         )
 
 
+def _check_model_options(args, given: set[str]) -> None:
+    """Refuse options that do not apply to --model, naming them; fill in the M2 defaults."""
+    if args.model != "m2":
+        for name in ("labels_per_class", "alpha"):
+            if name in given:
+                raise ValueError(f"{_option(name)} applies to --model m2, not --model {args.model}")
+    if args.model == "vae":
+        return
+    if args.flows:
+        raise ValueError(f"--flows applies to --model vae, not --model {args.model}")
+    if args.arch != "mlp":
+        raise ValueError(
+            f"--arch {args.arch} applies to --model vae; --model {args.model} uses MLPs"
+        )
+    if args.model == "m2":
+        if "loss" in given and args.loss != "enum":
+            raise ValueError(
+                f"--model m2 sums the label out exactly with --loss enum, not --loss {args.loss}"
+            )
+        args.loss = "enum"
+        if args.labels_per_class is None:
+            args.labels_per_class = M2_LABELS_PER_CLASS
+
+
 def _objective(args):
     """The training objective the options ask for: a loss name or an objective object."""
     if args.loss == "iwae":
@@ -234,6 +280,7 @@ def cmd_train(args) -> int:
     existing = _existing_run_files(out)
     if args.resume:
         config, done = _resume_settings(args, given, out)
+    _check_model_options(args, given)
     _check_objective_options(args, given)
     if not args.resume and existing and not args.overwrite:
         raise FileExistsError(
@@ -241,7 +288,11 @@ def cmd_train(args) -> int:
             "to continue it or --overwrite to replace it"
         )
     set_threads(args.threads)
-    resolve_device(args.device)  # an absent device fails before the data are loaded
+    # an absent device fails before the data are loaded; under torchrun every rank joins here
+    ranks, _ = join(resolve_device(args.device))
+    if not ranks.is_main:  # rank 0 speaks and writes for all
+        say = lambda *a: None  # noqa: E731
+    barrier()  # every rank has checked the folder before rank 0 changes it
     binarize = args.binarize
     if binarize == "auto":  # Bernoulli pixels need binary data; a Gaussian keeps intensities
         binarize = "static" if args.likelihood == "bernoulli" else None
@@ -254,26 +305,28 @@ def cmd_train(args) -> int:
         "val_fraction": args.val_fraction,
     }
     data = run_data(run_config)
+    streams = _training_streams(args, data)  # refuses too many labels per class
     pyro.set_rng_seed(args.seed)  # before the networks are initialised: runs repeat exactly
-    vae = VAE(
-        data.train.data_dim,
-        latent_dim=args.latent,
-        hidden=args.hidden,
-        likelihood=args.likelihood,
-        activation=args.activation,
-        arch=args.arch,
-        image_shape=data.image_shape,
-        flows=args.flows,
-    )
+    vae = _build_model(args, data)
     objective = _objective(args)
+    if args.model == "m2":
+        labelled = streams["labelled"][0]
+        if args.alpha is None:  # Kingma et al. (2014), sec. 4.1: alpha = 0.1 N
+            args.alpha = 0.1 * len(data.train)
+        # y given: nothing to enumerate, z is reparameterized (the fast "trace" objective)
+        streams["labelled_loss"] = AuxiliaryTerm(
+            "trace", vae.classifier_nll, weight=args.alpha / len(labelled)
+        )
     options = {name: _stored(getattr(args, name)) for name in (*RUN_OPTIONS, *RESUME_OPTIONS)}
     if config is None:  # a new run (or --overwrite): the folder is written from scratch
-        config = {**run_config, "vae": {**vae.config, "hidden": list(args.hidden)}}
+        config = {**run_config, "model": args.model}
+        config["vae"] = {**vae.config, "hidden": list(args.hidden)}
         config.update(options=options, resumes=[])
-        out.mkdir(parents=True, exist_ok=True)
-        for path in [*(out / n for n in existing), *out.glob("figures/*.png")]:
-            path.unlink()
-        write_text_atomic(out / CONFIG_NAME, json.dumps(config, indent=1))
+        if ranks.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            for path in [*(out / n for n in existing), *out.glob("figures/*.png")]:
+                path.unlink()
+            write_text_atomic(out / CONFIG_NAME, json.dumps(config, indent=1))
     else:  # recorded once the first new epoch is safely on disk
         changed = {
             name: [config["options"].get(name), options[name]]
@@ -288,10 +341,16 @@ def cmd_train(args) -> int:
         if record["epoch"] == done + 1 and segment > 0:
             write_text_atomic(out / CONFIG_NAME, json.dumps(config, indent=1))
 
-    what = f"{args.likelihood} VAE {data.train.data_dim}-{'-'.join(map(str, args.hidden))}-"
+    name = {"vae": "VAE", "cvae": "conditional VAE", "m2": "M2 model"}[args.model]
+    what = f"{args.likelihood} {name} {data.train.data_dim}-{'-'.join(map(str, args.hidden))}-"
+    labels_note = ""
+    if args.model == "m2":
+        n_l = len(streams["labelled"][0])
+        labels_note = f", {n_l:,} of them labelled ({args.labels_per_class} per class)"
     say(
         f"{'resuming' if done else 'training'} a {what}{args.latent} on {args.dataset} "
-        f"({data.sizes()}) -> {out}" + (f", from epoch {done} to {args.epochs}" if done else "")
+        f"({data.sizes()}{labels_note}) -> {out}"
+        + (f", from epoch {done} to {args.epochs}" if done else "")
     )
     if not isinstance(objective, str):
         say(f"objective: {objective!r}; the history records it and the true -ELBO")
@@ -299,8 +358,10 @@ def cmd_train(args) -> int:
     result = train(
         vae.model,
         vae.guide,
-        data.train,
-        val_data=data.val,
+        streams["data"],
+        val_data=streams["val_data"],
+        labelled=streams.get("labelled"),
+        labelled_loss=streams.get("labelled_loss"),
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -315,30 +376,80 @@ def cmd_train(args) -> int:
         on_epoch_end=on_epoch_end,
         tags={"segment": segment},
     )
+    if not ranks.is_main:
+        return 0
     final = result.final
-    test_loss = _test_loss(vae, data)
+    test_loss = _test_loss(vae, data, args.model)
     bits = data.train.data_dim * math.log(2)
     val_text = (
         f"validation -ELBO {final['val_loss']:.2f}, " if final.get("val_loss") is not None else ""
     )
+    accuracy = ""
+    if args.model == "m2":
+        x_test = test_images(data).to(next(vae.parameters()).device)
+        accuracy = f"; test accuracy of q(y|x) {vae.accuracy(x_test, data.test.y):.4f}"
     print(
         f"after {final['epoch']} epochs: train -ELBO {final['train_loss']:.2f}, {val_text}"
         f"test -ELBO {test_loss:.2f} nats/datapoint ({test_loss / bits:.4f} bits/dim)"
+        + (" given the labels" if args.model == "cvae" else "")
+        + accuracy
         + (" (stopped early)" if result.stopped_early else "")
     )
-    figures = training_figures(vae, data, result.history, out / "figures")
+    if args.model == "vae":
+        figures = training_figures(vae, data, result.history, out / "figures")
+    else:
+        figures = conditional_figures(vae, data, result.history, out / "figures")
     say(f"figures in {out / 'figures'}: {', '.join(p.name for p in figures)}")
     say(f"next: pyro-vae evaluate {out}    (test log p(x) by importance sampling)")
     return 0
 
 
+def _training_streams(args, data) -> dict:
+    """What ``train`` gets for --model: ``data`` and ``val_data`` (with labels for the CVAE),
+    and for M2 the ``labelled`` stream (``--labels-per-class`` images per class, seeded)."""
+    if args.model == "vae":
+        return {"data": data.train, "val_data": data.val}
+    if args.model == "cvae":
+        val = (data.val, data.val.y) if data.val is not None else None
+        return {"data": (data.train, data.train.y), "val_data": val}
+    labelled, unlabelled = labelled_split(data.train, args.labels_per_class, seed=args.seed)
+    return {"data": unlabelled, "val_data": data.val, "labelled": (labelled, labelled.y)}
+
+
+def _build_model(args, data):
+    """The --model's networks, drawn from the global torch RNG (seeded by the caller)."""
+    if args.model == "vae":
+        return VAE(
+            data.train.data_dim,
+            latent_dim=args.latent,
+            hidden=args.hidden,
+            likelihood=args.likelihood,
+            activation=args.activation,
+            arch=args.arch,
+            image_shape=data.image_shape,
+            flows=args.flows,
+        )
+    num_classes = int(max(data.train.y.max(), data.test.y.max())) + 1
+    return MODELS[args.model](
+        data.train.data_dim,
+        num_classes=num_classes,
+        latent_dim=args.latent,
+        hidden=args.hidden,
+        likelihood=args.likelihood,
+        activation=args.activation,
+        image_shape=data.image_shape,
+    )
+
+
 @torch.no_grad()
-def _test_loss(vae: VAE, data) -> float:
-    """-ELBO per datapoint on the test split (one fixed binarization for a "dynamic" run)."""
+def _test_loss(vae, data, kind: str = "vae") -> float:
+    """-ELBO per datapoint on the test split (one fixed binarization for a "dynamic" run);
+    given the test labels for the CVAE."""
     from pyro_vae.infer.evidence import elbo_per_datapoint
 
     x = test_images(data).to(next(vae.parameters()).device)
-    return -elbo_per_datapoint(vae.model, vae.guide, x, num_samples=1).mean().item()
+    labels = (data.test.y.to(x.device),) if kind == "cvae" else ()
+    return -elbo_per_datapoint(vae.model, vae.guide, x, *labels, num_samples=1).mean().item()
 
 
 # --- evaluate ----------------------------------------------------------------------------------
@@ -360,7 +471,7 @@ def cmd_evaluate(args) -> int:
     from pyro_vae.infer.evidence import dataset_nll, iwae_from_log_weights
 
     set_threads(args.threads)
-    device = resolve_device(args.device)
+    ranks, device = join(resolve_device(args.device))  # under torchrun: sharded evaluation
     ks = _iwae_ks(args)
     run = load_run(args.run_dir, device=device)
     figures = Path(run.run_dir) / "figures"
@@ -368,15 +479,17 @@ def cmd_evaluate(args) -> int:
     pyro.set_rng_seed(args.seed)
     vae = run.vae
     x = evaluation_data(run, args.num_points, args.seed).to(device)
+    y = evaluation_labels(run, args.num_points).to(device)
     n, dim = x.shape
-    # one importance-sampling pass: its weights give log p(x), the ELBO and every L_k
+    # one importance-sampling pass: its weights give log p(x), the ELBO and every L_k; a
+    # conditional run is scored with the test labels, log p(x|y)
     nll = dataset_nll(
         vae.model,
         vae.guide,
-        x,
+        (x, y) if run.conditional else x,
         num_samples=args.num_samples,
         batch_size=args.batch_size,
-        progress=not args.quiet,
+        progress=not args.quiet and ranks.is_main,
         return_log_weights=True,
     )
     elbo = nll.log_weights.mean(1)
@@ -387,6 +500,8 @@ def cmd_evaluate(args) -> int:
     khat = nll.khat
     report = {
         "run_dir": str(run.run_dir),
+        "model": run.kind,
+        "evidence": "log p(x|y)" if run.conditional else "log p(x)",
         "split": "test",
         "num_points": n,
         "num_samples": args.num_samples,
@@ -406,6 +521,10 @@ def cmd_evaluate(args) -> int:
             "max": khat.max().item(),
         },
     }
+    if run.kind == "m2":
+        report["accuracy"] = vae.accuracy(x, y)
+    if not ranks.is_main:  # every rank holds the gathered result; rank 0 reports it
+        return 0
     print(_evaluation_table(report))  # first: nothing computed is lost if a write fails
     write_text_atomic(Path(run.run_dir) / "evaluation.json", json.dumps(report, indent=1))
     from pyro_vae.diagnostics import plots
@@ -424,7 +543,8 @@ def _evaluation_table(r: dict) -> str:
         "",
         "| quantity (per datapoint, nats) | value | standard error |",
         "|---|---|---|",
-        f"| NLL = -log p(x) (importance sampling) | {r['nll']:.3f} | {r['nll_stderr']:.3f} |",
+        f"| NLL = -{r.get('evidence', 'log p(x)')} (importance sampling) | {r['nll']:.3f} "
+        f"| {r['nll_stderr']:.3f} |",
         f"| NLL in bits/dim | {r['nll_bits_per_dim']:.4f} | |",
         f"| ELBO | {r['elbo']:.3f} | {r['elbo_stderr']:.3f} |",
         f"| gap log p(x) - ELBO | {r['gap']:.3f} | |",
@@ -434,6 +554,8 @@ def _evaluation_table(r: dict) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {k} | {mean:.3f} | {se:.3f} |" for k, (mean, se) in r["iwae"].items()]
+    if "accuracy" in r:
+        lines += ["", f"test accuracy of the classifier q(y|x): {r['accuracy']:.4f}"]
     kh = r["khat"]
     lines += [
         "",
@@ -463,33 +585,41 @@ def cmd_diagnose(args) -> int:
     pyro.set_rng_seed(args.seed)
     vae = run.vae
     x = evaluation_data(run, args.num_points, args.seed)
+    # a conditional pair gets the test labels: every tool is called f(x, y)
+    y = (evaluation_labels(run, args.num_points),) if run.conditional else ()
+    flows = getattr(vae, "flows", 0)
     if args.gap_points > len(x) or args.nuts_points > len(x):
         raise ValueError(
             f"--gap-points {args.gap_points} and --nuts-points {args.nuts_points} must not "
             f"exceed --num-points {len(x)}"
         )
-    active, variances = active_units(vae.guide, x)
+    active, variances = active_units(vae.guide, x, *y)
     # a flow guide does not factorize: its KL has no per-unit split, only a Monte Carlo total
-    kl = kl_per_dimension(vae.model, vae.guide, x) if not vae.flows else None
+    kl = kl_per_dimension(vae.model, vae.guide, x, *y) if not flows else None
     kl_total = kl.sum().item() if kl is not None else latent_kl(vae.model, vae.guide, x).mean()
+    gap_rows = slice(0, args.gap_points)
     gap = amortization_gap(
         vae.model,
         vae.guide,
-        x[: args.gap_points],
+        x[gap_rows],
+        *(t[gap_rows] for t in y),
         num_steps=args.gap_steps,
         progress=not args.quiet,
     )
     index = list(range(args.nuts_points))
-    guide = guide_draws(vae.guide, x[index], num_chains=args.chains, num_draws=args.draws)
+    y_index = tuple(t[index] for t in y)
+    guide = guide_draws(vae.guide, x[index], *y_index, num_chains=args.chains, num_draws=args.draws)
     nuts = nuts_reference(
         vae.model,
         x[index],
+        *y_index,
         num_chains=args.chains,
         num_warmup=args.warmup,
         num_samples=args.draws,
         seed=args.seed,
         progress=not args.quiet,
     )
+    guide = {name: draws for name, draws in guide.items() if name in nuts}  # M2: NUTS sums y out
     idatas = {
         "guide": arviz_io.to_inference_data(guide, index),
         "NUTS": arviz_io.to_inference_data(nuts, index),
@@ -575,11 +705,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "train",
-        help="train a VAE by SVI; writes checkpoint, history and figures",
-        description="Train a VAE by SVI (Trace_ELBO); writes config.json, checkpoint.pt, "
-        "history.json/.csv and figures/ in --out.",
+        help="train a VAE (or a CVAE, or M2) by SVI; writes checkpoint, history and figures",
+        description="Train a VAE, conditional VAE or M2 model by SVI; writes config.json, "
+        "checkpoint.pt, history.json/.csv and figures/ in --out.",
         formatter_class=fmt,
         allow_abbrev=False,
+    )
+    t.add_argument(
+        "--model",
+        default="vae",
+        choices=sorted(MODELS),
+        help="vae; cvae, the conditional VAE p(x|y) trained on images and labels; m2, the "
+        "semi-supervised model of Kingma et al. 2014 (--labels-per-class, --alpha)",
+    )
+    t.add_argument(
+        "--labels-per-class",
+        type=_positive_int,
+        default=None,
+        help=f"--model m2: labelled training images per class, the rest unlabelled (default "
+        f"{M2_LABELS_PER_CLASS})",
+    )
+    t.add_argument(
+        "--alpha",
+        type=_non_negative,
+        default=None,
+        help="--model m2: weight alpha of the classification term alpha * E[-log q(y|x)] on "
+        "labelled data (default 0.1 N, N training images, as Kingma et al. 2014)",
     )
     t.add_argument("--dataset", default=DEFAULT_DATASET, choices=DATASETS, help="data set")
     t.add_argument("--root", default=None, help="folder of the mnist/fashion-mnist files")

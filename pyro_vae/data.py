@@ -38,6 +38,7 @@ __all__ = [
     "DatasetNotFoundError",
     "ImageData",
     "DatasetSplits",
+    "labelled_split",
     "load_dataset",
 ]
 
@@ -215,6 +216,51 @@ def load_dataset(
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))
     val, train = train.subset(perm[:n_val]), train.subset(perm[n_val:])
     return DatasetSplits(name, train, test, shape, val=val)
+
+
+def labelled_split(data: ImageData, per_class: int, seed: int = 0) -> tuple[ImageData, ImageData]:
+    """Keep the labels of ``per_class`` images of every class, drawn by a seeded permutation.
+
+    The semi-supervised setting of Kingma et al. (2014), sec. 4.1: a balanced labelled set of
+    C * ``per_class`` images; the other images of ``data`` are the unlabelled set (their labels
+    stay in ``.y`` but a semi-supervised run never reads them).
+
+    Parameters
+    ----------
+    data : ImageData
+        The training images with their labels.
+    per_class : int
+        Labelled images per class, at least 1.
+    seed : int
+        Seeds the choice (a generator of its own: the global RNG is untouched).
+
+    Returns
+    -------
+    labelled : ImageData
+        C * ``per_class`` images, in the order of the permutation.
+    unlabelled : ImageData
+        The rest, in their original order.
+
+    Raises
+    ------
+    ValueError
+        When ``per_class`` is not a positive integer or exceeds the images of some class.
+    """
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"labels per class must be a positive integer, got {per_class!r}")
+    counts = torch.bincount(data.y)
+    small = [(c, int(n)) for c, n in enumerate(counts.tolist()) if n < per_class]
+    if small:
+        c, n = small[0]
+        raise ValueError(
+            f"{per_class} labels per class asked for, but class {c} has only {n} training "
+            f"images (the smallest class has {int(counts.min())})"
+        )
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    chosen = torch.cat([perm[data.y[perm] == c][:per_class] for c in range(len(counts))])
+    keep = torch.ones(len(data), dtype=torch.bool)
+    keep[chosen] = False
+    return data.subset(chosen), data.subset(keep.nonzero().squeeze(1))
 
 
 def _check_binarize(binarize):

@@ -1,10 +1,11 @@
 """Run folders for the VAE command line: the config, the trained model, its figures.
 
-A run folder holds ``config.json`` (data set, architecture and every option that defines the
-run), ``checkpoint.pt`` and ``history.json``/``.csv`` (written by
-:func:`pyro_vae.infer.train.train`), ``figures/`` and, after ``pyro-vae evaluate`` / ``diagnose``,
-their reports. This module and :mod:`pyro_vae.cli` are the only library code that knows both the
-data sets and the VAE; ``infer`` and ``diagnostics`` stay generic.
+A run folder holds ``config.json`` (data set, model -- ``"vae"``, ``"cvae"`` or ``"m2"`` --,
+architecture and every option that defines the run), ``checkpoint.pt`` and
+``history.json``/``.csv`` (written by :func:`pyro_vae.infer.train.train`), ``figures/`` and,
+after ``pyro-vae evaluate`` / ``diagnose``, their reports. This module and :mod:`pyro_vae.cli`
+are the only library code that knows both the data sets and the models; ``infer`` and
+``diagnostics`` stay generic.
 """
 
 from __future__ import annotations
@@ -22,14 +23,19 @@ from pyro_vae.data import DatasetSplits, load_dataset
 from pyro_vae.infer.checkpoint import load_checkpoint
 from pyro_vae.infer.params import collect_params, restore_params
 from pyro_vae.infer.train import CHECKPOINT_NAME
+from pyro_vae.models.conditional import CVAE
+from pyro_vae.models.m2 import M2
 from pyro_vae.models.vae import VAE
 
 __all__ = [
     "CONFIG_NAME",
+    "MODELS",
     "RUN_FILES",
     "Run",
     "check_writable",
+    "conditional_figures",
     "evaluation_data",
+    "evaluation_labels",
     "load_run",
     "read_config",
     "run_data",
@@ -48,17 +54,29 @@ RUN_FILES = (
     "evaluation.json",
     "diagnostics.json",
 )
+# config["model"] -> the class that config["vae"] (its keyword arguments) rebuilds
+MODELS = {"vae": VAE, "cvae": CVAE, "m2": M2}
 
 
 @dataclass
 class Run:
-    """A trained run folder, rebuilt: its config, the VAE with trained weights, data, history."""
+    """A trained run folder, rebuilt: its config, the model with trained weights, data, history.
+
+    ``vae`` is the trained model, a :class:`VAE`, :class:`CVAE` or :class:`M2` as ``kind``
+    ("vae", "cvae", "m2") says.
+    """
 
     run_dir: Path
     config: dict
-    vae: VAE
+    vae: VAE | CVAE | M2
     data: DatasetSplits
     history: list[dict]
+    kind: str = "vae"
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the pair is called with labels, ``f(x, y)`` (the CVAE)."""
+        return self.kind == "cvae"
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
@@ -190,10 +208,14 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     config = read_config(run_dir)
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
     data = run_data(config)
-    vae = VAE(**config["vae"])
+    kind = config.get("model", "vae")  # runs written before the CVAE and M2 are VAEs
+    if kind not in MODELS:
+        raise ValueError(f"{run_dir / CONFIG_NAME} names an unknown model {kind!r}")
+    vae = MODELS[kind](**config["vae"])
     # the parameters are found by running the pair (public Pyro API), then overwritten by name
     pyro.clear_param_store()
-    params = collect_params(vae.model, vae.guide, data.test.x[:2])
+    labels = (data.test.y[:2],) if kind == "cvae" else ()
+    params = collect_params(vae.model, vae.guide, data.test.x[:2], *labels)
     try:
         restore_params(params, state["params"])
     except ValueError as err:
@@ -201,7 +223,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
             f"{run_dir / CHECKPOINT_NAME} does not match {run_dir / CONFIG_NAME}: {err}"
         ) from None
     vae.to(device).eval()
-    return Run(run_dir, config, vae, data, state["history"])
+    return Run(run_dir, config, vae, data, state["history"], kind)
 
 
 def test_images(data: DatasetSplits, num_points: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -237,6 +259,16 @@ def evaluation_data(run: Run, num_points: int | None = None, seed: int = 0) -> t
     torch.Tensor of shape (num_points, D)
     """
     return test_images(run.data, num_points, seed)
+
+
+def evaluation_labels(run: Run, num_points: int | None = None) -> torch.Tensor:
+    """The labels of :func:`evaluation_data`: the first ``num_points`` test labels.
+
+    Returns
+    -------
+    torch.Tensor of shape (num_points,)
+    """
+    return run.data.test.y[:num_points]
 
 
 @torch.no_grad()
@@ -284,3 +316,65 @@ def training_figures(vae: VAE, data: DatasetSplits, history: list[dict], out: Pa
         paths.append(plots.save_latent_map(codes, data.test.y, out / "latent_map.png", title=title))
         paths.append(plots.save_manifold(vae.decode, shape, out / "manifold.png", device=device))
     return paths
+
+
+@torch.no_grad()
+def conditional_figures(
+    model: CVAE | M2, data: DatasetSplits, history: list[dict] | None, out: Path
+) -> list[Path]:
+    """ELBO curves, reconstructions, samples per class and analogies of a CVAE or M2.
+
+    ``class_samples.png``: 10 draws z ~ p(z) decoded under every label, one row per class
+    (the same 10 codes in every row). ``analogies.png``: the first 10 test images (left
+    column), each encoded with its label, z = mu_phi(x, y), and decoded under every label
+    0..C-1 (Kingma et al. 2014, fig. 1).
+
+    Parameters
+    ----------
+    model : CVAE or M2
+        The trained model.
+    data : DatasetSplits
+        Its data; the figures show test images.
+    history : list of dict or None
+        The training history (None: no ``elbo_curves.png``).
+    out : Path
+        The figures folder (created).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    from pyro_vae.diagnostics import plots  # matplotlib only when figures are drawn
+
+    out.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    shape, num_classes = data.image_shape, model.num_classes
+    x, y = data.test.x[:10].to(device), data.test.y[:10].to(device)
+    analogies = model.analogies(x, y)  # (10, C, D)
+    rows = torch.cat([x[:, None, :], analogies], dim=1).reshape(-1, x.shape[1])
+    curves = [plots.save_history_plot(history, out / "elbo_curves.png")] if history else []
+    return [
+        *curves,
+        plots.save_side_by_side(
+            x,
+            model.reconstruct(x, y),
+            shape,
+            out / "reconstructions.png",
+            title="test digits (top) and reconstructions given their labels",
+        ),
+        plots.save_image_grid(
+            model.sample_per_class(10),
+            shape,
+            out / "class_samples.png",
+            nrow=10,
+            title=f"z ~ p(z) decoded under labels 0..{num_classes - 1} (one row per class)",
+        ),
+        plots.save_image_grid(
+            rows,
+            shape,
+            out / "analogies.png",
+            nrow=num_classes + 1,
+            title=f"test image (left), its code decoded under labels 0..{num_classes - 1}",
+        ),
+    ]

@@ -4,12 +4,14 @@ import errno
 import json
 import shutil
 
+import pyro
 import pytest
 import torch
 
 from pyro_vae import __version__
 from pyro_vae.cli import build_parser, main
 from pyro_vae.infer.checkpoint import load_checkpoint
+from pyro_vae.infer.evidence import dataset_nll
 from pyro_vae.runs import evaluation_data, load_run
 
 TINY = ["--latent", "2", "--hidden", "32", "--quiet"]
@@ -315,6 +317,42 @@ FAILURES = {
         "--anneal-epochs 2.0 (the run has None)",
         {},
     ),
+    "labels per class above a class": (
+        ["train", "--model", "m2", "--labels-per-class", "500", "--out", "{empty}/new"],
+        "500 labels per class asked for, but class 0 has only 386 training images",
+        {},
+    ),
+    "labels per class without m2": (
+        ["train", "--model", "cvae", "--labels-per-class", "10", "--out", "{empty}/new"],
+        "--labels-per-class applies to --model m2, not --model cvae",
+        {},
+    ),
+    "alpha without m2": (
+        ["train", "--alpha", "3", "--out", "{empty}/new"],
+        "--alpha applies to --model m2, not --model vae",
+        {},
+    ),
+    "m2 with another loss": (
+        ["train", "--model", "m2", "--loss", "trace", "--out", "{empty}/new"],
+        "--model m2 sums the label out exactly with --loss enum",
+        {},
+    ),
+    "flows on a cvae": (
+        ["train", "--model", "cvae", "--flows", "2", "--out", "{empty}/new"],
+        "--flows applies to --model vae, not --model cvae",
+        {},
+    ),
+    "conv m2": (
+        ["train", "--model", "m2", "--arch", "conv", "--out", "{empty}/new"],
+        "--arch conv applies to --model vae",
+        {},
+    ),
+    "unknown model": (["train", "--model", "m3"], "invalid choice: 'm3'", {}),
+    "resume changes the model": (
+        ["train", "--out", "{run}", "--resume", "--epochs", "3", "--model", "cvae"],
+        "--model cvae (the run has vae)",
+        {},
+    ),
     "diagnose gap points": (
         ["diagnose", "{run}", "--num-points", "5", "--gap-points", "20"],
         "must not exceed --num-points 5",
@@ -354,3 +392,69 @@ def test_every_failure_is_one_line_exit_2_and_changes_nothing(
     assert err.count("\n") == 1 and message in err, err
     assert "Traceback" not in err
     assert _snapshot(tmp_path) == before
+
+
+# --- the conditional VAE and M2 through train, evaluate, diagnose, resume ------------------------
+
+
+def test_cvae_run_is_scored_with_the_test_labels_and_draws_class_figures(tmp_path, capsys):
+    out = tmp_path / "cvae"
+    assert _train(out, "--model", "cvae") == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "cvae" and config["vae"]["num_classes"] == 10
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert {"class_samples.png", "analogies.png", "elbo_curves.png"} <= figures, figures
+    capsys.readouterr()
+    argv = ["evaluate", str(out), "--num-samples", "20", "--num-points", "12", "--quiet"]
+    assert main(argv) == 0
+    assert "NLL = -log p(x|y)" in capsys.readouterr().out
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["evidence"] == "log p(x|y)" and report["num_points"] == 12
+    # the evaluation is log p(x|y) of the test labels: the library, seeded as evaluate seeds
+    # (--seed 0), draws the same particles and gives the same number, bit for bit
+    run = load_run(out)
+    x, y = evaluation_data(run, 12), run.data.test.y[:12]
+    scored = {}
+    for name, labels in (("test labels", y), ("other labels", (y + 1) % 10)):
+        pyro.set_rng_seed(0)
+        nll = dataset_nll(run.vae.model, run.vae.guide, (x, labels), num_samples=20,
+                          progress=False, return_log_weights=True).nll  # fmt: skip
+        scored[name] = nll
+    assert scored["test labels"] == report["nll"], (scored, report["nll"])
+    assert scored["other labels"] != report["nll"], scored
+    argv = ["diagnose", str(out), "--num-points", "12", "--gap-points", "2", "--gap-steps", "3"]
+    argv += ["--warmup", "3", "--draws", "3", "--quiet"]
+    assert main(argv) == 0
+    assert json.loads((out / "diagnostics.json").read_text())["latent_dim"] == 2
+
+
+def test_m2_run_trains_evaluates_diagnoses_and_resumes(tmp_path, capsys):
+    out = tmp_path / "m2"
+    assert _train(out, "--model", "m2", "--labels-per-class", "3") == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy of q(y|x)" in printed, printed
+    options = json.loads((out / "config.json").read_text())["options"]
+    # Kingma et al. (2014): alpha = 0.1 N, N = 3,600 training images of MNIST-5k
+    assert options["loss"] == "enum" and options["alpha"] == pytest.approx(360.0)
+    assert options["labels_per_class"] == 3
+    argv = ["evaluate", str(out), "--num-samples", "20", "--num-points", "12", "--quiet"]
+    assert main(argv) == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["evidence"] == "log p(x)" and 0 <= report["accuracy"] <= 1
+    argv = ["diagnose", str(out), "--num-points", "12", "--gap-points", "2", "--gap-steps", "3"]
+    argv += ["--warmup", "3", "--draws", "3", "--quiet"]
+    assert main(argv) == 0
+    # resume: the stored model, labels and alpha come back; one more epoch is appended
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "3", "--quiet"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+
+
+def test_m2_resume_equals_an_uninterrupted_run(tmp_path):
+    assert _train(tmp_path / "full", "--model", "m2", "--labels-per-class", "2") == 0
+    argv = ["train", "--epochs", "1", *TINY, "--model", "m2", "--labels-per-class", "2"]
+    assert main([*argv, "--out", str(tmp_path / "split")]) == 0
+    assert main(["train", "--out", str(tmp_path / "split"), "--resume", "--epochs", "2"]) == 0
+    full, split = (load_checkpoint(tmp_path / n / "checkpoint.pt") for n in ("full", "split"))
+    for name, value in full["params"].items():
+        assert torch.equal(value, split["params"][name]), f"{name} differs after resuming"

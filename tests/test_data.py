@@ -301,3 +301,29 @@ def test_image_data_refuses_nan_and_negative_labels():
         ImageData(x, torch.zeros(3), (2, 2))
     with pytest.raises(ValueError, match="labels y must be non-negative"):
         ImageData(torch.zeros(3, 4), torch.tensor([0, -1, 2]), (2, 2))
+
+
+def test_labelled_split_is_balanced_disjoint_and_seeded():
+    from pyro_vae.data import labelled_split
+
+    data = load_dataset("digits", seed=0)
+    labelled, unlabelled = labelled_split(data.train, 5, seed=1)
+    assert torch.equal(torch.bincount(labelled.y), torch.full((10,), 5))
+    assert len(labelled) + len(unlabelled) == len(data.train)
+    # disjoint and complete: together they hold every training image once
+    rows = torch.cat([labelled.x, unlabelled.x])
+    assert torch.equal(rows.sort(0).values, data.train.x.sort(0).values)
+    again, _ = labelled_split(data.train, 5, seed=1)
+    other, _ = labelled_split(data.train, 5, seed=2)
+    assert torch.equal(again.x, labelled.x) and not torch.equal(other.x, labelled.x)
+
+
+def test_more_labels_per_class_than_a_class_holds_is_one_clear_line():
+    from pyro_vae.data import labelled_split
+
+    data = load_dataset("digits", seed=0)
+    smallest = int(torch.bincount(data.train.y).min())
+    with pytest.raises(ValueError, match=f"the smallest class has {smallest}"):
+        labelled_split(data.train, smallest + 1)
+    with pytest.raises(ValueError, match="positive integer"):
+        labelled_split(data.train, 0)

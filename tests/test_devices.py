@@ -55,3 +55,18 @@ def test_cpu_placement_and_device_choice():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_as_columns_keeps_the_transform_and_the_dtype_of_extras():
+    from pyro_vae.data import ImageData
+    from pyro_vae.infer.devices import as_columns
+
+    images = ImageData(torch.full((4, 4), 0.5), torch.arange(4), (2, 2), binarize="dynamic")
+    x, extras, transform = as_columns((images, images.y))
+    assert x is images.x and extras[0].dtype == torch.long
+    assert set(transform(x).unique().tolist()) <= {0.0, 1.0}  # a fresh binarization
+    assert as_columns(x)[1] == ()
+    with pytest.raises(TypeError, match=r"data\[1\] must be a tensor, not list"):
+        as_columns((x, [0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="empty tuple"):
+        as_columns(())

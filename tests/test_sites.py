@@ -100,3 +100,18 @@ def test_one_message_per_mistake():
 def test_check_data_names_the_argument(x, match):
     with pytest.raises(ValueError, match=f"^batch {match}|^batch .*{match}"):
         check_data(x, "batch")
+
+
+def test_without_enumeration_samples_a_site_marked_for_enumeration():
+    from pyro_vae.infer.sites import without_enumeration
+
+    def guide():
+        with pyro.plate("data", 3):
+            pyro.sample(
+                "y", dist.Categorical(logits=torch.zeros(4)), infer={"enumerate": "parallel"}
+            )
+
+    enumerated = poutine.trace(poutine.enum(guide, first_available_dim=-2)).get_trace()
+    assert enumerated.nodes["y"]["value"].shape == (4, 1)  # all 4 values at once
+    sampled = poutine.trace(poutine.enum(without_enumeration(guide), first_available_dim=-2))
+    assert sampled.get_trace().nodes["y"]["value"].shape == (3,)  # one draw per datapoint

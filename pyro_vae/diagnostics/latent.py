@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae.diagnostics.posterior import _to_draws_layout, guide_draws
 from pyro_vae.infer.evidence import elbo_per_datapoint, inspect_pair, trace_log_prob
-from pyro_vae.infer.sites import DATA_PLATE, latent_sites
+from pyro_vae.infer.sites import DATA_PLATE, latent_sites, without_enumeration
 
 __all__ = [
     "active_units",
@@ -377,10 +377,19 @@ def _initial_local_params(guide, x, args, kwargs, sites, data_plate, num_init_sa
     return params
 
 
-def _local_guide(params: dict, data_plate: str, data_dim: int, num_n: int) -> Callable:
-    """Mean-field Normal in each site's unconstrained space, pushed through biject_to(support)."""
+def _local_guide(
+    params: dict, data_plate: str, data_dim: int, num_n: int, amortized=None
+) -> Callable:
+    """Mean-field Normal in each site's unconstrained space, pushed through biject_to(support).
+
+    With ``amortized``, the amortized guide runs first with the fitted sites hidden, so its
+    other (discrete) sites keep their amortized distribution and are recorded.
+    """
 
     def guide(x, *args, **kwargs):
+        if amortized is not None:
+            hide = [*params, data_plate]  # the plate's own site is recorded below
+            poutine.block(without_enumeration(amortized), hide=hide)(x, *args, **kwargs)
         with pyro.plate(data_plate, num_n, dim=data_dim):
             for name, (loc, log_scale, transform, event_ndim) in params.items():
                 base = dist.Normal(loc, log_scale.exp()).to_event(event_ndim)
@@ -412,7 +421,7 @@ def _stl_elbo(model, live, frozen, x, args, kwargs, data_plate, num_particles, l
     return log_p - trace_log_prob(score_trace, layout, num_particles, data_plate)
 
 
-def _fit_local(model, init, x, args, kwargs, data_plate, layout, opts):
+def _fit_local(model, init, x, args, kwargs, data_plate, layout, opts, amortized=None):
     """Adam on the local (loc, log-scale) leaves only; Polyak average of the last half."""
     num_steps, lr, num_particles, progress = opts
     num_n = x.shape[0]
@@ -423,13 +432,13 @@ def _fit_local(model, init, x, args, kwargs, data_plate, layout, opts):
         pairs = zip(init, tensors[0::2], tensors[1::2], spec, strict=True)
         return {name: (loc, ls, *s) for name, loc, ls, s in pairs}
 
-    live = _local_guide(build(leaves), data_plate, layout.data_dim, num_n)
+    live = _local_guide(build(leaves), data_plate, layout.data_dim, num_n, amortized)
     optim = torch.optim.Adam(leaves, lr=lr)
     averages, count = [torch.zeros_like(t) for t in leaves], 0
     bar = tqdm(range(num_steps), desc="per-datapoint guides", leave=False, disable=not progress)
     for step in bar:
         frozen = _local_guide(
-            build([t.detach() for t in leaves]), data_plate, layout.data_dim, num_n
+            build([t.detach() for t in leaves]), data_plate, layout.data_dim, num_n, amortized
         )
         elbo = _stl_elbo(model, live, frozen, x, args, kwargs, data_plate, num_particles, layout)
         grads = torch.autograd.grad(-elbo.mean(0).sum(), leaves)  # only the local leaves
@@ -468,6 +477,10 @@ def amortization_gap(
     parameters only: model and guide parameters are constants, no ``.grad`` is set and the
     param store is untouched. Both ELBOs are then estimated by
     :func:`pyro_vae.infer.evidence.elbo_per_datapoint` with ``num_samples`` draws.
+
+    Discrete latent sites (e.g. y of the M2 model) keep the amortized guide's distribution
+    (q_phi(y|x)); only the continuous sites get local parameters, one q*(z) per datapoint
+    whatever y is drawn, so the gap measures the amortized q(z|x, y) against that.
 
     The gap is >= 0 up to Monte Carlo and optimization error when the amortized guide is
     itself a mean-field Gaussian; a richer amortized guide (full covariance, flows) can make
@@ -517,10 +530,13 @@ def amortization_gap(
         sites = latent_sites(poutine.trace(guide).get_trace(x, *args, **kwargs), data_plate)
         # where particles go; refuses any site of the model or guide outside the data plate
         layout = inspect_pair(model, guide, x, *args, data_plate=data_plate, **kwargs)
-    init = _initial_local_params(guide, x, args, kwargs, sites, data_plate, num_samples)
+    continuous = {n: s for n, s in sites.items() if not s["fn"].support.is_discrete}
+    # discrete sites keep the amortized q(y|x): only continuous sites get local parameters
+    amortized = guide if len(continuous) < len(sites) else None
+    init = _initial_local_params(guide, x, args, kwargs, continuous, data_plate, num_samples)
     opts = (num_steps, lr, num_particles, progress)
-    fitted = _fit_local(model, init, x, args, kwargs, data_plate, layout, opts)
-    local = _local_guide(fitted, data_plate, layout.data_dim, x.shape[0])
+    fitted = _fit_local(model, init, x, args, kwargs, data_plate, layout, opts, amortized)
+    local = _local_guide(fitted, data_plate, layout.data_dim, x.shape[0], amortized)
     estimate = dict(num_samples=num_samples, data_plate=data_plate, **kwargs)
     amortized = elbo_per_datapoint(model, guide, x, *args, **estimate)
     optimized = elbo_per_datapoint(model, local, x, *args, **estimate)

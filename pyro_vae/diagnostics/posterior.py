@@ -17,9 +17,10 @@ from collections.abc import Callable
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.infer import config_enumerate
 from pyro.infer.mcmc import MCMC, NUTS
 
-from pyro_vae.infer.sites import DATA_PLATE, data_frame, latent_sites
+from pyro_vae.infer.sites import DATA_PLATE, data_frame, latent_sites, without_enumeration
 
 __all__ = ["guide_draws", "nuts_reference"]
 
@@ -59,7 +60,8 @@ def guide_draws(
     """Independent draws z ~ q(z|x) of every latent site of ``guide``, in the MCMC layout.
 
     The guide is run once, vectorized under an outer ``pyro.plate("_particles", S)`` with
-    S = num_chains * num_draws, without gradients. "Chains" of a guide are just independent
+    S = num_chains * num_draws, without gradients; a discrete site marked for enumeration
+    (e.g. y of the M2 model) is sampled like any other. "Chains" of a guide are just independent
     blocks of draws (their R-hat is 1 by construction), kept so guide and NUTS line up in ArviZ.
 
     Parameters
@@ -94,6 +96,7 @@ def guide_draws(
     if num_chains < 1 or num_draws < 1:
         raise ValueError(f"num_chains and num_draws must be >= 1, got {num_chains}, {num_draws}")
     num_n = x.shape[0]
+    guide = without_enumeration(guide)  # a site enumerated in training is drawn here
     first = poutine.trace(guide).get_trace(x, *args, **kwargs)
     sites = latent_sites(first, data_plate)
     num = num_chains * num_draws
@@ -150,10 +153,14 @@ def nuts_reference(
     progress : bool, default False
         Show Pyro's progress bar.
 
+    Discrete latent sites (e.g. y of the M2 model) are summed out exactly: NUTS runs on the
+    model with them marked for parallel enumeration (``pyro.infer.config_enumerate``), which
+    Pyro's HMC marginalizes, and they are not among the draws returned.
+
     Returns
     -------
     dict of str to torch.Tensor of shape (num_chains, num_samples, N, *event_shape)
-        One entry per latent site of the model.
+        One entry per continuous latent site of the model.
 
     Raises
     ------
@@ -169,13 +176,18 @@ def nuts_reference(
     with torch.no_grad():
         trace = poutine.trace(model).get_trace(x, *args, **kwargs)
         sites = latent_sites(trace, data_plate, role="model")
+    discrete = [name for name, site in sites.items() if site["fn"].support.is_discrete]
+    nesting = _max_plate_nesting(sites) if discrete else None
+    if discrete:  # summed out by NUTS's enumeration, so they have no draws
+        model = config_enumerate(model, default="parallel")
+        sites = {name: site for name, site in sites.items() if name not in discrete}
     rng_state = pyro.util.get_rng_state()
     chains: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
     try:
         for c in range(num_chains):
             pyro.set_rng_seed(seed + c)
             mcmc = MCMC(
-                NUTS(model),
+                NUTS(model, max_plate_nesting=nesting),
                 num_samples=num_samples,
                 warmup_steps=num_warmup,
                 num_chains=1,

@@ -9,13 +9,14 @@ from pyro_vae.infer.evidence import (
 )
 from pyro_vae.infer.iwae import IWAEObjective
 from pyro_vae.infer.kl_control import KLAnnealing, KLControlledELBO
-from pyro_vae.infer.objectives import make_objective
+from pyro_vae.infer.objectives import AuxiliaryTerm, make_objective
 from pyro_vae.infer.psis import pareto_khat
 from pyro_vae.infer.sites import GlobalLatentError
 from pyro_vae.infer.svi import SVIStep, TrainingDivergedError
 from pyro_vae.infer.train import train
 
 __all__ = [
+    "AuxiliaryTerm",
     "GlobalLatentError",
     "IWAEObjective",
     "KLAnnealing",

@@ -11,7 +11,15 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["DEFAULT_THREADS", "as_tensor", "move_owners", "place", "resolve_device", "set_threads"]
+__all__ = [
+    "DEFAULT_THREADS",
+    "as_columns",
+    "as_tensor",
+    "move_owners",
+    "place",
+    "resolve_device",
+    "set_threads",
+]
 
 # One thread: on 2 cores, 2 threads are 1.6x faster idle but 0.4-0.5x beside any other load
 # (experiments/bench_threads.py), and one thread makes CPU runs bit-reproducible across machines.
@@ -92,6 +100,54 @@ def as_tensor(data) -> tuple[torch.Tensor, Callable]:
     if not torch.is_floating_point(x):
         x = x.to(torch.get_default_dtype())
     return x, transform
+
+
+def as_columns(data, name: str = "data") -> tuple[torch.Tensor, tuple[torch.Tensor, ...], Callable]:
+    """The datapoints of ``data`` and the per-datapoint tensors that go with them (e.g. labels).
+
+    Parameters
+    ----------
+    data : anything :func:`as_tensor` takes, or a tuple ``(x, *extras)``
+        In a tuple, ``x`` is anything :func:`as_tensor` takes (e.g. an
+        :class:`~pyro_vae.data.ImageData`, whose ``batch_transform`` is kept) and each extra
+        is a tensor of shape (N, ...) with one row per datapoint of ``x``: a batch of rows
+        ``idx`` is served as ``model(x[idx], *(e[idx] for e in extras))``.
+    name : str
+        What to call ``data`` in error messages.
+
+    Returns
+    -------
+    x : torch.Tensor of shape (N, ...)
+        As :func:`as_tensor` returns it.
+    extras : tuple of torch.Tensor of shape (N, ...)
+        Empty unless ``data`` is a tuple; kept in their dtype (integer labels stay integers).
+    transform : callable
+        ``x``'s per-batch transform.
+
+    Raises
+    ------
+    TypeError
+        When ``x`` is neither a tensor nor a Dataset, or an extra is not a tensor.
+    ValueError
+        When ``data`` is an empty tuple, or an extra does not have one row per datapoint.
+    """
+    if not isinstance(data, tuple | list):
+        x, transform = as_tensor(data)
+        return x, (), transform
+    if not data:
+        raise ValueError(f"{name} is an empty tuple; expected (x, *extras)")
+    x, transform = as_tensor(data[0])
+    extras = tuple(data[1:])
+    for i, extra in enumerate(extras, start=1):
+        if not isinstance(extra, torch.Tensor):
+            raise TypeError(f"{name}[{i}] must be a tensor, not {type(extra).__name__}")
+        rows = extra.shape[0] if extra.dim() else 0
+        if rows != x.shape[0]:
+            raise ValueError(
+                f"{name}[{i}] has {rows} rows but {name}[0] holds {x.shape[0]} datapoints: "
+                "every element of the tuple needs one row per datapoint"
+            )
+    return x, extras, transform
 
 
 def place(x: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -33,11 +33,13 @@ __all__ = [
     "Ranks",
     "all_sum",
     "average_gradients",
+    "barrier",
     "broadcast_params",
     "current",
     "epoch_shard",
     "gather_strided",
     "init_from_env",
+    "join",
 ]
 
 # a rank that waits longer than this for the others gives up with an error instead of hanging
@@ -103,6 +105,34 @@ def init_from_env(device: torch.device) -> Ranks:
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=TIMEOUT)
     return current()
+
+
+def join(device: torch.device) -> tuple[Ranks, torch.device]:
+    """Join torchrun's process group, if any, and pick this rank's device.
+
+    Parameters
+    ----------
+    device : torch.device
+        The device asked for; under torchrun a CUDA device becomes ``cuda:LOCAL_RANK``, one
+        GPU per process.
+
+    Returns
+    -------
+    ranks : Ranks
+        This process's rank and the world size (rank 0 of 1 without torchrun).
+    device : torch.device
+        The device this rank uses.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return init_from_env(device), device
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (nothing on one process)."""
+    if current().distributed:
+        dist.barrier()
 
 
 def epoch_shard(num_data: int, epoch: int, seed: int, ranks: Ranks) -> torch.Tensor:

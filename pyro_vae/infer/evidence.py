@@ -43,6 +43,8 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from tqdm.auto import tqdm
 
+from pyro_vae.infer.compiled import CompiledLogWeights
+from pyro_vae.infer.devices import as_columns
 from pyro_vae.infer.distributed import current, gather_strided
 from pyro_vae.infer.psis import pareto_khat, psis_tail_size
 from pyro_vae.infer.sites import (
@@ -54,9 +56,9 @@ from pyro_vae.infer.sites import (
     sample_sites,
     without_enumeration,
 )
-from pyro_vae.infer.devices import as_columns
 
 __all__ = [
+    "AUTO_MIN_WEIGHTS",
     "CPU_ELEMENT_BUDGET",
     "ELEMENT_BUDGET",
     "EvidenceResult",
@@ -74,6 +76,9 @@ __all__ = [
     "trace_log_prob",
 ]
 
+# compile="auto" compiles the log weights of an estimate of at least this many weights N * L
+# (docs/compiled.md: the compile time is repaid from about this size on, 2 CPU cores)
+AUTO_MIN_WEIGHTS = 2_000_000
 ELEMENT_BUDGET = 2**26  # elements of the largest (chunk, N, D) tensor on CUDA & co.
 CPU_ELEMENT_BUDGET = 3 * 2**20  # ... and on CPU; see the module docstring
 _PARTICLE_PLATE = "_evidence_particles"
@@ -320,6 +325,25 @@ def draw_log_weights(model, guide, x, args, kwargs, layout, data_plate, num_part
     return log_p - trace_log_prob(guide_trace, layout, num_particles, data_plate)
 
 
+def _check_compile(compile) -> None:
+    if compile not in ("auto", True, False):
+        raise ValueError(f'compile must be "auto", True or False, got {compile!r}')
+
+
+def _log_weight_fn(compile, model, guide, x, args, kwargs, layout, data_plate, num_weights):
+    """``draw(S) -> (S, N)`` log weights of S fresh particles, compiled or eager.
+
+    ``compile="auto"`` compiles when ``num_weights`` (N * L of the whole estimate) reaches
+    :data:`AUTO_MIN_WEIGHTS`. The compiled draws equal the eager ones for one RNG state
+    (:class:`pyro_vae.infer.compiled.CompiledLogWeights`).
+    """
+    if compile == "auto":
+        compile = num_weights >= AUTO_MIN_WEIGHTS
+    if compile:
+        return CompiledLogWeights(model, guide, x, args, kwargs, layout, data_plate)
+    return lambda s: draw_log_weights(model, guide, x, args, kwargs, layout, data_plate, s)
+
+
 def _chunks(total, chunk_size):
     for start in range(0, total, chunk_size):
         yield min(chunk_size, total - start)
@@ -456,6 +480,7 @@ def log_evidence(
     chunk_size=None,
     data_plate=DATA_PLATE,
     return_log_weights=False,
+    compile=False,
     **kwargs,
 ) -> EvidenceResult:
     """Importance-sampled log p(x_n) per datapoint with error bars and PSIS k-hat.
@@ -480,6 +505,10 @@ def log_evidence(
         Name of the data plate.
     return_log_weights : bool
         Also return all log weights, of shape (N, L).
+    compile : {"auto", True, False}
+        Compute each chunk's log weights with a graph captured once and compiled
+        (:class:`pyro_vae.infer.compiled.CompiledLogWeights`; the same draws as eager for one
+        RNG state); ``"auto"`` compiles from N * L >= :data:`AUTO_MIN_WEIGHTS` on.
 
     Returns
     -------
@@ -493,18 +522,31 @@ def log_evidence(
     ValueError
         For bad arguments or data (see :func:`pyro_vae.infer.sites.check_data_plate`).
     """
+    _check_compile(compile)
     with torch.no_grad():
         layout, chunk_size = _setup(
             model, guide, x, args, kwargs, data_plate, num_samples, chunk_size
         )
+        draw = _log_weight_fn(
+            compile, model, guide, x, args, kwargs, layout, data_plate, x.shape[0] * num_samples
+        )
         stream = _WeightStream(psis_tail_size(num_samples), return_log_weights)
         for s in _chunks(num_samples, chunk_size):
-            stream.update(draw_log_weights(model, guide, x, args, kwargs, layout, data_plate, s))
+            stream.update(draw(s))
         return stream.result()
 
 
 def iwae_bound(
-    model, guide, x, k, *args, num_estimates=1, chunk_size=None, data_plate=DATA_PLATE, **kwargs
+    model,
+    guide,
+    x,
+    k,
+    *args,
+    num_estimates=1,
+    chunk_size=None,
+    data_plate=DATA_PLATE,
+    compile=False,
+    **kwargs,
 ) -> torch.Tensor:
     """The importance-weighted bound L_k = E[log (1/k) sum_i w_i] per datapoint.
 
@@ -514,7 +556,7 @@ def iwae_bound(
 
     Parameters
     ----------
-    model, guide, x, data_plate, chunk_size, *args, **kwargs
+    model, guide, x, data_plate, chunk_size, compile, *args, **kwargs
         As for :func:`log_evidence`; ``x`` is a torch.Tensor of shape (N, ...).
     k : int
         Importance samples per bound.
@@ -536,8 +578,11 @@ def iwae_bound(
     for label, value in (("k", k), ("num_estimates", num_estimates)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive int, got {value!r}")
+    _check_compile(compile)
     with torch.no_grad():
         layout, chunk_size = _setup(model, guide, x, args, kwargs, data_plate, k, chunk_size)
+        num_weights = x.shape[0] * k * num_estimates
+        compile = num_weights >= AUTO_MIN_WEIGHTS if compile == "auto" else compile
         if k > chunk_size:  # each estimate itself needs a running logsumexp over chunks
             estimates = [
                 log_evidence(
@@ -548,14 +593,16 @@ def iwae_bound(
                     num_samples=k,
                     chunk_size=chunk_size,
                     data_plate=data_plate,
+                    compile=compile,
                     **kwargs,
                 ).log_px
                 for _ in range(num_estimates)
             ]
             return torch.stack(estimates).mean(0)
+        draw = _log_weight_fn(compile, model, guide, x, args, kwargs, layout, data_plate, 0)
         total = 0.0
         for e in _chunks(num_estimates, chunk_size // k):
-            log_w = draw_log_weights(model, guide, x, args, kwargs, layout, data_plate, e * k)
+            log_w = draw(e * k)
             total = total + (log_w.reshape(e, k, -1).logsumexp(1) - math.log(k)).sum(0)
         return total / num_estimates
 
@@ -596,7 +643,15 @@ def iwae_from_log_weights(log_weights: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def elbo_per_datapoint(
-    model, guide, x, *args, num_samples=1, chunk_size=None, data_plate=DATA_PLATE, **kwargs
+    model,
+    guide,
+    x,
+    *args,
+    num_samples=1,
+    chunk_size=None,
+    data_plate=DATA_PLATE,
+    compile=False,
+    **kwargs,
 ) -> torch.Tensor:
     """Monte Carlo ELBO per datapoint, mean_l log w_l = E_q[log p(x, z) - log q(z | x)].
 
@@ -604,7 +659,7 @@ def elbo_per_datapoint(
 
     Parameters
     ----------
-    model, guide, x, data_plate, chunk_size, *args, **kwargs
+    model, guide, x, data_plate, chunk_size, compile, *args, **kwargs
         As for :func:`log_evidence`; ``x`` is a torch.Tensor of shape (N, ...).
     num_samples : int
         Samples averaged per datapoint.
@@ -621,13 +676,17 @@ def elbo_per_datapoint(
     ValueError
         When ``num_samples`` or ``chunk_size`` is not a positive int, or for bad data.
     """
+    _check_compile(compile)
     with torch.no_grad():
         layout, chunk_size = _setup(
             model, guide, x, args, kwargs, data_plate, num_samples, chunk_size
         )
+        draw = _log_weight_fn(
+            compile, model, guide, x, args, kwargs, layout, data_plate, x.shape[0] * num_samples
+        )
         total = 0.0
         for s in _chunks(num_samples, chunk_size):
-            log_w = draw_log_weights(model, guide, x, args, kwargs, layout, data_plate, s)
+            log_w = draw(s)
             total = total + log_w.sum(0)
         return total / num_samples
 
@@ -643,6 +702,7 @@ def dataset_nll(
     progress=True,
     data_plate=DATA_PLATE,
     return_log_weights=False,
+    compile=False,
 ) -> NLLResult:
     """Negative log-likelihood -log p(x) in nats per datapoint over a whole data set.
 
@@ -662,6 +722,9 @@ def dataset_nll(
         Datapoints per call of :func:`log_evidence`.
     progress : bool
         Show a tqdm bar over batches.
+    compile : {"auto", True, False}
+        As for :func:`log_evidence`; ``"auto"`` decides once for the whole data set (N * L),
+        and the compiled graphs are reused across batches.
 
     Returns
     -------
@@ -682,11 +745,15 @@ def dataset_nll(
     x = check_data(x, "data")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _check_compile(compile)
+    if compile == "auto":
+        compile = x.shape[0] * num_samples >= AUTO_MIN_WEIGHTS
     num_data, ranks = x.shape[0], current()
     if ranks.distributed:  # under torchrun each rank scores x[r::P]; rows are gathered back
         if num_data < ranks.world_size:
             raise ValueError(f"{num_data} datapoints cannot be shared by {ranks.world_size} ranks")
         x = x[ranks.rank :: ranks.world_size]
+        extras = tuple(e[ranks.rank :: ranks.world_size] for e in extras)
     parts = []
     starts = range(0, x.shape[0], batch_size)
     for start in tqdm(starts, desc="log p(x)", unit="batch", disable=not progress):
@@ -700,8 +767,10 @@ def dataset_nll(
             chunk_size=chunk_size,
             data_plate=data_plate,
             return_log_weights=return_log_weights,
+            compile=compile,
         )
         parts.append(result)
+
     def gathered(field):
         return gather_strided(torch.cat([getattr(r, field) for r in parts]), num_data)
 

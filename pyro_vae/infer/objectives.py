@@ -19,6 +19,13 @@ step costs little more than the networks themselves (Pyro's ``SVI`` with ``Trace
 ``experiments/bench_train.py``). It requires every guide site to be
 reparameterized; :func:`make_objective` falls back to Pyro's own ``Trace_ELBO`` otherwise.
 
+Discrete latents: ``"enum"`` is Pyro's ``TraceEnum_ELBO``, which sums every guide site marked
+``infer={"enumerate": "parallel"}`` (``pyro.infer.config_enumerate``) out exactly instead of
+sampling it; its ``max_plate_nesting`` is found by tracing the pair once
+(:func:`max_plate_nesting`), or pass ``TraceEnum_ELBO(max_plate_nesting=k)`` yourself.
+:class:`AuxiliaryTerm` adds a per-datapoint term to any objective, e.g. the classification
+loss alpha * -log q(y|x) of the M2 model on labelled data (Kingma et al. 2014, eq. 9).
+
 Minibatches: every site inside the data plate is scaled by N / full_size
 (:func:`pyro_vae.infer.sites.data_scale`), which makes the loss an unbiased estimate of the
 full-data -ELBO even when a model also has global sites. The returned loss is that estimate
@@ -27,28 +34,37 @@ divided by N: -ELBO per datapoint, in nats.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 
 import torch
 from pyro import poutine
 from pyro.distributions.util import is_identically_one, scale_and_mask
-from pyro.infer import ELBO, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, JitTrace_ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
-from pyro_vae.infer.sites import DATA_PLATE, counts, data_frame, data_scale
+from pyro_vae.infer.sites import (
+    DATA_PLATE,
+    counts,
+    data_frame,
+    data_scale,
+    without_enumeration,
+)
 
 __all__ = [
     "LOSSES",
+    "AuxiliaryTerm",
     "FastTraceELBO",
     "PyroELBO",
     "SiteTerm",
     "is_fully_reparameterized",
     "make_objective",
+    "max_plate_nesting",
     "run_pair",
 ]
 
-LOSSES = ("trace", "pyro-trace", "meanfield", "jit", "iwae")
+LOSSES = ("trace", "pyro-trace", "meanfield", "jit", "iwae", "enum")
 
 
 class SiteTerm:
@@ -257,7 +273,13 @@ class PyroELBO:
         with warnings.catch_warnings():
             # Pyro's JIT ELBOs use torch.jit.trace, which torch now flags as deprecated
             warnings.filterwarnings("ignore", message="`torch.jit.trace` is deprecated")
-            loss = self.elbo.differentiable_loss(scale(model), scale(guide), x, *args, **kwargs)
+            if isinstance(self.elbo, TraceEnum_ELBO) and not torch.is_grad_enabled():
+                # its differentiable_loss refuses a loss without gradients (validation)
+                loss = torch.as_tensor(
+                    self.elbo.loss(scale(model), scale(guide), x, *args, **kwargs)
+                )
+            else:
+                loss = self.elbo.differentiable_loss(scale(model), scale(guide), x, *args, **kwargs)
         return loss / n
 
 
@@ -289,6 +311,128 @@ def is_fully_reparameterized(model, guide, x, *args, **kwargs) -> bool:
     )
 
 
+def max_plate_nesting(model, guide, x, *args, **kwargs) -> int:
+    """How many batch dimensions the pair's plates use, for ``TraceEnum_ELBO``.
+
+    Traces the guide (with enumeration marks ignored: every site sampled) and the model
+    replayed at its draws, once, without gradients and in a forked RNG; the answer is the
+    largest ``-dim`` of a vectorized plate and the longest batch shape of any sample site.
+    Enumerated dimensions then go left of it.
+
+    Parameters
+    ----------
+    model, guide : callable
+        The pair, called as ``f(x, *args, **kwargs)``.
+    x : torch.Tensor of shape (N, ...)
+        A batch.
+    *args, **kwargs
+        Passed on to the pair.
+
+    Returns
+    -------
+    int
+        At least 1 for a pair with a data plate.
+    """
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        guide_trace = poutine.trace(without_enumeration(guide)).get_trace(x, *args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            x, *args, **kwargs
+        )
+    sites = [s for t in (guide_trace, model_trace) for s in t.nodes.values() if counts(s)]
+    return max(
+        [-f.dim for s in sites for f in s["cond_indep_stack"] if f.vectorized]
+        + [len(s["fn"].batch_shape) for s in sites],
+        default=0,
+    )
+
+
+class AuxiliaryTerm:
+    """An objective plus ``weight`` times a per-datapoint term: -ELBO + weight * term.
+
+    Per datapoint n of the batch, the loss is -ELBO(x_n) + weight * term(x_n, ...), and the
+    returned number is its minibatch estimate per datapoint (the objective's, plus ``weight``
+    times the batch mean of ``term``). For the M2 model on labelled data, ``term`` is the
+    classifier's -log q_phi(y_n|x_n) and ``weight`` alpha / N_labelled: the extended objective
+    of Kingma, Rezende, Mohamed & Welling (2014), eq. 9, J^alpha = J + alpha *
+    E_{p~_l(x,y)}[-log q_phi(y|x)]. It is a surrogate: the trainer records ``neg_elbo``, the
+    objective's own -ELBO of the same draw, and scores validation with the plain objective.
+
+    Parameters
+    ----------
+    loss : str, pyro.infer.ELBO or callable
+        The objective, built by :func:`make_objective` on the first call (e.g. ``"enum"``).
+    term : callable
+        ``term(x, *args, **kwargs) -> torch.Tensor of shape (B,)``, differentiable, nats per
+        datapoint; called with the objective's batch and arguments.
+    weight : float
+        The factor of ``term``, >= 0.
+    data_plate : str
+        Name of the data plate.
+
+    Attributes
+    ----------
+    neg_elbo : torch.Tensor or None
+        -ELBO per datapoint of the last call (without the term), detached.
+
+    Raises
+    ------
+    ValueError
+        When ``weight`` is negative or not finite, or ``term`` is not callable.
+    """
+
+    surrogate = True  # the loss is not -ELBO: the history records neg_elbo beside it
+
+    def __init__(self, loss, term, weight: float = 1.0, data_plate: str = DATA_PLATE):
+        if not callable(term):
+            raise ValueError(f"term must be callable, got {type(term).__name__}")
+        if isinstance(weight, bool) or not (isinstance(weight, int | float) and weight >= 0):
+            raise ValueError(f"weight must be a number >= 0, got {weight!r}")
+        if not math.isfinite(weight):
+            raise ValueError(f"weight must be finite, got {weight!r}")
+        self.loss, self.term, self.weight, self.data_plate = loss, term, float(weight), data_plate
+        self.objective = None
+        self.neg_elbo = None
+
+    def __repr__(self) -> str:
+        term = getattr(self.term, "__name__", self.term)
+        return f"AuxiliaryTerm({self.loss!r}, {term}, weight={self.weight:g})"
+
+    def __call__(self, model, guide, x, *args, num_data: int | None = None, **kwargs):
+        """-ELBO + weight * term per datapoint of the batch ``x``, differentiable.
+
+        Parameters
+        ----------
+        model, guide : callable
+            The pair, called as ``f(x, *args, **kwargs)``.
+        x : torch.Tensor of shape (B, ...)
+            A minibatch.
+        *args, **kwargs
+            Passed on to the pair and to ``term``.
+        num_data : int, optional
+            Size N of the data set the batch is drawn from (None: ``x`` is all of it).
+
+        Returns
+        -------
+        torch.Tensor of shape ()
+            Nats per datapoint.
+        """
+        if self.objective is None:
+            self.objective = make_objective(
+                self.loss, model, guide, x, *args, data_plate=self.data_plate, **kwargs
+            )
+        neg_elbo = self.objective(model, guide, x, *args, num_data=num_data, **kwargs)
+        inner = getattr(self.objective, "neg_elbo", None)  # the objective may be a surrogate
+        self.neg_elbo = (neg_elbo if inner is None else inner).detach()
+        term = self.term(x, *args, **kwargs)
+        if term.shape != (x.shape[0],):
+            raise ValueError(
+                f"term must return one value per datapoint, shape ({x.shape[0]},), got "
+                f"{tuple(term.shape)}"
+            )
+        return neg_elbo + self.weight * term.mean()
+
+
 def make_objective(
     loss: str | ELBO | Callable, model, guide, x, *args, data_plate: str = DATA_PLATE, **kwargs
 ) -> Callable:
@@ -302,14 +446,17 @@ def make_objective(
         gradients); ``"pyro-trace"``, ``"meanfield"`` (``TraceMeanField_ELBO``, analytic KL)
         and ``"jit"`` (``JitTrace_ELBO``) are Pyro's; ``"iwae"`` is
         :class:`~pyro_vae.infer.iwae.IWAEObjective` with k = 5 particles (pass an
-        ``IWAEObjective(k)`` for another k). A ``pyro.infer.ELBO`` instance is
+        ``IWAEObjective(k)`` for another k); ``"enum"`` is ``TraceEnum_ELBO`` with
+        ``max_plate_nesting`` from :func:`max_plate_nesting` (discrete guide sites marked for
+        enumeration are summed out). A ``pyro.infer.ELBO`` instance is
         wrapped in :class:`PyroELBO`; any other callable is taken to be an objective already.
     model, guide : callable
         The pair.
     x : torch.Tensor of shape (N, ...)
-        A batch, used only to check reparameterization for ``"trace"``.
+        A batch, used only to check reparameterization for ``"trace"`` and to find the plate
+        nesting for ``"enum"``.
     *args, **kwargs
-        Passed on to the guide for that check.
+        Passed on to the pair for those checks.
     data_plate : str
         Name of the data plate.
 
@@ -332,6 +479,9 @@ def make_objective(
         from pyro_vae.infer.iwae import IWAEObjective  # iwae builds on this module
 
         return IWAEObjective(data_plate=data_plate)
+    if loss == "enum":
+        nesting = max_plate_nesting(model, guide, x, *args, **kwargs)
+        return PyroELBO(TraceEnum_ELBO(max_plate_nesting=nesting), data_plate)
     if loss == "trace":
         with torch.no_grad():
             fast = is_fully_reparameterized(model, guide, x, *args, **kwargs)

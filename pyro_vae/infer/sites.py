@@ -12,6 +12,11 @@ live inside ``pyro.plate(data_plate, N)`` with N = ``x.shape[0]`` (``data_plate`
   refuse it with :class:`GlobalLatentError`. The trainer accepts global sites (minibatch
   scaling, below, keeps their ELBO term right).
 
+Discrete latent sites marked for enumeration (``infer={"enumerate": "parallel"}``, e.g. by
+``pyro.infer.config_enumerate``) are summed out by ``TraceEnum_ELBO`` in training; every tool
+that draws particles (evidence, guide draws) runs the guide through :func:`without_enumeration`
+and so *samples* them as part of its proposal: the same user code serves both.
+
 Minibatches: a site inside the data plate is scaled by N_total / full_size when a trainer says
 the whole data set has N_total datapoints, so the loss of a batch is an unbiased estimate of
 the full-data loss; a plate that subsamples itself (``subsample=``) has full_size = N_total and
@@ -24,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import torch
+from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.infer.pyro_adapter import is_deterministic
@@ -39,6 +45,7 @@ __all__ = [
     "data_scale",
     "latent_sites",
     "sample_sites",
+    "without_enumeration",
 ]
 
 DATA_PLATE = "data"
@@ -260,3 +267,28 @@ def check_data(x, name: str = "x") -> torch.Tensor:
         if bad:
             raise ValueError(f"{name} holds {bad} NaN or inf values")
     return x
+
+
+def _drop_enumerate(msg) -> dict:
+    return {"enumerate": None} if msg["infer"].get("enumerate") else {}
+
+
+def without_enumeration(fn):
+    """``fn`` with every enumeration mark removed, so its discrete sites are sampled.
+
+    ``TraceEnum_ELBO`` sums a site marked ``infer={"enumerate": "parallel"}`` out exactly;
+    importance sampling and guide draws instead draw it from its distribution, as one more
+    part of the proposal q. The particle tools wrap the guide with this, so a pair enumerated
+    in training needs no change to be evaluated.
+
+    Parameters
+    ----------
+    fn : callable
+        A model or guide.
+
+    Returns
+    -------
+    callable
+        ``fn`` under ``poutine.infer_config``, with the same signature.
+    """
+    return poutine.infer_config(fn, config_fn=_drop_enumerate)

@@ -124,6 +124,10 @@ class SVIStep:
     grad_hook : callable, optional
         ``grad_hook(params)`` runs after ``backward`` and before clipping and the update, e.g.
         to all-reduce gradients across processes.
+    labelled_loss : str, pyro.infer.ELBO or callable, optional
+        The objective of the second, labelled stream of :meth:`step` (default: ``loss``),
+        e.g. an :class:`~pyro_vae.infer.objectives.AuxiliaryTerm` adding a classification
+        term.
 
     Raises
     ------
@@ -148,6 +152,7 @@ class SVIStep:
         clip_norm: float | None = None,
         data_plate: str = DATA_PLATE,
         grad_hook: Callable | None = None,
+        labelled_loss=None,
     ):
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr!r}")
@@ -156,6 +161,8 @@ class SVIStep:
         self.model, self.guide, self.loss = model, guide, loss
         self.lr, self.clip_norm, self.data_plate = lr, clip_norm, data_plate
         self.grad_hook = grad_hook
+        self.labelled_loss = loss if labelled_loss is None else labelled_loss
+        self.labelled_objective = None
         self._make_optimizer = optimizer or (lambda params: make_adam(params, lr))
         self.objective = self.eval_objective = self.optimizer = None
         self.params: dict[str, torch.Tensor] = {}
@@ -163,7 +170,7 @@ class SVIStep:
         self.last_neg_elbo = math.nan
         self._store_size = 0
 
-    def setup(self, x: torch.Tensor, *args, **kwargs) -> None:
+    def setup(self, x: torch.Tensor, *args, labelled: tuple | None = None, **kwargs) -> None:
         """Trace the pair on a first batch; build the objective, parameters and optimizer.
 
         ``step`` calls it on its first batch. The trace runs with Pyro's validation on (so
@@ -176,6 +183,9 @@ class SVIStep:
             A batch of data.
         *args, **kwargs
             Passed on to ``model`` and ``guide``.
+        labelled : tuple, optional
+            A first batch ``(x_l, *args_l)`` of the labelled stream, traced too (its
+            parameters join the others) and used to build ``labelled_loss``.
 
         Returns
         -------
@@ -192,12 +202,23 @@ class SVIStep:
         with torch.random.fork_rng(devices=devices):
             traces = _validated_traces(self.model, self.guide, x, args, kwargs)
             build = dict(data_plate=self.data_plate)
-            self.objective = make_objective(self.loss, self.model, self.guide, x, *args, **build)
+            self.objective = make_objective(
+                self.loss, self.model, self.guide, x, *args, **build, **kwargs
+            )
             # the JIT compiles one batch shape, and a surrogate (annealed, free-bits, IWAE)
             # loss is not -ELBO: score validation batches with the plain ELBO
             plain = self.loss == "jit" or getattr(self.objective, "surrogate", False)
             eval_loss = "trace" if plain else self.loss
-            self.eval_objective = make_objective(eval_loss, self.model, self.guide, x, **build)
+            self.eval_objective = make_objective(
+                eval_loss, self.model, self.guide, x, *args, **build, **kwargs
+            )
+            if labelled is not None:
+                traces += _validated_traces(
+                    self.model, self.guide, labelled[0], labelled[1:], kwargs
+                )
+                self.labelled_objective = make_objective(
+                    self.labelled_loss, self.model, self.guide, *labelled, **build, **kwargs
+                )
         params = {}
         for trace in traces:
             for name, site in trace.nodes.items():
@@ -213,8 +234,21 @@ class SVIStep:
         self.optimizer = self._make_optimizer(list(self.params.values()))
         self._store_size = len(pyro.get_param_store())
 
-    def step(self, x: torch.Tensor, *args, num_data: int | None = None, **kwargs) -> float:
-        """One gradient step on the batch ``x``.
+    def step(
+        self,
+        x: torch.Tensor,
+        *args,
+        num_data: int | None = None,
+        labelled: tuple | None = None,
+        num_labelled: int | None = None,
+        **kwargs,
+    ) -> float:
+        """One gradient step on the batch ``x`` (and a batch of the labelled stream).
+
+        With a labelled batch the loss is that of the union of both data sets, per datapoint:
+        (N * loss(x) + N_l * labelled_loss(x_l)) / (N + N_l), each stream scaled for its own
+        minibatch, an unbiased estimate of the full-data loss (Kingma et al. 2014, eq. 8-9,
+        divided by the number of datapoints).
 
         Parameters
         ----------
@@ -224,6 +258,11 @@ class SVIStep:
             Passed on to ``model`` and ``guide``.
         num_data : int, optional
             Size N of the whole training set, for minibatch scaling (None: ``x`` is all of it).
+        labelled : tuple, optional
+            A minibatch ``(x_l, *args_l)`` of the labelled stream, scored by ``labelled_loss``
+            as ``labelled_loss(model, guide, x_l, *args_l, num_data=N_l, **kwargs)``.
+        num_labelled : int, optional
+            Size N_l of the labelled data set (None: ``x_l`` is all of it).
 
         Returns
         -------
@@ -241,11 +280,13 @@ class SVIStep:
             optimized), or from :meth:`setup` on the first batch.
         """
         if self.optimizer is None:
-            self.setup(x, *args, **kwargs)
+            self.setup(x, *args, labelled=labelled, **kwargs)
         loss = self.objective(self.model, self.guide, x, *args, num_data=num_data, **kwargs)
         value = loss.item()
         neg_elbo = getattr(self.objective, "neg_elbo", None)  # a surrogate's true -ELBO
         self.last_neg_elbo = value if neg_elbo is None else float(neg_elbo)
+        if labelled is not None:
+            loss, value = self._add_labelled(loss, x, num_data, labelled, num_labelled, kwargs)
         if not math.isfinite(value):
             message = f"the loss became {value} at step {self.num_steps + 1}"
             raise TrainingDivergedError(message, value=value)
@@ -260,6 +301,24 @@ class SVIStep:
         self.optimizer.step()
         self.num_steps += 1
         return value
+
+    def _add_labelled(self, loss, x, num_data, labelled, num_labelled, kwargs):
+        """The loss of both streams per datapoint of their union; updates ``last_neg_elbo``."""
+        if self.labelled_objective is None:
+            raise ValueError(
+                "a labelled batch was passed after setup ran without one: pass labelled= to "
+                "the first step (or to setup) so that its parameters are collected"
+            )
+        n, n_l = num_data or x.shape[0], num_labelled or labelled[0].shape[0]
+        loss_l = self.labelled_objective(
+            self.model, self.guide, *labelled, num_data=num_labelled, **kwargs
+        )
+        value_l = loss_l.item()
+        neg_elbo_l = getattr(self.labelled_objective, "neg_elbo", None)
+        neg_elbo_l = value_l if neg_elbo_l is None else float(neg_elbo_l)
+        total = (n * loss + n_l * loss_l) / (n + n_l)
+        self.last_neg_elbo = (n * self.last_neg_elbo + n_l * neg_elbo_l) / (n + n_l)
+        return total, total.item()
 
     def set_progress(self, epochs_done: float) -> None:
         """Pass training progress to an objective with a schedule (e.g. KL annealing).

@@ -21,13 +21,22 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.infer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from pyro_vae.infer.devices import as_tensor, move_owners, place, resolve_device
+from pyro_vae.infer.devices import as_columns, move_owners, place, resolve_device
+from pyro_vae.infer.distributed import (
+    Ranks,
+    all_sum,
+    average_gradients,
+    broadcast_params,
+    epoch_shard,
+    join,
+)
 from pyro_vae.infer.sites import DATA_PLATE, check_data
 from pyro_vae.infer.svi import SVIStep, TrainingDivergedError, make_adam
 
 __all__ = ["CHECKPOINT_NAME", "TrainResult", "TrainingDivergedError", "make_adam", "train"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+ONE_PROCESS = Ranks()
 
 
 @dataclass
@@ -64,23 +73,82 @@ class _Progress:
             self.bad_epochs += 1
 
 
-def _epoch(svi: SVIStep, x, transform, batch_size, drop_last, device, progress, epoch):
-    """One pass over shuffled minibatches.
+@dataclass
+class _Stream:
+    """A data set as the loop serves it: x, the per-datapoint extras, x's batch transform."""
 
-    Returns the means of -ELBO and of the minimized objective per datapoint (the same number
-    unless the objective is a surrogate), and examples/s.
+    x: torch.Tensor
+    extras: tuple
+    transform: Callable
+
+    @classmethod
+    def of(cls, data, name: str, device: torch.device) -> _Stream:
+        x, extras, transform = as_columns(data, name)
+        x = place(check_data(x, name), device)
+        extras = tuple(
+            place(check_data(e, f"{name}[{i}]"), device) for i, e in enumerate(extras, 1)
+        )
+        return cls(x, extras, transform)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def batch(self, index, device) -> tuple:
+        """``(transform(x[index]), *extras[index])`` on ``device``."""
+        return (
+            self.transform(self.x[index].to(device)),
+            *(e[index].to(device) for e in self.extras),
+        )
+
+    def labelled_order(self, num_batches: int, batch_size: int) -> torch.Tensor:
+        """Indices of ``num_batches`` batches: fresh permutations, one after the other."""
+        n = len(self)
+        perms = [torch.randperm(n) for _ in range(math.ceil(num_batches * batch_size / n))]
+        return torch.cat(perms).to(self.x.device)
+
+
+def _epoch(
+    svi: SVIStep,
+    data,
+    batch_size,
+    drop_last,
+    device,
+    progress,
+    epoch,
+    labelled=None,
+    ranks: Ranks = ONE_PROCESS,
+    seed: int = 0,
+):
+    """One pass over shuffled minibatches of ``data``; each step also takes a batch of
+    ``labelled`` (a ``(_Stream, batch_size)`` pair) when given. Under torchrun this rank's
+    shard of the epoch, in local batches of ``batch_size``.
+
+    Returns the means of -ELBO and of the minimized objective per datapoint over all ranks
+    (the same number unless the objective is a surrogate), and examples/s.
     """
     tic = time.perf_counter()
+    x = data.x
     n = x.shape[0]
-    num_batches = n // batch_size if drop_last else math.ceil(n / batch_size)
-    order = torch.randperm(n).to(x.device)
+    if ranks.distributed:  # this rank's part of one seeded permutation (DistributedSampler)
+        order = epoch_shard(n, epoch, seed, ranks).to(x.device)
+    else:
+        order = torch.randperm(n).to(x.device)
+    local = len(order)
+    num_batches = local // batch_size if drop_last else math.ceil(local / batch_size)
+    if labelled is not None:
+        stream_l, batch_l = labelled
+        order_l = stream_l.labelled_order(num_batches, batch_l)
     total = total_elbo = 0.0
     bar = tqdm(range(num_batches), desc=f"epoch {epoch}", leave=False, disable=not progress)
     for step in bar:
-        batch = transform(x[order[step * batch_size : (step + 1) * batch_size]].to(device))
+        batch, *extras = data.batch(order[step * batch_size : (step + 1) * batch_size], device)
+        more = {}
+        if labelled is not None:
+            index_l = order_l[step * batch_l : (step + 1) * batch_l]
+            more = dict(labelled=stream_l.batch(index_l, device), num_labelled=len(stream_l))
         svi.set_progress(epoch - 1 + step / num_batches)  # a schedule's t, from (epoch, step)
         try:
-            value = svi.step(batch, num_data=n)
+            value = svi.step(batch, *extras, num_data=n, **more)
         except TrainingDivergedError as err:
             where = f"the loss became {err.value} at epoch {epoch}, batch {step + 1}"
             raise TrainingDivergedError(where, value=err.value) from None
@@ -88,17 +156,31 @@ def _epoch(svi: SVIStep, x, transform, batch_size, drop_last, device, progress, 
         total_elbo += svi.last_neg_elbo * batch.shape[0]
         if step % 20 == 0:
             bar.set_postfix_str(f"loss {value:.2f}", refresh=False)
-    seen = num_batches * batch_size if drop_last else n
+    seen = num_batches * batch_size if drop_last else local
+    total_elbo, total, seen = all_sum(total_elbo, total, seen, device=_reduce_device(device))
     return total_elbo / seen, total / seen, seen / (time.perf_counter() - tic)
 
 
-def _mean_loss(svi: SVIStep, x, transform, batch_size, device) -> float:
-    """-ELBO per datapoint over a whole data set, without gradients."""
-    n, total = x.shape[0], 0.0
-    for start in range(0, n, batch_size):
-        batch = transform(x[start : start + batch_size].to(device, non_blocking=True))
-        total += svi.evaluate(batch, num_data=n) * batch.shape[0]
-    return total / n
+def _reduce_device(device: torch.device) -> torch.device:
+    """Where sums over ranks run: the GPU for NCCL, the CPU for gloo."""
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
+def _mean_loss(svi: SVIStep, data: _Stream, batch_size, device, ranks=ONE_PROCESS) -> float:
+    """-ELBO per datapoint over a whole data set, without gradients (rows r, r + P, ... on
+    rank r of P, summed over the ranks)."""
+    n, total = len(data), 0.0
+    rows = torch.arange(ranks.rank, n, ranks.world_size, device=data.x.device)
+    for index in rows.split(batch_size):
+        batch, *extras = data.batch(index, device)
+        total += svi.evaluate(batch, *extras, num_data=n) * batch.shape[0]
+    return all_sum(total, device=_reduce_device(device))[0] / n
+
+
+def _rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """A seed of its own for each rank's noise, a function of (seed, epoch, rank) only, so a
+    data-parallel run and its resumption repeat."""
+    return ((seed * 1_000_003 + epoch) * 1009 + rank) % 2**32  # numpy takes 32-bit seeds
 
 
 def _write_history(out_dir: Path, history: list[dict]) -> None:
@@ -182,17 +264,24 @@ def train(
     data_plate: str = DATA_PLATE,
     on_epoch_end: Callable[[dict], None] | None = None,
     tags: dict | None = None,
+    labelled=None,
+    labelled_batch_size: int | None = None,
+    labelled_loss=None,
 ) -> TrainResult:
     """Fit ``model``/``guide`` by SVI, minimizing -ELBO per datapoint with Adam.
 
     Parameters
     ----------
     model, guide : callable
-        A pair following the site convention (docs/design.md), called as ``f(x)``. Bound
-        methods of an ``nn.Module`` bring their module to ``device``.
-    data, val_data : torch.Tensor of shape (N, ...), Dataset or object with ``.x``
+        A pair following the site convention (docs/design.md), called as ``f(x)`` (or
+        ``f(x, *extras)``, below). Bound methods of an ``nn.Module`` bring their module to
+        ``device``.
+    data, val_data : torch.Tensor of shape (N, ...), Dataset, object with ``.x``, or tuple
         Training and (optional) validation data; an object's ``batch_transform`` (e.g.
-        dynamic binarization) is applied to every batch. NaN or inf values are refused.
+        dynamic binarization) is applied to every batch. NaN or inf values are refused. A
+        tuple ``(x, *extras)`` of one of those and tensors of shape (N, ...) (e.g. labels of
+        shape (N,)) serves each batch as ``f(x[idx], *(e[idx] for e in extras))``: a
+        conditional pair ``model(x, y)`` trains on ``(x, y)``.
     epochs : int
         Epochs to reach (counting those of a resumed checkpoint).
     batch_size : int
@@ -230,6 +319,31 @@ def train(
         Called with each epoch's history record, after the epoch's checkpoint is written.
     tags : dict, optional
         Constant columns added to every history record this call writes.
+    labelled : tuple, optional
+        A second, labelled data set ``(x_l, *extras_l)`` (same forms as ``data``) for
+        semi-supervised training: every step also takes a batch of it, called as
+        ``f(x_l[idx], *extras_l[idx])``, and minimizes the loss of the union of both data
+        sets per datapoint, (N * loss(batch) + N_l * labelled_loss(batch_l)) / (N + N_l),
+        each stream scaled for its own minibatch (see :meth:`SVIStep.step`). An epoch is one
+        pass over ``data``; the labelled batches are drawn from fresh permutations of the
+        labelled set, one after the other. For the M2 model, ``data`` holds the unlabelled
+        images (y summed out by ``loss="enum"``) and ``labelled`` the images with labels.
+    labelled_batch_size : int, optional
+        Datapoints of the labelled stream per step (default ``min(batch_size, N_l)``).
+    labelled_loss : str, pyro.infer.ELBO or callable, optional
+        The objective of the labelled stream (default ``loss``), e.g. an
+        :class:`~pyro_vae.infer.objectives.AuxiliaryTerm` with a classification term.
+
+    Data parallelism: started under ``torchrun --nproc-per-node P`` (one node or several),
+    every process runs this same call; it joins torchrun's process group (gloo on CPU, NCCL on
+    CUDA with one GPU per process), each epoch every rank takes a disjoint shard of one
+    permutation seeded by (``seed``, epoch) in local batches of ceil(``batch_size`` / P), the
+    gradients are averaged over the ranks after every ``backward`` (one all-reduce), so the
+    loss stays -ELBO per datapoint of the whole data set and every rank takes the step of the
+    global batch. Rank 0 writes the checkpoint and the history, every rank reads it on
+    ``resume`` (a shared folder), with the same or another number of processes. Each rank
+    draws its own noise from a seed of (``seed``, epoch, rank): a data-parallel run repeats,
+    but is not bit-identical to a run with another number of processes.
 
     Returns
     -------
@@ -246,25 +360,45 @@ def train(
         When the loss becomes NaN or infinite; the last checkpoint is left unchanged.
     """
     _check_arguments(epochs, batch_size, patience)
-    device = resolve_device(device)
+    if labelled_batch_size is not None:
+        _check_arguments(0, labelled_batch_size, None)
+    ranks, device = join(resolve_device(device))
     if seed is not None:
         pyro.set_rng_seed(seed)
-    x, transform = as_tensor(data)
-    x = place(check_data(x, "data"), device)
-    val = None
-    if val_data is not None:
-        val_x, val_transform = as_tensor(val_data)
-        val = (place(check_data(val_x, "val_data"), device), val_transform)
+    stream = _Stream.of(data, "data", device)
+    val = _Stream.of(val_data, "val_data", device) if val_data is not None else None
+    stream_l = _Stream.of(labelled, "labelled", device) if labelled is not None else None
     move_owners(device, model, guide)
-    batch_size = min(batch_size, x.shape[0])
+    batch_size = min(batch_size, len(stream))
+    if ranks.distributed:  # P local batches make one global batch of batch_size
+        batch_size = math.ceil(batch_size / ranks.world_size)
+    first_l = None
+    if stream_l is not None:
+        labelled_batch_size = min(labelled_batch_size or batch_size, len(stream_l))
+        first_l = stream_l.batch(slice(0, labelled_batch_size), device)
 
-    svi = SVIStep(model, guide, loss, lr=lr, clip_norm=clip_norm, data_plate=data_plate)
-    svi.setup(transform(x[:batch_size].to(device)))
+    svi = SVIStep(
+        model,
+        guide,
+        loss,
+        lr=lr,
+        clip_norm=clip_norm,
+        data_plate=data_plate,
+        labelled_loss=labelled_loss,
+        grad_hook=average_gradients if ranks.distributed else None,
+    )
+    svi.setup(*stream.batch(slice(0, batch_size), device), labelled=first_l)
+    if ranks.distributed:
+        broadcast_params(svi.params)  # every rank starts from rank 0's parameters
     scheduler = lr_schedule(svi.optimizer) if lr_schedule is not None else None
     out_dir = Path(out_dir) if out_dir is not None else None
     state = _Progress()
     if resume and out_dir is not None and (out_dir / CHECKPOINT_NAME).exists():
         state = _restore(out_dir / CHECKPOINT_NAME, svi, scheduler)
+    seed = seed if seed is not None else 0
+    if ranks.distributed:
+        pyro.set_rng_seed(_rank_seed(seed, state.epoch, ranks.rank))
+    progress = progress and ranks.is_main
 
     stopped_early = False
     with pyro.validation_enabled(False):
@@ -272,12 +406,13 @@ def train(
             tic = time.perf_counter()
             drop_last = loss == "jit"  # the JIT compiles one batch shape
             try:
+                both = (stream_l, labelled_batch_size) if stream_l is not None else None
                 train_loss, train_objective, rate = _epoch(
-                    svi, x, transform, batch_size, drop_last, device, progress, epoch
+                    svi, stream, batch_size, drop_last, device, progress, epoch, both, ranks, seed
                 )
             except TrainingDivergedError as err:
                 raise TrainingDivergedError(f"{err}; {_checkpoint_note(out_dir)}") from None
-            val_loss = _mean_loss(svi, *val, batch_size, device) if val else None
+            val_loss = _mean_loss(svi, val, batch_size, device, ranks) if val else None
             record = {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -296,9 +431,9 @@ def train(
                 scheduler.step()
             if progress:
                 tqdm.write(_epoch_line(record, epochs))
-            if out_dir is not None:
+            if out_dir is not None and ranks.is_main:  # one writer; every rank holds the same
                 _save(out_dir, svi, scheduler, state)
-            if on_epoch_end is not None:  # after the save: the epoch is on disk when it runs
+            if on_epoch_end is not None and ranks.is_main:  # after the save: it is on disk
                 on_epoch_end(record)
             if patience is not None and state.bad_epochs >= patience:
                 stopped_early = True

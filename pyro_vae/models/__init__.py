@@ -6,16 +6,24 @@
   (``flows=K``) inverse autoregressive flow guide.
 - :class:`IAFlow`: K conditional IAF steps (Kingma et al. 2016), the building block of a flow
   guide of one's own (:mod:`pyro_vae.models.flows`).
+- :class:`CVAE`: the conditional VAE of Sohn et al. (2015), p(z) p_theta(x|z, y) and
+  q_phi(z|x, y), called with labels ``(x, y)``.
+- :class:`M2`: the semi-supervised model of Kingma et al. (2014), p(y) p(z) p_theta(x|y, z)
+  and q_phi(y|x) q_phi(z|x, y), y observed or (enumerated) latent.
 - :class:`PPCA`: probabilistic PCA, whose posterior and evidence are exact;
   :class:`CollapsedPPCA`: its marginal, with z integrated out (no latent sites).
 """
 
+from pyro_vae.models.conditional import CVAE
 from pyro_vae.models.flows import IAFlow
 from pyro_vae.models.likelihoods import BernoulliLikelihood, GaussianLikelihood, Likelihood
+from pyro_vae.models.m2 import M2
 from pyro_vae.models.ppca import PPCA, CollapsedPPCA
 from pyro_vae.models.vae import VAE
 
 __all__ = [
+    "CVAE",
+    "M2",
     "PPCA",
     "IAFlow",
     "VAE",

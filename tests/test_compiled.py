@@ -1,0 +1,381 @@
+"""The compiled SVI step and compiled log weights equal their eager versions, or say why not.
+
+Two compile functions are tested: the captured ATen graph run as it is (fast; it checks the
+capture, the functional Adam, the guards and the caching) and inductor (``slow``: a few
+seconds per graph; it checks what the benchmarks time).
+"""
+
+import copy
+from collections import OrderedDict
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from common import bernoulli_latent_pair
+
+from pyro_vae.infer import compiled as compiled_module
+from pyro_vae.infer.compiled import (
+    AUTO_MIN_STEPS,
+    CompiledSVIStep,
+    CompileFallbackWarning,
+    compile_graph,
+    should_compile,
+)
+from pyro_vae.infer.evidence import elbo_per_datapoint, iwae_bound, log_evidence
+from pyro_vae.infer.iwae import IWAEObjective
+from pyro_vae.infer.kl_control import KLAnnealing, KLControlledELBO
+from pyro_vae.infer.svi import SVIStep
+from pyro_vae.models.ppca import PPCA, CollapsedPPCA
+from pyro_vae.models.vae import VAE
+
+
+def captured_only(graph, inputs, device):
+    """Run the captured graph without compiling it."""
+    return graph
+
+
+COMPILERS = {
+    "captured": captured_only,
+    "inductor": pytest.param(compile_graph, marks=pytest.mark.slow),
+}
+
+# float64 round-off is ~1e-16 per operation; inductor reorders sums of at most a few hundred
+# terms here, measured differences are <= 3e-16 relative. 1e-9 keeps a wide margin, while a
+# different draw or a missing term moves a loss by more than 1e-3.
+RTOL, ATOL = 1e-9, 1e-12
+
+
+class TwoSitePair:
+    """A pair written only here: two latent sites, a positive parameter, a Python branch.
+
+    z1 ~ N(0, 1), z2 | z1 ~ N(z1, 1), x | z2 ~ N(w z2, sigma); guide N(c x, s) for both. The
+    branch on the data (``if (x > 0).all()``) is a decision the capture must guard.
+    """
+
+    def model(self, x):
+        w = pyro.param("w", torch.tensor(0.5))
+        sigma = pyro.param("sigma", torch.tensor(1.0), constraint=dist.constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            z1 = pyro.sample("z1", dist.Normal(0.0, 1.0))
+            z2 = pyro.sample("z2", dist.Normal(z1, 1.0))
+            loc = w * z2 if (x > 0).all() else w * z2 + 1.0
+            pyro.sample("x", dist.Normal(loc, sigma), obs=x)
+
+    def guide(self, x):
+        c = pyro.param("c", torch.tensor(0.1))
+        s = pyro.param("s", torch.tensor(1.0), constraint=dist.constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z1", dist.Normal(c * x, s))
+            pyro.sample("z2", dist.Normal(c * x, s))
+
+
+def make_pair(name):
+    """(model, guide, data) of a fresh pair; the same numbers on every call."""
+    torch.manual_seed(0)
+    if name == "vae":
+        vae = VAE(12, latent_dim=3, hidden=(8,))
+        return vae.model, vae.guide, torch.bernoulli(torch.full((10, 12), 0.4))
+    if name == "ppca":
+        ppca = CollapsedPPCA(5, 2)
+        return ppca.model, ppca.guide, torch.randn(10, 5)
+    pair = TwoSitePair()
+    return pair.model, pair.guide, torch.rand(10) + 0.1
+
+
+def run(name, step_cls, batches, seed=1, **options):
+    """Steps on ``batches`` (row slices) in a fresh param store: losses, first grads, params."""
+    with pyro.get_param_store().scope():
+        model, guide, x = make_pair(name)
+        svi = step_cls(model, guide, lr=0.01, **options)
+        torch.manual_seed(seed)
+        losses, grads = [], None
+        for rows in batches:
+            losses.append(svi.step(x[rows], num_data=x.shape[0]))
+            if grads is None:  # Adam's first moment after one step is (1 - beta1) * grad
+                state = svi.optimizer.state
+                grads = {n: state[p]["exp_avg"] / 0.1 for n, p in svi.params.items()}
+        params = {n: p.detach().clone() for n, p in svi.params.items()}
+    return losses, grads, params, svi
+
+
+# full batches, the shorter last one, and full ones again (the graph of each shape is reused);
+# inductor gets one shape only, to compile one graph per test (a few seconds each)
+BATCHES = [slice(0, 4), slice(4, 8), slice(8, 10), slice(0, 4), slice(8, 10)]
+FULL_BATCHES = [slice(0, 4), slice(4, 8), slice(0, 4)]
+
+
+@pytest.mark.parametrize("compile_fn", COMPILERS.values(), ids=COMPILERS.keys())
+@pytest.mark.parametrize("name", ["vae", "ppca", "two-site"])
+def test_compiled_step_matches_eager(name, compile_fn, float64):
+    batches = BATCHES if compile_fn is captured_only else FULL_BATCHES
+    eager = run(name, SVIStep, batches)
+    fast = run(name, CompiledSVIStep, batches, compile_fn=compile_fn, compile_short_batches=True)
+    assert fast[3].fallback_reason is None
+    # one graph per batch shape, reused afterwards
+    assert fast[3].num_compiles == len({rows.stop - rows.start for rows in batches})
+    torch.testing.assert_close(fast[0], eager[0], rtol=RTOL, atol=ATOL)  # losses
+    torch.testing.assert_close(fast[1], eager[1], rtol=RTOL, atol=ATOL)  # gradients
+    # Adam itself: torch's fused kernel and our graph round differently; after five steps of
+    # lr 0.01 on O(1) parameters the measured difference is ~1e-17
+    torch.testing.assert_close(fast[2], eager[2], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize(
+    "loss, flows",
+    [(IWAEObjective(3), 0), ("meanfield", 0), (KLControlledELBO(free_bits=0.1), 0), ("trace", 2)],
+    ids=["iwae", "meanfield", "free-bits", "iaf-buffers"],
+)
+def test_other_objectives_and_module_buffers_match_eager(loss, flows, float64):
+    def steps(step_cls, **options):
+        with pyro.get_param_store().scope():
+            torch.manual_seed(0)
+            vae = VAE(12, latent_dim=3, hidden=(8,), flows=flows)
+            x = torch.bernoulli(torch.full((10, 12), 0.4))
+            svi = step_cls(vae.model, vae.guide, copy.deepcopy(loss), lr=0.01, **options)
+            torch.manual_seed(1)
+            out = [(svi.step(x[r], num_data=10), svi.last_neg_elbo) for r in BATCHES[:3]]
+            return out, {n: p.detach().clone() for n, p in svi.params.items()}, svi
+
+    eager, fast = steps(SVIStep), steps(CompiledSVIStep, compile_fn=captured_only)
+    assert fast[2].fallback_reason is None
+    torch.testing.assert_close(fast[:2], eager[:2], rtol=RTOL, atol=ATOL)
+
+
+def test_clip_norm_matches_eager(float64):
+    eager = run("vae", SVIStep, BATCHES[:2], clip_norm=0.5)
+    fast = run("vae", CompiledSVIStep, BATCHES[:2], clip_norm=0.5, compile_fn=captured_only)
+    torch.testing.assert_close(fast[0], eager[0], rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(fast[2], eager[2], rtol=RTOL, atol=ATOL)
+
+
+def test_guarded_decision_reruns_the_batch_eagerly(float64):
+    # the capture sees positive data; a batch with a negative value takes the other branch
+    def batches_with_a_negative():
+        model, guide, x = make_pair("two-site")
+        return x
+
+    x = batches_with_a_negative()
+    x[5] = -1.0  # make_pair returns the same data every time: patch it in both runs below
+    results = []
+    for step_cls in (SVIStep, CompiledSVIStep):
+        with pyro.get_param_store().scope():
+            pair = TwoSitePair()
+            options = {}
+            if step_cls is CompiledSVIStep:
+                options = {"compile_fn": captured_only, "compile_short_batches": True}
+            svi = step_cls(pair.model, pair.guide, lr=0.01, **options)
+            torch.manual_seed(1)
+            losses = [svi.step(x[rows], num_data=10) for rows in BATCHES]
+            results.append((losses, {n: p.detach().clone() for n, p in svi.params.items()}))
+    torch.testing.assert_close(results[1], results[0], rtol=RTOL, atol=ATOL)
+    assert svi.fallback_reason is None and svi.num_compiles == 2
+
+
+def test_persistent_guard_failures_fall_back_with_a_notice():
+    def model(x):
+        a = pyro.param("a", torch.tensor(0.5))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            scale = x.abs().max().item()  # a Python float from the data, new on every batch
+            pyro.sample("x", dist.Normal(a * z, scale), obs=x)
+
+    def guide(x):
+        c = pyro.param("c", torch.tensor(0.1))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(c * x, 1.0))
+
+    svi = CompiledSVIStep(model, guide, compile_fn=captured_only)
+    with pytest.warns(CompileFallbackWarning, match="data-dependent Python control flow"):
+        for i in range(5):
+            loss = svi.step(torch.randn(8) * (i + 1))
+    assert "data-dependent" in svi.fallback_reason and torch.isfinite(torch.tensor(loss))
+
+
+def test_non_reparameterized_pair_falls_back_with_a_notice():
+    model, guide = bernoulli_latent_pair()
+    svi = CompiledSVIStep(model, guide, compile_fn=captured_only)
+    with pytest.warns(CompileFallbackWarning, match="rsample"):
+        svi.step(torch.randn(6))
+    svi.step(torch.randn(6))  # eager from then on, without a new notice
+    assert svi.num_compiles == 0 and svi.num_steps == 2
+
+
+def test_random_state_reset_inside_the_pair_falls_back_with_a_notice():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        c = pyro.param("c", torch.tensor(0.1))
+        with torch.random.fork_rng():  # a draw the trace records but the fork undoes
+            jitter = 1e-3 * torch.randn(())
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(c * x + jitter, 1.0))
+
+    svi = CompiledSVIStep(model, guide, compile_fn=captured_only)
+    with pytest.warns(CompileFallbackWarning, match="replay"):
+        svi.step(torch.randn(6))
+    assert svi.num_compiles == 0 and svi.num_steps == 1
+
+
+def test_schedule_falls_back_with_a_notice():
+    vae = VAE(12, latent_dim=3, hidden=(8,))
+    loss = KLControlledELBO(annealing=KLAnnealing(epochs=2))
+    svi = CompiledSVIStep(vae.model, vae.guide, loss, compile_fn=captured_only)
+    with pytest.warns(CompileFallbackWarning, match="schedule"):
+        svi.step(torch.bernoulli(torch.full((4, 12), 0.5)))
+    assert svi.num_compiles == 0
+
+
+def test_parameter_appearing_at_a_new_shape_falls_back_and_is_refused():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        c = pyro.param("c", torch.tensor(0.1))
+        if x.shape[0] < 4:  # a parameter that only a short batch creates
+            c = c + pyro.param("late", torch.tensor(0.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(c * x, 1.0))
+
+    svi = CompiledSVIStep(model, guide, compile_fn=captured_only, compile_short_batches=True)
+    svi.step(torch.randn(4))
+    with pytest.warns(CompileFallbackWarning, match="late"):
+        with pytest.raises(ValueError, match="first appeared"):  # what the eager step says
+            svi.step(torch.randn(2))
+
+
+@pytest.mark.parametrize("compile_short_batches, graphs", [(False, 1), (True, 2)])
+def test_short_last_batch_compiles_at_most_once(compile_short_batches, graphs, monkeypatch):
+    # by default the short batch runs eagerly; compiled, its graph is made once and reused
+    calls = []
+    monkeypatch.setattr(compiled_module, "capture", _counting(compiled_module.capture, calls))
+    vae = VAE(12, latent_dim=3, hidden=(8,))
+    svi = CompiledSVIStep(
+        vae.model, vae.guide, compile_fn=captured_only, compile_short_batches=compile_short_batches
+    )
+    x = torch.bernoulli(torch.full((10, 12), 0.4))
+    for _ in range(3):  # three epochs of batches 4, 4, 2
+        for start in range(0, 10, 4):
+            svi.step(x[start : start + 4], num_data=10)
+    assert len(calls) == graphs and svi.num_compiles == graphs and svi.num_steps == 9
+
+
+def _counting(fn, calls):
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+
+    return counted
+
+
+@pytest.mark.slow
+def test_resumed_compiled_run_is_bit_identical(tmp_path, float64):
+    # the graph of test_compiled_step_matches_eager[vae-inductor] (same pair, shapes, dtype):
+    # inductor's cache serves it when both run, so this test compiles at most once
+    def fresh():
+        model, guide, x = make_pair("vae")
+        return CompiledSVIStep(model, guide, lr=0.01), x
+
+    batches = [slice(0, 4), slice(4, 8)] * 3
+    with pyro.get_param_store().scope():
+        svi, x = fresh()
+        torch.manual_seed(1)
+        straight = [svi.step(x[rows], num_data=10) for rows in batches]
+        final = {n: p.detach().clone() for n, p in svi.params.items()}
+    with pyro.get_param_store().scope():
+        svi, x = fresh()
+        torch.manual_seed(1)
+        first = [svi.step(x[rows], num_data=10) for rows in batches[:3]]
+        torch.save({**svi.state_dict(), "rng": torch.get_rng_state()}, tmp_path / "ck.pt")
+    with pyro.get_param_store().scope():
+        svi, x = fresh()  # a new process would start like this: new pair, new graph
+        svi.setup(x[:4])
+        checkpoint = torch.load(tmp_path / "ck.pt")
+        svi.load_state_dict(checkpoint)
+        torch.set_rng_state(checkpoint["rng"])
+        rest = [svi.step(x[rows], num_data=10) for rows in batches[3:]]
+        resumed = {n: p.detach().clone() for n, p in svi.params.items()}
+    assert first + rest == straight  # bit for bit
+    assert all(torch.equal(resumed[n], final[n]) for n in final)
+
+
+def test_eager_checkpoint_loads_into_compiled_step(float64):
+    eager = run("vae", SVIStep, BATCHES[:2])[3]
+    with pyro.get_param_store().scope():
+        model, guide, x = make_pair("vae")
+        svi = CompiledSVIStep(model, guide, lr=0.01, compile_fn=captured_only)
+        svi.setup(x[:4])
+        svi.load_state_dict(eager.state_dict())
+        svi.step(x[:4], num_data=10)
+        state = svi.optimizer.state_dict()["state"]
+    assert all(float(s["step"]) == 3 for s in state.values())
+
+
+def test_should_compile_rule():
+    assert should_compile(AUTO_MIN_STEPS, "cpu") and not should_compile(AUTO_MIN_STEPS - 1, "cpu")
+
+
+# --- evidence ---------------------------------------------------------------------------------
+def evidence_pair(name):
+    torch.manual_seed(0)
+    if name == "ppca":  # the exact posterior guide: a MultivariateNormal, Cholesky in the graph
+        ppca = PPCA(torch.randn(5, 2), torch.zeros(5), torch.tensor(0.5))
+        return ppca.model, ppca.guide, ppca.sample(6)
+    model, guide, x = make_pair(name)
+    with torch.no_grad():
+        model(x), guide(x)  # create the parameters
+    return model, guide, x[:6]
+
+
+# two chunks of S = 20 particles each (IWAE: 4 estimates of k = 5 per chunk): one graph
+ESTIMATORS = {
+    "log_evidence": lambda m, g, x, **kw: log_evidence(m, g, x, num_samples=40, **kw).log_px,
+    "iwae_bound": lambda m, g, x, **kw: iwae_bound(m, g, x, 5, num_estimates=8, **kw),
+    "elbo_per_datapoint": lambda m, g, x, **kw: elbo_per_datapoint(m, g, x, num_samples=40, **kw),
+}
+
+
+@pytest.mark.parametrize("compile_fn", COMPILERS.values(), ids=COMPILERS.keys())
+@pytest.mark.parametrize("name", ["vae", "ppca", "two-site"])
+def test_compiled_log_weights_match_eager(name, compile_fn, float64, monkeypatch):
+    monkeypatch.setattr(compiled_module, "compile_graph", compile_fn)
+    monkeypatch.setattr(compiled_module, "_LOG_WEIGHT_GRAPHS", OrderedDict())
+    model, guide, x = evidence_pair(name)
+    for label, estimator in ESTIMATORS.items():
+        torch.manual_seed(2)
+        eager = estimator(model, guide, x, chunk_size=20)
+        torch.manual_seed(2)
+        fast = estimator(model, guide, x, chunk_size=20, compile=True)
+        torch.testing.assert_close(fast, eager, rtol=RTOL, atol=ATOL, msg=label)
+    assert len(compiled_module._LOG_WEIGHT_GRAPHS) == 1  # shared by the chunks and estimators
+
+
+def test_evidence_compile_argument_is_checked():
+    model, guide, x = evidence_pair("vae")
+    with pytest.raises(ValueError, match="compile"):
+        log_evidence(model, guide, x, num_samples=2, compile="yes")
+
+
+def test_copy_of_a_pair_uses_its_own_parameters(float64, monkeypatch):
+    # graphs are cached per pair and take the parameters as inputs: a trained copy must not
+    # be scored with the weights of the original
+    monkeypatch.setattr(compiled_module, "compile_graph", captured_only)
+    vae = VAE(12, latent_dim=3, hidden=(8,))
+    x = torch.bernoulli(torch.full((6, 12), 0.4))
+    torch.manual_seed(3)
+    before = elbo_per_datapoint(vae.model, vae.guide, x, num_samples=4, compile=True)
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.1)
+    torch.manual_seed(3)
+    after = elbo_per_datapoint(vae.model, vae.guide, x, num_samples=4, compile=True)
+    torch.manual_seed(3)
+    other = copy.deepcopy(vae)
+    eager_after = elbo_per_datapoint(other.model, other.guide, x, num_samples=4)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, eager_after, rtol=RTOL, atol=ATOL)
