@@ -79,6 +79,7 @@ RUN_OPTIONS = (
     "model",
     "labels_per_class",
     "alpha",
+    "compile",
 )
 # run-defining options added after runs were first written: an older run had these values
 ADDED_RUN_OPTIONS = dict(
@@ -91,7 +92,9 @@ ADDED_RUN_OPTIONS = dict(
     model="vae",
     labels_per_class=None,
     alpha=None,
+    compile="off",
 )
+COMPILE_CHOICES = {"auto": "auto", "on": True, "off": False}
 M2_LABELS_PER_CLASS = 10  # the default of --model m2: MNIST with 100 labels (Kingma et al. 2014)
 # options a resume may change; the change is recorded in config.json and the history
 RESUME_OPTIONS = ("epochs", "patience", "device", "threads", "quiet")
@@ -375,6 +378,7 @@ def cmd_train(args) -> int:
         progress=not args.quiet,
         on_epoch_end=on_epoch_end,
         tags={"segment": segment},
+        compile=COMPILE_CHOICES[args.compile],
     )
     if not ranks.is_main:
         return 0
@@ -799,6 +803,13 @@ def build_parser() -> argparse.ArgumentParser:
         "dimension's minibatch KL is not penalized (0: off)",
     )
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    t.add_argument(
+        "--compile",
+        default="auto",
+        choices=sorted(COMPILE_CHOICES),
+        help="run each step as one compiled graph; auto: for runs of at least 2000 steps "
+        "(where the compile time is repaid) whose step can be captured",
+    )
     t.add_argument("--clip-norm", type=_positive_float, default=None, help="clip the gradient norm")
     t.add_argument(
         "--patience",

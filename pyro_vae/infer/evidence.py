@@ -76,8 +76,8 @@ __all__ = [
     "trace_log_prob",
 ]
 
-# compile="auto" compiles the log weights of an estimate of at least this many weights N * L
-# (docs/compiled.md: the compile time is repaid from about this size on, 2 CPU cores)
+# compile="auto" compiles the log weights of an estimate of at least this many weights N * L:
+# about twice the measured break-even of ~850,000 (docs/compiled.md)
 AUTO_MIN_WEIGHTS = 2_000_000
 ELEMENT_BUDGET = 2**26  # elements of the largest (chunk, N, D) tensor on CUDA & co.
 CPU_ELEMENT_BUDGET = 3 * 2**20  # ... and on CPU; see the module docstring

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.infer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pyro_vae.infer.compiled import CompiledSVIStep, should_compile
 from pyro_vae.infer.devices import as_columns, move_owners, place, resolve_device
 from pyro_vae.infer.distributed import (
     Ranks,
@@ -177,6 +178,19 @@ def _mean_loss(svi: SVIStep, data: _Stream, batch_size, device, ranks=ONE_PROCES
     return all_sum(total, device=_reduce_device(device))[0] / n
 
 
+def _wants_compiled(compile, num_steps, device, ranks, loss, labelled) -> bool:
+    """Whether to use :class:`CompiledSVIStep`: ``compile=True``, or ``"auto"`` for a run
+    long enough to repay the compile time (:func:`should_compile`) whose step the capture
+    supports (no gradient all-reduce, schedule or labelled stream, which would only fall back
+    with a notice)."""
+    if compile not in ("auto", True, False):
+        raise ValueError(f'compile must be "auto", True or False, got {compile!r}')
+    if compile != "auto":
+        return compile
+    capturable = not ranks.distributed and labelled is None and not hasattr(loss, "set_progress")
+    return capturable and should_compile(num_steps, device)
+
+
 def _rank_seed(seed: int, epoch: int, rank: int) -> int:
     """A seed of its own for each rank's noise, a function of (seed, epoch, rank) only, so a
     data-parallel run and its resumption repeat."""
@@ -267,6 +281,7 @@ def train(
     labelled=None,
     labelled_batch_size: int | None = None,
     labelled_loss=None,
+    compile="auto",
 ) -> TrainResult:
     """Fit ``model``/``guide`` by SVI, minimizing -ELBO per datapoint with Adam.
 
@@ -345,6 +360,14 @@ def train(
     draws its own noise from a seed of (``seed``, epoch, rank): a data-parallel run repeats,
     but is not bit-identical to a run with another number of processes.
 
+    compile : {"auto", True, False}
+        Run each step as one compiled graph (:class:`~pyro_vae.infer.compiled.CompiledSVIStep`:
+        the Pyro handlers run once per batch shape while capturing; a pair that cannot be
+        captured falls back to the eager step with a notice). ``"auto"`` compiles a run of at
+        least :data:`~pyro_vae.infer.compiled.AUTO_MIN_STEPS` steps (epochs x batches, so a
+        resume with the same ``epochs`` decides the same) on one process, without a schedule
+        or a labelled stream. Compiled and eager runs agree to float rounding, not bit for bit.
+
     Returns
     -------
     TrainResult
@@ -377,7 +400,10 @@ def train(
         labelled_batch_size = min(labelled_batch_size or batch_size, len(stream_l))
         first_l = stream_l.batch(slice(0, labelled_batch_size), device)
 
-    svi = SVIStep(
+    use_compiled = _wants_compiled(
+        compile, epochs * math.ceil(len(stream) / batch_size), device, ranks, loss, stream_l
+    )
+    svi = (CompiledSVIStep if use_compiled else SVIStep)(
         model,
         guide,
         loss,
