@@ -163,6 +163,7 @@ def _torchrun(*argv, processes=2):
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_torchrun_trains_one_run_that_resumes_on_one_process(tmp_path):
     out = tmp_path / "run"
     tiny = ["--dataset", "digits", "--latent", "2", "--hidden", "32", "--threads", "1"]
@@ -181,6 +182,7 @@ def test_torchrun_trains_one_run_that_resumes_on_one_process(tmp_path):
     assert config["resumes"] == [{"from_epoch": 2, "changed": {"epochs": [2, 3]}}]
 
 
+@pytest.mark.slow
 def test_a_failing_job_stops_every_rank_with_its_message(tmp_path):
     missing = str(tmp_path / "none")
     done = _torchrun("train", "--dataset", "mnist", "--root", missing, "--out", str(tmp_path / "r"))

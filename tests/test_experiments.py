@@ -6,6 +6,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 
@@ -106,6 +108,7 @@ def test_semi_supervised(tmp_path):
         assert (tmp_path / f"mnist5k_{figure}.png").stat().st_size > 1000, figure
 
 
+@pytest.mark.slow
 def test_bench_distributed(capsys):
     argv = ["--dataset", "digits", "--epochs", "1", "--rounds", "1", "--processes", "1", "2"]
     result = load("bench_distributed").main(argv)
