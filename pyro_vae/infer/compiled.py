@@ -49,6 +49,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
+from pyro_vae.infer.devices import forked_rng
 from pyro_vae.infer.objectives import is_fully_reparameterized
 from pyro_vae.infer.params import collect_params
 from pyro_vae.infer.svi import SVIStep, TrainingDivergedError
@@ -288,10 +289,6 @@ def compile_graph(graph: torch.fx.GraphModule, inputs: list, device: torch.devic
         return compile_fx(graph, inputs, config_patches=patches, decompositions=decompositions)
 
 
-def _device_of(x: torch.Tensor) -> list:
-    return [x.device.index or 0] if x.device.type == "cuda" else []
-
-
 def _key_of(tensors, kwargs: dict) -> tuple:
     """What a graph is specialized on: shapes, dtypes, devices, non-tensor arguments."""
     # strides too: without Dynamo's guards, a kernel compiled for one layout must not see another
@@ -515,7 +512,7 @@ class CompiledSVIStep(SVIStep):
         try:
             # one eager call first, outside the trace: an objective's lazy set-up (e.g. the
             # IWAE's layout, found in a forked RNG) must not become part of every step
-            with torch.random.fork_rng(devices=_device_of(x)), torch.no_grad():
+            with forked_rng(x), torch.no_grad():
                 self.objective(self.model, self.guide, x, *args, num_data=num_data, **kwargs)
             step_fn = self._step_fn(len(params), len(args), num_data, kwargs)
             graph, num_guards = capture(

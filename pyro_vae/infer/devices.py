@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_THREADS",
     "as_columns",
     "as_tensor",
+    "forked_rng",
     "move_owners",
     "place",
     "resolve_device",
@@ -24,6 +25,25 @@ __all__ = [
 # One thread: on 2 cores, 2 threads are 1.6x faster idle but 0.4-0.5x beside any other load
 # (experiments/bench_threads.py), and one thread makes CPU runs bit-reproducible across machines.
 DEFAULT_THREADS = 1
+
+
+def forked_rng(x: torch.Tensor):
+    """A context in which torch's RNG (CPU, and x's GPU if any) is restored on exit.
+
+    For tracing a pair to inspect it (its parameters, layout, reparameterization): asking must
+    not change the draws that follow.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        A tensor on the device whose generator is forked too when it is a GPU.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+    """
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    return torch.random.fork_rng(devices=devices)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

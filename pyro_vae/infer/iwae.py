@@ -23,6 +23,7 @@ import math
 
 import torch
 
+from pyro_vae.infer.devices import forked_rng
 from pyro_vae.infer.evidence import draw_log_weights, inspect_pair
 from pyro_vae.infer.objectives import is_fully_reparameterized
 from pyro_vae.infer.sites import DATA_PLATE
@@ -79,9 +80,8 @@ class IWAEObjective:
                     "the IWAE objective needs a guide whose latent sites are all "
                     "reparameterized (rsample); this guide has one that is not"
                 )
-            devices = [x.device.index or 0] if x.device.type == "cuda" else []
             # a forked RNG: finding the layout must not change the draws that follow
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
+            with forked_rng(x), torch.no_grad():
                 layout = inspect_pair(model, guide, x, *args, data_plate=self.data_plate, **kwargs)
             self._layouts[x.shape[0]] = layout
         return layout

@@ -44,6 +44,7 @@ from pyro.distributions.util import is_identically_one, scale_and_mask
 from pyro.infer import ELBO, JitTrace_ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
+from pyro_vae.infer.devices import forked_rng
 from pyro_vae.infer.sites import (
     DATA_PLATE,
     counts,
@@ -301,8 +302,7 @@ def is_fully_reparameterized(model, guide, x, *args, **kwargs) -> bool:
         False when a latent site has no ``rsample`` or is marked for enumeration. The trace
         runs in a forked RNG, so asking does not change the draws that follow.
     """
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
+    with forked_rng(x), torch.no_grad():
         guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
     return all(
         site["fn"].has_rsample and not site["infer"].get("enumerate")
@@ -333,8 +333,7 @@ def max_plate_nesting(model, guide, x, *args, **kwargs) -> int:
     int
         At least 1 for a pair with a data plate.
     """
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
+    with forked_rng(x), torch.no_grad():
         guide_trace = poutine.trace(without_enumeration(guide)).get_trace(x, *args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             x, *args, **kwargs

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from pyro import poutine
 
+from pyro_vae.infer.devices import forked_rng
+
 __all__ = ["collect_params", "restore_params"]
 
 
@@ -35,8 +37,7 @@ def collect_params(model, guide, x, *args, **kwargs) -> dict[str, torch.Tensor]:
         by name.
     """
     params = {}
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
+    with forked_rng(x), torch.no_grad():
         for fn in (guide, model):
             trace = poutine.trace(fn, param_only=True).get_trace(x, *args, **kwargs)
             for name, site in trace.nodes.items():

@@ -21,6 +21,7 @@ import torch
 from pyro import poutine
 from pyro.util import check_model_guide_match
 
+from pyro_vae.infer.devices import forked_rng
 from pyro_vae.infer.objectives import make_objective
 from pyro_vae.infer.params import collect_params, restore_params
 from pyro_vae.infer.sites import DATA_PLATE
@@ -198,8 +199,7 @@ class SVIStep:
             module's parameter is shadowed by an older param-store entry; Pyro's own errors
             for a model/guide mismatch or a value outside a distribution's support.
         """
-        devices = [x.device.index or 0] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with forked_rng(x):
             traces = _validated_traces(self.model, self.guide, x, args, kwargs)
             build = dict(data_plate=self.data_plate)
             self.objective = make_objective(
