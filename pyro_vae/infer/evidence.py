@@ -53,6 +53,7 @@ from pyro_vae.infer.sites import (
     check_data,
     check_data_plate,
     data_frame,
+    plate_nesting,
     sample_sites,
     without_enumeration,
 )
@@ -214,10 +215,7 @@ def inspect_pair(model, guide, x, *args, data_plate=DATA_PLATE, **kwargs) -> Pai
     sites = [("guide", n, s) for n, s in sample_sites(guide_trace)]
     sites += [("model", n, s) for n, s in sample_sites(model_trace)]
     plate = check_data_plate(sites, data_plate, num_data=x.shape[0])
-    nesting = max(
-        [-f.dim for _, _, s in sites for f in s["cond_indep_stack"] if f.vectorized]
-        + [len(s["fn"].batch_shape) for _, _, s in sites]
-    )
+    nesting = plate_nesting(s for _, _, s in sites)
     site_size = max(max(1, s["value"].numel() // plate.size) for _, _, s in sites)
     return PairLayout(-(nesting + 1), plate.size, plate.dim, site_size)
 

@@ -50,6 +50,8 @@ from pyro_vae.infer.sites import (
     counts,
     data_frame,
     data_scale,
+    plate_nesting,
+    sample_sites,
     without_enumeration,
 )
 
@@ -338,12 +340,7 @@ def max_plate_nesting(model, guide, x, *args, **kwargs) -> int:
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             x, *args, **kwargs
         )
-    sites = [s for t in (guide_trace, model_trace) for s in t.nodes.values() if counts(s)]
-    return max(
-        [-f.dim for s in sites for f in s["cond_indep_stack"] if f.vectorized]
-        + [len(s["fn"].batch_shape) for s in sites],
-        default=0,
-    )
+    return plate_nesting(s for t in (guide_trace, model_trace) for _, s in sample_sites(t))
 
 
 class AuxiliaryTerm:

@@ -44,6 +44,7 @@ __all__ = [
     "data_frame",
     "data_scale",
     "latent_sites",
+    "plate_nesting",
     "sample_sites",
     "without_enumeration",
 ]
@@ -237,6 +238,31 @@ def latent_sites(trace, data_plate: str = DATA_PLATE, role: str = "guide") -> di
         raise ValueError(f"the {role} has no latent (unobserved) sample site")
     check_data_plate([(role, n, s) for n, s in sites.items()], data_plate)
     return sites
+
+
+def plate_nesting(sites: Iterable[dict]) -> int:
+    """How many batch dimensions the sites' plates and batch shapes use.
+
+    The largest ``-dim`` of a vectorized plate, or the longest batch shape of a site's
+    distribution, whichever is larger: an outer plate (particles, enumerated values) placed at
+    ``-(nesting + 1)`` or further left is clear of them all.
+
+    Parameters
+    ----------
+    sites : iterable of dict
+        Sample sites (trace nodes) of a model and its guide.
+
+    Returns
+    -------
+    int
+        0 for no site.
+    """
+    sites = list(sites)
+    return max(
+        [-f.dim for s in sites for f in s["cond_indep_stack"] if f.vectorized]
+        + [len(s["fn"].batch_shape) for s in sites],
+        default=0,
+    )
 
 
 def check_data(x, name: str = "x") -> torch.Tensor:
