@@ -25,7 +25,7 @@ import torch
 
 from pyro_vae.infer.devices import forked_rng
 from pyro_vae.infer.evidence import draw_log_weights, inspect_pair
-from pyro_vae.infer.objectives import is_fully_reparameterized
+from pyro_vae.infer.objectives import require_reparameterized
 from pyro_vae.infer.sites import DATA_PLATE
 
 __all__ = ["IWAEObjective"]
@@ -75,11 +75,7 @@ class IWAEObjective:
     def _layout(self, model, guide, x, args, kwargs):
         layout = self._layouts.get(x.shape[0])
         if layout is None:
-            if not is_fully_reparameterized(model, guide, x, *args, **kwargs):
-                raise ValueError(
-                    "the IWAE objective needs a guide whose latent sites are all "
-                    "reparameterized (rsample); this guide has one that is not"
-                )
+            require_reparameterized("the IWAE objective", model, guide, x, *args, **kwargs)
             # a forked RNG: finding the layout must not change the draws that follow
             with forked_rng(x), torch.no_grad():
                 layout = inspect_pair(model, guide, x, *args, data_plate=self.data_plate, **kwargs)

@@ -29,7 +29,7 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from torch.distributions import Independent
 
-from pyro_vae.infer.objectives import SiteTerm, is_fully_reparameterized, run_pair
+from pyro_vae.infer.objectives import SiteTerm, require_reparameterized, run_pair
 from pyro_vae.infer.sites import DATA_PLATE
 
 __all__ = ["KLAnnealing", "KLControlledELBO"]
@@ -175,11 +175,7 @@ class KLControlledELBO:
         self.beta = self.annealing(epochs_done) if self.annealing is not None else 1.0
 
     def _check(self, model, guide, x, args, kwargs) -> None:
-        if not is_fully_reparameterized(model, guide, x, *args, **kwargs):
-            raise ValueError(
-                "KL annealing and free bits need a guide whose latent sites are all "
-                "reparameterized (rsample); this guide has one that is not"
-            )
+        require_reparameterized("KL annealing and free bits", model, guide, x, *args, **kwargs)
         self._checked = True
 
     def _kl_groups(self, name: str, q: SiteTerm | None, p: SiteTerm, n: int):

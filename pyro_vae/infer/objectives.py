@@ -63,6 +63,7 @@ __all__ = [
     "SiteTerm",
     "is_fully_reparameterized",
     "make_objective",
+    "require_reparameterized",
     "max_plate_nesting",
     "run_pair",
 ]
@@ -429,6 +430,29 @@ class AuxiliaryTerm:
         return neg_elbo + self.weight * term.mean()
 
 
+def require_reparameterized(what: str, model, guide, x, *args, **kwargs) -> None:
+    """Refuse a guide that :func:`is_fully_reparameterized` rejects, naming ``what`` needs it.
+
+    Parameters
+    ----------
+    what : str
+        The objective that needs reparameterized draws, e.g. "the IWAE objective", as the
+        subject of the message.
+    model, guide, x, *args, **kwargs
+        As for :func:`is_fully_reparameterized`.
+
+    Raises
+    ------
+    ValueError
+        When a latent site of the guide has no ``rsample`` or is marked for enumeration.
+    """
+    if not is_fully_reparameterized(model, guide, x, *args, **kwargs):
+        raise ValueError(
+            f"{what} needs a guide whose latent sites are all reparameterized (rsample); this "
+            "guide has one that is not"
+        )
+
+
 def make_objective(
     loss: str | ELBO | Callable, model, guide, x, *args, data_plate: str = DATA_PLATE, **kwargs
 ) -> Callable:
@@ -479,8 +503,7 @@ def make_objective(
         nesting = max_plate_nesting(model, guide, x, *args, **kwargs)
         return PyroELBO(TraceEnum_ELBO(max_plate_nesting=nesting), data_plate)
     if loss == "trace":
-        with torch.no_grad():
-            fast = is_fully_reparameterized(model, guide, x, *args, **kwargs)
+        fast = is_fully_reparameterized(model, guide, x, *args, **kwargs)
         return FastTraceELBO(data_plate) if fast else PyroELBO(Trace_ELBO(), data_plate)
     elbos = {"pyro-trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "jit": JitTrace_ELBO}
     if loss not in elbos:
