@@ -32,10 +32,9 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro import poutine
 
 from pyro_vae.data import load_dataset
-from pyro_vae.diagnostics.latent import active_units
+from pyro_vae.diagnostics.latent import active_units, latent_kl
 from pyro_vae.infer.evidence import dataset_nll
 from pyro_vae.infer.iwae import IWAEObjective
 from pyro_vae.infer.kl_control import KLAnnealing, KLControlledELBO
@@ -116,18 +115,6 @@ def objective(spec: dict):
     return "trace"
 
 
-@torch.no_grad()
-def mean_kl(vae: VAE, x: torch.Tensor, num_draws: int = 10) -> float:
-    """E_q[log q(z|x) - log p(z)] per datapoint, Monte Carlo over ``num_draws`` draws."""
-    with pyro.plate("draws", num_draws, dim=-2):
-        guide_trace = poutine.trace(vae.guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
-    z = guide_trace.nodes["z"]
-    log_q = z["fn"].log_prob(z["value"])
-    log_p = model_trace.nodes["z"]["fn"].log_prob(z["value"])
-    return (log_q - log_p).mean().item()
-
-
 def run_row(name: str, preset: dict, data, args) -> dict:
     """Train one row from seed 0 and score it on the test points."""
     spec = ROWS[name]
@@ -170,7 +157,7 @@ def run_row(name: str, preset: dict, data, args) -> dict:
         "nll_stderr": nll.stderr,
         "elbo": elbo.mean().item(),
         "gap": (nll.log_px - elbo).mean().item(),
-        "kl": mean_kl(vae, x),
+        "kl": latent_kl(vae.model, vae.guide, x).mean().item(),
         "active_units": active,
         "latent_dim": preset["latent"],
         "khat_below_0.7": (nll.khat < 0.7).float().mean().item(),

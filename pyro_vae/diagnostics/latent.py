@@ -28,6 +28,7 @@ from torch.distributions.transforms import ComposeTransform, IndependentTransfor
 from tqdm.auto import tqdm
 
 from pyro_vae.diagnostics.posterior import _to_draws_layout, guide_draws
+from pyro_vae.infer.devices import forked_rng
 from pyro_vae.infer.evidence import elbo_per_datapoint, inspect_pair, trace_log_prob
 from pyro_vae.infer.sites import DATA_PLATE, latent_sites, without_enumeration
 
@@ -247,7 +248,8 @@ def latent_kl(
     torch.Tensor of shape (N,)
         The Monte Carlo mean over draws, nats per datapoint.
     """
-    layout = inspect_pair(model, guide, x, *args, data_plate=data_plate, **kwargs)
+    with forked_rng(x):  # finding the layout must not change the draws that follow
+        layout = inspect_pair(model, guide, x, *args, data_plate=data_plate, **kwargs)
     with torch.no_grad(), pyro.plate("_kl_draws", num_samples, dim=layout.particle_dim):
         guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
