@@ -35,10 +35,10 @@ import torch
 
 from pyro_vae.data import load_dataset
 from pyro_vae.diagnostics.latent import active_units, latent_kl
-from pyro_vae.infer.evidence import dataset_nll
-from pyro_vae.infer.iwae import IWAEObjective
-from pyro_vae.infer.kl_control import KLAnnealing, KLControlledELBO
-from pyro_vae.infer.train import train
+from pyro_vae.infer.evidence.dataset import dataset_nll
+from pyro_vae.infer.objectives.iwae import IWAEObjective
+from pyro_vae.infer.objectives.kl_control import KLAnnealing, KLControlledELBO
+from pyro_vae.infer.training.loop import train
 from pyro_vae.models.vae import VAE
 
 __all__ = ["PRESETS", "ROWS", "main"]

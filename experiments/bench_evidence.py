@@ -10,7 +10,7 @@ Same math three ways, log p(x) ~ log (1/L) sum_l p(x, z_l) / q(z_l | x) per data
 - ``pyro.infer.Importance(num_samples=L)``: Pyro's loop over samples, one datapoint at a time
   (timed on a few datapoints and scaled per datapoint);
 - ``log_evidence, compiled``: ``log_evidence(..., compile=True)``, each chunk's log weights
-  from one inductor-compiled graph (:class:`pyro_vae.infer.compiled.CompiledLogWeights`); its
+  from one inductor-compiled graph (:class:`pyro_vae.infer.evidence.compiled.CompiledLogWeights`); its
   compile time is printed apart (the warm-up repetition absorbs it);
 - ``NumPyro vectorized``: the same VAE and weights as a NumPyro model and guide
   (``bench_train.numpyro_vae``), the guide drawn under a particle plate and the model replayed
@@ -47,9 +47,10 @@ import pyro
 import torch
 import torch.nn.functional as F
 
-from pyro_vae.infer.devices import resolve_device
-from pyro_vae.infer.evidence import default_chunk_size, log_evidence
-from pyro_vae.infer.psis import pareto_khat
+from pyro_vae.infer.evidence.importance import log_evidence
+from pyro_vae.infer.evidence.psis import pareto_khat
+from pyro_vae.infer.evidence.weights import default_chunk_size
+from pyro_vae.infer.runtime.devices import resolve_device
 from pyro_vae.models.vae import VAE
 
 LOG_2PI = math.log(2 * math.pi)

@@ -1,12 +1,12 @@
 """Benchmark: training speed with 1 and 2 CPU threads, on an idle machine and beside a load.
 
 The README's VAE (784-400-20, Bernoulli, batch 128, Adam 1e-3) is stepped with
-``pyro_vae.infer.svi.SVIStep`` on MNIST-5k for a fixed time per setting, once with no other
+``pyro_vae.infer.training.svi.SVIStep`` on MNIST-5k for a fixed time per setting, once with no other
 process running, once beside a pure-Python process that keeps one core busy, and once beside
 another PyTorch process doing matrix products with torch's default thread count (what a second
 training run started by someone else looks like). Settings alternate over ``--rounds`` rounds;
 we report the median steps/s and the ratio to one thread on the idle machine. The numbers
-choose ``pyro_vae.infer.devices.DEFAULT_THREADS``.
+choose ``pyro_vae.infer.runtime.devices.DEFAULT_THREADS``.
 
     python experiments/bench_threads.py            # about 1.5 minutes
 """
@@ -23,7 +23,7 @@ import pyro
 import torch
 
 from pyro_vae.data import load_dataset
-from pyro_vae.infer.svi import SVIStep
+from pyro_vae.infer.training.svi import SVIStep
 from pyro_vae.models.vae import VAE
 
 LOADS = {

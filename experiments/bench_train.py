@@ -1,4 +1,4 @@
-"""Benchmark: pyro_vae.infer.train against a hand-written PyTorch loop of the same math.
+"""Benchmark: pyro_vae.infer.training.loop against a hand-written PyTorch loop of the same math.
 
 The model is the 784-400-20-400-784 ReLU VAE with a Bernoulli likelihood on binarized MNIST-5k,
 batch 128, Adam(lr=1e-3), one-sample reparameterized ELBO. The hand-written loop calls the very
@@ -8,7 +8,7 @@ in one process; we report median steady-state steps/s and the ratio trainer / ha
 For context the obvious Pyro loop (``SVI`` + ``Trace_ELBO`` + ``pyro.optim.Adam``) is timed too.
 
 Two rows answer "what does eager execution cost": ``compiled SVIStep``
-(:class:`~pyro_vae.infer.compiled.CompiledSVIStep`: Pyro's handlers run once per batch shape,
+(:class:`~pyro_vae.infer.training.compiled_step.CompiledSVIStep`: Pyro's handlers run once per batch shape,
 the step is one inductor-compiled graph; its compile time is printed apart, since the
 warm-up round absorbs it) and ``NumPyro jit(svi.update)``: the same VAE as a NumPyro model and
 guide, starting from the very same (PyTorch-initialized) weights, NumPyro's ``Trace_ELBO`` and
@@ -21,7 +21,7 @@ is a cold one; ``--routes`` adds the two other ways to run the captured step gra
 (ATen ops, no inductor) and through ``torch.compile`` (Dynamo on the captured GraphModule).
 
 With ``--iwae-k K`` (default 5; 0 skips it) the importance-weighted bound with K particles is
-timed the same three ways: ``SVIStep`` with :class:`~pyro_vae.infer.iwae.IWAEObjective`, Pyro's
+timed the same three ways: ``SVIStep`` with :class:`~pyro_vae.infer.objectives.iwae.IWAEObjective`, Pyro's
 ``SVI`` with ``RenyiELBO(alpha=0, vectorize_particles=True)`` (the same bound, summed over the
 batch) and a hand-written loop; the ratios of these rows are to the hand-written IWAE loop.
 
@@ -46,11 +46,11 @@ import torch
 import torch.nn.functional as F
 
 from pyro_vae.data import load_dataset
-from pyro_vae.infer.compiled import CompiledSVIStep
-from pyro_vae.infer.devices import resolve_device
-from pyro_vae.infer.iwae import IWAEObjective
-from pyro_vae.infer.svi import SVIStep, make_adam
-from pyro_vae.infer.train import train
+from pyro_vae.infer.objectives.iwae import IWAEObjective
+from pyro_vae.infer.runtime.devices import resolve_device
+from pyro_vae.infer.training.compiled_step import CompiledSVIStep
+from pyro_vae.infer.training.loop import train
+from pyro_vae.infer.training.svi import SVIStep, make_adam
 from pyro_vae.models.vae import VAE
 
 LOG_2PI = math.log(2 * math.pi)
@@ -275,7 +275,7 @@ def main_job_seconds(compiled: bool, epochs: int, out_dir: str) -> tuple[float, 
 
     from pyro_vae import cli
 
-    train_module = importlib.import_module("pyro_vae.infer.train")  # not the function train
+    train_module = importlib.import_module("pyro_vae.infer.training.loop")  # not the function train
     made = []
 
     class RecordedStep(CompiledSVIStep):

@@ -29,7 +29,7 @@ import torch
 from sklearn.decomposition import PCA
 
 from pyro_vae.data import load_dataset
-from pyro_vae.infer.train import train
+from pyro_vae.infer.training.loop import train
 from pyro_vae.models.ppca import PPCA, CollapsedPPCA
 
 __all__ = ["main", "evaluate", "markdown_table"]

@@ -5,7 +5,7 @@ Every row uses the same data (statically binarized, seeded), the same labelled i
 test points: accuracies on the whole test split, log-likelihoods on its first
 ``--num-points`` images:
 
-- ``M2``: the M2 model of Kingma et al. (2014) trained by :func:`pyro_vae.infer.train.train`,
+- ``M2``: the M2 model of Kingma et al. (2014) trained by :func:`pyro_vae.infer.training.loop.train`,
   unlabelled images with y summed out (``loss="enum"``), labelled ones with the classification
   term alpha * E_labelled[-log q(y|x)]; one row per ``--alphas`` entry, by default the paper's
   alpha = 0.1 N (N training images) and the 46 per labelled image of Pyro's SS-VAE example
@@ -45,9 +45,10 @@ import pyro
 import torch
 
 from pyro_vae.data import labelled_split, load_dataset
-from pyro_vae.infer.evidence import dataset_nll
-from pyro_vae.infer.objectives import AuxiliaryTerm
-from pyro_vae.infer.train import train
+from pyro_vae.infer.evidence.dataset import dataset_nll
+from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
+from pyro_vae.infer.training.loop import train
+from pyro_vae.infer.training.options import LabelledStream
 from pyro_vae.models.conditional import CVAE
 from pyro_vae.models.m2 import M2
 from pyro_vae.models.vae import VAE
@@ -111,9 +112,8 @@ def run_m2(data, labelled, unlabelled, test, setting, args) -> tuple[dict, M2]:
         m2,
         unlabelled,
         args,
-        labelled=(labelled, labelled.y),
+        labelled=LabelledStream((labelled, labelled.y), loss=classify),
         loss="enum",
-        labelled_loss=classify,
     )
     named = f" ({setting})" if setting in ("paper", "pyro") else ""
     row = {

@@ -26,13 +26,17 @@ import pyro
 import torch
 
 from pyro_vae.data import DATASETS, DEFAULT_DATASET, labelled_split
-from pyro_vae.infer.checkpoint import CheckpointError, load_checkpoint
-from pyro_vae.infer.devices import DEFAULT_THREADS, resolve_device, set_threads
-from pyro_vae.infer.distributed import barrier, join
-from pyro_vae.infer.iwae import IWAEObjective
-from pyro_vae.infer.kl_control import KLAnnealing, KLControlledELBO
-from pyro_vae.infer.objectives import LOSSES, AuxiliaryTerm
-from pyro_vae.infer.train import CHECKPOINT_NAME, TrainingDivergedError, train
+from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
+from pyro_vae.infer.objectives.elbo import LOSSES
+from pyro_vae.infer.objectives.iwae import IWAEObjective
+from pyro_vae.infer.objectives.kl_control import KLAnnealing, KLControlledELBO
+from pyro_vae.infer.runtime.devices import DEFAULT_THREADS, resolve_device, set_threads
+from pyro_vae.infer.runtime.distributed import barrier, join
+from pyro_vae.infer.training.checkpoint import CheckpointError, load_checkpoint
+from pyro_vae.infer.training.loop import train
+from pyro_vae.infer.training.options import LabelledStream
+from pyro_vae.infer.training.run_state import CHECKPOINT_NAME
+from pyro_vae.infer.training.svi import TrainingDivergedError
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.models.vae import VAE
 from pyro_vae.nets import ACTIVATIONS, ARCHS
@@ -313,13 +317,12 @@ def cmd_train(args) -> int:
     vae = _build_model(args, data)
     objective = _objective(args)
     if args.model == "m2":
-        labelled = streams["labelled"][0]
+        labelled = streams["labelled"].data[0]
         if args.alpha is None:  # Kingma et al. (2014), sec. 4.1: alpha = 0.1 N
             args.alpha = 0.1 * len(data.train)
         # y given: nothing to enumerate, z is reparameterized (the fast "trace" objective)
-        streams["labelled_loss"] = AuxiliaryTerm(
-            "trace", vae.classifier_nll, weight=args.alpha / len(labelled)
-        )
+        classify = AuxiliaryTerm("trace", vae.classifier_nll, weight=args.alpha / len(labelled))
+        streams["labelled"] = LabelledStream(streams["labelled"].data, loss=classify)
     options = {name: _stored(getattr(args, name)) for name in (*RUN_OPTIONS, *RESUME_OPTIONS)}
     if config is None:  # a new run (or --overwrite): the folder is written from scratch
         config = {**run_config, "model": args.model}
@@ -348,7 +351,7 @@ def cmd_train(args) -> int:
     what = f"{args.likelihood} {name} {data.train.data_dim}-{'-'.join(map(str, args.hidden))}-"
     labels_note = ""
     if args.model == "m2":
-        n_l = len(streams["labelled"][0])
+        n_l = len(streams["labelled"].data[0])
         labels_note = f", {n_l:,} of them labelled ({args.labels_per_class} per class)"
     say(
         f"{'resuming' if done else 'training'} a {what}{args.latent} on {args.dataset} "
@@ -364,7 +367,6 @@ def cmd_train(args) -> int:
         streams["data"],
         val_data=streams["val_data"],
         labelled=streams.get("labelled"),
-        labelled_loss=streams.get("labelled_loss"),
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -417,7 +419,11 @@ def _training_streams(args, data) -> dict:
         val = (data.val, data.val.y) if data.val is not None else None
         return {"data": (data.train, data.train.y), "val_data": val}
     labelled, unlabelled = labelled_split(data.train, args.labels_per_class, seed=args.seed)
-    return {"data": unlabelled, "val_data": data.val, "labelled": (labelled, labelled.y)}
+    return {
+        "data": unlabelled,
+        "val_data": data.val,
+        "labelled": LabelledStream((labelled, labelled.y)),
+    }
 
 
 def _build_model(args, data):
@@ -449,7 +455,7 @@ def _build_model(args, data):
 def _test_loss(vae, data, kind: str = "vae") -> float:
     """-ELBO per datapoint on the test split (one fixed binarization for a "dynamic" run);
     given the test labels for the CVAE."""
-    from pyro_vae.infer.evidence import elbo_per_datapoint
+    from pyro_vae.infer.evidence.importance import elbo_per_datapoint
 
     x = test_images(data).to(next(vae.parameters()).device)
     labels = (data.test.y.to(x.device),) if kind == "cvae" else ()
@@ -472,7 +478,8 @@ def _iwae_ks(args) -> list[int]:
 
 
 def cmd_evaluate(args) -> int:
-    from pyro_vae.infer.evidence import dataset_nll, iwae_from_log_weights
+    from pyro_vae.infer.evidence.dataset import dataset_nll
+    from pyro_vae.infer.evidence.importance import iwae_from_log_weights
 
     set_threads(args.threads)
     ranks, device = join(resolve_device(args.device))  # under torchrun: sharded evaluation

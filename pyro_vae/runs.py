@@ -2,7 +2,7 @@
 
 A run folder holds ``config.json`` (data set, model -- ``"vae"``, ``"cvae"`` or ``"m2"`` --,
 architecture and every option that defines the run), ``checkpoint.pt`` and
-``history.json``/``.csv`` (written by :func:`pyro_vae.infer.train.train`), ``figures/`` and,
+``history.json``/``.csv`` (written by :func:`pyro_vae.infer.training.loop.train`), ``figures/`` and,
 after ``pyro-vae evaluate`` / ``diagnose``, their reports. This module and :mod:`pyro_vae.cli`
 are the only library code that knows both the data sets and the models; ``infer`` and
 ``diagnostics`` stay generic.
@@ -20,9 +20,9 @@ import pyro
 import torch
 
 from pyro_vae.data import DatasetSplits, load_dataset
-from pyro_vae.infer.checkpoint import load_checkpoint
-from pyro_vae.infer.params import collect_params, restore_params
-from pyro_vae.infer.train import CHECKPOINT_NAME
+from pyro_vae.infer.pair.params import collect_params, restore_params
+from pyro_vae.infer.training.checkpoint import load_checkpoint
+from pyro_vae.infer.training.run_state import CHECKPOINT_NAME
 from pyro_vae.models.conditional import CVAE
 from pyro_vae.models.m2 import M2
 from pyro_vae.models.vae import VAE
@@ -201,7 +201,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
 
     Raises
     ------
-    FileNotFoundError, ValueError, pyro_vae.infer.checkpoint.CheckpointError
+    FileNotFoundError, ValueError, pyro_vae.infer.training.checkpoint.CheckpointError
         Not a run folder, an invalid config, or a missing, corrupted or foreign checkpoint.
     """
     run_dir = Path(run_dir)

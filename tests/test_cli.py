@@ -10,8 +10,8 @@ import torch
 
 from pyro_vae import __version__
 from pyro_vae.cli import build_parser, main
-from pyro_vae.infer.checkpoint import load_checkpoint
-from pyro_vae.infer.evidence import dataset_nll
+from pyro_vae.infer.evidence.dataset import dataset_nll
+from pyro_vae.infer.training.checkpoint import load_checkpoint
 from pyro_vae.runs import evaluation_data, load_run
 
 TINY = ["--latent", "2", "--hidden", "32", "--quiet"]
@@ -375,7 +375,7 @@ def test_every_failure_is_one_line_exit_2_and_changes_nothing(
         elif target == "checkpoint":
             (run_copy / "checkpoint.pt").write_bytes(replacement)
         elif target == "dataset_nll":
-            monkeypatch.setattr("pyro_vae.infer.evidence.dataset_nll", replacement)
+            monkeypatch.setattr("pyro_vae.infer.evidence.dataset.dataset_nll", replacement)
         else:
             monkeypatch.setattr(target, replacement)
     before = _snapshot(tmp_path)

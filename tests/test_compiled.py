@@ -14,18 +14,15 @@ import pytest
 import torch
 from common import bernoulli_latent_pair
 
-from pyro_vae.infer import compiled as compiled_module
-from pyro_vae.infer.compiled import (
-    AUTO_MIN_STEPS,
-    CompiledSVIStep,
-    CompileFallbackWarning,
-    compile_graph,
-    should_compile,
-)
-from pyro_vae.infer.evidence import elbo_per_datapoint, iwae_bound, log_evidence
-from pyro_vae.infer.iwae import IWAEObjective
-from pyro_vae.infer.kl_control import KLAnnealing, KLControlledELBO
-from pyro_vae.infer.svi import SVIStep
+from pyro_vae.infer.compile.capture import CompileFallbackWarning, compile_graph
+from pyro_vae.infer.compile.policy import AUTO_MIN_STEPS, resolve
+from pyro_vae.infer.evidence import compiled as log_weights_module
+from pyro_vae.infer.evidence.importance import elbo_per_datapoint, iwae_bound, log_evidence
+from pyro_vae.infer.objectives.iwae import IWAEObjective
+from pyro_vae.infer.objectives.kl_control import KLAnnealing, KLControlledELBO
+from pyro_vae.infer.training import compiled_step as step_module
+from pyro_vae.infer.training.compiled_step import CompiledSVIStep
+from pyro_vae.infer.training.svi import SVIStep
 from pyro_vae.models.ppca import PPCA, CollapsedPPCA
 from pyro_vae.models.vae import VAE
 
@@ -253,7 +250,7 @@ def test_parameter_appearing_at_a_new_shape_falls_back_and_is_refused():
 def test_short_last_batch_compiles_at_most_once(compile_short_batches, graphs, monkeypatch):
     # by default the short batch runs eagerly; compiled, its graph is made once and reused
     calls = []
-    monkeypatch.setattr(compiled_module, "capture", _counting(compiled_module.capture, calls))
+    monkeypatch.setattr(step_module, "capture", _counting(step_module.capture, calls))
     vae = VAE(12, latent_dim=3, hidden=(8,))
     svi = CompiledSVIStep(
         vae.model, vae.guide, compile_fn=captured_only, compile_short_batches=compile_short_batches
@@ -316,8 +313,11 @@ def test_eager_checkpoint_loads_into_compiled_step(float64):
     assert all(float(s["step"]) == 3 for s in state.values())
 
 
-def test_should_compile_rule():
-    assert should_compile(AUTO_MIN_STEPS, "cpu") and not should_compile(AUTO_MIN_STEPS - 1, "cpu")
+def test_auto_compile_rule():
+    assert resolve("auto", work=AUTO_MIN_STEPS, min_work=AUTO_MIN_STEPS)
+    assert not resolve("auto", work=AUTO_MIN_STEPS - 1, min_work=AUTO_MIN_STEPS)
+    assert not resolve("auto", work=10**9, min_work=AUTO_MIN_STEPS, blocker="a hook")
+    assert resolve(True, work=1, min_work=AUTO_MIN_STEPS, blocker="a hook")
 
 
 # --- evidence ---------------------------------------------------------------------------------
@@ -343,8 +343,8 @@ ESTIMATORS = {
 @pytest.mark.parametrize("compile_fn", COMPILERS.values(), ids=COMPILERS.keys())
 @pytest.mark.parametrize("name", ["vae", "ppca", "two-site"])
 def test_compiled_log_weights_match_eager(name, compile_fn, float64, monkeypatch):
-    monkeypatch.setattr(compiled_module, "compile_graph", compile_fn)
-    monkeypatch.setattr(compiled_module, "_LOG_WEIGHT_GRAPHS", OrderedDict())
+    monkeypatch.setattr(log_weights_module, "compile_graph", compile_fn)
+    monkeypatch.setattr(log_weights_module, "_LOG_WEIGHT_GRAPHS", OrderedDict())
     model, guide, x = evidence_pair(name)
     for label, estimator in ESTIMATORS.items():
         torch.manual_seed(2)
@@ -352,7 +352,7 @@ def test_compiled_log_weights_match_eager(name, compile_fn, float64, monkeypatch
         torch.manual_seed(2)
         fast = estimator(model, guide, x, chunk_size=20, compile=True)
         torch.testing.assert_close(fast, eager, rtol=RTOL, atol=ATOL, msg=label)
-    assert len(compiled_module._LOG_WEIGHT_GRAPHS) == 1  # shared by the chunks and estimators
+    assert len(log_weights_module._LOG_WEIGHT_GRAPHS) == 1  # shared by the chunks and estimators
 
 
 def test_evidence_compile_argument_is_checked():
@@ -364,7 +364,7 @@ def test_evidence_compile_argument_is_checked():
 def test_copy_of_a_pair_uses_its_own_parameters(float64, monkeypatch):
     # graphs are cached per pair and take the parameters as inputs: a trained copy must not
     # be scored with the weights of the original
-    monkeypatch.setattr(compiled_module, "compile_graph", captured_only)
+    monkeypatch.setattr(log_weights_module, "compile_graph", captured_only)
     vae = VAE(12, latent_dim=3, hidden=(8,))
     x = torch.bernoulli(torch.full((6, 12), 0.4))
     torch.manual_seed(3)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 
-from pyro_vae.infer.evidence import log_evidence
+from pyro_vae.infer.evidence.importance import log_evidence
 from pyro_vae.models.conditional import CVAE, check_labels, concat
 
 N, D, C, M = 5, 12, 4, 3

@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from pyro_vae.data import load_dataset
-from pyro_vae.infer.devices import as_tensor, place, resolve_device
+from pyro_vae.infer.runtime.devices import as_tensor, place, resolve_device
 
 
 class Pairs(Dataset):
@@ -59,7 +59,7 @@ def test_cpu_placement_and_device_choice():
 
 def test_as_columns_keeps_the_transform_and_the_dtype_of_extras():
     from pyro_vae.data import ImageData
-    from pyro_vae.infer.devices import as_columns
+    from pyro_vae.infer.runtime.devices import as_columns
 
     images = ImageData(torch.full((4, 4), 0.5), torch.arange(4), (2, 2), binarize="dynamic")
     x, extras, transform = as_columns((images, images.y))

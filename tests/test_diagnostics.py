@@ -24,7 +24,8 @@ from pyro_vae.diagnostics.latent import (
     latent_kl,
 )
 from pyro_vae.diagnostics.posterior import guide_draws, nuts_reference
-from pyro_vae.infer.evidence import GlobalLatentError, log_evidence
+from pyro_vae.infer.evidence.importance import log_evidence
+from pyro_vae.infer.pair.sites import GlobalLatentError
 from pyro_vae.models.ppca import PPCA
 from pyro_vae.models.vae import VAE
 

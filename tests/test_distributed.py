@@ -1,4 +1,4 @@
-"""Tests for pyro_vae.infer.distributed: two gloo processes on CPU, against one process.
+"""Tests for pyro_vae.infer.runtime.distributed: two gloo processes on CPU, against one process.
 
 Two ranks are started with ``torch.multiprocessing.spawn`` and the environment torchrun would
 set; a failed assertion in a rank fails the test. Closed forms: the averaged gradient of two
@@ -20,15 +20,15 @@ import torch
 import torch.distributed as torch_dist
 
 from pyro_vae.cli import main
-from pyro_vae.infer.distributed import (
+from pyro_vae.infer.evidence.dataset import dataset_nll
+from pyro_vae.infer.runtime.distributed import (
     Ranks,
     average_gradients,
     broadcast_params,
     epoch_shard,
     init_from_env,
 )
-from pyro_vae.infer.evidence import dataset_nll
-from pyro_vae.infer.svi import SVIStep
+from pyro_vae.infer.training.svi import SVIStep
 from pyro_vae.models.ppca import PPCA
 from pyro_vae.models.vae import VAE
 

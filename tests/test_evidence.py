@@ -16,18 +16,18 @@ import torch
 from common import GaussianMixture, requires_cuda
 from pyro import poutine
 
-from pyro_vae.infer import evidence
-from pyro_vae.infer.evidence import (
-    GlobalLatentError,
-    dataset_nll,
+from pyro_vae.infer.evidence import weights
+from pyro_vae.infer.evidence.dataset import dataset_nll
+from pyro_vae.infer.evidence.importance import (
     elbo_per_datapoint,
     iwae_bound,
     iwae_from_log_weights,
     log_evidence,
 )
-from pyro_vae.infer.iwae import IWAEObjective
-from pyro_vae.infer.kl_control import KLControlledELBO
-from pyro_vae.infer.psis import pareto_khat
+from pyro_vae.infer.evidence.psis import pareto_khat
+from pyro_vae.infer.objectives.iwae import IWAEObjective
+from pyro_vae.infer.objectives.kl_control import KLControlledELBO
+from pyro_vae.infer.pair.sites import GlobalLatentError
 from pyro_vae.models.ppca import PPCA, CollapsedPPCA
 from pyro_vae.models.vae import VAE
 
@@ -329,10 +329,10 @@ def test_default_chunk_size_follows_element_budget(ppca_data, monkeypatch):
         calls.append(1)
         ppca.guide(x)
 
-    assert evidence.default_chunk_size(100, 784, "cpu") == 3 * 2**20 // 78400  # 40
-    assert evidence.default_chunk_size(100, 784, "cuda") == 2**26 // 78400  # 855
-    assert evidence.default_chunk_size(10**6, 784, "cpu") == 1
-    monkeypatch.setattr(evidence, "CPU_ELEMENT_BUDGET", 1000)
+    assert weights.default_chunk_size(100, 784, "cpu") == 3 * 2**20 // 78400  # 40
+    assert weights.default_chunk_size(100, 784, "cuda") == 2**26 // 78400  # 855
+    assert weights.default_chunk_size(10**6, 784, "cpu") == 1
+    monkeypatch.setattr(weights, "CPU_ELEMENT_BUDGET", 1000)
     log_evidence(ppca.model, counting_guide, x, num_samples=35)
     # one tracing pass to find the plates, then ceil(35 / 10) = 4 chunks
     assert len(calls) == 5, f"guide called {len(calls)} times"

@@ -1,4 +1,4 @@
-"""Tests for pyro_vae.infer.iwae: the importance-weighted bound as a training objective.
+"""Tests for pyro_vae.infer.objectives.iwae: the importance-weighted bound as a training objective.
 
 Closed forms and references: with k = 1 the bound is the single-sample ELBO of the same draw;
 it is Pyro's RenyiELBO(alpha=0) of the same draw, value and gradients (Pyro sums over the
@@ -14,9 +14,9 @@ import torch
 from common import LinearGaussian, bernoulli_latent_pair
 from pyro.infer import RenyiELBO
 
-from pyro_vae.infer.iwae import IWAEObjective
-from pyro_vae.infer.objectives import FastTraceELBO, make_objective
-from pyro_vae.infer.sites import GlobalLatentError
+from pyro_vae.infer.objectives.elbo import FastTraceELBO, make_objective
+from pyro_vae.infer.objectives.iwae import IWAEObjective
+from pyro_vae.infer.pair.sites import GlobalLatentError
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for pyro_vae.infer.kl_control: KL annealing and free bits, against hand computations.
+"""Tests for pyro_vae.infer.objectives.kl_control: KL annealing and free bits, against hand computations.
 
 Each loss is recomputed here from the same draw (same seed) with plain torch.distributions:
 reconstruction log p(x|z), per-dimension log q and log p, then the formula of the docstring.
@@ -14,9 +14,9 @@ import torch
 from common import LinearGaussian, bernoulli_latent_pair
 from pyro import poutine
 
-from pyro_vae.infer.kl_control import KLAnnealing, KLControlledELBO
-from pyro_vae.infer.objectives import FastTraceELBO
-from pyro_vae.infer.train import train
+from pyro_vae.infer.objectives.elbo import FastTraceELBO
+from pyro_vae.infer.objectives.kl_control import KLAnnealing, KLControlledELBO
+from pyro_vae.infer.training.loop import train
 
 N, M, D = 6, 3, 2
 # the likelihood sees dimension 0 of z only: dimensions 1 and 2 matter to the KL alone

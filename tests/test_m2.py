@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from pyro import poutine
 
-from pyro_vae.infer.evidence import log_evidence
-from pyro_vae.infer.objectives import make_objective
+from pyro_vae.infer.evidence.importance import log_evidence
+from pyro_vae.infer.objectives.elbo import make_objective
 from pyro_vae.models.m2 import M2
 
 N, D, C, M = 5, 6, 10, 2

@@ -261,7 +261,7 @@ def test_collapsed_svi_reaches_the_mle(float64):
     """SVI (project trainer, full-batch Adam, 150 epochs, random start) on digits, M = 5: the
     learned mean log-lik is within 0.5% (relative) of the closed-form MLE's, and not above it
     by more than 1e-6 nats (the MLE is the maximum)."""
-    from pyro_vae.infer.train import train
+    from pyro_vae.infer.training.loop import train
 
     x, M = _digits(), 5
     target = PPCA.fit(x, M).log_marginal(x).mean().item()

@@ -1,4 +1,4 @@
-"""Tests for pyro_vae.infer.psis: Pareto k-hat of importance weights.
+"""Tests for pyro_vae.infer.evidence.psis: Pareto k-hat of importance weights.
 
 Reference: ArviZ's ``psislw`` (same Zhang & Stephens estimator, same tail size and prior), on
 light- and heavy-tailed weights; a generalized Pareto sample of known shape k; and the
@@ -14,7 +14,7 @@ import pytest
 import torch
 from pyro.ops.stats import fit_generalized_pareto
 
-from pyro_vae.infer.psis import _fit_gpd_shape, pareto_khat, psis_tail_size
+from pyro_vae.infer.evidence.psis import _fit_gpd_shape, pareto_khat, psis_tail_size
 
 ARVIZ_TOL = 1e-6  # same algorithm in float64; observed differences are ~1e-12
 

@@ -1,4 +1,4 @@
-"""The site convention (pyro_vae.infer.sites) and the Pyro behaviour it relies on."""
+"""The site convention (pyro_vae.infer.pair.sites) and the Pyro behaviour it relies on."""
 
 import pyro
 import pyro.distributions as dist
@@ -6,9 +6,9 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyro_vae.infer.evidence import log_evidence
-from pyro_vae.infer.pyro_adapter import is_deterministic
-from pyro_vae.infer.sites import (
+from pyro_vae.infer.evidence.importance import log_evidence
+from pyro_vae.infer.pair.pyro_adapter import is_deterministic
+from pyro_vae.infer.pair.sites import (
     GlobalLatentError,
     check_data,
     check_data_plate,
@@ -103,7 +103,7 @@ def test_check_data_names_the_argument(x, match):
 
 
 def test_without_enumeration_samples_a_site_marked_for_enumeration():
-    from pyro_vae.infer.sites import without_enumeration
+    from pyro_vae.infer.pair.sites import without_enumeration
 
     def guide():
         with pyro.plate("data", 3):

@@ -12,10 +12,11 @@ import torch
 from common import GaussianMixture, LinearGaussian, requires_cuda
 
 from pyro_vae.data import load_dataset
-from pyro_vae.infer.checkpoint import CheckpointError, load_checkpoint
-from pyro_vae.infer.objectives import FastTraceELBO, make_objective
-from pyro_vae.infer.svi import SVIStep
-from pyro_vae.infer.train import TrainingDivergedError, train
+from pyro_vae.infer.objectives.elbo import FastTraceELBO, make_objective
+from pyro_vae.infer.training.checkpoint import CheckpointError, load_checkpoint
+from pyro_vae.infer.training.loop import train
+from pyro_vae.infer.training.options import LabelledStream
+from pyro_vae.infer.training.svi import SVIStep, TrainingDivergedError
 from pyro_vae.models.ppca import PPCA, CollapsedPPCA
 from pyro_vae.models.vae import VAE
 
@@ -539,12 +540,10 @@ def test_labelled_stream_loss_is_per_datapoint_of_both_data_sets():
         pair.model,
         pair.guide,
         (x, (10 * x).long()),
-        labelled=(x_l, (10 * x_l).long()),
+        labelled=LabelledStream((x_l, (10 * x_l).long()), batch_size=4, loss=_constant(5.0)),
         loss=_constant(2.0),
-        labelled_loss=_constant(5.0),
         epochs=1,
         batch_size=7,
-        labelled_batch_size=4,
         progress=False,
     ).history
     # (N * 2 + N_l * 5) / (N + N_l) with N = 30, N_l = 6, exact up to float round-off
@@ -565,12 +564,10 @@ def test_labelled_batches_cycle_through_permutations_of_the_labelled_set():
         pair.model,
         pair.guide,
         (x, (10 * x).long()),
-        labelled=(x_l, (10 * x_l).long()),
+        labelled=LabelledStream((x_l, (10 * x_l).long()), batch_size=4, loss=labelled_loss),
         loss=_constant(0.0),
-        labelled_loss=labelled_loss,
         epochs=1,
         batch_size=10,
-        labelled_batch_size=4,
         progress=False,
     )
     # 3 steps of 4 labelled rows = two whole permutations of the 6 labelled rows
@@ -579,7 +576,7 @@ def test_labelled_batches_cycle_through_permutations_of_the_labelled_set():
 
 
 def _m2_run(out_dir, epochs, resume=False):
-    from pyro_vae.infer.objectives import AuxiliaryTerm
+    from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
     from pyro_vae.models.m2 import M2
 
     pyro.clear_param_store()
@@ -592,13 +589,15 @@ def _m2_run(out_dir, epochs, resume=False):
         m2.model,
         m2.guide,
         x[12:],
-        labelled=(x[:12], y[:12]),
+        labelled=LabelledStream(
+            (x[:12], y[:12]),
+            batch_size=5,
+            loss=AuxiliaryTerm("trace", m2.classifier_nll, weight=0.5),
+        ),
         loss="enum",
-        labelled_loss=AuxiliaryTerm("trace", m2.classifier_nll, weight=0.5),
         val_data=x[:10],
         epochs=epochs,
         batch_size=16,
-        labelled_batch_size=5,
         seed=0,
         out_dir=out_dir,
         resume=resume,
@@ -651,7 +650,7 @@ def test_enum_training_fits_the_mixture():
 
 
 def test_max_plate_nesting_is_read_from_the_pair():
-    from pyro_vae.infer.objectives import max_plate_nesting
+    from pyro_vae.infer.pair.layout import max_plate_nesting
 
     pair = GaussianMixture()
     assert max_plate_nesting(pair.model, pair.guide, torch.zeros(3)) == 1
@@ -664,7 +663,7 @@ def test_max_plate_nesting_is_read_from_the_pair():
 
 
 def test_auxiliary_term_adds_weight_times_the_mean_term(float64):
-    from pyro_vae.infer.objectives import AuxiliaryTerm
+    from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
 
     pair = GaussianMixture()
     x = torch.linspace(-4.0, 5.0, 8)

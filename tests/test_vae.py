@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from common import requires_cuda
 from pyro.infer import Trace_ELBO
 
-from pyro_vae.infer.params import collect_params
+from pyro_vae.infer.pair.params import collect_params
 from pyro_vae.models.likelihoods import (
     BernoulliLikelihood,
     GaussianLikelihood,

@@ -4,7 +4,7 @@ This is the ONLY module of pyro_vae that imports arviz, so an arviz upgrade touc
 It sticks to calls that exist in both the 0.x and the 1.x lines (``from_dict``, ``summary``,
 ``plot_forest``, ``plot_pair``) and guards their differing signatures with ``_ARVIZ_1`` (the
 1.x branches follow the 1.x documentation; only 0.x is tested here). PSIS k-hat is not here:
-its one implementation is :func:`pyro_vae.infer.psis.pareto_khat`.
+its one implementation is :func:`pyro_vae.infer.evidence.psis.pareto_khat`.
 
 Draws come in the layout of :mod:`pyro_vae.diagnostics.posterior`:
 ``{site: tensor (chains, draws, N, *event_shape)}``.

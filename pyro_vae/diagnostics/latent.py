@@ -1,6 +1,6 @@
 """How a guide uses its latent space: active units, KL per dimension, amortization gap, exact KL.
 
-For any model/guide pair following the site convention (:mod:`pyro_vae.infer.sites`:
+For any model/guide pair following the site convention (:mod:`pyro_vae.infer.pair.sites`:
 per-datapoint latent sites inside the data plate; default latent site ``"z"``):
 
 - :func:`active_units` -- Burda, Grosse & Salakhutdinov (2015), "Importance weighted
@@ -28,9 +28,11 @@ from torch.distributions.transforms import ComposeTransform, IndependentTransfor
 from tqdm.auto import tqdm
 
 from pyro_vae.diagnostics.posterior import _to_draws_layout, guide_draws
-from pyro_vae.infer.devices import forked_rng
-from pyro_vae.infer.evidence import elbo_per_datapoint, inspect_pair, trace_log_prob
-from pyro_vae.infer.sites import DATA_PLATE, latent_sites, without_enumeration
+from pyro_vae.infer.evidence.importance import elbo_per_datapoint
+from pyro_vae.infer.pair.layout import inspect_pair
+from pyro_vae.infer.pair.particles import trace_log_prob
+from pyro_vae.infer.pair.sites import DATA_PLATE, latent_sites, without_enumeration
+from pyro_vae.infer.runtime.devices import forked_rng
 
 __all__ = [
     "active_units",
@@ -523,7 +525,7 @@ def amortization_gap(
     ------
     ValueError
         If ``num_steps < 0``, ``num_particles < 1`` or ``num_samples < 1``.
-    pyro_vae.infer.sites.GlobalLatentError
+    pyro_vae.infer.pair.sites.GlobalLatentError
         If a latent site of the model or guide lies outside the data plate.
     """
     if num_steps < 0 or num_particles < 1 or num_samples < 1:

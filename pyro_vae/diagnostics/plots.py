@@ -368,7 +368,7 @@ def save_khat_plot(khat, path) -> Path:
     Thresholds of Vehtari, Simpson, Gelman, Yao & Gabry (2024), "Pareto smoothed importance
     sampling", JMLR 25(72): k-hat < 0.5, the importance weights have finite variance;
     0.5-0.7, usable but slower to converge; > 0.7, the importance-sampled log p(x) of that
-    point is unreliable. The estimates come from :func:`pyro_vae.infer.psis.pareto_khat`.
+    point is unreliable. The estimates come from :func:`pyro_vae.infer.evidence.psis.pareto_khat`.
 
     Parameters
     ----------

@@ -5,7 +5,7 @@ that :func:`pyro_vae.diagnostics.arviz_io.to_inference_data` can put the amortiz
 q(z|x) next to a gold-standard Markov chain on p(z|x) (Hoffman & Gelman 2014, NUTS) with the
 model's parameters (decoder, likelihood scale, ...) held fixed at their param-store values.
 
-Works for any model/guide pair following the site convention (:mod:`pyro_vae.infer.sites`):
+Works for any model/guide pair following the site convention (:mod:`pyro_vae.infer.pair.sites`):
 latent sites are found by tracing the guide (or the model, for NUTS); every latent site must
 live inside the data plate, because a global latent has no per-datapoint posterior.
 """
@@ -20,7 +20,7 @@ import torch
 from pyro.infer import config_enumerate
 from pyro.infer.mcmc import MCMC, NUTS
 
-from pyro_vae.infer.sites import DATA_PLATE, data_frame, latent_sites, without_enumeration
+from pyro_vae.infer.pair.sites import DATA_PLATE, data_frame, latent_sites, without_enumeration
 
 __all__ = ["guide_draws", "nuts_reference"]
 
@@ -90,7 +90,7 @@ def guide_draws(
     ValueError
         If ``num_chains`` or ``num_draws`` is below 1, or the data plate is not a site's
         outermost plate.
-    pyro_vae.infer.sites.GlobalLatentError
+    pyro_vae.infer.pair.sites.GlobalLatentError
         If a latent site lies outside the data plate.
     """
     if num_chains < 1 or num_draws < 1:
@@ -166,7 +166,7 @@ def nuts_reference(
     ------
     ValueError
         If ``num_chains`` or ``num_samples`` is below 1.
-    pyro_vae.infer.sites.GlobalLatentError
+    pyro_vae.infer.pair.sites.GlobalLatentError
         If a latent site lies outside the data plate.
     """
     if num_chains < 1 or num_samples < 1:

@@ -1,19 +1,29 @@
-"""Inference for any model/guide pair: SVI steps and training, importance-sampled evidence."""
+"""Inference for any model/guide pair: SVI steps and training, importance-sampled evidence.
 
-from pyro_vae.infer.evidence import (
-    dataset_nll,
+The subpackages, each importing only those listed before it (``tests/test_layering.py``):
+``runtime`` (devices, torch.distributed, files) -> ``pair`` (the site convention, inspecting a
+pair, particles and log weights) -> ``objectives`` (the objective contract and every loss) ->
+``compile`` (capture, compile, and the one compile policy) -> ``training`` (the step, the loop,
+checkpoints) and ``evidence`` (importance sampling, IWAE bounds, k-hat, data-set NLL).
+"""
+
+from pyro_vae.infer.evidence.dataset import dataset_nll
+from pyro_vae.infer.evidence.importance import (
     elbo_per_datapoint,
     iwae_bound,
     iwae_from_log_weights,
     log_evidence,
 )
-from pyro_vae.infer.iwae import IWAEObjective
-from pyro_vae.infer.kl_control import KLAnnealing, KLControlledELBO
-from pyro_vae.infer.objectives import AuxiliaryTerm, make_objective
-from pyro_vae.infer.psis import pareto_khat
-from pyro_vae.infer.sites import GlobalLatentError
-from pyro_vae.infer.svi import SVIStep, TrainingDivergedError
-from pyro_vae.infer.train import train
+from pyro_vae.infer.evidence.psis import pareto_khat
+from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
+from pyro_vae.infer.objectives.base import Objective
+from pyro_vae.infer.objectives.elbo import make_objective
+from pyro_vae.infer.objectives.iwae import IWAEObjective
+from pyro_vae.infer.objectives.kl_control import KLAnnealing, KLControlledELBO
+from pyro_vae.infer.pair import GlobalLatentError
+from pyro_vae.infer.training.loop import TrainResult, train
+from pyro_vae.infer.training.options import LabelledStream, TrainOptions
+from pyro_vae.infer.training.svi import SVIStep, TrainingDivergedError
 
 __all__ = [
     "AuxiliaryTerm",
@@ -21,7 +31,11 @@ __all__ = [
     "IWAEObjective",
     "KLAnnealing",
     "KLControlledELBO",
+    "LabelledStream",
+    "Objective",
     "SVIStep",
+    "TrainOptions",
+    "TrainResult",
     "TrainingDivergedError",
     "dataset_nll",
     "elbo_per_datapoint",

@@ -10,12 +10,18 @@
   q_phi(z|x, y), called with labels ``(x, y)``.
 - :class:`M2`: the semi-supervised model of Kingma et al. (2014), p(y) p(z) p_theta(x|y, z)
   and q_phi(y|x) q_phi(z|x, y), y observed or (enumerated) latent.
+- :class:`LatentGaussianModel`: the base of VAE, CVAE and M2 (:mod:`pyro_vae.models.base`:
+  p(z) = N(0, I), the likelihood and its registration, the config, the input checks), and
+  :class:`LabelledLatentModel`, the base of CVAE and M2 (:mod:`pyro_vae.models.labelled`: the
+  networks on [x, e_y] and [z, e_y], the label helpers).
 - :class:`PPCA`: probabilistic PCA, whose posterior and evidence are exact;
   :class:`CollapsedPPCA`: its marginal, with z integrated out (no latent sites).
 """
 
+from pyro_vae.models.base import LatentGaussianModel
 from pyro_vae.models.conditional import CVAE
 from pyro_vae.models.flows import IAFlow
+from pyro_vae.models.labelled import LabelledLatentModel
 from pyro_vae.models.likelihoods import BernoulliLikelihood, GaussianLikelihood, Likelihood
 from pyro_vae.models.m2 import M2
 from pyro_vae.models.ppca import PPCA, CollapsedPPCA
@@ -31,4 +37,6 @@ __all__ = [
     "CollapsedPPCA",
     "GaussianLikelihood",
     "Likelihood",
+    "LabelledLatentModel",
+    "LatentGaussianModel",
 ]

@@ -16,12 +16,12 @@ Labelled datapoints (``y`` given) have the bound -L(x, y) of their eq. 6; unlabe
 (``y=None``) the bound -U(x) of eq. 7, in which ``TraceEnum_ELBO`` (``loss="enum"``) sums y out
 exactly, U(x) = sum_y q(y|x) (L(x, y) + ... ) + H(q(y|x)), instead of sampling it. Labelled
 data also get the classification term alpha * -log q_phi(y|x) of eq. 9
-(:meth:`M2.classifier_nll`, added by :class:`~pyro_vae.infer.objectives.AuxiliaryTerm`).
+(:meth:`M2.classifier_nll`, added by :class:`~pyro_vae.infer.objectives.auxiliary.AuxiliaryTerm`).
 Training (their J^alpha, divided by the number of datapoints)::
 
-    labelled_loss = AuxiliaryTerm("trace", m2.classifier_nll, weight=alpha / len(y_l))
-    train(m2.model, m2.guide, x_unlabelled, labelled=(x_l, y_l), loss="enum",
-          labelled_loss=labelled_loss)
+    classify = AuxiliaryTerm("trace", m2.classifier_nll, weight=alpha / len(y_l))
+    train(m2.model, m2.guide, x_unlabelled, loss="enum",
+          labelled=LabelledStream((x_l, y_l), loss=classify))
 
 (with y given there is nothing to enumerate: ``"trace"``, the fast reparameterized ELBO).
 Summed over the N_l labelled datapoints the term is alpha * E_{p~_l}[-log q_phi(y|x)], as in
@@ -46,14 +46,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_vae.models.conditional import _LabelledVAE, check_labels, concat, one_hot
+from pyro_vae.models.labelled import LabelledLatentModel, check_labels, concat, one_hot
 from pyro_vae.models.likelihoods import Likelihood
 from pyro_vae.nets import MLP
 
 __all__ = ["M2"]
 
 
-class M2(_LabelledVAE):
+class M2(LabelledLatentModel):
     """The M2 model: p(y) p(z) p_theta(x|y, z), guide q_phi(y|x) q_phi(z|x, y).
 
     ``model(x, y=None)`` and ``guide(x, y=None)`` take images ``x`` of shape (N, D) and,

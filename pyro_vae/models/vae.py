@@ -41,83 +41,21 @@ Improving Variational Inference with Inverse Autoregressive Flow. NeurIPS.
 
 from __future__ import annotations
 
-import copy
-import numbers
 from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist
 import torch
-from torch import nn
 
+from pyro_vae.models.base import LatentGaussianModel, check_model_args, make_likelihood
 from pyro_vae.models.flows import IAFlow
-from pyro_vae.models.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
-from pyro_vae.nets import (
-    Decoder,
-    GaussianEncoder,
-    check_activation,
-    check_arch,
-    check_hidden,
-    check_image_shape,
-    check_positive_int,
-)
+from pyro_vae.models.likelihoods import Likelihood
+from pyro_vae.nets import Decoder, GaussianEncoder, check_positive_int
 
 __all__ = ["VAE"]
 
 
-def _check_args(data_dim, latent_dim, hidden, likelihood, activation, arch, image_shape, flows):
-    """Validate every constructor argument before anything is built (or any RNG draw is made).
-
-    Returns the normalized ``(data_dim, latent_dim, hidden, image_shape, flows)``.
-    """
-    data_dim = check_positive_int("data_dim", data_dim)
-    latent_dim = check_positive_int("latent_dim", latent_dim)
-    hidden = check_hidden(hidden)
-    if not hidden:
-        raise ValueError(
-            "hidden must be a non-empty sequence of positive integers (at least one hidden "
-            "layer), got ()"
-        )
-    if not isinstance(likelihood, Likelihood) and (
-        not isinstance(likelihood, str) or likelihood not in LIKELIHOODS
-    ):
-        raise ValueError(
-            f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS} or pass a "
-            "Likelihood instance"
-        )
-    check_activation(activation)
-    check_arch(arch)
-    image_shape = check_image_shape(data_dim, image_shape, arch)
-    if isinstance(flows, bool) or not isinstance(flows, numbers.Integral) or flows < 0:
-        raise ValueError(
-            f"flows must be a non-negative integer (0: the diagonal Gaussian guide), got {flows!r}"
-        )
-    return data_dim, latent_dim, hidden, image_shape, int(flows)
-
-
-def _check_tensor(name: str, t, size: int, weight: torch.Tensor, batched: bool, what: str):
-    """Refuse ``t`` unless it is ``(N, size)`` (or ``(..., N, size)`` when ``batched``) with the
-    dtype and device of ``weight``. Reads shape, dtype and device only: no pass over the data."""
-    expected = f"(N, {size}) or (..., N, {size})" if batched else f"(N, {size})"
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(
-            f"{name} must be a torch.Tensor of shape {expected}, got {type(t).__name__}"
-        )
-    if (t.dim() < 2 if batched else t.dim() != 2) or t.shape[-1] != size:
-        raise ValueError(f"{name} must have shape {expected}, got {tuple(t.shape)}")
-    if t.dtype != weight.dtype:
-        raise ValueError(
-            f"{name} must have the dtype of the VAE's parameters, {weight.dtype}, got {t.dtype} "
-            f"(convert it with {name}.to({weight.dtype}))"
-        )
-    if t.device != weight.device:
-        raise ValueError(
-            f"{name} is on device {t.device} but the VAE's {what} is on {weight.device}; move "
-            f"one of them ({name}.to(device) or vae.to(device))"
-        )
-
-
-class VAE(nn.Module):
+class VAE(LatentGaussianModel):
     """Variational autoencoder with a N(0, I) prior and a Gaussian or IAF encoder.
 
     The model of Kingma & Welling (2014), sec. 3: prior p(z) = N(0, I), decoder p_theta(x|z)
@@ -183,52 +121,32 @@ class VAE(nn.Module):
         image_shape: Sequence[int] | None = None,
         flows: int = 0,
     ):
-        super().__init__()
-        data_dim, latent_dim, hidden, image_shape, flows = _check_args(
+        data_dim, latent_dim, hidden, image_shape, flows = check_model_args(
             data_dim, latent_dim, hidden, likelihood, activation, arch, image_shape, flows
         )
-        self._config = dict(
-            data_dim=data_dim,
-            latent_dim=latent_dim,
-            hidden=hidden,
-            likelihood=likelihood,
-            activation=activation,
-            arch=arch,
-            image_shape=image_shape,
-            flows=flows,
+        super().__init__(
+            dict(
+                data_dim=data_dim,
+                latent_dim=latent_dim,
+                hidden=hidden,
+                likelihood=likelihood,
+                activation=activation,
+                arch=arch,
+                image_shape=image_shape,
+                flows=flows,
+            )
         )
-        if not isinstance(likelihood, Likelihood):
-            likelihood = get_likelihood(likelihood, data_dim)
-        self.data_dim, self.latent_dim, self.image_shape = data_dim, latent_dim, image_shape
+        likelihood = make_likelihood(likelihood, data_dim)
         self.flows = flows
         net = dict(activation=activation, arch=arch, image_shape=image_shape)
         context_dim = hidden[-1] if flows else 0  # 0: exactly the Gaussian guide's encoder
         self.encoder = GaussianEncoder(data_dim, latent_dim, hidden, context_dim=context_dim, **net)
         out = likelihood.num_params(data_dim)
         self.decoder = Decoder(latent_dim, out, tuple(reversed(hidden)), **net)
-        self.likelihood = likelihood
-        self._likelihood_has_params = any(True for _ in likelihood.parameters())
+        # after the networks: the VAE's submodule (state_dict, parameters()) order
+        self._set_likelihood(likelihood)
         # built last, so that flows=0 makes the same RNG draws as before the flow existed
         self.flow = IAFlow(latent_dim, context_dim, flows, activation=activation) if flows else None
-
-    @property
-    def config(self) -> dict:
-        """Keyword arguments that rebuild this architecture: ``VAE(**vae.config)``.
-
-        Returns
-        -------
-        dict
-            ``data_dim``, ``latent_dim``, ``hidden``, ``likelihood``, ``activation``, ``arch``,
-            ``image_shape`` and ``flows``. A likelihood given as an instance is deep-copied, so
-            the rebuilt VAE owns its own.
-        """
-        config = dict(self._config)
-        if isinstance(config["likelihood"], Likelihood):
-            config["likelihood"] = copy.deepcopy(config["likelihood"])
-        return config
-
-    def _weight(self, net: nn.Module) -> torch.Tensor:
-        return next(net.parameters())
 
     def model(self, x: torch.Tensor) -> None:
         """The generative model p_theta(x, z) = p(z) p_theta(x|z) (Kingma & Welling 2014, sec. 3).
@@ -250,15 +168,11 @@ class VAE(nn.Module):
             When ``x`` is not a tensor of shape ``(N, D)`` (a 1-D ``(D,)`` is refused), or its
             dtype or device differs from the decoder's parameters.
         """
-        _check_tensor("x", x, self.data_dim, self._weight(self.decoder), False, "decoder")
-        pyro.module("decoder", self.decoder)
-        if self._likelihood_has_params:
-            pyro.module("likelihood", self.likelihood)
+        self._check_x(x, self.decoder, "decoder")
+        self._register_decoder()
         with pyro.plate("data", x.shape[0]):
-            # p(z) = N(z; 0, I), batch (N,), event (M,): scalar 0 and 1 on x's device, expanded
-            # (not copied); constants, so argument validation is skipped
-            prior = dist.Normal(x.new_zeros(()), x.new_ones(()), validate_args=False)
-            z = pyro.sample("z", prior.expand([x.shape[0], self.latent_dim]).to_event(1))
+            # p(z) = N(z; 0, I), batch (N,), event (M,)
+            z = pyro.sample("z", self._prior_z(x))
             # p_theta(x|z) with parameters f_theta(z) (K&W 2014, Appendix C.1; 2019, Alg. 2);
             # z may be (S, N, M) under an outer particle plate
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
@@ -287,7 +201,7 @@ class VAE(nn.Module):
             When ``x`` is not a tensor of shape ``(N, D)`` (a 1-D ``(D,)`` is refused), or its
             dtype or device differs from the encoder's parameters.
         """
-        _check_tensor("x", x, self.data_dim, self._weight(self.encoder), False, "encoder")
+        self._check_x(x, self.encoder, "encoder")
         pyro.module("encoder", self.encoder)
         if self.flow is not None:
             pyro.module("flow", self.flow)
@@ -326,7 +240,7 @@ class VAE(nn.Module):
             When ``x`` is not a tensor of at least two dimensions ending in D, or its dtype or
             device differs from the encoder's parameters.
         """
-        _check_tensor("x", x, self.data_dim, self._weight(self.encoder), True, "encoder")
+        self._check_x(x, self.encoder, "encoder", batched=True)
         return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -348,7 +262,7 @@ class VAE(nn.Module):
             When ``z`` is not a tensor of at least two dimensions ending in M, or its dtype or
             device differs from the decoder's parameters.
         """
-        _check_tensor("z", z, self.latent_dim, self._weight(self.decoder), True, "decoder")
+        self._check_z(z)
         return self.likelihood.mean(self.decoder(z))
 
     def code(self, x: torch.Tensor) -> torch.Tensor:
@@ -371,7 +285,7 @@ class VAE(nn.Module):
         """
         if self.flow is None:
             return self.encode(x)[0]
-        _check_tensor("x", x, self.data_dim, self._weight(self.encoder), True, "encoder")
+        self._check_x(x, self.encoder, "encoder", batched=True)
         loc, _, context = self.encoder(x, return_context=True)
         return self.flow(loc, context)
 

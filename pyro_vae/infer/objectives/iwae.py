@@ -9,11 +9,11 @@ al. 2015, Theorem 1). Training on it lets the guide be a proposal rather than a 
 fit: the weights, not q alone, carry the posterior.
 
 The particles are one vectorized draw under an outer ``pyro.plate`` (the same draw as
-:func:`pyro_vae.infer.evidence.log_evidence` uses), so the pair must follow the site
+:func:`pyro_vae.infer.evidence.importance.log_evidence` uses), so the pair must follow the site
 convention of docs/design.md: every site inside the data plate, no global latent. Pyro's
 ``RenyiELBO(alpha=0)`` computes the same bound (summed over the batch where this averages);
 it has no ``differentiable_loss``, only a ``loss_and_grads`` that calls ``backward`` itself,
-so it cannot serve as an objective of :class:`~pyro_vae.infer.svi.SVIStep` (gradient hooks,
+so it cannot serve as an objective of :class:`~pyro_vae.infer.training.svi.SVIStep` (gradient hooks,
 clipping, the minibatch convention). ``experiments/bench_train.py`` times the two.
 """
 
@@ -23,15 +23,16 @@ import math
 
 import torch
 
-from pyro_vae.infer.devices import forked_rng
-from pyro_vae.infer.evidence import draw_log_weights, inspect_pair
-from pyro_vae.infer.objectives import require_reparameterized
-from pyro_vae.infer.sites import DATA_PLATE
+from pyro_vae.infer.objectives.base import Objective
+from pyro_vae.infer.pair.layout import inspect_pair, require_reparameterized
+from pyro_vae.infer.pair.particles import PairBatch, draw_log_weights
+from pyro_vae.infer.pair.sites import DATA_PLATE
+from pyro_vae.infer.runtime.devices import forked_rng
 
 __all__ = ["IWAEObjective"]
 
 
-class IWAEObjective:
+class IWAEObjective(Objective):
     """-L_k per datapoint (nats): the importance-weighted bound, negated, as a loss.
 
     Minibatches: the bound is a sum over datapoints, so the batch mean of -L_k(x_n) is an
@@ -103,7 +104,8 @@ class IWAEObjective:
         """
         layout = self._layout(model, guide, x, args, kwargs)
         k = self.num_particles
-        log_w = draw_log_weights(model, guide, x, args, kwargs, layout, self.data_plate, k)
+        pair = PairBatch(model, guide, x, args, kwargs, layout, self.data_plate)
+        log_w = draw_log_weights(pair, k)
         self.neg_elbo = -log_w.detach().mean()
         bound = torch.logsumexp(log_w, dim=0) - math.log(k)  # (B,)
         return -bound.mean()

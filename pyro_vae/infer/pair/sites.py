@@ -32,7 +32,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from pyro_vae.infer.pyro_adapter import is_deterministic
+from pyro_vae.infer.pair.pyro_adapter import is_deterministic
 
 __all__ = [
     "DATA_PLATE",

@@ -29,8 +29,10 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from torch.distributions import Independent
 
-from pyro_vae.infer.objectives import SiteTerm, require_reparameterized, run_pair
-from pyro_vae.infer.sites import DATA_PLATE
+from pyro_vae.infer.objectives.base import Objective
+from pyro_vae.infer.pair.layout import require_reparameterized
+from pyro_vae.infer.pair.record import SiteTerm, run_pair
+from pyro_vae.infer.pair.sites import DATA_PLATE
 
 __all__ = ["KLAnnealing", "KLControlledELBO"]
 
@@ -99,7 +101,7 @@ def _per_dimension_sum(site: SiteTerm, base) -> torch.Tensor:
     return log_prob.sum(batch_dims).reshape(-1) * site.scale
 
 
-class KLControlledELBO:
+class KLControlledELBO(Objective):
     """-ELBO per datapoint with annealed and/or free-bits latent terms, for any pair.
 
     Per datapoint (minibatch estimates, nats), with L the reconstruction term
@@ -158,7 +160,6 @@ class KLControlledELBO:
             raise ValueError(f"annealing must be a schedule beta(t), got {annealing!r}")
         self.annealing, self.free_bits = annealing, float(free_bits)
         self.data_plate = data_plate
-        self.progress = 0.0
         self.beta = annealing(0.0) if annealing is not None else 1.0
         self.neg_elbo = None
         self._checked = False
@@ -171,12 +172,38 @@ class KLControlledELBO:
         epochs_done : float
             Epochs completed before the coming step, e.g. 2.5 half-way through the third.
         """
-        self.progress = epochs_done
         self.beta = self.annealing(epochs_done) if self.annealing is not None else 1.0
 
-    def _check(self, model, guide, x, args, kwargs) -> None:
+    def setup(self, model, guide, x, *args, **kwargs) -> None:
+        """Refuse a guide that is not reparameterized (see :meth:`Objective.setup`).
+
+        Parameters
+        ----------
+        model, guide : callable
+            The pair.
+        x : torch.Tensor of shape (B, ...)
+            A first batch.
+        *args, **kwargs
+            Passed on to the pair.
+
+        Raises
+        ------
+        ValueError
+            When a latent site of the guide has no ``rsample``.
+        """
         require_reparameterized("KL annealing and free bits", model, guide, x, *args, **kwargs)
         self._checked = True
+
+    @property
+    def kl_weight(self) -> float:
+        """beta of the latest step."""
+        return self.beta
+
+    def capture_blocker(self) -> str | None:
+        """An annealed weight changes every step: a captured graph would freeze it."""
+        if self.annealing is not None:
+            return "an objective with a schedule (set_progress): the graph would freeze its weight"
+        return None
 
     def _kl_groups(self, name: str, q: SiteTerm | None, p: SiteTerm, n: int):
         """(KL per group, per datapoint; free nats per group) of one latent site."""
@@ -211,7 +238,7 @@ class KLControlledELBO:
             -L + beta * sum_g max(lambda |g|, KL_g), nats per datapoint.
         """
         if not self._checked:
-            self._check(model, guide, x, args, kwargs)
+            self.setup(model, guide, x, *args, **kwargs)
         n = num_data or x.shape[0]
         guide_sites, model_sites = run_pair(
             model, guide, x, *args, data_plate=self.data_plate, num_data=num_data, **kwargs

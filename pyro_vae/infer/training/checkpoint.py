@@ -12,12 +12,13 @@ import os
 import pickle
 import random
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from pyro_vae.infer.runtime.files import atomic_write, first_line
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -62,29 +63,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:  # torch reports a full disk as a RuntimeError
-        Path(tmp).unlink(missing_ok=True)
-        kept = "the previous checkpoint is unchanged" if path.exists() else "none was written"
-        raise OSError(
-            getattr(err, "errno", None),
-            f"could not write checkpoint {path} ({_first_line(err)}); {kept}",
-        ) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]
+    state = {"format": CHECKPOINT_FORMAT, **state}
+    return atomic_write(path, lambda f: torch.save(state, f), binary=True, what="checkpoint ")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -125,7 +105,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(
-            f"{path} is corrupted or not a checkpoint ({_first_line(err)})"
+            f"{path} is corrupted or not a checkpoint ({first_line(err)})"
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a pyro_vae checkpoint ({CHECKPOINT_FORMAT})")

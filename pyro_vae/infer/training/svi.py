@@ -2,7 +2,7 @@
 
 :class:`SVIStep` plays the part of ``pyro.infer.SVI``: ``step(x) -> loss`` computes an objective
 (:mod:`pyro_vae.infer.objectives`), backpropagates and updates the parameters, in a loop the
-caller owns; :func:`pyro_vae.infer.train.train` is one such loop. It differs from ``SVI`` where
+caller owns; :func:`pyro_vae.infer.training.loop.train` is one such loop. It differs from ``SVI`` where
 that is measured to be faster (``experiments/bench_train.py``): the parameters are collected
 once, from a validated trace of the pair on the first batch, instead of by a param-only trace
 on every step, and all of them share one fused ``torch.optim.Adam`` instead of Pyro's
@@ -21,10 +21,11 @@ import torch
 from pyro import poutine
 from pyro.util import check_model_guide_match
 
-from pyro_vae.infer.devices import forked_rng
-from pyro_vae.infer.objectives import make_objective
-from pyro_vae.infer.params import collect_params, restore_params
-from pyro_vae.infer.sites import DATA_PLATE
+from pyro_vae.infer.objectives.base import Objective
+from pyro_vae.infer.objectives.elbo import make_objective
+from pyro_vae.infer.pair.params import collect_params, restore_params
+from pyro_vae.infer.pair.sites import DATA_PLATE
+from pyro_vae.infer.runtime.devices import forked_rng
 
 __all__ = ["SVIStep", "TrainingDivergedError", "make_adam"]
 
@@ -113,7 +114,7 @@ class SVIStep:
         ``f(x, *args, **kwargs)``. Bound methods of an ``nn.Module`` are checked to have all
         their parameters optimized.
     loss : str, pyro.infer.ELBO or callable
-        The objective, see :func:`pyro_vae.infer.objectives.make_objective`.
+        The objective, see :func:`pyro_vae.infer.objectives.elbo.make_objective`.
     lr : float
         Learning rate of the default optimizer, :func:`make_adam`.
     optimizer : callable, optional
@@ -127,7 +128,8 @@ class SVIStep:
         to all-reduce gradients across processes.
     labelled_loss : str, pyro.infer.ELBO or callable, optional
         The objective of the second, labelled stream of :meth:`step` (default: ``loss``),
-        e.g. an :class:`~pyro_vae.infer.objectives.AuxiliaryTerm` adding a classification
+        e.g. an :class:`~pyro_vae.infer.objectives.auxiliary.AuxiliaryTerm` adding a
+        classification
         term.
 
     Raises
@@ -165,7 +167,9 @@ class SVIStep:
         self.labelled_loss = loss if labelled_loss is None else labelled_loss
         self.labelled_objective = None
         self._make_optimizer = optimizer or (lambda params: make_adam(params, lr))
-        self.objective = self.eval_objective = self.optimizer = None
+        self.objective: Objective | None = None
+        self.eval_objective: Objective | None = None
+        self.optimizer = None
         self.params: dict[str, torch.Tensor] = {}
         self.num_steps = 0
         self.last_neg_elbo = math.nan
@@ -205,12 +209,13 @@ class SVIStep:
             self.objective = make_objective(
                 self.loss, self.model, self.guide, x, *args, **build, **kwargs
             )
-            # the JIT compiles one batch shape, and a surrogate (annealed, free-bits, IWAE)
-            # loss is not -ELBO: score validation batches with the plain ELBO
-            plain = self.loss == "jit" or getattr(self.objective, "surrogate", False)
-            eval_loss = "trace" if plain else self.loss
-            self.eval_objective = make_objective(
-                eval_loss, self.model, self.guide, x, *args, **build, **kwargs
+            # a surrogate (annealed, free-bits, IWAE) loss is not -ELBO, and the JIT traces
+            # one batch shape: score validation batches with the plain ELBO
+            plain = self.objective.surrogate or self.objective.fixed_batch_shape
+            self.eval_objective = (
+                make_objective("trace", self.model, self.guide, x, *args, **build, **kwargs)
+                if plain
+                else self.objective
             )
             if labelled is not None:
                 traces += _validated_traces(
@@ -283,8 +288,7 @@ class SVIStep:
             self.setup(x, *args, labelled=labelled, **kwargs)
         loss = self.objective(self.model, self.guide, x, *args, num_data=num_data, **kwargs)
         value = loss.item()
-        neg_elbo = getattr(self.objective, "neg_elbo", None)  # a surrogate's true -ELBO
-        self.last_neg_elbo = value if neg_elbo is None else float(neg_elbo)
+        self.last_neg_elbo = self._neg_elbo(self.objective, value)
         if labelled is not None:
             loss, value = self._add_labelled(loss, x, num_data, labelled, num_labelled, kwargs)
         if not math.isfinite(value):
@@ -302,6 +306,11 @@ class SVIStep:
         self.num_steps += 1
         return value
 
+    @staticmethod
+    def _neg_elbo(objective: Objective, value: float) -> float:
+        """The true -ELBO of a call that returned ``value``: a surrogate records its own."""
+        return float(objective.neg_elbo) if objective.surrogate else value
+
     def _add_labelled(self, loss, x, num_data, labelled, num_labelled, kwargs):
         """The loss of both streams per datapoint of their union; updates ``last_neg_elbo``."""
         if self.labelled_objective is None:
@@ -313,28 +322,27 @@ class SVIStep:
         loss_l = self.labelled_objective(
             self.model, self.guide, *labelled, num_data=num_labelled, **kwargs
         )
-        value_l = loss_l.item()
-        neg_elbo_l = getattr(self.labelled_objective, "neg_elbo", None)
-        neg_elbo_l = value_l if neg_elbo_l is None else float(neg_elbo_l)
+        neg_elbo_l = self._neg_elbo(self.labelled_objective, loss_l.item())
         total = (n * loss + n_l * loss_l) / (n + n_l)
         self.last_neg_elbo = (n * self.last_neg_elbo + n_l * neg_elbo_l) / (n + n_l)
         return total, total.item()
 
     def set_progress(self, epochs_done: float) -> None:
-        """Pass training progress to an objective with a schedule (e.g. KL annealing).
+        """Pass training progress to the objectives (a schedule such as KL annealing).
 
-        :func:`~pyro_vae.infer.train.train` calls it before every step; a loop of your own
-        should too when its objective has a ``set_progress`` method. Progress is a function of
-        the epoch and the step, so a resumed run continues the schedule exactly.
+        :func:`~pyro_vae.infer.training.loop.train` calls it before every step; a loop of your
+        own should too when an objective has a schedule. Progress is a function of the epoch
+        and the step, so a resumed run continues the schedule exactly. The labelled stream's
+        objective is told too, so a wrapped annealed objective keeps its schedule there.
 
         Parameters
         ----------
         epochs_done : float
             Epochs completed before the coming step (fractional within an epoch).
         """
-        set_progress = getattr(self.objective, "set_progress", None)
-        if set_progress is not None:
-            set_progress(epochs_done)
+        self.objective.set_progress(epochs_done)
+        if self.labelled_objective is not None:
+            self.labelled_objective.set_progress(epochs_done)
 
     def _refuse_new_params(self, x, args, kwargs) -> None:
         """The param store grew: refuse if the pair itself created the new parameters."""
@@ -405,7 +413,7 @@ class SVIStep:
         ------
         ValueError
             When the saved parameters' names or shapes differ from the pair's, or a saved
-            value is not finite (see :func:`pyro_vae.infer.params.restore_params`).
+            value is not finite (see :func:`pyro_vae.infer.pair.params.restore_params`).
         """
         restore_params(self.params, state["params"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from pyro import poutine
 
-from pyro_vae.infer.devices import forked_rng
+from pyro_vae.infer.runtime.devices import forked_rng
 
 __all__ = ["collect_params", "restore_params"]
 

@@ -1,0 +1,1 @@
+"""Compiling what Pyro's handlers compute: the capture machinery and the one compile policy."""

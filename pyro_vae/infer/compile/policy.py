@@ -1,0 +1,143 @@
+"""The one compile policy: whether a run or an estimate is compiled, and why not.
+
+Every entry point that takes ``compile={"auto", True, False}`` (``train``, ``log_evidence``,
+``iwae_bound``, ``elbo_per_datapoint``, ``dataset_nll``) resolves it once, here, the way
+scikit-learn's PCA resolves ``svd_solver="auto"`` once in ``_fit`` and then dispatches:
+
+- ``False`` runs eagerly; ``True`` compiles (what cannot be captured then falls back with a
+  one-line :class:`~pyro_vae.infer.compile.capture.CompileFallbackWarning` naming the reason);
+- ``"auto"`` compiles when nothing blocks the capture and the work is large enough to repay
+  the compile time: :data:`AUTO_MIN_STEPS` training steps, or :data:`AUTO_MIN_WEIGHTS`
+  importance weights N * L of an estimate. A blocked "auto" runs eagerly without a warning.
+
+What blocks a compiled training step is written once too (:func:`step_blocker`): a labelled
+second stream, a gradient hook, and whatever the objective itself declares
+(:meth:`~pyro_vae.infer.objectives.base.Objective.capture_blocker`: a schedule, Pyro's JIT).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pyro_vae.infer.objectives.base import Objective
+
+__all__ = [
+    "AUTO_MIN_STEPS",
+    "AUTO_MIN_WEIGHTS",
+    "CompileDecision",
+    "check_request",
+    "resolve",
+    "step_blocker",
+]
+
+# "auto" compiles a training run of at least this many steps. Compiling the step's graph costs
+# C seconds once and saves s seconds per step, so it pays from C / s steps on. Measured for the
+# README's main job (784-400-20 VAE, batch 128, 2 CPU cores; docs/compiled.md): s = 2.6 ms,
+# C = 2.4 s with inductor's on-disk cache warm (any run after the first on a machine) and 23 s
+# cold, so break-even at ~920 and ~8,900 steps. 2,000 is twice the warm break-even: a run of
+# that length gains from the second run on a machine and loses at most the one cold compile.
+# The GPU break-even was not measured; the same rule applies there.
+AUTO_MIN_STEPS = 2000
+# "auto" compiles the log weights of an estimate of at least this many weights N * L: about
+# twice the measured break-even of ~850,000 (docs/compiled.md)
+AUTO_MIN_WEIGHTS = 2_000_000
+
+
+@dataclass(frozen=True)
+class CompileDecision:
+    """What :func:`resolve` decided.
+
+    Attributes
+    ----------
+    compile : bool
+        Whether to build the compiled path.
+    reason : str
+        Why, in a few words (for notes and tests).
+    """
+
+    compile: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.compile
+
+
+def check_request(compile) -> None:
+    """Refuse a ``compile`` argument other than "auto", True or False.
+
+    Parameters
+    ----------
+    compile : object
+        The argument as the user gave it.
+
+    Raises
+    ------
+    ValueError
+        One line naming the value.
+    """
+    if compile not in ("auto", True, False):
+        raise ValueError(f'compile must be "auto", True or False, got {compile!r}')
+
+
+def resolve(compile, *, work: int, min_work: int, blocker: str | None = None) -> CompileDecision:
+    """Resolve a ``compile`` request once: the rule every entry point calls.
+
+    Parameters
+    ----------
+    compile : {"auto", True, False}
+        The request.
+    work : int
+        The size of the job: training steps (epochs x batches) or importance weights N * L.
+    min_work : int
+        The least work that repays a compile, :data:`AUTO_MIN_STEPS` or
+        :data:`AUTO_MIN_WEIGHTS`.
+    blocker : str, optional
+        Why the job cannot be captured (:func:`step_blocker`), if known before it starts.
+
+    Returns
+    -------
+    CompileDecision
+
+    Raises
+    ------
+    ValueError
+        For a request other than "auto", True or False.
+    """
+    check_request(compile)
+    if compile != "auto":
+        return CompileDecision(bool(compile), f"compile={compile}")
+    if blocker is not None:
+        return CompileDecision(False, f"auto: {blocker}")
+    if work < min_work:
+        return CompileDecision(False, f"auto: {work:,} is below the {min_work:,} that repay it")
+    return CompileDecision(True, f"auto: {work:,} >= {min_work:,}")
+
+
+def step_blocker(
+    objective: Objective,
+    *,
+    labelled_objective: Objective | None = None,
+    grad_hook: Callable | None = None,
+) -> str | None:
+    """Why a training step with these parts cannot be one captured graph, or None.
+
+    Parameters
+    ----------
+    objective : Objective
+        The step's objective.
+    labelled_objective : Objective, optional
+        The objective of a second, labelled stream (two objectives per step).
+    grad_hook : callable, optional
+        Python code between ``backward`` and the update (a distributed all-reduce).
+
+    Returns
+    -------
+    str or None
+        The one-line reason a user sees, or None.
+    """
+    if labelled_objective is not None:
+        return "a labelled stream (two objectives per step)"
+    if grad_hook is not None:
+        return "a gradient hook (Python code between backward and update)"
+    return objective.capture_blocker()

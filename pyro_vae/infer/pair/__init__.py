@@ -1,0 +1,31 @@
+"""The engine under every tool: the site convention, inspecting a pair, particles and weights."""
+
+from pyro_vae.infer.pair.layout import (
+    PairLayout,
+    inspect_pair,
+    is_fully_reparameterized,
+    max_plate_nesting,
+    require_reparameterized,
+)
+from pyro_vae.infer.pair.params import collect_params, restore_params
+from pyro_vae.infer.pair.particles import PairBatch, bind_pair, draw_log_weights, trace_log_prob
+from pyro_vae.infer.pair.record import SiteTerm, run_pair
+from pyro_vae.infer.pair.sites import DATA_PLATE, GlobalLatentError
+
+__all__ = [
+    "DATA_PLATE",
+    "GlobalLatentError",
+    "PairBatch",
+    "PairLayout",
+    "SiteTerm",
+    "bind_pair",
+    "collect_params",
+    "draw_log_weights",
+    "inspect_pair",
+    "is_fully_reparameterized",
+    "max_plate_nesting",
+    "require_reparameterized",
+    "restore_params",
+    "run_pair",
+    "trace_log_prob",
+]

@@ -1,0 +1,183 @@
+"""Particles: S draws z ~ q(z|x) at once, and their per-datapoint log weights.
+
+The engine under every estimator and every importance-weighted objective. S particles are one
+vectorized draw under an outer ``pyro.plate`` placed left of every plate of the pair
+(``PairLayout.particle_dim``), so each site's log-density has batch shape (S, ..., N, ...);
+:func:`trace_log_prob` reduces it to (S, N) by summing every plate other than particles and
+data, and :func:`draw_log_weights` returns log p(x, z_s) - log q(z_s | x), shape (S, N).
+
+A model latent that the guide does not sample is drawn from the prior, so its p/q ratio is one
+and it does not enter the weight. A discrete guide site marked for enumeration is *sampled*
+(the guide runs through :func:`~pyro_vae.infer.pair.sites.without_enumeration`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+
+from pyro_vae.infer.pair.layout import PairLayout, inspect_pair
+from pyro_vae.infer.pair.sites import DATA_PLATE, data_frame, sample_sites, without_enumeration
+
+__all__ = ["PARTICLE_PLATE", "PairBatch", "bind_pair", "draw_log_weights", "trace_log_prob"]
+
+PARTICLE_PLATE = "_evidence_particles"
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    """A model/guide pair bound to one batch: the one value the particle tools pass around.
+
+    Attributes
+    ----------
+    model, guide : callable
+        The pair, called as ``f(x, *args, **kwargs)``.
+    x : torch.Tensor of shape (N, ...)
+        The batch.
+    args : tuple
+        Positional arguments after ``x`` (per-datapoint columns such as labels).
+    kwargs : dict
+        Keyword arguments of the pair.
+    layout : PairLayout
+        As :func:`~pyro_vae.infer.pair.layout.inspect_pair` found it for a batch of this size.
+    data_plate : str
+        Name of the data plate.
+    """
+
+    model: Callable
+    guide: Callable
+    x: torch.Tensor
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+    layout: PairLayout | None = None
+    data_plate: str = DATA_PLATE
+
+    def call(self, fn: Callable):
+        """``fn(x, *args, **kwargs)``: run the model, the guide, or a handler-wrapped one."""
+        return fn(self.x, *self.args, **self.kwargs)
+
+
+def bind_pair(model, guide, x, *args, data_plate: str = DATA_PLATE, **kwargs) -> PairBatch:
+    """Inspect the pair on ``x`` once and bind it: a :class:`PairBatch` with its layout.
+
+    Parameters
+    ----------
+    model, guide : callable
+        A pair following the site convention, called as ``f(x, *args, **kwargs)``.
+    x : torch.Tensor of shape (N, ...)
+        A batch of data.
+    *args, **kwargs
+        Passed on to the pair.
+    data_plate : str
+        Name of the data plate.
+
+    Returns
+    -------
+    PairBatch
+
+    Raises
+    ------
+    GlobalLatentError, ValueError
+        See :func:`~pyro_vae.infer.pair.sites.check_data_plate`.
+    """
+    layout = inspect_pair(model, guide, x, *args, data_plate=data_plate, **kwargs)
+    return PairBatch(model, guide, x, args, kwargs, layout, data_plate)
+
+
+def _reduce_to_datapoints(log_prob, site, layout, data_plate, name, num_particles):
+    """Reduce a site's log-prob of batch shape (S, ..., N, ...) to (S or 1, N or 1)."""
+    n = -layout.particle_dim
+    log_prob = torch.as_tensor(log_prob)
+    if log_prob.dim() > n:
+        raise ValueError(f"site {name!r} has batch dims left of all plates: {log_prob.shape}")
+    log_prob = log_prob.reshape((1,) * (n - log_prob.dim()) + log_prob.shape)
+    data_dim = n + data_frame(site, data_plate).dim
+    other = [d for d in range(1, n) if d != data_dim]
+    if other:
+        log_prob = log_prob.sum(other, keepdim=True)
+    S, N = log_prob.shape[0], log_prob.shape[data_dim]
+    if S not in (1, num_particles) or N not in (1, layout.num_data):
+        raise ValueError(
+            f"site {name!r}: log-prob batch shape {tuple(log_prob.shape)} does not match "
+            f"{num_particles} particles at dim {layout.particle_dim} and {layout.num_data} "
+            f"datapoints at the data plate's dim; does the model broadcast over an outer plate?"
+        )
+    return log_prob.reshape(S, N)
+
+
+def _site_log_prob(site):
+    log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    return scale_and_mask(log_prob, site["scale"], site["mask"])
+
+
+def trace_log_prob(trace, layout, num_particles, data_plate=DATA_PLATE, guide_trace=None):
+    """Sum of a trace's scaled, masked sample-site log-densities per datapoint.
+
+    With ``guide_trace`` (scoring a model replayed at the guide's draws), model latents the
+    guide did not sample are left out: they were drawn from the prior, so their p/q ratio is
+    one.
+
+    Parameters
+    ----------
+    trace : pyro.poutine.Trace
+        A trace drawn under a particle plate of S particles at ``layout.particle_dim``.
+    layout : PairLayout
+        As returned by :func:`inspect_pair`.
+    num_particles : int
+        S.
+    data_plate : str
+        Name of the data plate.
+    guide_trace : pyro.poutine.Trace, optional
+        The guide trace that ``trace``, a model trace, was replayed at.
+
+    Returns
+    -------
+    torch.Tensor of shape (S, N)
+        Log-density per particle and datapoint, nats; a 0-dim zero for a trace without
+        sample sites.
+
+    Raises
+    ------
+    ValueError
+        When a site's log-prob batch shape does not fit S particles and N datapoints.
+    """
+    terms = [
+        _reduce_to_datapoints(_site_log_prob(site), site, layout, data_plate, name, num_particles)
+        for name, site in sample_sites(trace)
+        if guide_trace is None or site["is_observed"] or name in guide_trace.nodes
+    ]
+    if not terms:  # e.g. the empty guide of a model without latents
+        return torch.zeros(())  # a 0-dim zero broadcasts on any device
+    return sum(terms[1:], terms[0]).expand(num_particles, layout.num_data)
+
+
+def draw_log_weights(pair: PairBatch, num_particles: int) -> torch.Tensor:
+    """One vectorized draw of S log weights log p(x, z_s) - log q(z_s | x) per datapoint.
+
+    Differentiable when the guide is reparameterized (the IWAE objective trains through it).
+
+    Parameters
+    ----------
+    pair : PairBatch
+        The pair bound to its batch of N datapoints, with its layout (:func:`bind_pair`).
+    num_particles : int
+        S.
+
+    Returns
+    -------
+    torch.Tensor of shape (S, N)
+        Log weights, nats.
+    """
+    layout, data_plate = pair.layout, pair.data_plate
+    with poutine.block(), pyro.plate(PARTICLE_PLATE, num_particles, dim=layout.particle_dim):
+        guide_trace = pair.call(poutine.trace(without_enumeration(pair.guide)).get_trace)
+        model_trace = pair.call(
+            poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace
+        )
+    log_p = trace_log_prob(model_trace, layout, num_particles, data_plate, guide_trace)
+    return log_p - trace_log_prob(guide_trace, layout, num_particles, data_plate)

@@ -1,0 +1,1 @@
+"""Where code runs: devices, data placement and threads; torch.distributed process groups."""

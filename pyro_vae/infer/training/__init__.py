@@ -1,0 +1,1 @@
+"""Training: the SVI step (eager and compiled), the loop, its options, checkpoints."""

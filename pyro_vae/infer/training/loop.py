@@ -1,0 +1,254 @@
+"""train(model, guide, data): epochs of SVI with validation, checkpoints, history, early stopping.
+
+The loop around :class:`~pyro_vae.infer.training.svi.SVIStep`, which does the steps, in the
+shape of NumPyro's ``SVI``: set-up (data placed, objective built, the compile policy resolved
+once, the step traced on a first batch, a checkpoint restored) is apart from the epochs. Its
+settings are one :class:`~pyro_vae.infer.training.options.TrainOptions`; a semi-supervised
+second stream is a :class:`~pyro_vae.infer.training.options.LabelledStream`; saving and resuming
+is a :class:`~pyro_vae.infer.training.run_state.Checkpointer`. Every reported number is -ELBO
+per datapoint, in nats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from pyro_vae.infer.compile.policy import AUTO_MIN_STEPS, resolve, step_blocker
+from pyro_vae.infer.objectives.elbo import make_objective
+from pyro_vae.infer.runtime.devices import forked_rng, move_owners, resolve_device
+from pyro_vae.infer.runtime.distributed import Ranks, average_gradients, broadcast_params, join
+from pyro_vae.infer.training.compiled_step import CompiledSVIStep
+from pyro_vae.infer.training.epochs import Batching, DataStream, mean_loss, rank_seed, run_epoch
+from pyro_vae.infer.training.options import LabelledStream, TrainOptions
+from pyro_vae.infer.training.run_state import CHECKPOINT_NAME, Checkpointer, RunState
+from pyro_vae.infer.training.svi import SVIStep, TrainingDivergedError
+
+__all__ = ["CHECKPOINT_NAME", "TrainResult", "train"]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did: one history record per epoch, and where it left things."""
+
+    history: list[dict]
+    epochs_run: int
+    stopped_early: bool
+    device: torch.device
+    param_names: list[str]
+    out_dir: Path | None = None
+
+    @property
+    def final(self) -> dict:
+        """The last history record (empty when no epoch ran)."""
+        return self.history[-1] if self.history else {}
+
+
+def train(
+    model,
+    guide,
+    data,
+    *,
+    val_data=None,
+    labelled: LabelledStream | tuple | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    on_epoch_end: Callable[[dict], None] | None = None,
+    options: TrainOptions | None = None,
+    **settings,
+) -> TrainResult:
+    """Fit ``model``/``guide`` by SVI, minimizing -ELBO per datapoint with Adam.
+
+    Parameters
+    ----------
+    model, guide : callable
+        A pair following the site convention (docs/design.md), called as ``f(x)`` (or
+        ``f(x, *extras)``, below). Bound methods of an ``nn.Module`` bring their module to
+        the device.
+    data, val_data : torch.Tensor of shape (N, ...), Dataset, object with ``.x``, or tuple
+        Training and (optional) validation data; an object's ``batch_transform`` (e.g.
+        dynamic binarization) is applied to every batch. NaN or inf values are refused. A
+        tuple ``(x, *extras)`` of one of those and tensors of shape (N, ...) (e.g. labels of
+        shape (N,)) serves each batch as ``f(x[idx], *(e[idx] for e in extras))``: a
+        conditional pair ``model(x, y)`` trains on ``(x, y)``.
+    labelled : LabelledStream or tuple, optional
+        A second, labelled data set for semi-supervised training (a tuple ``(x_l, *extras_l)``
+        is ``LabelledStream(tuple)``). For the M2 model, ``data`` holds the unlabelled images
+        (y summed out by ``loss="enum"``) and ``labelled`` the images with labels.
+    out_dir : str or Path, optional
+        Where ``checkpoint.pt`` (every epoch, atomic) and ``history.json``/``.csv`` go.
+    resume : bool
+        Continue from ``out_dir/checkpoint.pt`` when it exists (else start afresh; the command
+        line refuses ``--resume`` without a checkpoint).
+    on_epoch_end : callable, optional
+        Called with each epoch's history record, after the epoch's checkpoint is written.
+    options : TrainOptions, optional
+        The loop's settings (epochs, batch size, learning rate, loss, device, seed, compile,
+        ...: see :class:`~pyro_vae.infer.training.options.TrainOptions`).
+    **settings
+        Fields of :class:`~pyro_vae.infer.training.options.TrainOptions` given one by one, e.g.
+        ``epochs=5, lr=1e-3``; they replace those of ``options``.
+
+    Data parallelism: started under ``torchrun --nproc-per-node P`` (one node or several),
+    every process runs this same call; it joins torchrun's process group (gloo on CPU, NCCL on
+    CUDA with one GPU per process), each epoch every rank takes a disjoint shard of one
+    permutation seeded by (``seed``, epoch) in local batches of ceil(``batch_size`` / P), the
+    gradients are averaged over the ranks after every ``backward`` (one all-reduce), so the
+    loss stays -ELBO per datapoint of the whole data set and every rank takes the step of the
+    global batch. Rank 0 writes the checkpoint and the history, every rank reads it on
+    ``resume`` (a shared folder), with the same or another number of processes. Each rank
+    draws its own noise from a seed of (``seed``, epoch, rank): a data-parallel run repeats,
+    but is not bit-identical to a run with another number of processes.
+
+    Returns
+    -------
+    TrainResult
+        ``history`` has one dict per epoch: ``epoch``, ``train_loss`` and ``val_loss``
+        (-ELBO per datapoint, nats; ``val_loss`` None without ``val_data``),
+        ``train_objective`` (the mean of the minimized loss: -ELBO itself, or the annealed,
+        free-bits or IWAE objective), ``kl_weight`` (the KL annealing weight beta at the
+        epoch's last step, else 1), ``seconds``, ``examples_per_s``, ``lr`` and the ``tags``.
+
+    Raises
+    ------
+    TrainingDivergedError
+        When the loss becomes NaN or infinite; the last checkpoint is left unchanged.
+    TypeError
+        For a keyword that is not a field of ``TrainOptions``.
+    ValueError
+        For invalid settings or data.
+    """
+    options = TrainOptions.build(options, settings)
+    labelled = LabelledStream.of(labelled)
+    ranks, device = join(resolve_device(options.device))
+    if options.seed is not None:
+        pyro.set_rng_seed(options.seed)
+    stream = DataStream.of(data, "data", device)
+    val = DataStream.of(val_data, "val_data", device) if val_data is not None else None
+    stream_l = DataStream.of(labelled.data, "labelled", device) if labelled else None
+    move_owners(device, model, guide)
+    batching = _batching(options, ranks, device, len(stream), labelled, stream_l)
+    svi = _make_step(model, guide, options, batching, stream, stream_l, labelled)
+    # an objective traced for one batch shape (Pyro's JIT) cannot take the short last batch
+    batching = dataclasses.replace(batching, drop_last=svi.objective.fixed_batch_shape)
+    if ranks.distributed:
+        broadcast_params(svi.params)  # every rank starts from rank 0's parameters
+    lr_schedule = options.lr_schedule
+    scheduler = lr_schedule(svi.optimizer) if lr_schedule is not None else None
+    checkpointer = Checkpointer(out_dir, resume)
+    state = checkpointer.restore(svi, scheduler)
+    if ranks.distributed:
+        pyro.set_rng_seed(rank_seed(batching.seed, state.epoch, ranks.rank))
+    stopped_early = False
+    with pyro.validation_enabled(False):
+        for epoch in range(state.epoch + 1, options.epochs + 1):
+            tic = time.perf_counter()
+            try:
+                train_loss, objective, rate = run_epoch(svi, stream, stream_l, batching, epoch)
+            except TrainingDivergedError as err:
+                raise TrainingDivergedError(f"{err}; {checkpointer.note()}") from None
+            val_loss = mean_loss(svi, val, batching) if val else None
+            record = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "train_objective": objective,
+                "kl_weight": svi.objective.kl_weight,
+                "seconds": time.perf_counter() - tic,
+                "examples_per_s": rate,
+                "lr": svi.optimizer.param_groups[0]["lr"],
+                **(options.tags or {}),
+            }
+            _end_epoch(record, state, scheduler, options, batching)
+            if ranks.is_main:  # one writer; every rank holds the same
+                checkpointer.save(svi, scheduler, state)
+                if on_epoch_end is not None:  # after the save: it is on disk
+                    on_epoch_end(record)
+            if options.patience is not None and state.bad_epochs >= options.patience:
+                stopped_early = True
+                break
+    return TrainResult(
+        history=state.history,
+        epochs_run=len(state.history),
+        stopped_early=stopped_early,
+        device=device,
+        param_names=list(svi.params),
+        out_dir=checkpointer.out_dir,
+    )
+
+
+def _batching(options, ranks: Ranks, device, num_data, labelled, stream_l) -> Batching:
+    """Per-process batch sizes: P local batches of ceil(B / P) make one global batch of B."""
+    batch_size = min(options.batch_size, num_data)
+    if ranks.distributed:
+        batch_size = math.ceil(batch_size / ranks.world_size)
+    batch_l = None
+    if stream_l is not None:
+        batch_l = min(labelled.batch_size or batch_size, len(stream_l))
+    return Batching(
+        batch_size,
+        batch_l,
+        drop_last=False,  # known once the objective is built
+        device=device,
+        ranks=ranks,
+        seed=options.seed if options.seed is not None else 0,
+        progress=options.progress and ranks.is_main,
+    )
+
+
+def _make_step(model, guide, options, batching, stream, stream_l, labelled) -> SVIStep:
+    """Build the objectives on a first batch, resolve ``compile`` once, set the step up."""
+    device = batching.device
+    first_l = stream_l.batch(slice(0, batching.labelled_batch_size), device) if stream_l else None
+    first = stream.batch(slice(0, batching.batch_size), device)
+    plate = dict(data_plate=options.data_plate)
+    with forked_rng(first[0]):  # building an objective traces the pair: no draw may change
+        objective = make_objective(options.loss, model, guide, *first, **plate)
+        labelled_objective = None
+        if first_l is not None:
+            loss_l = labelled.loss if labelled.loss is not None else options.loss
+            labelled_objective = make_objective(loss_l, model, guide, *first_l, **plate)
+    grad_hook = average_gradients if batching.ranks.distributed else None
+    num_steps = options.epochs * math.ceil(len(stream) / batching.batch_size)
+    blocker = step_blocker(objective, labelled_objective=labelled_objective, grad_hook=grad_hook)
+    compiled = resolve(options.compile, work=num_steps, min_work=AUTO_MIN_STEPS, blocker=blocker)
+    svi = (CompiledSVIStep if compiled else SVIStep)(
+        model,
+        guide,
+        objective,
+        lr=options.lr,
+        clip_norm=options.clip_norm,
+        data_plate=options.data_plate,
+        labelled_loss=labelled_objective,
+        grad_hook=grad_hook,
+    )
+    svi.setup(*first, labelled=first_l)
+    return svi
+
+
+def _end_epoch(record: dict, state: RunState, scheduler, options, batching) -> None:
+    """Book an epoch: history, early stopping, the LR schedule, the epoch line."""
+    state.epoch = record["epoch"]
+    state.history.append(record)
+    state.record(record["val_loss"] if record["val_loss"] is not None else record["train_loss"])
+    if scheduler is not None:
+        scheduler.step()
+    if batching.progress:
+        tqdm.write(_epoch_line(record, options.epochs))
+
+
+def _epoch_line(record: dict, epochs: int) -> str:
+    val = record["val_loss"]
+    val_text = f"  val -ELBO {val:.3f}" if val is not None else ""
+    return (
+        f"epoch {record['epoch']:>3}/{epochs}  train -ELBO {record['train_loss']:.3f}{val_text}"
+        f" nats/datapoint  {record['seconds']:.1f} s  {record['examples_per_s']:.0f} examples/s"
+    )

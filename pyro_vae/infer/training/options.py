@@ -1,0 +1,160 @@
+"""What ``train`` is asked to do: the loop's settings, and an optional labelled second stream.
+
+:class:`TrainOptions` groups the settings of the loop (the way pythae's trainer takes a training
+config), validated once when it is made; ``train(..., epochs=5, lr=1e-3)`` builds one from
+keyword arguments, so simple calls stay simple. :class:`LabelledStream` is the second data set
+of semi-supervised training, with its own batch size and objective.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from pyro_vae.infer.pair.sites import DATA_PLATE
+
+__all__ = ["LabelledStream", "TrainOptions", "check_count"]
+
+
+def check_count(name: str, value, least: int) -> None:
+    """Refuse ``value`` unless it is an int >= ``least`` (bools refused), naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """The settings of :func:`~pyro_vae.infer.training.loop.train`'s loop.
+
+    Attributes
+    ----------
+    epochs : int
+        Epochs to reach (counting those of a resumed checkpoint).
+    batch_size : int
+        Datapoints per step (the last batch of an epoch may be smaller, unless the objective
+        works on one batch shape only).
+    lr : float
+        Adam's learning rate.
+    loss : str, pyro.infer.ELBO or callable
+        The objective, see :func:`pyro_vae.infer.objectives.elbo.make_objective`; e.g.
+        ``"iwae"``, an :class:`~pyro_vae.infer.objectives.iwae.IWAEObjective` or a
+        :class:`~pyro_vae.infer.objectives.kl_control.KLControlledELBO` (KL annealing, free
+        bits). Its schedule gets t, the epochs done (fractional), before every step; a resumed
+        run recomputes t from its epoch, so the schedule continues exactly.
+    clip_norm : float, optional
+        Global gradient-norm clipping.
+    lr_schedule : callable, optional
+        ``f(optimizer) -> torch LR scheduler``, stepped once per epoch.
+    patience : int, optional
+        Stop after this many epochs without a better validation (else training) loss.
+    seed : int, optional
+        Seeds Pyro, torch, NumPy and Python before anything is drawn. Networks built before
+        the call drew their initial weights already: seed before building them too
+        (``pyro.set_rng_seed``), as ``pyro-vae train`` does, for a run that repeats bit for bit.
+    device : str or torch.device
+        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``...
+    compile : {"auto", True, False}
+        Run each step as one compiled graph
+        (:class:`~pyro_vae.infer.training.compiled_step.CompiledSVIStep`); ``"auto"`` is
+        resolved once by :func:`pyro_vae.infer.compile.policy.resolve`: a run of at least
+        :data:`~pyro_vae.infer.compile.policy.AUTO_MIN_STEPS` steps (epochs x batches, so a
+        resume with the same ``epochs`` decides the same) whose step nothing blocks (a labelled
+        stream, a gradient all-reduce, an objective with a schedule). Compiled and eager runs
+        agree to float rounding, not bit for bit.
+    data_plate : str
+        Name of the data plate.
+    progress : bool
+        A tqdm bar per epoch and one line per finished epoch.
+    tags : dict, optional
+        Constant columns added to every history record.
+
+    Raises
+    ------
+    ValueError
+        When ``epochs`` is not an int >= 0, ``batch_size`` not an int >= 1, ``patience`` not a
+        positive int or None, or ``compile`` not "auto", True or False.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    loss: object = "trace"
+    clip_norm: float | None = None
+    lr_schedule: Callable | None = None
+    patience: int | None = None
+    seed: int | None = None
+    device: str | torch.device = "auto"
+    compile: object = "auto"
+    data_plate: str = DATA_PLATE
+    progress: bool = True
+    tags: dict | None = None
+
+    def __post_init__(self):
+        check_count("epochs", self.epochs, 0)
+        check_count("batch_size", self.batch_size, 1)
+        if self.patience is not None and (
+            isinstance(self.patience, bool)
+            or not isinstance(self.patience, int)
+            or self.patience < 1
+        ):
+            raise ValueError(f"patience must be a positive int or None, got {self.patience!r}")
+        if self.compile not in ("auto", True, False):
+            raise ValueError(f'compile must be "auto", True or False, got {self.compile!r}')
+
+    @classmethod
+    def build(cls, options: TrainOptions | None, settings: dict) -> TrainOptions:
+        """``options`` (default: all defaults) with the keyword ``settings`` replacing fields.
+
+        Raises
+        ------
+        TypeError
+            For a setting that is not a field, naming it and the fields.
+        """
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - fields)
+        if unknown:
+            raise TypeError(
+                f"train() got unknown option(s) {unknown}; the options are {sorted(fields)}"
+            )
+        return dataclasses.replace(options or cls(), **settings)
+
+
+@dataclass(frozen=True)
+class LabelledStream:
+    """A second, labelled data set for semi-supervised training.
+
+    Every step also takes a batch of it, called as ``f(x_l[idx], *extras_l[idx])``, and
+    minimizes the loss of the union of both data sets per datapoint,
+    (N * loss(batch) + N_l * labelled_loss(batch_l)) / (N + N_l), each stream scaled for its own
+    minibatch (see :meth:`~pyro_vae.infer.training.svi.SVIStep.step`). An epoch is one pass over
+    the first stream; the labelled batches are drawn from fresh permutations of the labelled
+    set, one after the other.
+
+    Attributes
+    ----------
+    data : tuple
+        ``(x_l, *extras_l)``, in the forms ``train``'s ``data`` takes.
+    batch_size : int, optional
+        Datapoints of the labelled stream per step (default ``min(batch_size, N_l)``).
+    loss : str, pyro.infer.ELBO or callable, optional
+        Its objective (default: the first stream's), e.g. an
+        :class:`~pyro_vae.infer.objectives.auxiliary.AuxiliaryTerm` with a classification term.
+    """
+
+    data: object
+    batch_size: int | None = None
+    loss: object = None
+
+    def __post_init__(self):
+        if self.batch_size is not None:
+            check_count("labelled batch_size", self.batch_size, 1)
+
+    @classmethod
+    def of(cls, labelled) -> LabelledStream | None:
+        """``labelled`` itself, a tuple ``(x_l, *extras_l)`` wrapped, or None."""
+        if labelled is None or isinstance(labelled, cls):
+            return labelled
+        return cls(labelled)
