@@ -36,10 +36,9 @@ import torch
 from pyro_vae.data import load_dataset
 from pyro_vae.diagnostics.latent import active_units, latent_kl
 from pyro_vae.infer.evidence.dataset import dataset_nll
-from pyro_vae.infer.objectives.iwae import IWAEObjective
-from pyro_vae.infer.objectives.kl_control import KLAnnealing, KLControlledELBO
 from pyro_vae.infer.training.loop import train
 from pyro_vae.models.vae import VAE
+from pyro_vae.runs import training_objective
 
 __all__ = ["PRESETS", "ROWS", "main"]
 
@@ -106,13 +105,13 @@ PRESETS = {
 
 
 def objective(spec: dict):
-    """The training loss of a row."""
+    """The training loss of a row: the objective recipe of ``pyro-vae train`` for its options."""
     if "iwae" in spec:
-        return IWAEObjective(spec["iwae"])
-    if spec.get("anneal") or spec.get("free_bits"):
-        annealing = KLAnnealing(ANNEAL_EPOCHS) if spec.get("anneal") else None
-        return KLControlledELBO(annealing, spec.get("free_bits", 0.0))
-    return "trace"
+        return training_objective({"loss": "iwae", "iwae_k": spec["iwae"]})
+    anneal_epochs = ANNEAL_EPOCHS if spec.get("anneal") else None
+    return training_objective(
+        {"anneal_epochs": anneal_epochs, "free_bits": spec.get("free_bits", 0.0)}
+    )
 
 
 def run_row(name: str, preset: dict, data, args) -> dict:

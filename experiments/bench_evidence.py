@@ -10,8 +10,9 @@ Same math three ways, log p(x) ~ log (1/L) sum_l p(x, z_l) / q(z_l | x) per data
 - ``pyro.infer.Importance(num_samples=L)``: Pyro's loop over samples, one datapoint at a time
   (timed on a few datapoints and scaled per datapoint);
 - ``log_evidence, compiled``: ``log_evidence(..., compile=True)``, each chunk's log weights
-  from one inductor-compiled graph (:class:`pyro_vae.infer.evidence.compiled.CompiledLogWeights`); its
-  compile time is printed apart (the warm-up repetition absorbs it);
+  from one inductor-compiled graph
+  (:class:`pyro_vae.infer.evidence.compiled.CompiledLogWeights`); its compile time is printed
+  apart (the warm-up repetition absorbs it);
 - ``NumPyro vectorized``: the same VAE and weights as a NumPyro model and guide
   (``bench_train.numpyro_vae``), the guide drawn under a particle plate and the model replayed
   at its draws by NumPyro's handlers, per-datapoint log weights summed from the sites, one

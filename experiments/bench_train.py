@@ -8,9 +8,9 @@ in one process; we report median steady-state steps/s and the ratio trainer / ha
 For context the obvious Pyro loop (``SVI`` + ``Trace_ELBO`` + ``pyro.optim.Adam``) is timed too.
 
 Two rows answer "what does eager execution cost": ``compiled SVIStep``
-(:class:`~pyro_vae.infer.training.compiled_step.CompiledSVIStep`: Pyro's handlers run once per batch shape,
-the step is one inductor-compiled graph; its compile time is printed apart, since the
-warm-up round absorbs it) and ``NumPyro jit(svi.update)``: the same VAE as a NumPyro model and
+(:class:`~pyro_vae.infer.training.compiled_step.CompiledSVIStep`: Pyro's handlers run once per
+batch shape, the step is one inductor-compiled graph; its compile time is printed apart, since
+the warm-up round absorbs it) and ``NumPyro jit(svi.update)``: the same VAE as a NumPyro model and
 guide, starting from the very same (PyTorch-initialized) weights, NumPyro's ``Trace_ELBO`` and
 Adam(1e-3), stepped by ``jax.jit(svi.update)`` on the same batches with a ``float(loss)`` per
 step. The NumPyro row needs the ``bench`` extra (``pip install -e '.[bench]'``: numpyro, CPU
@@ -21,9 +21,10 @@ is a cold one; ``--routes`` adds the two other ways to run the captured step gra
 (ATen ops, no inductor) and through ``torch.compile`` (Dynamo on the captured GraphModule).
 
 With ``--iwae-k K`` (default 5; 0 skips it) the importance-weighted bound with K particles is
-timed the same three ways: ``SVIStep`` with :class:`~pyro_vae.infer.objectives.iwae.IWAEObjective`, Pyro's
-``SVI`` with ``RenyiELBO(alpha=0, vectorize_particles=True)`` (the same bound, summed over the
-batch) and a hand-written loop; the ratios of these rows are to the hand-written IWAE loop.
+timed the same three ways: ``SVIStep`` with
+:class:`~pyro_vae.infer.objectives.iwae.IWAEObjective`, Pyro's ``SVI`` with
+``RenyiELBO(alpha=0, vectorize_particles=True)`` (the same bound, summed over the batch) and a
+hand-written loop; the ratios of these rows are to the hand-written IWAE loop.
 
     python experiments/bench_train.py            # ~2 minutes on 2 CPU cores
     python experiments/bench_train.py --device cuda

@@ -5,9 +5,10 @@ Every row uses the same data (statically binarized, seeded), the same labelled i
 test points: accuracies on the whole test split, log-likelihoods on its first
 ``--num-points`` images:
 
-- ``M2``: the M2 model of Kingma et al. (2014) trained by :func:`pyro_vae.infer.training.loop.train`,
+- ``M2``: the M2 model of Kingma et al. (2014) trained by :func:`pyro_vae.infer.train`,
   unlabelled images with y summed out (``loss="enum"``), labelled ones with the classification
-  term alpha * E_labelled[-log q(y|x)]; one row per ``--alphas`` entry, by default the paper's
+  term alpha * E_labelled[-log q(y|x)] (the M2 recipe of :mod:`pyro_vae.runs.recipes`, as
+  ``pyro-vae train --model m2`` uses it); one row per ``--alphas`` entry, by default the paper's
   alpha = 0.1 N (N training images) and the 46 per labelled image of Pyro's SS-VAE example
   (alpha = 46 N_l), neither tuned here; the test accuracy of argmax q(y|x) and the test
   log p(x) (importance sampling, y drawn from q(y|x), ``--num-samples`` per datapoint);
@@ -46,14 +47,12 @@ import torch
 
 from pyro_vae.data import labelled_split, load_dataset
 from pyro_vae.infer.evidence.dataset import dataset_nll
-from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
 from pyro_vae.infer.training.loop import train
-from pyro_vae.infer.training.options import LabelledStream
 from pyro_vae.models.conditional import CVAE
 from pyro_vae.models.m2 import M2
 from pyro_vae.models.vae import VAE
 from pyro_vae.nets import MLP
-from pyro_vae.runs import conditional_figures
+from pyro_vae.runs import M2_LOSS, conditional_figures, m2_alpha, m2_labelled_stream
 
 __all__ = ["PRESETS", "main"]
 
@@ -92,11 +91,11 @@ def _train(model, data, args, **options) -> tuple[dict, float]:
 
 
 def alpha_of(setting: str, num_train: int, num_labelled: int) -> float:
-    """alpha of an ``--alphas`` entry: ``paper`` = 0.1 N (Kingma et al. 2014, sec. 4.1),
-    ``pyro`` = 46 N_l (46 per labelled image: ``aux_loss_multiplier`` of Pyro's SS-VAE
-    example), or a number."""
+    """alpha of an ``--alphas`` entry: ``paper`` = 0.1 N (Kingma et al. 2014, sec. 4.1, the
+    default of ``pyro-vae train --model m2``), ``pyro`` = 46 N_l (46 per labelled image:
+    ``aux_loss_multiplier`` of Pyro's SS-VAE example), or a number."""
     if setting == "paper":
-        return 0.1 * num_train
+        return m2_alpha(num_train)
     if setting == "pyro":
         return 46.0 * num_labelled
     return float(setting)
@@ -107,14 +106,8 @@ def run_m2(data, labelled, unlabelled, test, setting, args) -> tuple[dict, M2]:
     m2 = M2(data.train.data_dim, 10, args.latent, args.hidden, image_shape=data.image_shape)
     alpha = alpha_of(setting, len(data.train), len(labelled))
     # summed over the N_l labelled images, the term is alpha * E_labelled[-log q(y|x)]
-    classify = AuxiliaryTerm("trace", m2.classifier_nll, weight=alpha / len(labelled))
-    final, seconds = _train(
-        m2,
-        unlabelled,
-        args,
-        labelled=LabelledStream((labelled, labelled.y), loss=classify),
-        loss="enum",
-    )
+    stream = m2_labelled_stream(m2, labelled, alpha)
+    final, seconds = _train(m2, unlabelled, args, labelled=stream, loss=M2_LOSS)
     named = f" ({setting})" if setting in ("paper", "pyro") else ""
     row = {
         "row": f"M2, alpha = {alpha:g}{named}",

@@ -11,6 +11,10 @@ number of leading batch dimensions, e.g. codes ``z`` of shape ``(S, N, M)`` draw
 particle plate: linear layers broadcast over them, conv nets flatten them into one batch dimension
 and restore them on the way out.
 
+Size: the two networks, the MLP and conv trunks they are built from, and the argument checks
+(``check_*``) that they and the models share: one vocabulary, half of it docstrings, that the
+models import from one place; apart, the nets would be a thin module importing every check.
+
 References
 ----------
 Kingma, D. P. and Welling, M. (2014). Auto-Encoding Variational Bayes. ICLR.

@@ -24,3 +24,11 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield torch.float64
     torch.set_default_dtype(old)
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """MNIST-5k, statically binarized (seed 0); read-only, shared by every test module."""
+    from pyro_vae.data import load_dataset
+
+    return load_dataset("mnist5k", binarize="static", seed=0)

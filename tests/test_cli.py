@@ -195,6 +195,23 @@ def test_flow_annealing_and_free_bits_are_stored_and_rebuilt(tmp_path, capsys):
     assert "Monte Carlo total" in capsys.readouterr().out
 
 
+def test_download_reaches_the_data_loader(tmp_path, monkeypatch, capsys):
+    asked = []
+
+    def load_dataset(name, **kwargs):
+        asked.append(kwargs)
+        raise ValueError("stopped before any download")
+
+    monkeypatch.setattr("pyro_vae.runs.recipes.load_dataset", load_dataset)
+    argv = ["train", "--dataset", "mnist", "--root", str(tmp_path / "data"), "--quiet"]
+    assert main([*argv, "--download", "--out", str(tmp_path / "a")]) == 2
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 2
+    assert [a["download"] for a in asked] == [True, False]
+    assert asked[0]["root"] == str(tmp_path / "data")
+    assert "stopped before any download" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # nothing written: the data come before the folder
+
+
 def test_iwae_loss_trains_from_the_command_line(tmp_path):
     assert _train(tmp_path / "run", "--loss", "iwae", "--iwae-k", "3") == 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())
@@ -230,7 +247,7 @@ FAILURES = {
     "out not writable": (
         ["train", "--out", "{empty}/new"],
         "permission denied",
-        {"pyro_vae.runs.os.access": lambda *a, **k: False},
+        {"pyro_vae.runs.folders.os.access": lambda *a, **k: False},
     ),
     "run exists": (["train", "--out", "{run}"], "already holds a run", {}),
     "resume without checkpoint": (
@@ -263,6 +280,11 @@ FAILURES = {
         "'mnist' not found",
         {},
     ),
+    "download without root": (
+        ["train", "--dataset", "mnist", "--download", "--out", "{empty}/new"],
+        "--download needs --root",
+        {},
+    ),
     "epochs 0": (["train", "--epochs", "0"], "--epochs: expected a positive integer", {}),
     "batch size 0": (["train", "--batch-size", "0"], "--batch-size: expected a positive", {}),
     "lr 0": (["train", "--lr", "0"], "--lr: expected a positive number", {}),
@@ -286,12 +308,12 @@ FAILURES = {
     "evaluate cannot write": (
         ["evaluate", "{run}", "--num-samples", "10"],
         "permission denied",
-        {"pyro_vae.runs.os.access": lambda *a, **k: False, "dataset_nll": _never},
+        {"pyro_vae.runs.folders.os.access": lambda *a, **k: False, "dataset_nll": _never},
     ),
     "disk full writing the report": (
         ["evaluate", "{run}", "--num-samples", "10", "--num-points", "5", "--quiet"],
         "could not write",
-        {"pyro_vae.runs.os.replace": _enospc},
+        {"pyro_vae.infer.runtime.files.os.replace": _enospc},
     ),
     "free bits negative": (["train", "--free-bits", "-1"], "--free-bits: expected a number", {}),
     "flows negative": (["train", "--flows", "-2"], "--flows: expected a non-negative", {}),

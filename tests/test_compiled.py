@@ -12,7 +12,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from common import bernoulli_latent_pair
+from pairs import CATALOGUE, BernoulliLatent, TwoSite, case
 
 from pyro_vae.infer.compile.capture import CompileFallbackWarning, compile_graph
 from pyro_vae.infer.compile.policy import AUTO_MIN_STEPS, resolve
@@ -23,7 +23,6 @@ from pyro_vae.infer.objectives.kl_control import KLAnnealing, KLControlledELBO
 from pyro_vae.infer.training import compiled_step as step_module
 from pyro_vae.infer.training.compiled_step import CompiledSVIStep
 from pyro_vae.infer.training.svi import SVIStep
-from pyro_vae.models.ppca import PPCA, CollapsedPPCA
 from pyro_vae.models.vae import VAE
 
 
@@ -43,41 +42,16 @@ COMPILERS = {
 RTOL, ATOL = 1e-9, 1e-12
 
 
-class TwoSitePair:
-    """A pair written only here: two latent sites, a positive parameter, a Python branch.
-
-    z1 ~ N(0, 1), z2 | z1 ~ N(z1, 1), x | z2 ~ N(w z2, sigma); guide N(c x, s) for both. The
-    branch on the data (``if (x > 0).all()``) is a decision the capture must guard.
-    """
-
-    def model(self, x):
-        w = pyro.param("w", torch.tensor(0.5))
-        sigma = pyro.param("sigma", torch.tensor(1.0), constraint=dist.constraints.positive)
-        with pyro.plate("data", x.shape[0]):
-            z1 = pyro.sample("z1", dist.Normal(0.0, 1.0))
-            z2 = pyro.sample("z2", dist.Normal(z1, 1.0))
-            loc = w * z2 if (x > 0).all() else w * z2 + 1.0
-            pyro.sample("x", dist.Normal(loc, sigma), obs=x)
-
-    def guide(self, x):
-        c = pyro.param("c", torch.tensor(0.1))
-        s = pyro.param("s", torch.tensor(1.0), constraint=dist.constraints.positive)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z1", dist.Normal(c * x, s))
-            pyro.sample("z2", dist.Normal(c * x, s))
+# the pairs of the step tests (tests/pairs.py): a VAE, the collapsed pPCA (no latent), and two
+# latent sites with a positive parameter and a Python branch on the data that a capture must
+# guard; each with 10 datapoints
+STEP_PAIRS = {"vae": "vae-bernoulli", "ppca": "collapsed-ppca", "two-site": "two-site"}
 
 
 def make_pair(name):
     """(model, guide, data) of a fresh pair; the same numbers on every call."""
-    torch.manual_seed(0)
-    if name == "vae":
-        vae = VAE(12, latent_dim=3, hidden=(8,))
-        return vae.model, vae.guide, torch.bernoulli(torch.full((10, 12), 0.4))
-    if name == "ppca":
-        ppca = CollapsedPPCA(5, 2)
-        return ppca.model, ppca.guide, torch.randn(10, 5)
-    pair = TwoSitePair()
-    return pair.model, pair.guide, torch.rand(10) + 0.1
+    pair = case(STEP_PAIRS[name]).make()
+    return pair.model, pair.guide, pair.x
 
 
 def run(name, step_cls, batches, seed=1, **options):
@@ -157,7 +131,7 @@ def test_guarded_decision_reruns_the_batch_eagerly(float64):
     results = []
     for step_cls in (SVIStep, CompiledSVIStep):
         with pyro.get_param_store().scope():
-            pair = TwoSitePair()
+            pair = TwoSite()
             options = {}
             if step_cls is CompiledSVIStep:
                 options = {"compile_fn": captured_only, "compile_short_batches": True}
@@ -190,8 +164,8 @@ def test_persistent_guard_failures_fall_back_with_a_notice():
 
 
 def test_non_reparameterized_pair_falls_back_with_a_notice():
-    model, guide = bernoulli_latent_pair()
-    svi = CompiledSVIStep(model, guide, compile_fn=captured_only)
+    pair = BernoulliLatent()
+    svi = CompiledSVIStep(pair.model, pair.guide, compile_fn=captured_only)
     with pytest.warns(CompileFallbackWarning, match="rsample"):
         svi.step(torch.randn(6))
     svi.step(torch.randn(6))  # eager from then on, without a new notice
@@ -321,42 +295,53 @@ def test_auto_compile_rule():
 
 
 # --- evidence ---------------------------------------------------------------------------------
-def evidence_pair(name):
-    torch.manual_seed(0)
-    if name == "ppca":  # the exact posterior guide: a MultivariateNormal, Cholesky in the graph
-        ppca = PPCA(torch.randn(5, 2), torch.zeros(5), torch.tensor(0.5))
-        return ppca.model, ppca.guide, ppca.sample(6)
-    model, guide, x = make_pair(name)
+def evidence_pair(case):
+    """(model, guide, x, *args) of a catalogue pair, its parameters created, at most 6 rows."""
+    pair = case.make()
     with torch.no_grad():
-        model(x), guide(x)  # create the parameters
-    return model, guide, x[:6]
+        pair.model(pair.x, *pair.args), pair.guide(pair.x, *pair.args)  # create the parameters
+    return pair.model, pair.guide, pair.x[:6], *(a[:6] for a in pair.args)
 
 
 # two chunks of S = 20 particles each (IWAE: 4 estimates of k = 5 per chunk): one graph
 ESTIMATORS = {
-    "log_evidence": lambda m, g, x, **kw: log_evidence(m, g, x, num_samples=40, **kw).log_px,
-    "iwae_bound": lambda m, g, x, **kw: iwae_bound(m, g, x, 5, num_estimates=8, **kw),
-    "elbo_per_datapoint": lambda m, g, x, **kw: elbo_per_datapoint(m, g, x, num_samples=40, **kw),
+    "log_evidence": lambda m, g, x, *a, **kw: (
+        log_evidence(m, g, x, *a, num_samples=40, **kw).log_px
+    ),
+    "iwae_bound": lambda m, g, x, *a, **kw: iwae_bound(m, g, x, 5, *a, num_estimates=8, **kw),
+    "elbo_per_datapoint": lambda m, g, x, *a, **kw: elbo_per_datapoint(
+        m, g, x, *a, num_samples=40, **kw
+    ),
 }
 
+# every pair the evidence takes (the refused ones are refused before any graph is made); the
+# inductor compiles (a few seconds a graph) of three of them: a VAE, the exact pPCA guide (a
+# MultivariateNormal, Cholesky in the graph) and two sites behind a guarded branch
+INDUCTOR_PAIRS = ["vae-bernoulli", "ppca", "two-site"]
+LOG_WEIGHT_CASES = [
+    pytest.param(c, captured_only, id=f"{c}-captured") for c in CATALOGUE if c.refusal is None
+] + [
+    pytest.param(case(name), compile_graph, id=f"{name}-inductor", marks=pytest.mark.slow)
+    for name in INDUCTOR_PAIRS
+]
 
-@pytest.mark.parametrize("compile_fn", COMPILERS.values(), ids=COMPILERS.keys())
-@pytest.mark.parametrize("name", ["vae", "ppca", "two-site"])
-def test_compiled_log_weights_match_eager(name, compile_fn, float64, monkeypatch):
+
+@pytest.mark.parametrize("case, compile_fn", LOG_WEIGHT_CASES)
+def test_compiled_log_weights_match_eager(case, compile_fn, float64, monkeypatch):
     monkeypatch.setattr(log_weights_module, "compile_graph", compile_fn)
     monkeypatch.setattr(log_weights_module, "_LOG_WEIGHT_GRAPHS", OrderedDict())
-    model, guide, x = evidence_pair(name)
+    model, guide, x, *args = evidence_pair(case)
     for label, estimator in ESTIMATORS.items():
         torch.manual_seed(2)
-        eager = estimator(model, guide, x, chunk_size=20)
+        eager = estimator(model, guide, x, *args, chunk_size=20)
         torch.manual_seed(2)
-        fast = estimator(model, guide, x, chunk_size=20, compile=True)
+        fast = estimator(model, guide, x, *args, chunk_size=20, compile=True)
         torch.testing.assert_close(fast, eager, rtol=RTOL, atol=ATOL, msg=label)
     assert len(log_weights_module._LOG_WEIGHT_GRAPHS) == 1  # shared by the chunks and estimators
 
 
 def test_evidence_compile_argument_is_checked():
-    model, guide, x = evidence_pair("vae")
+    model, guide, x = evidence_pair(case("vae-bernoulli"))
     with pytest.raises(ValueError, match="compile"):
         log_evidence(model, guide, x, num_samples=2, compile="yes")
 

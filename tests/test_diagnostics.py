@@ -12,8 +12,8 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pairs import GlobalAndLocal, LogNormalLatent, ParamPPCA
 from PIL import Image
-from torch.distributions import constraints
 
 from pyro_vae.diagnostics import arviz_io
 from pyro_vae.diagnostics.latent import (
@@ -43,43 +43,15 @@ def _fit_ppca(num=200, data_dim=5, latent_dim=2, seed=0):
 
 
 def _param_ppca_pair(ppca):
-    """pPCA written only here, with W, b, sigma as pyro.params, and its exact guide."""
-    init = dict(W=ppca.W.clone(), b=ppca.b.clone(), sigma=ppca.sigma2.sqrt().clone())
-
-    def params():
-        W, b = pyro.param("W", init["W"]), pyro.param("b", init["b"])
-        return W, b, pyro.param("sigma", init["sigma"], constraint=constraints.positive)
-
-    def model(x):
-        W, b, sigma = params()
-        with pyro.plate("data", x.shape[0]):
-            prior = dist.Normal(torch.zeros(()), 1.0).expand([x.shape[0], W.shape[1]])
-            z = pyro.sample("z", prior.to_event(1))
-            pyro.sample("x", dist.Normal(z @ W.T + b, sigma).to_event(1), obs=x)
-
-    def guide(x):
-        W, b, sigma = params()
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", PPCA(W, b, sigma**2).posterior(x))
-
-    return model, guide
+    """pPCA with W, b, sigma as pyro.params, and its exact guide (tests/pairs.py)."""
+    pair = ParamPPCA(ppca)
+    return pair.model, pair.guide
 
 
 def _global_latent_pair():
-    """A model/guide with a global latent "w" outside the data plate."""
-
-    def model(x):
-        w = pyro.sample("w", dist.Normal(0.0, 1.0))
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(w, 1.0))
-            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-    def guide(x):
-        pyro.sample("w", dist.Normal(0.0, 1.0))
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(x / 2, 0.7))
-
-    return model, guide
+    """A model/guide with a global latent "w" outside the data plate (tests/pairs.py)."""
+    pair = GlobalAndLocal()
+    return pair.model, pair.guide
 
 
 def _snapshot():
@@ -433,20 +405,8 @@ def test_amortization_gap_of_a_poor_guide_is_its_kl_to_the_posterior(float64):
 def test_amortization_gap_uses_the_unconstrained_space_for_positive_latents(float64):
     """log z ~ N(0,1), x ~ N(log z, 0.5^2): p(z|x) is log-normal, q = exact posterior -> gap 0."""
     x = torch.linspace(-2.0, 2.0, 6)
-    post_var = 1 / (1 + 1 / 0.25)
-
-    def model(x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.LogNormal(torch.zeros(x.shape[0]), 1.0))
-            pyro.sample("x", dist.Normal(z.log(), 0.5), obs=x)
-
-    def guide_shifted_by(shift):
-        def guide(x):
-            with pyro.plate("data", x.shape[0]):
-                loc = post_var * x / 0.25 + shift
-                pyro.sample("z", dist.LogNormal(loc, math.sqrt(post_var)))
-
-        return guide
+    pair = LogNormalLatent()  # tests/pairs.py
+    model, guide_shifted_by, post_var = pair.model, pair.guide_shifted_by, pair.post_var
 
     exact = amortization_gap(model, guide_shifted_by(0.0), x, num_steps=200, num_samples=500)
     se = _mc_stderr(model, exact["local_guide"], x, 500)

@@ -8,10 +8,9 @@ Tolerance: float64 round-off (1e-12).
 """
 
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
-from common import LinearGaussian, bernoulli_latent_pair
+from pairs import BernoulliLatent, GlobalMean, LinearGaussian
 from pyro.infer import RenyiELBO
 
 from pyro_vae.infer.objectives.elbo import FastTraceELBO, make_objective
@@ -86,20 +85,12 @@ def test_bad_k_is_refused(k):
 
 
 def test_a_global_latent_is_refused():
-    def model(x):
-        g = pyro.sample("g", dist.Normal(0.0, 1.0))
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("x", dist.Normal(g, 1.0), obs=x)
-
-    def guide(x):
-        loc = pyro.param("loc", torch.tensor(0.0))
-        pyro.sample("g", dist.Normal(loc, 1.0))
-
-    with pytest.raises(GlobalLatentError, match="'g'"):
-        IWAEObjective(3)(model, guide, torch.randn(4))
+    pair = GlobalMean(scale=1.0)
+    with pytest.raises(GlobalLatentError, match="'w'"):
+        IWAEObjective(3)(pair.model, pair.guide, torch.randn(4))
 
 
 def test_a_guide_that_is_not_reparameterized_is_refused():
-    model, guide = bernoulli_latent_pair()
+    pair = BernoulliLatent()
     with pytest.raises(ValueError, match="reparameterized"):
-        IWAEObjective(3)(model, guide, torch.randn(4))
+        IWAEObjective(3)(pair.model, pair.guide, torch.randn(4))

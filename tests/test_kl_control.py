@@ -1,4 +1,5 @@
-"""Tests for pyro_vae.infer.objectives.kl_control: KL annealing and free bits, against hand computations.
+"""Tests for pyro_vae.infer.objectives.kl_control: KL annealing and free bits, against hand
+computations.
 
 Each loss is recomputed here from the same draw (same seed) with plain torch.distributions:
 reconstruction log p(x|z), per-dimension log q and log p, then the formula of the docstring.
@@ -11,43 +12,21 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from common import LinearGaussian, bernoulli_latent_pair
+from pairs import BernoulliLatent, LinearGaussian, SparseLoadings
 from pyro import poutine
 
 from pyro_vae.infer.objectives.elbo import FastTraceELBO
 from pyro_vae.infer.objectives.kl_control import KLAnnealing, KLControlledELBO
 from pyro_vae.infer.training.loop import train
 
-N, M, D = 6, 3, 2
+N, D = 6, 2
 # the likelihood sees dimension 0 of z only: dimensions 1 and 2 matter to the KL alone
-W = torch.tensor([[1.0, 0.0, 0.0], [-0.5, 0.0, 0.0]], dtype=torch.float64)
-
-
-def model(x):
-    with pyro.plate("data", x.shape[0]):
-        z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0).expand([x.shape[0], M]).to_event(1))
-        pyro.sample("x", dist.Normal(z @ W.T, 1.0).to_event(1), obs=x)
-
-
-def _guide_params():
-    m = pyro.param("m", torch.tensor([0.3, -0.2, 0.1]))
-    s = pyro.param("s", torch.tensor([0.5, 0.8, 1.2]), constraint=dist.constraints.positive)
-    return m, s
-
-
-def guide(x):  # factorizes over the 3 dimensions
-    m, s = _guide_params()
-    with pyro.plate("data", x.shape[0]):
-        pyro.sample("z", dist.Normal(x.sum(-1, keepdim=True) * 0.1 + m, s).to_event(1))
-
-
-def full_cov_guide(x):  # one multivariate site: its density does not split by dimension
-    m, s = _guide_params()
-    tril = torch.diag(s) + torch.tril(torch.full((M, M), 0.2), diagonal=-1)
-    with pyro.plate("data", x.shape[0]):
-        pyro.sample(
-            "z", dist.MultivariateNormal(x.sum(-1, keepdim=True) * 0.1 + m, scale_tril=tril)
-        )
+# (tests/pairs.py); ``guide`` factorizes over the 3 dimensions, ``full_cov_guide`` does not
+PAIR = SparseLoadings()
+W, M = PAIR.W, PAIR.M
+model, guide, full_cov_guide, _guide_params = (
+    PAIR.model, PAIR.guide, PAIR.full_cov_guide, PAIR.guide_params
+)  # fmt: skip
 
 
 @pytest.fixture
@@ -157,9 +136,9 @@ def test_bad_free_bits_are_refused(free_bits):
 
 
 def test_a_guide_that_is_not_reparameterized_is_refused():
-    model, guide = bernoulli_latent_pair()
+    pair = BernoulliLatent()
     with pytest.raises(ValueError, match="reparameterized"):
-        KLControlledELBO(free_bits=1.0)(model, guide, torch.randn(4))
+        KLControlledELBO(free_bits=1.0)(pair.model, pair.guide, torch.randn(4))
 
 
 def _annealed_run(out_dir, epochs, resume=False):

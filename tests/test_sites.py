@@ -1,9 +1,10 @@
-"""The site convention (pyro_vae.infer.pair.sites) and the Pyro behaviour it relies on."""
+"""The site convention (pyro_vae.infer.pair: sites, layout) and the Pyro behaviour it relies on."""
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pairs import DeterministicSites, GaussianMixture
 from pyro import poutine
 
 from pyro_vae.infer.evidence.importance import log_evidence
@@ -18,18 +19,9 @@ from pyro_vae.infer.pair.sites import (
     sample_sites,
 )
 
-
-def model(x):
-    shift = pyro.deterministic("shift", torch.tensor(0.5))  # global, but not a random variable
-    with pyro.plate("data", x.shape[0], subsample_size=x.shape[0]):
-        z = pyro.sample("z", dist.Normal(0.0, 1.0))
-        pyro.deterministic("z_shifted", z + shift)
-        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-
-def guide(x):
-    with pyro.plate("data", x.shape[0]):
-        pyro.sample("z", dist.Normal(0.5 * x, 0.8))
+# deterministic sites inside and outside the data plate, a plate with a subsample size
+PAIR = DeterministicSites()
+model, guide = PAIR.model, PAIR.guide
 
 
 def test_pyro_marks_deterministic_sites_as_the_adapter_expects():
@@ -115,3 +107,16 @@ def test_without_enumeration_samples_a_site_marked_for_enumeration():
     assert enumerated.nodes["y"]["value"].shape == (4, 1)  # all 4 values at once
     sampled = poutine.trace(poutine.enum(without_enumeration(guide), first_available_dim=-2))
     assert sampled.get_trace().nodes["y"]["value"].shape == (3,)  # one draw per datapoint
+
+
+def test_max_plate_nesting_is_read_from_the_pair():
+    from pyro_vae.infer.pair.layout import max_plate_nesting
+
+    pair = GaussianMixture()
+    assert max_plate_nesting(pair.model, pair.guide, torch.zeros(3)) == 1
+
+    def nested(x):
+        with pyro.plate("data", x.shape[0], dim=-2), pyro.plate("features", x.shape[1]):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    assert max_plate_nesting(nested, lambda x: None, torch.zeros(3, 2)) == 2

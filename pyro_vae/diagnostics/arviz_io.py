@@ -26,7 +26,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from pyro_vae.diagnostics.plots import _save, _to_numpy
+from pyro_vae.diagnostics.plots import save_figure, to_numpy
 
 __all__ = ["to_inference_data", "summary", "save_forest", "save_pair"]
 
@@ -86,7 +86,7 @@ def to_inference_data(
     """
     if not draws:
         raise ValueError("draws is empty")
-    arrays = {site: _to_numpy(value) for site, value in draws.items()}
+    arrays = {site: to_numpy(value) for site, value in draws.items()}
     sizes = {arr.shape[2] if arr.ndim >= 3 else None for arr in arrays.values()}
     if None in sizes or len(sizes) != 1:
         shapes = {site: arr.shape for site, arr in arrays.items()}
@@ -249,7 +249,7 @@ def save_forest(
         hdi_prob=hdi_prob,
         ax=fig.subplots(),
     )
-    return _save(fig, path, tight=True)
+    return save_figure(fig, path, tight=True)
 
 
 def save_pair(
@@ -319,4 +319,4 @@ def save_pair(
         )
         handles.append(Line2D([], [], color=color, marker="o", linestyle="", label=name))
     fig.legend(handles=handles, loc="upper right")
-    return _save(fig, path, tight=True)
+    return save_figure(fig, path, tight=True)

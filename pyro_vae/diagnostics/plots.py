@@ -12,9 +12,16 @@ they work on a headless machine and inside a notebook alike (docs/design.md, "La
 - :func:`save_history_plot`: training curve, -ELBO per datapoint in nats.
 - :func:`save_latent_map`: 2-D latent codes coloured by label.
 - :func:`save_manifold`: the learned 2-D manifold (Kingma & Welling 2014, Fig. 4).
-- :func:`save_khat_plot`: PSIS k-hat per datapoint (Vehtari et al. 2024, thresholds 0.5, 0.7).
+- :func:`save_khat_plot`: PSIS k-hat per datapoint (Vehtari et al. 2024, thresholds
+  ``KHAT_GOOD`` and ``KHAT_OK`` of :mod:`pyro_vae.infer.evidence.psis`).
 - :func:`save_elbo_vs_logpx`: ELBO against importance-sampled log p(x), nats per datapoint.
 - :func:`save_kl_per_dimension`: KL(q(z_j|x) || p(z_j)) per latent unit, inactive units grey.
+- :func:`save_figure`, :func:`to_numpy`: the PNG writer and array conversion that every figure
+  here and in :mod:`pyro_vae.diagnostics.arviz_io` uses.
+
+Size: one short function per figure, each with its full parameter docstring (more than half of
+the lines); they share the layout constants and the two helpers above, and every caller knows
+them as ``plots.save_*``, so they stay in one module rather than in several of half the size.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import torch
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
+from pyro_vae.infer.evidence.psis import KHAT_GOOD, KHAT_OK
+
 __all__ = [
     "tile_images",
     "save_image_grid",
@@ -39,6 +48,8 @@ __all__ = [
     "save_khat_plot",
     "save_elbo_vs_logpx",
     "save_kl_per_dimension",
+    "save_figure",
+    "to_numpy",
 ]
 
 _DPI = 100  # pixels per inch of every PNG written here
@@ -47,13 +58,22 @@ _PAD = 1  # white pixels between (and around) tiled images
 
 
 # --------------------------------------------------------------------------------------------
-# helpers shared with arviz_io
+# arrays in, PNG files out (shared with arviz_io)
 # --------------------------------------------------------------------------------------------
-def _to_numpy(a, dtype=None) -> np.ndarray:
+def to_numpy(a, dtype=None) -> np.ndarray:
     """A tensor (any device, with or without grad) or array-like as a numpy array.
 
-    ``dtype`` (e.g. ``np.float64``) converts; ``None`` keeps the input's dtype (bfloat16, which
-    numpy lacks, becomes float32).
+    Parameters
+    ----------
+    a : torch.Tensor or array_like
+        The values.
+    dtype : numpy dtype, optional
+        Converts (e.g. ``np.float64``); ``None`` keeps the input's dtype (bfloat16, which numpy
+        lacks, becomes float32).
+
+    Returns
+    -------
+    numpy.ndarray
     """
     if isinstance(a, torch.Tensor):
         a = a.detach().cpu()
@@ -61,12 +81,25 @@ def _to_numpy(a, dtype=None) -> np.ndarray:
     return np.asarray(a, dtype=dtype)
 
 
-def _save(fig: Figure, path, *, tight: bool = False) -> Path:
+def save_figure(fig: Figure, path, *, tight: bool = False) -> Path:
     """Save ``fig`` as a PNG at ``path`` (parent folders created) and return the path.
 
-    ``tight=True`` crops the PNG to the drawn content (``bbox_inches="tight"``). A
-    :class:`~matplotlib.figure.Figure` made without pyplot needs no closing: nothing but the
+    A :class:`~matplotlib.figure.Figure` made without pyplot needs no closing: nothing but the
     caller refers to it.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure.
+    path : str or Path
+        PNG file to write.
+    tight : bool, default False
+        Crop the PNG to the drawn content (``bbox_inches="tight"``).
+
+    Returns
+    -------
+    Path
+        ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +112,7 @@ def _as_images(images, image_shape: Sequence[int]) -> torch.Tensor:
     if len(image_shape) != 2:
         raise ValueError(f"image_shape must be (H, W), got {tuple(image_shape)}")
     h, w = (int(s) for s in image_shape)
-    arr = torch.as_tensor(_to_numpy(images, np.float64))
+    arr = torch.as_tensor(to_numpy(images, np.float64))
     if arr.dim() not in (2, 3) or arr.shape[0] == 0:
         raise ValueError(
             f"images must have shape (n, D) or (n, H, W) with n > 0, got {tuple(arr.shape)}"
@@ -170,7 +203,7 @@ def save_image_grid(images, image_shape, path, nrow=None, title=None) -> Path:
     _show_grid(ax, grid)
     if title:
         fig.suptitle(title, y=0.99, va="top", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_side_by_side(originals, reconstructions, image_shape, path, title=None) -> Path:
@@ -216,7 +249,7 @@ def save_side_by_side(originals, reconstructions, image_shape, path, title=None)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(pad=0.2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_manifold(
@@ -305,7 +338,7 @@ def save_history_plot(history, path) -> Path:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_latent_map(z2d, labels, path, title=None) -> Path:
@@ -333,7 +366,7 @@ def save_latent_map(z2d, labels, path, title=None) -> Path:
     ValueError
         If ``z2d`` is not of shape (N, 2) or ``labels`` has not N entries.
     """
-    z = _to_numpy(z2d, np.float64)
+    z = to_numpy(z2d, np.float64)
     if z.ndim != 2 or z.shape[1] != 2:
         raise ValueError(f"z2d must have shape (N, 2), got {z.shape}; project it to 2-D first")
     fig = Figure(figsize=(5.5, 5))
@@ -341,7 +374,7 @@ def save_latent_map(z2d, labels, path, title=None) -> Path:
     if labels is None:
         ax.scatter(z[:, 0], z[:, 1], s=4, alpha=0.6)
     else:
-        lab = _to_numpy(labels, np.float64).reshape(-1)
+        lab = to_numpy(labels, np.float64).reshape(-1)
         if lab.shape[0] != z.shape[0]:
             raise ValueError(f"got {z.shape[0]} codes but {lab.shape[0]} labels")
         classes = np.unique(lab)
@@ -359,16 +392,17 @@ def save_latent_map(z2d, labels, path, title=None) -> Path:
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_khat_plot(khat, path) -> Path:
-    """Save PSIS k-hat per datapoint with the reference lines 0.5 and 0.7.
+    """Save PSIS k-hat per datapoint with the reference lines ``KHAT_GOOD`` and ``KHAT_OK``.
 
     Thresholds of Vehtari, Simpson, Gelman, Yao & Gabry (2024), "Pareto smoothed importance
-    sampling", JMLR 25(72): k-hat < 0.5, the importance weights have finite variance;
-    0.5-0.7, usable but slower to converge; > 0.7, the importance-sampled log p(x) of that
-    point is unreliable. The estimates come from :func:`pyro_vae.infer.evidence.psis.pareto_khat`.
+    sampling", JMLR 25(72), as :mod:`pyro_vae.infer.evidence.psis` defines them: k-hat <=
+    ``KHAT_GOOD`` (0.5), the importance weights have finite variance; up to ``KHAT_OK`` (0.7),
+    usable but slower to converge; > ``KHAT_OK``, the importance-sampled log p(x) of that point
+    is unreliable. The estimates come from :func:`pyro_vae.infer.evidence.psis.pareto_khat`.
 
     Parameters
     ----------
@@ -387,21 +421,21 @@ def save_khat_plot(khat, path) -> Path:
     ValueError
         If ``khat`` is empty.
     """
-    k = _to_numpy(khat, np.float64).reshape(-1)
+    k = to_numpy(khat, np.float64).reshape(-1)
     if k.size == 0:
         raise ValueError("khat is empty: nothing to plot")
     fig = Figure(figsize=(6, 3.5))
     ax = fig.subplots()
     ax.scatter(np.arange(k.size), k, s=6, alpha=0.7)
-    ax.axhline(0.5, color="tab:orange", ls="--", lw=1, label="0.5")
-    ax.axhline(0.7, color="tab:red", ls="--", lw=1, label="0.7")
-    above = float(np.mean(k > 0.7))
-    ax.set_title(f"PSIS k-hat: {100 * above:.1f}% of datapoints above 0.7", fontsize=9)
+    ax.axhline(KHAT_GOOD, color="tab:orange", ls="--", lw=1, label=f"{KHAT_GOOD}")
+    ax.axhline(KHAT_OK, color="tab:red", ls="--", lw=1, label=f"{KHAT_OK}")
+    above = float(np.mean(k > KHAT_OK))
+    ax.set_title(f"PSIS k-hat: {100 * above:.1f}% of datapoints above {KHAT_OK}", fontsize=9)
     ax.set_xlabel("datapoint")
     ax.set_ylabel("k-hat")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_elbo_vs_logpx(elbo, log_px, path) -> Path:
@@ -429,7 +463,7 @@ def save_elbo_vs_logpx(elbo, log_px, path) -> Path:
     ValueError
         If the two are empty or of different lengths.
     """
-    e, lp = _to_numpy(elbo, np.float64).reshape(-1), _to_numpy(log_px, np.float64).reshape(-1)
+    e, lp = to_numpy(elbo, np.float64).reshape(-1), to_numpy(log_px, np.float64).reshape(-1)
     if e.shape != lp.shape or e.size == 0:
         raise ValueError(
             f"elbo and log_px must be non-empty and of equal length: {e.shape}, {lp.shape}"
@@ -444,7 +478,7 @@ def save_elbo_vs_logpx(elbo, log_px, path) -> Path:
     ax.set_title(f"mean gap log p(x) - ELBO = {float(np.mean(lp - e)):.2f} nats", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_kl_per_dimension(kl, path, variances=None, threshold: float = 0.01) -> Path:
@@ -476,12 +510,12 @@ def save_kl_per_dimension(kl, path, variances=None, threshold: float = 0.01) -> 
     ValueError
         If ``kl`` is empty or ``variances`` has not ``D_z`` entries.
     """
-    kl = _to_numpy(kl, np.float64).reshape(-1)
+    kl = to_numpy(kl, np.float64).reshape(-1)
     if kl.size == 0:
         raise ValueError("kl is empty: nothing to plot")
     colors = ["tab:blue"] * len(kl)
     if variances is not None:
-        active = _to_numpy(variances, np.float64).reshape(-1) > threshold
+        active = to_numpy(variances, np.float64).reshape(-1) > threshold
         if active.shape != kl.shape:
             raise ValueError(f"got {kl.size} KL values but {active.size} variances")
         colors = ["tab:blue" if a else "lightgrey" for a in active]
@@ -493,4 +527,4 @@ def save_kl_per_dimension(kl, path, variances=None, threshold: float = 0.01) -> 
     title = "KL(q(z_j|x) || p(z_j))"
     ax.set_title(title + (" (grey: inactive unit)" if variances is not None else ""), fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -20,21 +20,44 @@ import torch
 from pyro.infer import config_enumerate
 from pyro.infer.mcmc import MCMC, NUTS
 
-from pyro_vae.infer.pair.sites import DATA_PLATE, data_frame, latent_sites, without_enumeration
+from pyro_vae.infer.pair.sites import (
+    DATA_PLATE,
+    check_data_plate,
+    data_frame,
+    latent_sites,
+    plate_nesting,
+    sample_sites,
+    without_enumeration,
+)
 
-__all__ = ["guide_draws", "nuts_reference"]
+__all__ = ["guide_draws", "nuts_reference", "to_draws_layout"]
 
 
-def _max_plate_nesting(sites: dict[str, dict]) -> int:
-    dims = [-f.dim for site in sites.values() for f in site["cond_indep_stack"] if f.vectorized]
-    return max(dims, default=0)
-
-
-def _to_draws_layout(value: torch.Tensor, site: dict, data_plate: str, num_n: int) -> torch.Tensor:
+def to_draws_layout(value: torch.Tensor, site: dict, data_plate: str, num_n: int) -> torch.Tensor:
     """Reshape a site value of batch shape (S, ..., N, ...) to (S, N, *rest).
 
     Batch dimensions between the particle dim and the data dim must have size 1 (the data plate
     is the outermost plate of a per-datapoint latent).
+
+    Parameters
+    ----------
+    value : torch.Tensor
+        The site's value (or a per-site tensor of the same layout), particles first.
+    site : dict
+        The trace node, for its distribution's event dim and its data-plate frame.
+    data_plate : str
+        Name of the data plate.
+    num_n : int
+        N, the number of datapoints.
+
+    Returns
+    -------
+    torch.Tensor of shape (S, N, *rest)
+
+    Raises
+    ------
+    ValueError
+        If the data plate is not the site's outermost plate.
     """
     event_dim = site["fn"].event_dim
     batch_ndim = value.dim() - event_dim
@@ -100,12 +123,12 @@ def guide_draws(
     first = poutine.trace(guide).get_trace(x, *args, **kwargs)
     sites = latent_sites(first, data_plate)
     num = num_chains * num_draws
-    with pyro.plate("_particles", num, dim=-(_max_plate_nesting(sites) + 1)):
+    with pyro.plate("_particles", num, dim=-(plate_nesting(sites.values()) + 1)):
         trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
     draws = {}
     for name in sites:
         site = trace.nodes[name]
-        value = _to_draws_layout(site["value"], site, data_plate, num_n)
+        value = to_draws_layout(site["value"], site, data_plate, num_n)
         draws[name] = value.reshape(num_chains, num_draws, *value.shape[1:])
     return draws
 
@@ -167,7 +190,7 @@ def nuts_reference(
     ValueError
         If ``num_chains`` or ``num_samples`` is below 1.
     pyro_vae.infer.pair.sites.GlobalLatentError
-        If a latent site lies outside the data plate.
+        If a latent or observed site lies outside the data plate.
     """
     if num_chains < 1 or num_samples < 1:
         raise ValueError(
@@ -175,9 +198,12 @@ def nuts_reference(
         )
     with torch.no_grad():
         trace = poutine.trace(model).get_trace(x, *args, **kwargs)
+        # an observation outside the data plate is global too: p(z_n | x) is not per datapoint
+        check_data_plate([("model", n, s) for n, s in sample_sites(trace)], data_plate)
         sites = latent_sites(trace, data_plate, role="model")
     discrete = [name for name, site in sites.items() if site["fn"].support.is_discrete]
-    nesting = _max_plate_nesting(sites) if discrete else None
+    # every plate of the model, observed sites' too: enumerated values go left of them all
+    nesting = plate_nesting(s for _, s in sample_sites(trace)) if discrete else None
     if discrete:  # summed out by NUTS's enumeration, so they have no draws
         model = config_enumerate(model, default="parallel")
         sites = {name: site for name, site in sites.items() if name not in discrete}

@@ -17,15 +17,12 @@ Labelled datapoints (``y`` given) have the bound -L(x, y) of their eq. 6; unlabe
 exactly, U(x) = sum_y q(y|x) (L(x, y) + ... ) + H(q(y|x)), instead of sampling it. Labelled
 data also get the classification term alpha * -log q_phi(y|x) of eq. 9
 (:meth:`M2.classifier_nll`, added by :class:`~pyro_vae.infer.objectives.auxiliary.AuxiliaryTerm`).
-Training (their J^alpha, divided by the number of datapoints)::
-
-    classify = AuxiliaryTerm("trace", m2.classifier_nll, weight=alpha / len(y_l))
-    train(m2.model, m2.guide, x_unlabelled, loss="enum",
-          labelled=LabelledStream((x_l, y_l), loss=classify))
-
-(with y given there is nothing to enumerate: ``"trace"``, the fast reparameterized ELBO).
-Summed over the N_l labelled datapoints the term is alpha * E_{p~_l}[-log q_phi(y|x)], as in
-their eq. 9 (they use alpha = 0.1 N, N the size of the whole training set).
+Training on their J^alpha, divided by the number of datapoints, takes ``loss="enum"`` for the
+unlabelled stream and, for the labelled one, that classification term with weight
+alpha / N_l, so that summed over the N_l labelled datapoints it is
+alpha * E_{p~_l}[-log q_phi(y|x)], as in their eq. 9 (they use alpha = 0.1 N, N the size of
+the whole training set). The recipe is written once, in :mod:`pyro_vae.runs.recipes`
+(``m2_alpha``, ``m2_labelled_stream``), which the command line and the experiments use.
 
 The evidence tools see the pure pair: ``log_evidence(m2.model, m2.guide, x)`` samples y from
 q(y|x) as part of its proposal and estimates log p(x); with labels,

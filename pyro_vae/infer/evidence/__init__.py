@@ -7,10 +7,12 @@ from pyro_vae.infer.evidence.importance import (
     iwae_from_log_weights,
     log_evidence,
 )
-from pyro_vae.infer.evidence.psis import pareto_khat
+from pyro_vae.infer.evidence.psis import KHAT_GOOD, KHAT_OK, pareto_khat
 from pyro_vae.infer.evidence.weights import EvidenceResult
 
 __all__ = [
+    "KHAT_GOOD",
+    "KHAT_OK",
     "EvidenceResult",
     "NLLResult",
     "dataset_nll",

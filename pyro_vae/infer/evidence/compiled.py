@@ -44,9 +44,9 @@ class CompiledLogWeights:
     parameters are found by running the pair (param-only trace) once per object and passed
     to the graph as inputs, so a graph never holds stale values. With the same RNG state the
     draws are those of the eager function; a chunk whose guarded decisions differ from the
-    capture's is redrawn eagerly (see :class:`~pyro_vae.infer.compile.capture.DecisionGuards`). A pair that cannot be
-    captured runs eagerly after one
-    :class:`~pyro_vae.infer.compile.capture.CompileFallbackWarning`.
+    capture's is redrawn eagerly (see
+    :class:`~pyro_vae.infer.compile.capture.DecisionGuards`). A pair that cannot be captured
+    runs eagerly after one :class:`~pyro_vae.infer.compile.capture.CompileFallbackWarning`.
 
     Parameters
     ----------

@@ -12,13 +12,14 @@ dimension and so returns one estimate per datapoint, shape (N,).
 
 Memory: particles are drawn in chunks of ``chunk_size`` and combined with a running
 logsumexp, so only (chunk_size, N, D) numbers live at once, whatever L (L = 5000 for
-784-dimensional images is no problem). The default chunk size, :func:`~pyro_vae.infer.evidence.weights.default_chunk_size`,
-is ``budget // (N * D)`` (at least 1), with D the largest per-datapoint size of any sample
-site (784 for MNIST images) and the budget in elements ``ELEMENT_BUDGET`` = 2**26 (256 MiB
-per float32 tensor) on accelerators, ``CPU_ELEMENT_BUDGET`` = 3 * 2**20 (12 MiB) on CPU,
-where small chunks that the allocator can recycle run faster (see
-:func:`~pyro_vae.infer.evidence.weights.prime_cpu_allocator`; measured in ``experiments/bench_evidence.py``). Everything
-runs on the device of ``x`` (and of the model's parameters).
+784-dimensional images is no problem). The default chunk size,
+:func:`~pyro_vae.infer.evidence.weights.default_chunk_size`, is ``budget // (N * D)`` (at least
+1), with D the largest per-datapoint size of any sample site (784 for MNIST images) and the
+budget in elements ``ELEMENT_BUDGET`` = 2**26 (256 MiB per float32 tensor) on accelerators,
+``CPU_ELEMENT_BUDGET`` = 3 * 2**20 (12 MiB) on CPU, where small chunks that the allocator can
+recycle run faster (see :func:`~pyro_vae.infer.evidence.weights.prime_cpu_allocator`; measured
+in ``experiments/bench_evidence.py``). Everything runs on the device of ``x`` (and of the
+model's parameters).
 
 Site convention (:mod:`pyro_vae.infer.pair.sites`, docs/design.md): every sample site lies
 inside ``pyro.plate(data_plate, N)``. A latent or observed site outside it makes a per-datapoint
@@ -124,8 +125,8 @@ def log_evidence(
         Also return all log weights, of shape (N, L).
     compile : {"auto", True, False}
         Compute each chunk's log weights with a graph captured once and compiled
-        (:class:`pyro_vae.infer.evidence.compiled.CompiledLogWeights`; the same draws as eager for one
-        RNG state); ``"auto"`` compiles from N * L >=
+        (:class:`pyro_vae.infer.evidence.compiled.CompiledLogWeights`; the same draws as eager
+        for one RNG state); ``"auto"`` compiles from N * L >=
         :data:`~pyro_vae.infer.compile.policy.AUTO_MIN_WEIGHTS` on (the one policy,
         :func:`~pyro_vae.infer.compile.policy.resolve`).
 

@@ -4,9 +4,13 @@ PSIS (Vehtari, Simpson, Gelman, Yao & Gabry 2015/2024, "Pareto smoothed importan
 sampling", JMLR 25(72)) fits a generalized Pareto distribution (GPD) to the largest
 importance weights; its shape k-hat estimates how heavy the weight tail is:
 
-- k-hat < 0.5: the weights have finite variance, the estimate converges at the usual rate;
-- 0.5 <= k-hat < 0.7: finite mean, slow but usable convergence;
-- k-hat >= 0.7: the estimate is unreliable (the proposal misses much of the target).
+- k-hat <= ``KHAT_GOOD`` = 0.5: good, the weights have finite variance, the estimate
+  converges at the usual rate;
+- ``KHAT_GOOD`` < k-hat <= ``KHAT_OK`` = 0.7: ok, finite mean, slow but usable convergence;
+- k-hat > ``KHAT_OK``: unreliable (the proposal misses much of the target).
+
+These two constants are the one threshold set of the package: every report, plot and docstring
+uses them, and ``k > KHAT_OK`` (strictly) is the one test of an unreliable estimate.
 
 The tail is the M = ceil(min(L/5, 3 sqrt(L))) largest of L weights (r_eff = 1, i.e.
 independent draws), the threshold is the (M+1)-th largest weight, and the exceedances
@@ -35,7 +39,12 @@ import math
 import torch
 from pyro.ops.stats import fit_generalized_pareto
 
-__all__ = ["pareto_khat", "psis_tail_size"]
+__all__ = ["KHAT_GOOD", "KHAT_OK", "pareto_khat", "psis_tail_size"]
+
+KHAT_GOOD = 0.5
+"""k-hat <= KHAT_GOOD: good (finite variance of the importance weights)."""
+KHAT_OK = 0.7
+"""KHAT_GOOD < k-hat <= KHAT_OK: ok (usable); k-hat > KHAT_OK: unreliable."""
 
 _MIN_TAIL = 5  # ArviZ refuses to fit a GPD to 4 or fewer exceedances
 
@@ -69,7 +78,7 @@ def pareto_khat(log_weights: torch.Tensor, num_samples: int | None = None) -> to
     """PSIS Pareto shape estimate k-hat for each row of log importance weights.
 
     Vehtari, Simpson, Gelman, Yao & Gabry (2015/2024), "Pareto smoothed importance sampling";
-    k-hat > 0.7 marks an unreliable importance-sampling estimate.
+    k-hat > ``KHAT_OK`` (0.7) marks an unreliable importance-sampling estimate.
 
     Parameters
     ----------

@@ -48,8 +48,8 @@ class EvidenceResult:
         Effective sample size (sum w)^2 / sum w^2, between 1 and L.
     khat : torch.Tensor of shape (N,)
         PSIS Pareto k-hat of the weights (Vehtari et al. 2024; see
-        :mod:`pyro_vae.infer.evidence.psis`): > 0.7 means unreliable, -inf constant weights, +inf too
-        few distinct tail weights to fit.
+        :mod:`pyro_vae.infer.evidence.psis`): > ``KHAT_OK`` (0.7) means unreliable, -inf
+        constant weights, +inf too few distinct tail weights to fit.
     num_samples : int
         L, importance samples per datapoint.
     log_weights : torch.Tensor of shape (N, L) or None

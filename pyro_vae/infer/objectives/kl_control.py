@@ -205,7 +205,7 @@ class KLControlledELBO(Objective):
             return "an objective with a schedule (set_progress): the graph would freeze its weight"
         return None
 
-    def _kl_groups(self, name: str, q: SiteTerm | None, p: SiteTerm, n: int):
+    def _kl_groups(self, q: SiteTerm | None, p: SiteTerm, n: int):
         """(KL per group, per datapoint; free nats per group) of one latent site."""
         if q is not None and q.per_datapoint and self.free_bits > 0:
             q_base, p_base = _elementwise(q.fn), _elementwise(p.fn)
@@ -248,7 +248,7 @@ class KLControlledELBO(Objective):
             if p.is_observed:
                 log_lik = log_lik + p.log_prob_sum() / n
                 continue
-            kl, free = self._kl_groups(name, guide_sites.get(name), p, n)
+            kl, free = self._kl_groups(guide_sites.get(name), p, n)
             kl_total = kl_total + kl.sum()
             kl_kept = kl_kept + (kl.clamp(min=free).sum() if free is not None else kl.sum())
         self.neg_elbo = (kl_total - log_lik).detach()

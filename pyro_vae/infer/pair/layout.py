@@ -55,9 +55,6 @@ class PairLayout:
     site_size: int
 
 
-# ------------------------------------------------------------------------------------------
-# tracing: the layout once, then (S, N) log weights per chunk of particles
-# ------------------------------------------------------------------------------------------
 def inspect_pair(model, guide, x, *args, data_plate=DATA_PLATE, **kwargs) -> PairLayout:
     """Trace the guide and the replayed model once (no particles); check the site convention.
 

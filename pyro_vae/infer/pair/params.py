@@ -1,18 +1,27 @@
-"""The parameters of a model/guide pair, found by running it, and restored by name.
+"""The parameters of a model/guide pair, found by running it, checked, and restored by name.
 
 Parameters are whatever the pair registers with ``pyro.param`` or ``pyro.module`` when it runs;
-they are found with ``poutine.trace(..., param_only=True)`` (public Pyro API), so no code here
-knows how Pyro spells the name of a module's parameter in the param store.
+they are found with ``poutine.trace(..., param_only=True)`` (public Pyro API), or read from the
+validated traces a step is set up with (:func:`validated_traces`, :func:`trace_params`), so no
+code here knows how Pyro spells the name of a module's parameter in the param store.
 """
 
 from __future__ import annotations
 
+import pyro
 import torch
 from pyro import poutine
+from pyro.util import check_model_guide_match
 
 from pyro_vae.infer.runtime.devices import forked_rng
 
-__all__ = ["collect_params", "restore_params"]
+__all__ = [
+    "check_owned_params",
+    "collect_params",
+    "restore_params",
+    "trace_params",
+    "validated_traces",
+]
 
 
 def collect_params(model, guide, x, *args, **kwargs) -> dict[str, torch.Tensor]:
@@ -43,6 +52,101 @@ def collect_params(model, guide, x, *args, **kwargs) -> dict[str, torch.Tensor]:
             for name, site in trace.nodes.items():
                 params[name] = site["value"].unconstrained()
     return dict(sorted(params.items()))
+
+
+def validated_traces(model, guide, x, *args, **kwargs) -> list:
+    """Trace the guide and the model replayed at its draws, with Pyro's validation on.
+
+    The two traces are checked to match (``check_model_guide_match``) and every site is
+    scored once, so that shape and support mistakes surface here, with Pyro's own message.
+
+    Parameters
+    ----------
+    model, guide : callable
+        The pair, called as ``f(x, *args, **kwargs)``.
+    x : torch.Tensor of shape (B, ...)
+        A batch of data.
+    *args, **kwargs
+        Passed on to the pair.
+
+    Returns
+    -------
+    list of pyro.poutine.Trace
+        ``[model_trace, guide_trace]``.
+    """
+    with pyro.validation_enabled(True):
+        guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            x, *args, **kwargs
+        )
+        check_model_guide_match(model_trace, guide_trace)
+        guide_trace.compute_log_prob()  # support and shape mistakes surface here
+        model_trace.compute_log_prob()
+    return [model_trace, guide_trace]
+
+
+def trace_params(traces) -> dict[str, torch.Tensor]:
+    """Every parameter that the traces recorded, checked to be trainable and finite.
+
+    Parameters
+    ----------
+    traces : iterable of pyro.poutine.Trace
+        E.g. from :func:`validated_traces`.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        Param-store name to the *unconstrained* leaf tensor, sorted by name.
+
+    Raises
+    ------
+    ValueError
+        When no parameter requires grad, or a parameter holds NaN or inf values.
+    """
+    params = {}
+    for trace in traces:
+        for name, site in trace.nodes.items():
+            if site["type"] == "param":
+                params[name] = site["value"].unconstrained()
+    if not any(p.requires_grad for p in params.values()):
+        raise ValueError("the model and guide register no trainable parameter")
+    for name, value in params.items():
+        if not torch.isfinite(value).all():
+            raise ValueError(f"parameter {name!r} holds NaN or inf values")
+    return dict(sorted(params.items()))
+
+
+def check_owned_params(params: dict, fns) -> None:
+    """Refuse a module of a bound-method model/guide whose parameters would not be optimized.
+
+    ``pyro.module(name, net)`` returns what the param store already holds under a name, so a
+    new network registered under an old name would silently leave its own weights untrained.
+
+    Parameters
+    ----------
+    params : dict of str to torch.Tensor
+        The parameters that will be optimized.
+    fns : iterable of callable
+        The model and guide; those that are not bound methods of an ``nn.Module`` are skipped.
+
+    Raises
+    ------
+    ValueError
+        Naming the first trainable module parameter that is not among ``params``.
+    """
+    optimized = {id(p) for p in params.values()}
+    for fn in fns:
+        owner = getattr(fn, "__self__", None)
+        if not isinstance(owner, torch.nn.Module):
+            continue
+        for name, p in owner.named_parameters():
+            if p.requires_grad and id(p) not in optimized:
+                raise ValueError(
+                    f"parameter {name!r} of {type(owner).__name__} is not among the pair's "
+                    "parameters: an older param-store entry shadows it (call "
+                    "pyro.clear_param_store() first) or its module is never registered with "
+                    "pyro.module"
+                )
 
 
 def restore_params(params: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> None:

@@ -52,9 +52,10 @@ def atomic_write(path: str | os.PathLike, write: Callable, *, binary: bool, what
         kept = (
             f"the previous {what or 'file '}is unchanged" if path.exists() else "none was written"
         )
-        raise OSError(
-            getattr(err, "errno", None), f"could not write {what}{path} ({first_line(err)}); {kept}"
-        ) from None
+        reason = getattr(err, "strerror", None) or first_line(err)
+        failure = OSError(f"could not write {what}{path} ({reason}); {kept}")
+        failure.errno = getattr(err, "errno", None)  # kept, without "[Errno N]" in the text
+        raise failure from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

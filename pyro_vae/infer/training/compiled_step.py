@@ -44,7 +44,7 @@ __all__ = ["CompiledSVIStep"]
 
 
 class CompiledSVIStep(SVIStep):
-    """:class:`~pyro_vae.infer.training.svi.SVIStep` whose steps run as one compiled graph per shape.
+    """:class:`~pyro_vae.infer.training.svi.SVIStep`, its steps one compiled graph per shape.
 
     Same constructor, ``setup``, ``step``, ``evaluate``, ``state_dict`` and
     ``load_state_dict`` as ``SVIStep``. On each new batch shape (and ``num_data``) the

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pyro_vae.infer.compile.policy import check_request
 from pyro_vae.infer.pair.sites import DATA_PLATE
 
 __all__ = ["LabelledStream", "TrainOptions", "check_count"]
@@ -101,8 +102,7 @@ class TrainOptions:
             or self.patience < 1
         ):
             raise ValueError(f"patience must be a positive int or None, got {self.patience!r}")
-        if self.compile not in ("auto", True, False):
-            raise ValueError(f'compile must be "auto", True or False, got {self.compile!r}')
+        check_request(self.compile)
 
     @classmethod
     def build(cls, options: TrainOptions | None, settings: dict) -> TrainOptions:

@@ -2,9 +2,10 @@
 
 :class:`SVIStep` plays the part of ``pyro.infer.SVI``: ``step(x) -> loss`` computes an objective
 (:mod:`pyro_vae.infer.objectives`), backpropagates and updates the parameters, in a loop the
-caller owns; :func:`pyro_vae.infer.training.loop.train` is one such loop. It differs from ``SVI`` where
-that is measured to be faster (``experiments/bench_train.py``): the parameters are collected
-once, from a validated trace of the pair on the first batch, instead of by a param-only trace
+caller owns; :func:`pyro_vae.infer.training.loop.train` is one such loop. It differs from
+``SVI`` where that is measured to be faster (``experiments/bench_train.py``): the parameters
+are collected once, from a validated trace of the pair on the first batch
+(:func:`pyro_vae.infer.pair.params.validated_traces`), instead of by a param-only trace
 on every step, and all of them share one fused ``torch.optim.Adam`` instead of Pyro's
 per-parameter optimizers. What that could cost is guarded: a parameter that the pair creates
 after the first batch is refused with a clear error (it would never be optimized), and so is a
@@ -18,12 +19,16 @@ from collections.abc import Callable
 
 import pyro
 import torch
-from pyro import poutine
-from pyro.util import check_model_guide_match
 
 from pyro_vae.infer.objectives.base import Objective
 from pyro_vae.infer.objectives.elbo import make_objective
-from pyro_vae.infer.pair.params import collect_params, restore_params
+from pyro_vae.infer.pair.params import (
+    check_owned_params,
+    collect_params,
+    restore_params,
+    trace_params,
+    validated_traces,
+)
 from pyro_vae.infer.pair.sites import DATA_PLATE
 from pyro_vae.infer.runtime.devices import forked_rng
 
@@ -68,40 +73,6 @@ def make_adam(params, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, ValueError):  # e.g. a device or dtype without a fused kernel
         return torch.optim.Adam(params, lr=lr)
-
-
-def _validated_traces(model, guide, x, args, kwargs):
-    """Trace guide and replayed model with Pyro's validation on; score every site once."""
-    with pyro.validation_enabled(True):
-        guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            x, *args, **kwargs
-        )
-        check_model_guide_match(model_trace, guide_trace)
-        guide_trace.compute_log_prob()  # support and shape mistakes surface here
-        model_trace.compute_log_prob()
-    return model_trace, guide_trace
-
-
-def _check_owned_params(params: dict, fns) -> None:
-    """Refuse a module of a bound-method model/guide whose parameters would not be optimized.
-
-    ``pyro.module(name, net)`` returns what the param store already holds under a name, so a
-    new network registered under an old name would silently leave its own weights untrained.
-    """
-    optimized = {id(p) for p in params.values()}
-    for fn in fns:
-        owner = getattr(fn, "__self__", None)
-        if not isinstance(owner, torch.nn.Module):
-            continue
-        for name, p in owner.named_parameters():
-            if p.requires_grad and id(p) not in optimized:
-                raise ValueError(
-                    f"parameter {name!r} of {type(owner).__name__} is not among the pair's "
-                    "parameters: an older param-store entry shadows it (call "
-                    "pyro.clear_param_store() first) or its module is never registered with "
-                    "pyro.module"
-                )
 
 
 class SVIStep:
@@ -204,7 +175,7 @@ class SVIStep:
             for a model/guide mismatch or a value outside a distribution's support.
         """
         with forked_rng(x):
-            traces = _validated_traces(self.model, self.guide, x, args, kwargs)
+            traces = validated_traces(self.model, self.guide, x, *args, **kwargs)
             build = dict(data_plate=self.data_plate)
             self.objective = make_objective(
                 self.loss, self.model, self.guide, x, *args, **build, **kwargs
@@ -218,24 +189,12 @@ class SVIStep:
                 else self.objective
             )
             if labelled is not None:
-                traces += _validated_traces(
-                    self.model, self.guide, labelled[0], labelled[1:], kwargs
-                )
+                traces += validated_traces(self.model, self.guide, *labelled, **kwargs)
                 self.labelled_objective = make_objective(
                     self.labelled_loss, self.model, self.guide, *labelled, **build, **kwargs
                 )
-        params = {}
-        for trace in traces:
-            for name, site in trace.nodes.items():
-                if site["type"] == "param":
-                    params[name] = site["value"].unconstrained()
-        if not any(p.requires_grad for p in params.values()):
-            raise ValueError("the model and guide register no trainable parameter")
-        for name, value in params.items():
-            if not torch.isfinite(value).all():
-                raise ValueError(f"parameter {name!r} holds NaN or inf values")
-        self.params = dict(sorted(params.items()))
-        _check_owned_params(self.params, (self.model, self.guide))
+        self.params = trace_params(traces)
+        check_owned_params(self.params, (self.model, self.guide))
         self.optimizer = self._make_optimizer(list(self.params.values()))
         self._store_size = len(pyro.get_param_store())
 

@@ -1,0 +1,331 @@
+"""The argument parser of the ``pyro-vae`` command: one helper per subcommand.
+
+Parsing only: every option's type, default and help line. The commands themselves are in
+:mod:`pyro_vae.cli`, the rules behind the options in :mod:`pyro_vae.runs`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from pyro_vae.data import DATASETS, DEFAULT_DATASET
+from pyro_vae.infer.objectives.elbo import LOSSES
+from pyro_vae.infer.runtime.devices import DEFAULT_THREADS
+from pyro_vae.models.likelihoods import LIKELIHOODS
+from pyro_vae.nets import ACTIVATIONS, ARCHS
+from pyro_vae.runs.config import M2_LABELS_PER_CLASS, option_flag
+from pyro_vae.runs.recipes import MODELS
+from pyro_vae.runs.training import COMPILE_CHOICES
+
+__all__ = ["DESCRIPTION", "build_parser", "given_options"]
+
+DESCRIPTION = "The ``pyro-vae`` command: train a VAE, then ask how good it is."
+"""The first line of the command's help."""
+
+FORMAT = argparse.ArgumentDefaultsHelpFormatter
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``pyro-vae train: error: ... (see --help)``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# --- argument types ----------------------------------------------------------------------------
+
+
+def _number(convert, accept, expected: str):
+    """An argparse type: ``convert(text)`` if ``accept`` takes it, else "expected {expected}"."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+_fraction = _number(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+_count = _number(int, lambda v: v >= 0, "a non-negative integer")
+_nats = _number(float, lambda v: v >= 0 and math.isfinite(v), "a number of nats >= 0")
+_non_negative = _number(float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sizes like 400 or 512,256, not {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"positive sizes like 400 or 512,256, not {text!r}")
+    return sizes
+
+
+def _ks(text: str) -> list[int]:
+    try:
+        ks = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"positive integers like 1,10,100, not {text!r}")
+    return ks
+
+
+# --- the subcommands ---------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="seeds every random draw")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=DEFAULT_THREADS,
+        help="CPU threads for torch; one stays fast when other processes share the cores",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="print only the results (no progress, no notes)"
+    )
+
+
+def _train_parser(sub) -> None:
+    t = sub.add_parser(
+        "train",
+        help="train a VAE (or a CVAE, or M2) by SVI; writes checkpoint, history and figures",
+        description="Train a VAE, conditional VAE or M2 model by SVI; writes config.json, "
+        "checkpoint.pt, history.json/.csv and figures/ in --out.",
+        formatter_class=FORMAT,
+        allow_abbrev=False,
+    )
+    t.add_argument(
+        "--model",
+        default="vae",
+        choices=sorted(MODELS),
+        help="vae; cvae, the conditional VAE p(x|y) trained on images and labels; m2, the "
+        "semi-supervised model of Kingma et al. 2014 (--labels-per-class, --alpha)",
+    )
+    t.add_argument(
+        "--labels-per-class",
+        type=_positive_int,
+        default=None,
+        help=f"--model m2: labelled training images per class, the rest unlabelled (default "
+        f"{M2_LABELS_PER_CLASS})",
+    )
+    t.add_argument(
+        "--alpha",
+        type=_non_negative,
+        default=None,
+        help="--model m2: weight alpha of the classification term alpha * E[-log q(y|x)] on "
+        "labelled data (default 0.1 N, N training images, as Kingma et al. 2014)",
+    )
+    _data_options(t)
+    _model_options(t)
+    _training_options(t)
+    _run_options(t)
+    _common(t)
+
+
+def _data_options(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--dataset", default=DEFAULT_DATASET, choices=DATASETS, help="data set")
+    t.add_argument("--root", default=None, help="folder of the mnist/fashion-mnist files")
+    t.add_argument("--download", action="store_true", help="let torchvision download into --root")
+    t.add_argument(
+        "--binarize",
+        default="auto",
+        choices=["auto", "static", "dynamic", "none"],
+        help="pixels to {0, 1}; auto: static for --likelihood bernoulli, none for gaussian",
+    )
+    t.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        default=0.1,
+        help="part of the training data held out (seeded) for the validation curve and "
+        "early stopping; the test split is only used for the final report",
+    )
+
+
+def _model_options(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS, help="p(x|z)")
+    t.add_argument("--latent", type=_positive_int, default=20, help="latent dimension M")
+    t.add_argument("--hidden", type=_hidden, default=(400,), help="hidden sizes, e.g. 512,256")
+    t.add_argument(
+        "--activation", default="relu", choices=sorted(ACTIVATIONS), help="hidden activation"
+    )
+    t.add_argument("--arch", default="mlp", choices=ARCHS, help="encoder/decoder networks")
+
+
+def _training_options(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--epochs", type=_positive_int, default=10, help="epochs to reach")
+    t.add_argument("--batch-size", type=_positive_int, default=128, help="datapoints per step")
+    t.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
+    t.add_argument(
+        "--loss",
+        default="trace",
+        choices=LOSSES,
+        help="the objective: trace (our fast Trace_ELBO), Pyro's pyro-trace, meanfield or "
+        "jit, or iwae (the importance-weighted bound, --iwae-k particles)",
+    )
+    t.add_argument(
+        "--iwae-k", type=_positive_int, default=5, help="particles k of --loss iwae (Burda et al.)"
+    )
+    t.add_argument(
+        "--flows",
+        type=_count,
+        default=0,
+        help="inverse autoregressive flow steps in the guide (0: diagonal Gaussian guide)",
+    )
+    t.add_argument(
+        "--anneal-epochs",
+        type=_positive_float,
+        default=None,
+        help="KL annealing (Bowman et al.): the KL weight rises linearly from --anneal-start "
+        "to 1 over this many epochs (default: no annealing)",
+    )
+    t.add_argument(
+        "--anneal-start", type=_fraction, default=0.0, help="KL weight at the start of a rise"
+    )
+    t.add_argument(
+        "--anneal-cycles",
+        type=_positive_int,
+        default=1,
+        help="rises of the KL weight; above 1 the schedule is cyclical (Fu et al.: each cycle "
+        "rises over --anneal-epochs, then holds 1 as long)",
+    )
+    t.add_argument(
+        "--free-bits",
+        type=_nats,
+        default=0.0,
+        help="free bits (Kingma et al. 2016): nats per latent dimension below which a "
+        "dimension's minibatch KL is not penalized (0: off)",
+    )
+
+
+def _run_options(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    t.add_argument(
+        "--compile",
+        default="auto",
+        choices=sorted(COMPILE_CHOICES),
+        help="run each step as one compiled graph; auto: for runs of at least 2000 steps "
+        "(where the compile time is repaid) whose step can be captured",
+    )
+    t.add_argument("--clip-norm", type=_positive_float, default=None, help="clip the gradient norm")
+    t.add_argument(
+        "--patience",
+        type=_positive_int,
+        default=None,
+        help="stop after this many epochs without a better validation -ELBO",
+    )
+    t.add_argument("--out", default="runs/vae", help="run folder")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out to --epochs; options not given keep the run's values",
+    )
+    t.add_argument(
+        "--overwrite", action="store_true", help="replace a run that is already in --out"
+    )
+
+
+def _evaluate_parser(sub) -> None:
+    e = sub.add_parser(
+        "evaluate",
+        help="test log p(x) by importance sampling, ELBO, gap, IWAE, k-hat",
+        description="Score a trained run on its test split: log p(x) by importance sampling, "
+        "the ELBO and IWAE bounds from the same samples, PSIS k-hat.",
+        formatter_class=FORMAT,
+        allow_abbrev=False,
+    )
+    e.add_argument("run_dir", help="a folder written by pyro-vae train")
+    e.add_argument(
+        "--num-samples", type=_positive_int, default=5000, help="importance samples L per datapoint"
+    )
+    e.add_argument(
+        "--num-points", type=_positive_int, default=None, help="first N test points (default all)"
+    )
+    e.add_argument("--batch-size", type=_positive_int, default=100, help="datapoints per chunk")
+    e.add_argument(
+        "--iwae-k",
+        type=_ks,
+        default=None,
+        help="k of the IWAE bounds L_k, e.g. 1,10,100 (default: 1,10,100,1000 up to L)",
+    )
+    e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    _common(e)
+
+
+def _diagnose_parser(sub) -> None:
+    d = sub.add_parser(
+        "diagnose",
+        help="active units, KL per dimension, amortization gap, guide vs NUTS",
+        description="Posterior diagnostics of a trained run on its test split, with ArviZ.",
+        formatter_class=FORMAT,
+        allow_abbrev=False,
+    )
+    d.add_argument("run_dir", help="a folder written by pyro-vae train")
+    d.add_argument(
+        "--num-points", type=_positive_int, default=1000, help="test points for units and KL"
+    )
+    d.add_argument("--gap-points", type=_positive_int, default=20, help="test points for the gap")
+    d.add_argument("--gap-steps", type=_positive_int, default=300, help="per-datapoint guide steps")
+    d.add_argument(
+        "--nuts-points", type=_positive_int, default=2, help="test points compared with NUTS"
+    )
+    d.add_argument("--chains", type=_positive_int, default=2, help="NUTS and guide chains")
+    d.add_argument("--warmup", type=_positive_int, default=200, help="NUTS warm-up steps")
+    d.add_argument("--draws", type=_positive_int, default=300, help="draws per chain")
+    _common(d)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pyro-vae`` argument parser (``train``, ``evaluate``, ``diagnose``).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        ``parse_args`` gives a namespace whose ``command`` names the subcommand; errors are one
+        line and exit status 2.
+    """
+    from pyro_vae import __version__
+
+    parser = _Parser(
+        prog="pyro-vae",
+        description=DESCRIPTION,
+        formatter_class=FORMAT,
+        allow_abbrev=False,  # so that given_options sees every option as written
+    )
+    parser.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    _evaluate_parser(sub)
+    _diagnose_parser(sub)
+    return parser
+
+
+def given_options(args: argparse.Namespace, argv: list[str]) -> set[str]:
+    """The option names written on the command line (abbreviations are off, so this is exact).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed arguments.
+    argv : list of str
+        The command line they were parsed from.
+
+    Returns
+    -------
+    set of str
+        The ``dest`` names of the options that appear in ``argv``.
+    """
+    return {
+        name
+        for name in vars(args)
+        if any(a == option_flag(name) or a.startswith(option_flag(name) + "=") for a in argv)
+    }

@@ -1,0 +1,178 @@
+"""The checks of ``pyro-vae train``'s options, and of a resume against the stored run.
+
+Both run before anything is written: an option that does not apply to the model, options that
+cannot go together, or a ``--resume`` that would change what defines the run is refused in one
+line naming the options as the command spells them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from pyro_vae.infer.training.checkpoint import load_checkpoint
+from pyro_vae.infer.training.run_state import CHECKPOINT_NAME
+from pyro_vae.runs.config import (
+    CONFIG_NAME,
+    DOWNLOADABLE,
+    M2_LABELS_PER_CLASS,
+    M2_LOSS,
+    RUN_OPTIONS,
+    option_flag,
+    read_config,
+    stored_value,
+    with_added_options,
+)
+
+__all__ = ["check_options", "check_resume"]
+
+
+def check_resume(
+    options: Mapping, given: Iterable[str], run_dir: str | Path
+) -> tuple[dict, dict, int]:
+    """Check a ``--resume`` against the stored run before anything is written.
+
+    Options not given take their stored values (``epochs`` and ``patience`` too); a given
+    run-defining option that differs is refused, naming every difference.
+
+    Parameters
+    ----------
+    options : Mapping
+        The options of the command line.
+    given : iterable of str
+        The names of the options written on the command line.
+    run_dir : str or Path
+        The run folder to continue.
+
+    Returns
+    -------
+    options : dict
+        ``options`` with the stored run's values filled in.
+    config : dict
+        The stored config.
+    done : int
+        Epochs the run has done.
+
+    Raises
+    ------
+    FileNotFoundError
+        No checkpoint to continue, or no ``config.json``.
+    ValueError
+        An invalid config, a change of what defines the run, or ``--epochs`` that adds none.
+    pyro_vae.infer.training.checkpoint.CheckpointError
+        A damaged checkpoint.
+    """
+    given, run_dir = set(given), Path(run_dir)
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+    if not checkpoint_path.is_file():
+        raise FileNotFoundError(
+            f"--resume: there is no checkpoint {checkpoint_path} to continue; "
+            "train without --resume to start a run there"
+        )
+    config = read_config(run_dir)
+    stored = config.get("options")
+    if isinstance(stored, dict):
+        stored = with_added_options(stored)
+    if not isinstance(stored, dict) or any(name not in stored for name in RUN_OPTIONS):
+        raise ValueError(f"{run_dir / CONFIG_NAME} records no options of pyro-vae train to resume")
+    differences = [
+        f"{option_flag(name)} {stored_value(options[name])} (the run has {stored[name]})"
+        for name in RUN_OPTIONS
+        if name in given and stored_value(options[name]) != stored[name]
+    ]
+    if differences:
+        raise ValueError(
+            "--resume cannot change what defines the run: "
+            + ", ".join(differences)
+            + "; train into another --out, or pass --overwrite instead of --resume to replace it"
+        )
+    options = dict(options)
+    for name in RUN_OPTIONS:
+        options[name] = tuple(stored[name]) if name == "hidden" else stored[name]
+    for name in ("epochs", "patience"):  # the target and the stopping rule carry over
+        if name not in given:
+            options[name] = stored[name]
+    done = int(load_checkpoint(checkpoint_path)["epoch"])  # also refuses a damaged checkpoint
+    if options["epochs"] <= done:
+        raise ValueError(
+            f"the run in {run_dir} has done {done} epochs; --epochs {options['epochs']} adds none "
+            f"(pass --epochs {done + 10}, say, to train on)"
+        )
+    return options, config, done
+
+
+def check_options(options: Mapping, given: Iterable[str]) -> dict:
+    """Refuse options that do not apply to the model or cannot apply together; fill in M2's.
+
+    Parameters
+    ----------
+    options : Mapping
+        The options of ``pyro-vae train`` (after :func:`check_resume` on a resume).
+    given : iterable of str
+        The names of the options written on the command line.
+
+    Returns
+    -------
+    dict
+        ``options``, for ``--model m2`` with ``loss = "enum"`` and ``labels_per_class``
+        :data:`M2_LABELS_PER_CLASS` unless given.
+
+    Raises
+    ------
+    ValueError
+        Naming the first option that does not apply, or ``--download`` without ``--root``.
+    """
+    given = set(given)
+    options = _check_model_options(dict(options), given)
+    _check_objective_options(options, given)
+    if options.get("download") and options["root"] is None and options["dataset"] in DOWNLOADABLE:
+        raise ValueError(
+            f"--download needs --root, the folder torchvision downloads {options['dataset']} into"
+        )
+    return options
+
+
+def _check_model_options(options: dict, given: set[str]) -> dict:
+    model = options["model"]
+    if model != "m2":
+        for name in ("labels_per_class", "alpha"):
+            if name in given:
+                raise ValueError(f"{option_flag(name)} applies to --model m2, not --model {model}")
+    if model == "vae":
+        return options
+    if options["flows"]:
+        raise ValueError(f"--flows applies to --model vae, not --model {model}")
+    if options["arch"] != "mlp":
+        raise ValueError(
+            f"--arch {options['arch']} applies to --model vae; --model {model} uses MLPs"
+        )
+    if model == "m2":
+        if "loss" in given and options["loss"] != M2_LOSS:
+            raise ValueError(
+                f"--model m2 sums the label out exactly with --loss {M2_LOSS}, "
+                f"not --loss {options['loss']}"
+            )
+        options["loss"] = M2_LOSS
+        if options["labels_per_class"] is None:
+            options["labels_per_class"] = M2_LABELS_PER_CLASS
+    return options
+
+
+def _check_objective_options(options: Mapping, given: set[str]) -> None:
+    loss = options["loss"]
+    if "anneal_epochs" not in given and options["anneal_epochs"] is None:
+        orphans = [n for n in ("anneal_start", "anneal_cycles") if n in given]
+        if orphans:
+            raise ValueError(
+                f"{option_flag(orphans[0])} needs --anneal-epochs (the length of the rise)"
+            )
+    if "iwae_k" in given and loss != "iwae":
+        raise ValueError(f"--iwae-k sets the particles of --loss iwae, not of --loss {loss}")
+    reshaped = [
+        name for name, off in (("anneal_epochs", None), ("free_bits", 0.0)) if options[name] != off
+    ]
+    if reshaped and loss != "trace":
+        raise ValueError(
+            f"{option_flag(reshaped[0])} reshapes the single-sample ELBO of --loss trace; it "
+            f"cannot apply to --loss {loss}"
+        )

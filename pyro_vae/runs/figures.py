@@ -1,0 +1,228 @@
+"""The figures of a run folder: after training, evaluation and diagnosis.
+
+matplotlib (and ArviZ) are imported only when a figure is drawn, so that the command line
+starts fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pyro_vae.data import DatasetSplits
+from pyro_vae.models.conditional import CVAE
+from pyro_vae.models.m2 import M2
+from pyro_vae.models.vae import VAE
+
+__all__ = [
+    "conditional_figures",
+    "diagnosis_figures",
+    "evaluation_figures",
+    "run_figures",
+    "training_figures",
+]
+
+
+@torch.no_grad()
+def training_figures(vae: VAE, data: DatasetSplits, history: list[dict], out: Path) -> list[Path]:
+    """ELBO curves, test reconstructions, prior samples; the latent map and manifold when M = 2.
+
+    Parameters
+    ----------
+    vae : VAE
+        The trained VAE.
+    data : DatasetSplits
+        Its data; the figures show test images.
+    history : list of dict
+        The training history (one record per epoch).
+    out : Path
+        The figures folder (created).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    from pyro_vae.diagnostics import plots  # matplotlib only when figures are drawn
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = next(vae.parameters()).device
+    shape = data.image_shape
+    x = data.test.x[:10].to(device)  # one row of originals above one of reconstructions
+    paths = [
+        plots.save_history_plot(history, out / "elbo_curves.png"),
+        plots.save_side_by_side(
+            x,
+            vae.reconstruct(x),
+            shape,
+            out / "reconstructions.png",
+            title="test digits (top) and reconstructions",
+        ),
+        plots.save_image_grid(
+            vae.sample(64), shape, out / "samples.png", title="decoded draws z ~ p(z)"
+        ),
+    ]
+    if vae.latent_dim == 2:
+        codes = vae.code(data.test.x.to(device))
+        title = "test flow codes z_K(mu(x))" if vae.flows else "test means E_q[z|x]"
+        paths.append(plots.save_latent_map(codes, data.test.y, out / "latent_map.png", title=title))
+        paths.append(plots.save_manifold(vae.decode, shape, out / "manifold.png", device=device))
+    return paths
+
+
+@torch.no_grad()
+def conditional_figures(
+    model: CVAE | M2, data: DatasetSplits, history: list[dict] | None, out: Path
+) -> list[Path]:
+    """ELBO curves, reconstructions, samples per class and analogies of a CVAE or M2.
+
+    ``class_samples.png``: 10 draws z ~ p(z) decoded under every label, one row per class
+    (the same 10 codes in every row). ``analogies.png``: the first 10 test images (left
+    column), each encoded with its label, z = mu_phi(x, y), and decoded under every label
+    0..C-1 (Kingma et al. 2014, fig. 1).
+
+    Parameters
+    ----------
+    model : CVAE or M2
+        The trained model.
+    data : DatasetSplits
+        Its data; the figures show test images.
+    history : list of dict or None
+        The training history (None: no ``elbo_curves.png``).
+    out : Path
+        The figures folder (created).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    from pyro_vae.diagnostics import plots  # matplotlib only when figures are drawn
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    shape, num_classes = data.image_shape, model.num_classes
+    x, y = data.test.x[:10].to(device), data.test.y[:10].to(device)
+    analogies = model.analogies(x, y)  # (10, C, D)
+    rows = torch.cat([x[:, None, :], analogies], dim=1).reshape(-1, x.shape[1])
+    curves = [plots.save_history_plot(history, out / "elbo_curves.png")] if history else []
+    return [
+        *curves,
+        plots.save_side_by_side(
+            x,
+            model.reconstruct(x, y),
+            shape,
+            out / "reconstructions.png",
+            title="test digits (top) and reconstructions given their labels",
+        ),
+        plots.save_image_grid(
+            model.sample_per_class(10),
+            shape,
+            out / "class_samples.png",
+            nrow=10,
+            title=f"z ~ p(z) decoded under labels 0..{num_classes - 1} (one row per class)",
+        ),
+        plots.save_image_grid(
+            rows,
+            shape,
+            out / "analogies.png",
+            nrow=num_classes + 1,
+            title=f"test image (left), its code decoded under labels 0..{num_classes - 1}",
+        ),
+    ]
+
+
+def run_figures(
+    model: VAE | CVAE | M2, kind: str, data: DatasetSplits, history: list[dict], out: Path
+) -> list[Path]:
+    """The figures of a trained run: :func:`training_figures` for a VAE, else
+    :func:`conditional_figures`.
+
+    Parameters
+    ----------
+    model : VAE, CVAE or M2
+        The trained model.
+    kind : {"vae", "cvae", "m2"}
+        Which.
+    data : DatasetSplits
+        Its data.
+    history : list of dict
+        The training history.
+    out : Path
+        The figures folder (created).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    if kind == "vae":
+        return training_figures(model, data, history, out)
+    return conditional_figures(model, data, history, out)
+
+
+def evaluation_figures(
+    khat: torch.Tensor, elbo: torch.Tensor, log_px: torch.Tensor, out: Path
+) -> list[Path]:
+    """``khat.png`` (PSIS k-hat per datapoint) and ``elbo_vs_logpx.png``.
+
+    Parameters
+    ----------
+    khat, elbo, log_px : torch.Tensor of shape (N,)
+        Per test datapoint: k-hat, the ELBO and log p(x) of the same importance samples.
+    out : Path
+        The figures folder (it must exist).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    from pyro_vae.diagnostics import plots  # matplotlib only when figures are drawn
+
+    out = Path(out)
+    return [
+        plots.save_khat_plot(khat, out / "khat.png"),
+        plots.save_elbo_vs_logpx(elbo, log_px, out / "elbo_vs_logpx.png"),
+    ]
+
+
+def diagnosis_figures(
+    idatas: dict,
+    kl: torch.Tensor | None,
+    variances: torch.Tensor,
+    out: Path,
+) -> list[Path]:
+    """Forest and pair plots of the guide against NUTS; the KL per latent dimension.
+
+    Parameters
+    ----------
+    idatas : dict
+        ``{"guide": InferenceData, "NUTS": InferenceData}``.
+    kl : torch.Tensor of shape (M,) or None
+        KL per latent dimension (None for a flow guide: no ``kl_per_dimension.png``).
+    variances : torch.Tensor of shape (M,)
+        Activity Cov_x E_q[z_j] per dimension.
+    out : Path
+        The figures folder (created).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    from pyro_vae.diagnostics import arviz_io, plots  # ArviZ only when figures are drawn
+
+    out = Path(out)
+    paths = [
+        arviz_io.save_forest(idatas, out / "forest_guide_vs_nuts.png"),
+        arviz_io.save_pair(idatas, out / "pair_guide_vs_nuts.png"),
+    ]
+    if kl is not None:
+        paths.append(
+            plots.save_kl_per_dimension(kl, out / "kl_per_dimension.png", variances=variances)
+        )
+    return paths

@@ -1,0 +1,349 @@
+"""Recipes: a run's data, model, objective and training streams from its options.
+
+The one place that turns the options of ``pyro-vae train`` (as ``config.json`` stores them,
+:mod:`pyro_vae.runs.config`) into library objects:
+
+- :func:`data_config` and :func:`run_data`: the data set, split and binarized as the run says;
+- :func:`model_arguments` and :func:`build_model`: the one model-building path, used by
+  ``train`` (from the options) and by :func:`pyro_vae.runs.folders.load_run` (from the stored
+  ``config["vae"]``, which :func:`architecture` writes);
+- :func:`training_objective`: the loss, or the objective object (IWAE, KL annealing, free bits);
+- the M2 losses of Kingma et al. (2014): :func:`m2_alpha` (default 0.1 N) and
+  :func:`m2_classification_term` / :func:`m2_labelled_stream` (the classification term on the
+  labelled stream);
+- :func:`training_streams`: what :func:`~pyro_vae.infer.train` trains on, for each model.
+
+:mod:`pyro_vae.runs.training` puts them together, in the order that makes a seed repeat a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pyro_vae.data import DatasetSplits, ImageData, labelled_split, load_dataset
+from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
+from pyro_vae.infer.objectives.iwae import IWAEObjective
+from pyro_vae.infer.objectives.kl_control import KLAnnealing, KLControlledELBO
+from pyro_vae.infer.training.options import LabelledStream
+from pyro_vae.models.conditional import CVAE
+from pyro_vae.models.m2 import M2
+from pyro_vae.models.vae import VAE
+from pyro_vae.runs.config import with_added_options
+
+__all__ = [
+    "TrainingStreams",
+    "M2_ALPHA_PER_IMAGE",
+    "MODELS",
+    "architecture",
+    "build_model",
+    "data_config",
+    "m2_alpha",
+    "m2_classification_term",
+    "m2_labelled_stream",
+    "model_arguments",
+    "run_data",
+    "training_objective",
+    "training_streams",
+]
+
+MODELS = {"vae": VAE, "cvae": CVAE, "m2": M2}
+"""``config["model"]`` -> the class that ``config["vae"]`` (its keyword arguments) rebuilds."""
+
+M2_ALPHA_PER_IMAGE = 0.1
+"""Kingma et al. (2014), sec. 4.1: alpha = 0.1 N, N the number of training images."""
+
+
+def data_config(options: Mapping) -> dict:
+    """The data part of a run's config: binarization resolved, the rest as given.
+
+    Parameters
+    ----------
+    options : Mapping
+        ``dataset``, ``root``, ``binarize`` (``"auto"``, ``"static"``, ``"dynamic"`` or
+        ``"none"``), ``likelihood``, ``seed``, ``val_fraction``.
+
+    Returns
+    -------
+    dict
+        ``dataset``, ``root``, ``binarize`` (``"auto"``: ``"static"`` for Bernoulli pixels,
+        which need binary data, None for a Gaussian, which keeps intensities; ``"none"``:
+        None), ``seed``, ``val_fraction``.
+    """
+    binarize = options["binarize"]
+    if binarize == "auto":
+        binarize = "static" if options["likelihood"] == "bernoulli" else None
+    return {
+        "dataset": options["dataset"],
+        "root": options["root"],
+        "binarize": None if binarize == "none" else binarize,
+        "seed": options["seed"],
+        "val_fraction": options["val_fraction"],
+    }
+
+
+def run_data(config: Mapping, download: bool = False) -> DatasetSplits:
+    """The data a run was trained on, split the way it was (train / validation / test).
+
+    Parameters
+    ----------
+    config : Mapping
+        A run's config (or :func:`data_config`): ``dataset``, ``root``, ``binarize``,
+        ``seed``, ``val_fraction`` (runs written before the validation split have none: 0).
+    download : bool
+        Let torchvision download "mnist" / "fashion-mnist" into ``root``.
+
+    Returns
+    -------
+    DatasetSplits
+
+    Raises
+    ------
+    ValueError, pyro_vae.data.DatasetNotFoundError
+        As :func:`pyro_vae.data.load_dataset`.
+    """
+    return load_dataset(
+        config["dataset"],
+        root=config.get("root"),
+        download=download,
+        binarize=config.get("binarize"),
+        seed=config["seed"],
+        val_fraction=config.get("val_fraction", 0.0),
+    )
+
+
+def model_arguments(options: Mapping, data: DatasetSplits) -> dict:
+    """The keyword arguments of the model ``options["model"]`` asks for, on ``data``.
+
+    Parameters
+    ----------
+    options : Mapping
+        ``model``, ``latent``, ``hidden``, ``likelihood``, ``activation``, and for the VAE
+        ``arch`` and ``flows`` (those an old run lacks take their
+        :data:`~pyro_vae.runs.config.ADDED_RUN_OPTIONS`).
+    data : DatasetSplits
+        The run's data: the image size and, for a labelled model, the number of classes (the
+        largest train or test label + 1).
+
+    Returns
+    -------
+    dict
+        For ``MODELS[options["model"]](**arguments)`` (:func:`build_model`).
+    """
+    options = with_added_options(options)
+    arguments = dict(
+        latent_dim=options["latent"],
+        hidden=options["hidden"],
+        likelihood=options["likelihood"],
+        activation=options["activation"],
+    )
+    if options["model"] == "vae":
+        return dict(
+            data_dim=data.train.data_dim,
+            **arguments,
+            arch=options["arch"],
+            image_shape=data.image_shape,
+            flows=options["flows"],
+        )
+    num_classes = int(max(data.train.y.max(), data.test.y.max())) + 1
+    return dict(
+        data_dim=data.train.data_dim,
+        num_classes=num_classes,
+        **arguments,
+        image_shape=data.image_shape,
+    )
+
+
+def build_model(kind: str, arguments: Mapping) -> VAE | CVAE | M2:
+    """The one model-building path: ``MODELS[kind](**arguments)``.
+
+    ``train`` calls it with :func:`model_arguments` (after seeding: the networks are drawn from
+    the global torch RNG), :func:`~pyro_vae.runs.folders.load_run` with the stored
+    ``config["vae"]``.
+
+    Parameters
+    ----------
+    kind : {"vae", "cvae", "m2"}
+        The model.
+    arguments : Mapping
+        Its keyword arguments.
+
+    Returns
+    -------
+    VAE, CVAE or M2
+        With freshly initialised networks.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``kind``, or arguments the model refuses.
+    """
+    if kind not in MODELS:
+        raise ValueError(f"unknown model {kind!r}; choose one of {sorted(MODELS)}")
+    return MODELS[kind](**arguments)
+
+
+def architecture(model: VAE | CVAE | M2) -> dict:
+    """What ``config.json`` stores under ``vae``: the keyword arguments that rebuild ``model``.
+
+    Parameters
+    ----------
+    model : VAE, CVAE or M2
+        A model built by :func:`build_model`.
+
+    Returns
+    -------
+    dict
+        ``model.config`` with ``hidden`` as a list (JSON-ready).
+    """
+    config = model.config
+    return {**config, "hidden": list(config["hidden"])}
+
+
+def training_objective(options: Mapping):
+    """The training objective the options ask for: a loss name or an objective object.
+
+    Parameters
+    ----------
+    options : Mapping
+        ``loss`` (default ``"trace"``), ``iwae_k``, ``anneal_epochs``, ``anneal_start``,
+        ``anneal_cycles``, ``free_bits`` (absent ones are off: the
+        :data:`~pyro_vae.runs.config.ADDED_RUN_OPTIONS`).
+
+    Returns
+    -------
+    str or Objective
+        ``IWAEObjective(iwae_k)`` for ``loss = "iwae"``; a
+        :class:`~pyro_vae.infer.objectives.kl_control.KLControlledELBO` when annealing or free
+        bits are on; else the loss name.
+    """
+    options = with_added_options({"loss": "trace", **options})
+    if options["loss"] == "iwae":
+        return IWAEObjective(options["iwae_k"])
+    if options["anneal_epochs"] is None and options["free_bits"] == 0:
+        return options["loss"]
+    annealing = None
+    if options["anneal_epochs"] is not None:
+        annealing = KLAnnealing(
+            options["anneal_epochs"], options["anneal_start"], options["anneal_cycles"]
+        )
+    return KLControlledELBO(annealing, options["free_bits"])
+
+
+def m2_alpha(num_train: int, alpha: float | None = None) -> float:
+    """The weight alpha of M2's classification term: ``alpha``, or 0.1 N by default.
+
+    Parameters
+    ----------
+    num_train : int
+        N, the number of training images (labelled and unlabelled).
+    alpha : float, optional
+        A weight chosen by the user.
+
+    Returns
+    -------
+    float
+        ``alpha``, or ``M2_ALPHA_PER_IMAGE * num_train`` (Kingma et al. 2014, sec. 4.1) when
+        None.
+    """
+    return M2_ALPHA_PER_IMAGE * num_train if alpha is None else alpha
+
+
+def m2_classification_term(m2: M2, alpha: float, num_labelled: int) -> AuxiliaryTerm:
+    """The loss of M2's labelled stream: -ELBO with y given, plus the classification term.
+
+    Summed over the N_l labelled images, the term is alpha * E_labelled[-log q(y|x)] (Kingma et
+    al. 2014, eq. 9). With y given there is nothing to enumerate and z is reparameterized:
+    the fast ``"trace"`` objective.
+
+    Parameters
+    ----------
+    m2 : M2
+        The model (its :meth:`~pyro_vae.models.m2.M2.classifier_nll`).
+    alpha : float
+        The weight alpha (:func:`m2_alpha`).
+    num_labelled : int
+        N_l, the number of labelled images.
+
+    Returns
+    -------
+    AuxiliaryTerm
+        ``AuxiliaryTerm("trace", m2.classifier_nll, weight=alpha / num_labelled)``.
+    """
+    return AuxiliaryTerm("trace", m2.classifier_nll, weight=alpha / num_labelled)
+
+
+def m2_labelled_stream(m2: M2, labelled: ImageData, alpha: float) -> LabelledStream:
+    """M2's labelled stream: ``(x_l, y_l)`` with :func:`m2_classification_term` as its loss.
+
+    Parameters
+    ----------
+    m2 : M2
+        The model.
+    labelled : ImageData
+        The labelled images, with their labels ``.y``.
+    alpha : float
+        The weight alpha (:func:`m2_alpha`).
+
+    Returns
+    -------
+    LabelledStream
+        For :func:`~pyro_vae.infer.train`'s ``labelled``; the first stream's loss is
+        :data:`~pyro_vae.runs.config.M2_LOSS`.
+    """
+    classify = m2_classification_term(m2, alpha, len(labelled))
+    return LabelledStream((labelled, labelled.y), loss=classify)
+
+
+@dataclass(frozen=True)
+class TrainingStreams:
+    """What :func:`~pyro_vae.infer.train` trains on.
+
+    Attributes
+    ----------
+    data : ImageData or tuple
+        The (first) training stream: the images, ``(images, labels)`` for the CVAE, the
+        unlabelled images for M2.
+    val_data : ImageData, tuple or None
+        The validation split, with its labels for the CVAE.
+    labelled : LabelledStream or None
+        M2's labelled images (no loss attached yet: see :func:`m2_labelled_stream`).
+    """
+
+    data: object
+    val_data: object
+    labelled: LabelledStream | None = None
+
+
+def training_streams(options: Mapping, data: DatasetSplits) -> TrainingStreams:
+    """The training streams of ``options["model"]``.
+
+    Parameters
+    ----------
+    options : Mapping
+        ``model``; for M2 ``labels_per_class`` and ``seed`` (which images keep their labels).
+    data : DatasetSplits
+        The run's data.
+
+    Returns
+    -------
+    TrainingStreams
+        The VAE trains on the images; the CVAE on ``(images, labels)`` (validation too); M2
+        on the unlabelled images and a labelled stream of ``labels_per_class`` images per
+        class (seeded, :func:`pyro_vae.data.labelled_split`).
+
+    Raises
+    ------
+    ValueError
+        More labels per class than some class has.
+    """
+    kind = options.get("model", "vae")
+    if kind == "vae":
+        return TrainingStreams(data.train, data.val)
+    if kind == "cvae":
+        val = (data.val, data.val.y) if data.val is not None else None
+        return TrainingStreams((data.train, data.train.y), val)
+    labelled, unlabelled = labelled_split(
+        data.train, options["labels_per_class"], seed=options["seed"]
+    )
+    return TrainingStreams(unlabelled, data.val, LabelledStream((labelled, labelled.y)))

@@ -1,0 +1,147 @@
+"""A run ready to train: its model, objective and streams, made in the order that repeats a run.
+
+:func:`training_recipe` turns the checked options of ``pyro-vae train`` and the run's data into
+a :class:`TrainingRecipe` (the recipes of :mod:`pyro_vae.runs.recipes`), whose
+:meth:`~TrainingRecipe.train` calls :func:`~pyro_vae.infer.train` with the options' settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import pyro
+
+from pyro_vae.data import DatasetSplits
+from pyro_vae.infer.training.loop import TrainResult, train
+from pyro_vae.models.conditional import CVAE
+from pyro_vae.models.m2 import M2
+from pyro_vae.models.vae import VAE
+from pyro_vae.runs.recipes import (
+    TrainingStreams,
+    build_model,
+    m2_alpha,
+    m2_labelled_stream,
+    model_arguments,
+    training_objective,
+    training_streams,
+)
+
+__all__ = [
+    "COMPILE_CHOICES",
+    "TrainingRecipe",
+    "training_recipe",
+]
+
+COMPILE_CHOICES = {"auto": "auto", "on": True, "off": False}
+"""``--compile`` -> the ``compile`` setting of :func:`~pyro_vae.infer.train`."""
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """A run ready to train: its model, objective, streams and the options that made them.
+
+    Attributes
+    ----------
+    model : VAE, CVAE or M2
+        Freshly built from the seeded RNG.
+    loss : str or Objective
+        The objective of the first stream (:func:`training_objective`).
+    streams : TrainingStreams
+        The data; for M2 the labelled stream carries its classification term.
+    options : dict
+        The options, M2's ``alpha`` filled in (:func:`m2_alpha`).
+    """
+
+    model: VAE | CVAE | M2
+    loss: object
+    streams: TrainingStreams
+    options: dict
+
+    @property
+    def num_labelled(self) -> int | None:
+        """N_l, the number of images of the labelled stream (None without one)."""
+        labelled = self.streams.labelled
+        return None if labelled is None else len(labelled.data[0])
+
+    def train(self, out_dir, *, resume: bool = False, on_epoch_end=None, tags=None) -> TrainResult:
+        """Train the model with the options' settings, writing into ``out_dir``.
+
+        Parameters
+        ----------
+        out_dir : str or Path
+            The run folder (checkpoint, history).
+        resume : bool
+            Continue from its checkpoint.
+        on_epoch_end : callable, optional
+            Called with each epoch's record (see :func:`~pyro_vae.infer.train`).
+        tags : dict, optional
+            Constant columns of every history record.
+
+        Returns
+        -------
+        TrainResult
+
+        Raises
+        ------
+        OSError, ValueError, CheckpointError, TrainingDivergedError
+            As :func:`~pyro_vae.infer.train`.
+        """
+        options = self.options
+        pyro.clear_param_store()  # the model's parameters are registered afresh by train
+        return train(
+            self.model.model,
+            self.model.guide,
+            self.streams.data,
+            val_data=self.streams.val_data,
+            labelled=self.streams.labelled,
+            epochs=options["epochs"],
+            batch_size=options["batch_size"],
+            lr=options["lr"],
+            loss=self.loss,
+            device=options["device"],
+            seed=options["seed"],
+            clip_norm=options["clip_norm"],
+            patience=options["patience"],
+            out_dir=out_dir,
+            resume=resume,
+            progress=not options["quiet"],
+            on_epoch_end=on_epoch_end,
+            tags=tags,
+            compile=COMPILE_CHOICES[options["compile"]],
+        )
+
+
+def training_recipe(options: Mapping, data: DatasetSplits) -> TrainingRecipe:
+    """The model, objective and streams of a run, in the order that makes a seed repeat a run.
+
+    The streams first (they refuse too many labels per class before anything is drawn), then
+    ``pyro.set_rng_seed(options["seed"])`` and the networks, then the objective and, for M2,
+    alpha and the labelled stream's loss.
+
+    Parameters
+    ----------
+    options : Mapping
+        The checked options of ``pyro-vae train`` (:func:`pyro_vae.runs.checks.check_options`).
+    data : DatasetSplits
+        The run's data (:func:`~pyro_vae.runs.recipes.run_data`).
+
+    Returns
+    -------
+    TrainingRecipe
+
+    Raises
+    ------
+    ValueError
+        More labels per class than some class has, or arguments a model refuses.
+    """
+    options = dict(options)
+    streams = training_streams(options, data)
+    pyro.set_rng_seed(options["seed"])  # before the networks are initialised: runs repeat
+    model = build_model(options["model"], model_arguments(options, data))
+    loss = training_objective(options)
+    if options["model"] == "m2":
+        options["alpha"] = m2_alpha(len(data.train), options["alpha"])
+        labelled = m2_labelled_stream(model, streams.labelled.data[0], options["alpha"])
+        streams = replace(streams, labelled=labelled)
+    return TrainingRecipe(model, loss, streams, options)

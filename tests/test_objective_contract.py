@@ -1,0 +1,164 @@
+"""The objective contract (pyro_vae.infer.objectives.base) and the one compile policy.
+
+What the step, the loop and the compiled path may ask of an objective is written once, in
+``Objective``; these tests pin that wrappers forward it and that the compile decision has one
+rule (``pyro_vae.infer.compile.policy``), used by ``train`` and ``CompiledSVIStep`` alike.
+"""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import JitTrace_ELBO, Trace_ELBO
+
+from pyro_vae.infer import (
+    AuxiliaryTerm,
+    IWAEObjective,
+    KLAnnealing,
+    KLControlledELBO,
+    Objective,
+    SVIStep,
+    make_objective,
+)
+from pyro_vae.infer.compile.policy import (
+    AUTO_MIN_STEPS,
+    AUTO_MIN_WEIGHTS,
+    resolve,
+    step_blocker,
+)
+from pyro_vae.infer.objectives.base import CallableObjective, as_objective
+from pyro_vae.infer.objectives.elbo import FastTraceELBO, PyroELBO
+from pyro_vae.infer.runtime.distributed import average_gradients
+from pyro_vae.infer.training.compiled_step import CompiledSVIStep
+from pyro_vae.models.vae import VAE
+
+SCHEDULE = "an objective with a schedule (set_progress): the graph would freeze its weight"
+
+
+def _vae_and_batch():
+    vae = VAE(6, latent_dim=2, hidden=(4,))
+    return vae, torch.bernoulli(torch.full((5, 6), 0.5))
+
+
+def _plain_loss(model, guide, x, *args, num_data=None, **kwargs):
+    return FastTraceELBO()(model, guide, x, *args, num_data=num_data, **kwargs)
+
+
+def test_every_built_in_objective_is_an_objective():
+    vae, x = _vae_and_batch()
+    for loss in ("trace", "pyro-trace", "meanfield", "jit", "iwae", "enum", Trace_ELBO()):
+        assert isinstance(make_objective(loss, vae.model, vae.guide, x), Objective), loss
+    for objective in (KLControlledELBO(), IWAEObjective(3), AuxiliaryTerm("trace", len)):
+        assert make_objective(objective, vae.model, vae.guide, x) is objective
+
+
+def test_a_plain_callable_is_a_plain_objective():
+    vae, x = _vae_and_batch()
+    objective = make_objective(_plain_loss, vae.model, vae.guide, x)
+    assert isinstance(objective, CallableObjective) and as_objective(objective) is objective
+    assert not objective.surrogate and objective.kl_weight == 1.0
+    assert objective.capture_blocker() is None
+    loss = objective(vae.model, vae.guide, x)
+    assert objective.recorded_neg_elbo(loss) is not loss  # detached
+    assert torch.equal(objective.recorded_neg_elbo(loss), loss.detach())
+
+
+def test_auxiliary_term_forwards_the_contract_of_what_it_wraps():
+    vae, x = _vae_and_batch()
+    annealed = KLControlledELBO(KLAnnealing(epochs=2.0, start=0.2))
+    wrapped = AuxiliaryTerm(annealed, lambda x: x.sum(-1), weight=0.0)
+    wrapped.setup(vae.model, vae.guide, x)
+    assert wrapped.objective is annealed
+    assert wrapped.capture_blocker() == SCHEDULE
+    wrapped.set_progress(1.0)  # half-way up the linear rise from 0.2 to 1
+    assert annealed.beta == pytest.approx(0.6, rel=1e-12) and wrapped.kl_weight == annealed.beta
+    loss = wrapped(vae.model, vae.guide, x)
+    # weight 0: the loss is the annealed objective's; the record is its true -ELBO
+    assert wrapped.neg_elbo is annealed.neg_elbo
+    assert torch.isfinite(loss)
+
+
+def test_the_labelled_stream_objective_gets_the_schedule_too():
+    # an annealed objective wrapped as the labelled loss used to be silently never annealed
+    vae, x = _vae_and_batch()
+    annealed = KLControlledELBO(KLAnnealing(epochs=4.0))
+    labelled_loss = AuxiliaryTerm(annealed, lambda x: x.sum(-1), weight=0.0)
+    svi = SVIStep(vae.model, vae.guide, labelled_loss=labelled_loss)
+    svi.setup(x, labelled=(x,))
+    svi.set_progress(3.0)
+    assert svi.labelled_objective is labelled_loss and annealed.beta == 0.75
+
+
+def test_jit_declares_one_batch_shape_and_a_blocker():
+    vae, x = _vae_and_batch()
+    jit = make_objective("jit", vae.model, vae.guide, x)
+    assert isinstance(jit, PyroELBO) and isinstance(jit.elbo, JitTrace_ELBO)
+    assert jit.fixed_batch_shape and "TorchScript" in jit.capture_blocker()
+    assert not make_objective("pyro-trace", vae.model, vae.guide, x).fixed_batch_shape
+
+
+def test_step_blocker_is_the_one_rule():
+    plain, annealed = FastTraceELBO(), KLControlledELBO(KLAnnealing(epochs=1.0))
+    assert step_blocker(plain) is None
+    assert step_blocker(KLControlledELBO(free_bits=0.5)) is None  # no schedule: capturable
+    assert step_blocker(annealed) == SCHEDULE
+    assert "labelled stream" in step_blocker(plain, labelled_objective=plain)
+    assert "gradient hook" in step_blocker(plain, grad_hook=average_gradients)
+
+
+def test_the_compiled_step_falls_back_for_the_reason_the_policy_gives():
+    vae, x = _vae_and_batch()
+    annealed = KLControlledELBO(KLAnnealing(epochs=1.0))
+    svi = CompiledSVIStep(vae.model, vae.guide, annealed)
+    with pytest.warns(UserWarning, match="schedule"):
+        svi.setup(x)
+    assert svi.fallback_reason == step_blocker(annealed)
+
+
+@pytest.mark.parametrize(
+    "request_, work, blocker, expected",
+    [
+        ("auto", AUTO_MIN_STEPS, None, True),
+        ("auto", AUTO_MIN_STEPS - 1, None, False),
+        ("auto", 10 * AUTO_MIN_STEPS, SCHEDULE, False),
+        (True, 1, SCHEDULE, True),  # asked for: the compiled path then says why it falls back
+        (False, 10 * AUTO_MIN_STEPS, None, False),
+    ],
+)
+def test_resolve(request_, work, blocker, expected):
+    decision = resolve(request_, work=work, min_work=AUTO_MIN_STEPS, blocker=blocker)
+    assert decision.compile is expected and bool(decision) is expected
+    if blocker is not None and request_ == "auto":
+        assert blocker in decision.reason
+
+
+def test_resolve_refuses_other_requests():
+    with pytest.raises(ValueError, match="compile must be"):
+        resolve("yes", work=1, min_work=AUTO_MIN_WEIGHTS)
+
+
+class _Recorder(Objective):
+    """A surrogate whose true -ELBO is a constant: what the history must record."""
+
+    surrogate = True
+
+    def __call__(self, model, guide, x, *args, num_data=None, **kwargs):
+        self.neg_elbo = torch.tensor(7.0)
+        return pyro.param("a", torch.tensor(0.0)) * 0.0 + 3.0
+
+
+def test_the_loop_records_what_the_contract_says():
+    from pyro_vae.infer import train
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(pyro.param("m", torch.tensor(0.0)), 1.0))
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    record = train(model, guide, torch.zeros(8), loss=_Recorder(), epochs=1, progress=False)
+    final = record.final
+    assert final["train_loss"] == 7.0 and final["train_objective"] == 3.0
+    assert final["kl_weight"] == 1.0

@@ -1,0 +1,258 @@
+"""The run-folder library behind ``pyro-vae``: options, recipes, the one model-building path,
+reports. The command line end to end is in ``test_cli.py``."""
+
+import json
+
+import pytest
+import torch
+
+import pyro_vae.runs as runs
+from pyro_vae.data import load_dataset
+from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
+from pyro_vae.infer.objectives.iwae import IWAEObjective
+from pyro_vae.infer.objectives.kl_control import KLAnnealing, KLControlledELBO
+from pyro_vae.infer.training.checkpoint import load_checkpoint
+from pyro_vae.models.m2 import M2
+
+# the options of a tiny run, as pyro-vae train's parser gives them by default
+OPTIONS = dict(
+    dataset="digits",
+    root=None,
+    download=False,
+    binarize="auto",
+    val_fraction=0.1,
+    seed=0,
+    likelihood="bernoulli",
+    latent=2,
+    hidden=(16,),
+    activation="relu",
+    arch="mlp",
+    epochs=1,
+    batch_size=128,
+    lr=1e-3,
+    loss="trace",
+    clip_norm=None,
+    flows=0,
+    anneal_epochs=None,
+    anneal_start=0.0,
+    anneal_cycles=1,
+    free_bits=0.0,
+    iwae_k=5,
+    model="vae",
+    labels_per_class=None,
+    alpha=None,
+    compile="off",
+    patience=None,
+    device="cpu",
+    threads=1,
+    quiet=True,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", binarize="static", seed=0, val_fraction=0.1)
+
+
+def _options(**changes):
+    return runs.check_options({**OPTIONS, **changes}, given=set(changes))
+
+
+def _train_run(out, **changes):
+    """What pyro-vae train does, through the library: returns the recipe it trained."""
+    options = _options(**changes)
+    data = runs.run_data(runs.data_config(options))
+    recipe = runs.training_recipe(options, data)
+    config = runs.new_config(
+        runs.data_config(options), options["model"], runs.architecture(recipe.model), recipe.options
+    )
+    out.mkdir()
+    runs.write_config(out, config)
+    recipe.train(out)
+    return recipe
+
+
+def test_every_name_imported_before_the_split_is_still_there():
+    for name in ("CONFIG_NAME", "MODELS", "RUN_FILES", "Run", "check_writable",
+                 "conditional_figures", "evaluation_data", "evaluation_labels", "load_run",
+                 "read_config", "run_data", "test_images", "training_figures",
+                 "write_text_atomic"):  # fmt: skip
+        assert hasattr(runs, name), name
+        assert name in runs.__all__, name
+
+
+# --- the one model-building path ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["vae", "cvae", "m2"])
+def test_load_run_rebuilds_the_architecture_and_weights_that_train_built(model, tmp_path):
+    extra = {"flows": 2} if model == "vae" else {"labels_per_class": 2} if model == "m2" else {}
+    recipe = _train_run(tmp_path / "run", model=model, **extra)
+    run = runs.load_run(tmp_path / "run")
+    assert run.kind == model and type(run.vae) is type(recipe.model)
+    assert runs.architecture(run.vae) == runs.architecture(recipe.model)
+    # the same parameters, by name and shape, holding the trained weights of the checkpoint
+    trained = dict(recipe.model.named_parameters())
+    rebuilt = dict(run.vae.named_parameters())
+    assert {k: v.shape for k, v in rebuilt.items()} == {k: v.shape for k, v in trained.items()}
+    assert all(torch.equal(rebuilt[k].detach(), trained[k].detach()) for k in trained)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
+
+
+def test_build_model_from_stored_json_equals_the_model_from_options(digits):
+    for model in ("vae", "cvae", "m2"):
+        arguments = runs.model_arguments({**OPTIONS, "model": model}, digits)
+        built = runs.build_model(model, arguments)
+        stored = json.loads(json.dumps(runs.architecture(built)))  # as config.json holds it
+        assert runs.build_model(model, stored).config == built.config
+    assert runs.model_arguments({**OPTIONS, "model": "cvae"}, digits)["num_classes"] == 10
+    with pytest.raises(ValueError, match="unknown model 'm3'"):
+        runs.build_model("m3", {})
+
+
+def test_a_seed_repeats_the_networks(digits):
+    a, b = (runs.training_recipe(_options(), digits).model for _ in range(2))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+# --- the objective recipe ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", ["trace", "pyro-trace", "meanfield", "jit", "enum"])
+def test_a_plain_loss_is_its_name(loss):
+    assert runs.training_objective({**OPTIONS, "loss": loss}) == loss
+
+
+def test_the_objective_recipe_for_every_combination():
+    assert runs.training_objective({}) == "trace"  # absent options are off
+    iwae = runs.training_objective({**OPTIONS, "loss": "iwae", "iwae_k": 7})
+    assert isinstance(iwae, IWAEObjective) and iwae.num_particles == 7
+    cases = {
+        # (anneal_epochs, anneal_start, anneal_cycles, free_bits) -> the objective's repr
+        (2.0, 0.0, 1, 0.0): repr(KLControlledELBO(KLAnnealing(2.0), 0.0)),
+        (2.0, 0.3, 3, 0.0): repr(KLControlledELBO(KLAnnealing(2.0, 0.3, 3), 0.0)),
+        (None, 0.0, 1, 0.5): repr(KLControlledELBO(None, 0.5)),
+        (4.0, 0.1, 2, 0.25): repr(KLControlledELBO(KLAnnealing(4.0, 0.1, 2), 0.25)),
+    }
+    for (epochs, start, cycles, free_bits), expected in cases.items():
+        options = dict(anneal_epochs=epochs, anneal_start=start, anneal_cycles=cycles)
+        objective = runs.training_objective({**OPTIONS, **options, "free_bits": free_bits})
+        assert isinstance(objective, KLControlledELBO) and repr(objective) == expected
+
+
+# --- M2 ----------------------------------------------------------------------------------------
+
+
+def test_m2_alpha_defaults_to_a_tenth_of_the_training_images():
+    assert runs.m2_alpha(3600) == pytest.approx(360.0)  # Kingma et al. (2014), sec. 4.1
+    assert runs.m2_alpha(3600, 5.0) == 5.0 and runs.m2_alpha(3600, 0.0) == 0.0
+
+
+def test_m2_recipe_fills_alpha_and_the_classification_term(digits):
+    options = _options(model="m2", labels_per_class=3)
+    assert options["loss"] == runs.M2_LOSS == "enum"
+    recipe = runs.training_recipe(options, digits)
+    assert recipe.options["alpha"] == pytest.approx(0.1 * len(digits.train))
+    assert recipe.num_labelled == 30 and recipe.loss == "enum"
+    term = recipe.streams.labelled.loss
+    assert isinstance(term, AuxiliaryTerm) and term.loss == "trace"
+    assert term.weight == pytest.approx(recipe.options["alpha"] / 30)
+    assert term.term == recipe.model.classifier_nll
+    given = runs.training_recipe(_options(model="m2", labels_per_class=3, alpha=6.0), digits)
+    assert given.options["alpha"] == 6.0 and given.streams.labelled.loss.weight == 0.2
+
+
+def test_m2_labelled_stream_weighs_the_term_per_labelled_image(digits):
+    m2 = M2(64, num_classes=10, latent_dim=2, hidden=(8,))
+    labelled = digits.train.subset(torch.arange(20))
+    stream = runs.m2_labelled_stream(m2, labelled, alpha=4.0)
+    assert stream.data[0] is labelled and torch.equal(stream.data[1], labelled.y)
+    assert stream.loss.weight == pytest.approx(0.2)
+
+
+def test_training_streams_per_model(digits):
+    vae = runs.training_streams({"model": "vae"}, digits)
+    assert vae.data is digits.train and vae.val_data is digits.val and vae.labelled is None
+    cvae = runs.training_streams({"model": "cvae"}, digits)
+    assert cvae.data[0] is digits.train and torch.equal(cvae.val_data[1], digits.val.y)
+    m2 = runs.training_streams({"model": "m2", "labels_per_class": 4, "seed": 0}, digits)
+    x_l, y_l = m2.labelled.data
+    assert len(x_l) == 40 and torch.equal(torch.bincount(y_l), torch.full((10,), 4))
+    assert len(m2.data) + 40 == len(digits.train) and m2.labelled.loss is None
+    with pytest.raises(ValueError):
+        runs.training_streams({"model": "m2", "labels_per_class": 1000, "seed": 0}, digits)
+
+
+# --- options and config ------------------------------------------------------------------------
+
+
+def test_data_config_resolves_binarize():
+    assert runs.data_config(OPTIONS)["binarize"] == "static"
+    assert runs.data_config({**OPTIONS, "likelihood": "gaussian"})["binarize"] is None
+    assert runs.data_config({**OPTIONS, "binarize": "none"})["binarize"] is None
+    assert runs.data_config({**OPTIONS, "binarize": "dynamic"})["binarize"] == "dynamic"
+
+
+def test_check_options_refuses_what_does_not_apply():
+    with pytest.raises(ValueError, match="--alpha applies to --model m2"):
+        _options(alpha=3.0)
+    with pytest.raises(ValueError, match="--flows applies to --model vae"):
+        _options(model="cvae", flows=2)
+    with pytest.raises(ValueError, match="--free-bits reshapes"):
+        _options(loss="iwae", free_bits=0.5)
+    with pytest.raises(ValueError, match="--download needs --root"):
+        _options(dataset="mnist", download=True)
+    assert _options(download=True)["download"]  # digits ships with scikit-learn: nothing to fetch
+    assert _options(model="m2")["labels_per_class"] == runs.M2_LABELS_PER_CLASS
+
+
+def test_an_old_run_without_the_added_options_loads_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    _train_run(out)
+    config = json.loads((out / "config.json").read_text())
+    for name in runs.ADDED_RUN_OPTIONS:  # as a run written before these options existed
+        config["options"].pop(name)
+    config.pop("model")
+    runs.write_config(out, config)
+    assert runs.load_run(out).kind == "vae"
+    options, stored, done = runs.check_resume({**OPTIONS, "epochs": 2}, {"epochs"}, out)
+    assert done == 1 and stored == config
+    assert options["flows"] == 0 and options["model"] == "vae" and options["hidden"] == (16,)
+    resumed = runs.record_resume(stored, options, done)
+    assert resumed["resumes"] == [{"from_epoch": 1, "changed": {"epochs": [1, 2]}}]
+    with pytest.raises(ValueError, match=r"--latent 3 \(the run has 2\)"):
+        runs.check_resume({**OPTIONS, "latent": 3, "epochs": 2}, {"latent", "epochs"}, out)
+
+
+def test_write_text_atomic_fails_in_one_line_and_keeps_the_file(tmp_path, monkeypatch):
+    path = runs.write_text_atomic(tmp_path / "a.json", "old")
+    assert path.read_text() == "old"
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("pyro_vae.infer.runtime.files.os.replace", full)
+    with pytest.raises(OSError) as info:
+        runs.write_text_atomic(path, "new")
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+# --- reports -----------------------------------------------------------------------------------
+
+
+def test_khat_buckets_follow_the_psis_thresholds():
+    from pyro_vae.infer.evidence.psis import KHAT_GOOD, KHAT_OK
+
+    khat = torch.tensor([-float("inf"), KHAT_GOOD, KHAT_GOOD + 1e-6, KHAT_OK, KHAT_OK + 1e-6])
+    summary = runs.khat_summary(khat)
+    assert summary["good (<= 0.5)"] == 2  # k <= KHAT_GOOD
+    assert summary["ok (0.5, 0.7]"] == 2  # KHAT_GOOD < k <= KHAT_OK
+    assert summary["bad (> 0.7)"] == 1  # k > KHAT_OK
+
+
+def test_iwae_ks():
+    assert runs.iwae_ks(None, 50) == [1, 10]
+    assert runs.iwae_ks([10, 1, 10], 50) == [1, 10]
+    with pytest.raises(ValueError, match="--iwae-k 100 exceeds --num-samples 50"):
+        runs.iwae_ks([1, 100], 50)
