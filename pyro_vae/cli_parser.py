@@ -10,6 +10,7 @@ import argparse
 import math
 
 from pyro_vae.data import DATASETS, DEFAULT_DATASET
+from pyro_vae.infer.compile.policy import AUTO_MIN_STEPS
 from pyro_vae.infer.objectives.elbo import LOSSES
 from pyro_vae.infer.runtime.devices import DEFAULT_THREADS
 from pyro_vae.models.likelihoods import LIKELIHOODS
@@ -213,8 +214,8 @@ def _run_options(t: argparse.ArgumentParser) -> None:
         "--compile",
         default="auto",
         choices=sorted(COMPILE_CHOICES),
-        help="run each step as one compiled graph; auto: for runs of at least 2000 steps "
-        "(where the compile time is repaid) whose step can be captured",
+        help="run each step as one compiled graph; auto: for runs of at least "
+        f"{AUTO_MIN_STEPS} steps (where the compile time is repaid) whose step can be captured",
     )
     t.add_argument("--clip-norm", type=_positive_float, default=None, help="clip the gradient norm")
     t.add_argument(

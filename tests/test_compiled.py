@@ -15,7 +15,6 @@ import torch
 from pairs import CATALOGUE, BernoulliLatent, TwoSite, case
 
 from pyro_vae.infer.compile.capture import CompileFallbackWarning, compile_graph
-from pyro_vae.infer.compile.policy import AUTO_MIN_STEPS, resolve
 from pyro_vae.infer.evidence import compiled as log_weights_module
 from pyro_vae.infer.evidence.importance import elbo_per_datapoint, iwae_bound, log_evidence
 from pyro_vae.infer.objectives.iwae import IWAEObjective
@@ -285,13 +284,6 @@ def test_eager_checkpoint_loads_into_compiled_step(float64):
         svi.step(x[:4], num_data=10)
         state = svi.optimizer.state_dict()["state"]
     assert all(float(s["step"]) == 3 for s in state.values())
-
-
-def test_auto_compile_rule():
-    assert resolve("auto", work=AUTO_MIN_STEPS, min_work=AUTO_MIN_STEPS)
-    assert not resolve("auto", work=AUTO_MIN_STEPS - 1, min_work=AUTO_MIN_STEPS)
-    assert not resolve("auto", work=10**9, min_work=AUTO_MIN_STEPS, blocker="a hook")
-    assert resolve(True, work=1, min_work=AUTO_MIN_STEPS, blocker="a hook")
 
 
 # --- evidence ---------------------------------------------------------------------------------

@@ -3,11 +3,9 @@
 What VAE, CVAE and M2 share is written once; here: that they share it, that a seed still gives
 the weights of the networks built one by one in the documented order (so checkpoints and seeded
 runs made before the base existed are reproduced), that the submodule and param-store names are
-the ones checkpoints hold, and that no model module imports a private name from another.
+the ones checkpoints hold. That no model module imports a private name from another is rule 6
+of tests/test_layering.py, which checks every module of the package.
 """
-
-import ast
-from pathlib import Path
 
 import pyro
 import pytest
@@ -35,16 +33,6 @@ def test_the_models_share_the_bases():
         labelled.concat,
         labelled.one_hot,
     )
-
-
-def test_no_model_module_imports_a_private_name():
-    """``from pyro_vae... import _name`` across modules is what the shared base replaced."""
-    private = []
-    for path in Path(pyro_vae.models.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pyro_vae"):
-                private += [f"{path.name}: {a.name}" for a in node.names if a.name[0] == "_"]
-    assert private == []
 
 
 def assert_same_state(model, nets):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import pyro_vae.runs as runs
+from pyro_vae.cli_parser import build_parser
 from pyro_vae.data import load_dataset
 from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
 from pyro_vae.infer.objectives.iwae import IWAEObjective
@@ -14,39 +15,10 @@ from pyro_vae.infer.objectives.kl_control import KLAnnealing, KLControlledELBO
 from pyro_vae.infer.training.checkpoint import load_checkpoint
 from pyro_vae.models.m2 import M2
 
-# the options of a tiny run, as pyro-vae train's parser gives them by default
-OPTIONS = dict(
-    dataset="digits",
-    root=None,
-    download=False,
-    binarize="auto",
-    val_fraction=0.1,
-    seed=0,
-    likelihood="bernoulli",
-    latent=2,
-    hidden=(16,),
-    activation="relu",
-    arch="mlp",
-    epochs=1,
-    batch_size=128,
-    lr=1e-3,
-    loss="trace",
-    clip_norm=None,
-    flows=0,
-    anneal_epochs=None,
-    anneal_start=0.0,
-    anneal_cycles=1,
-    free_bits=0.0,
-    iwae_k=5,
-    model="vae",
-    labels_per_class=None,
-    alpha=None,
-    compile="off",
-    patience=None,
-    device="cpu",
-    threads=1,
-    quiet=True,
-)
+# the options of a tiny run, as pyro-vae train's parser gives them (its defaults elsewhere)
+TINY_RUN = ["--dataset", "digits", "--latent", "2", "--hidden", "16", "--epochs", "1",
+            "--compile", "off", "--device", "cpu", "--threads", "1", "--quiet"]  # fmt: skip
+OPTIONS = vars(build_parser().parse_args(["train", *TINY_RUN]))
 
 
 @pytest.fixture(scope="module")

@@ -50,8 +50,10 @@ def test_collapsed_ppca_loss_is_exact_negative_log_likelihood(float64):
     objective = FastTraceELBO()
     with torch.no_grad():
         reported = objective(ppca.model, ppca.guide, x, num_data=x.shape[0]).item()
+    # two float64 computations of one number (the trace's terms, pPCA's Cholesky): round-off
     assert reported == pytest.approx(exact, rel=1e-10), (reported, exact)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    # the MLE is the maximum; 1e-6 nats leaves room for the round-off of two log-determinants
     assert exact >= mle - 1e-6, f"trained {exact:.4f} cannot beat the MLE {mle:.4f}"
 
 
@@ -62,7 +64,9 @@ def test_pair_written_in_test_reaches_its_maximum_likelihood():
     pair = LinearGaussian()
     train(pair.model, pair.guide, x, epochs=60, batch_size=200, lr=0.05, seed=0, progress=False)
     a = pyro.param("a").item()
-    # MLE: a^2 + 1 = mean(x^2); the exact posterior family makes the ELBO tight at the optimum
+    # MLE: a^2 + 1 = mean(x^2); the exact posterior family makes the ELBO tight at the optimum.
+    # The optimizer's noise: |error| <= 0.047 over the training seeds 0-7 (measured; seed 0:
+    # 0.008), so 0.1 is twice the largest
     a_mle = math.sqrt((x**2).mean().item() - 1)
     assert abs(abs(a) - a_mle) < 0.1, f"|a| = {abs(a):.3f}, MLE {a_mle:.3f}"
 

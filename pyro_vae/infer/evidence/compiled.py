@@ -1,7 +1,8 @@
 """The log weights of one chunk of particles as a compiled graph, for the estimators.
 
-:class:`CompiledLogWeights` computes exactly :func:`~pyro_vae.infer.pair.particles.
-draw_log_weights` (the same draws for one RNG state) from a graph that
+:class:`CompiledLogWeights` computes exactly
+:func:`~pyro_vae.infer.pair.particles.draw_log_weights` (the same draws for one RNG state) from
+a graph that
 :mod:`pyro_vae.infer.compile.capture` records once per (pair, parameter shapes, batch shape,
 S) and inductor compiles; graphs are kept in a small module-level cache, so the chunks of one
 estimate and the batches of ``dataset_nll`` reuse them.

@@ -49,11 +49,10 @@ from pyro_vae.infer.evidence.weights import (
     prime_cpu_allocator,
 )
 from pyro_vae.infer.pair.particles import PairBatch, bind_pair, draw_log_weights
-from pyro_vae.infer.pair.sites import DATA_PLATE, GlobalLatentError, check_data
+from pyro_vae.infer.pair.sites import DATA_PLATE, check_data
 
 __all__ = [
     "EvidenceResult",
-    "GlobalLatentError",
     "elbo_per_datapoint",
     "iwae_bound",
     "iwae_from_log_weights",
@@ -144,10 +143,10 @@ def log_evidence(
     """
     check_data(x)
     _check_positive(num_samples=num_samples, chunk_size=chunk_size)
-    compile = resolve(compile, work=x.shape[0] * num_samples, min_work=AUTO_MIN_WEIGHTS)
+    compile = resolve(compile, work=x.shape[0] * num_samples, min_work=AUTO_MIN_WEIGHTS).compile
     with torch.no_grad():
         pair, chunk_size = _bind(model, guide, x, args, kwargs, data_plate, chunk_size)
-        draw = _drawer(pair, compile.compile)
+        draw = _drawer(pair, compile)
         stream = WeightStream(psis_tail_size(num_samples), return_log_weights)
         for s in chunks(num_samples, chunk_size):
             stream.update(draw(s))
@@ -297,10 +296,10 @@ def elbo_per_datapoint(
     """
     check_data(x)
     _check_positive(num_samples=num_samples, chunk_size=chunk_size)
-    compile = resolve(compile, work=x.shape[0] * num_samples, min_work=AUTO_MIN_WEIGHTS)
+    compile = resolve(compile, work=x.shape[0] * num_samples, min_work=AUTO_MIN_WEIGHTS).compile
     with torch.no_grad():
         pair, chunk_size = _bind(model, guide, x, args, kwargs, data_plate, chunk_size)
-        draw = _drawer(pair, compile.compile)
+        draw = _drawer(pair, compile)
         total = 0.0
         for s in chunks(num_samples, chunk_size):
             log_w = draw(s)

@@ -20,7 +20,7 @@ class AuxiliaryTerm(Objective):
     classifier's -log q_phi(y_n|x_n) and ``weight`` alpha / N_labelled: the extended objective
     of Kingma, Rezende, Mohamed & Welling (2014), eq. 9, J^alpha = J + alpha *
     E_{p~_l(x,y)}[-log q_phi(y|x)]. It is a surrogate: the trainer records ``neg_elbo``, the
-    objective's own -ELBO of the same draw, and scores validation with the plain objective.
+    objective's own -ELBO of the same draw, and scores validation with the plain ELBO.
 
     Parameters
     ----------
@@ -46,7 +46,8 @@ class AuxiliaryTerm(Objective):
     """
 
     surrogate = True  # the loss is not -ELBO: the history records neg_elbo beside it
-    # the rest of the contract (kl_weight, set_progress, capture_blocker) is the objective's
+    # the rest of the contract (fixed_batch_shape, kl_weight, set_progress, capture_blocker)
+    # is the wrapped objective's
 
     def __init__(self, loss, term, weight: float = 1.0, data_plate: str = DATA_PLATE):
         if not callable(term):
@@ -109,6 +110,11 @@ class AuxiliaryTerm(Objective):
         self.objective = make_objective(
             self.loss, model, guide, x, *args, data_plate=self.data_plate, **kwargs
         )
+
+    @property
+    def fixed_batch_shape(self) -> bool:
+        """Whether the wrapped objective works on one batch shape only (False before set-up)."""
+        return self.objective is not None and self.objective.fixed_batch_shape
 
     @property
     def kl_weight(self) -> float:

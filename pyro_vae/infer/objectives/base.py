@@ -73,10 +73,12 @@ class Objective:
         raise NotImplementedError
 
     def setup(self, model, guide, x, *args, **kwargs) -> None:
-        """Finish what needs the pair, once, on a first batch, before any call (default: nothing).
+        """Finish what needs the pair, on a first batch, before any call (default: nothing).
 
-        :func:`~pyro_vae.infer.objectives.elbo.make_objective` calls it, inside the forked RNG
-        of the step's set-up, so a check that traces the pair changes no later draw. A
+        :func:`~pyro_vae.infer.objectives.elbo.make_objective` calls it, inside a forked RNG, so
+        a check that traces the pair changes no later draw. It must be idempotent: ``train``
+        builds the objectives once to resolve ``compile`` and the step's set-up builds them
+        again (a check repeated, an inner objective rebuilt; once per run, never per step). A
         subclass must also work when called without it (it then sets itself up lazily).
 
         Parameters

@@ -234,5 +234,5 @@ def make_objective(
     elbos = {"pyro-trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "jit": JitTrace_ELBO}
     if loss not in elbos:
         raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES} or pass a pyro ELBO")
-    kwargs = {"ignore_jit_warnings": True} if loss == "jit" else {}
-    return PyroELBO(elbos[loss](**kwargs), data_plate)
+    settings = {"ignore_jit_warnings": True} if loss == "jit" else {}
+    return PyroELBO(elbos[loss](**settings), data_plate)

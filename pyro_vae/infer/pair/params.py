@@ -45,11 +45,20 @@ def collect_params(model, guide, x, *args, **kwargs) -> dict[str, torch.Tensor]:
         Param-store name to the *unconstrained* leaf tensor that an optimizer updates, sorted
         by name.
     """
-    params = {}
     with forked_rng(x), torch.no_grad():
-        for fn in (guide, model):
-            trace = poutine.trace(fn, param_only=True).get_trace(x, *args, **kwargs)
-            for name, site in trace.nodes.items():
+        traces = [
+            poutine.trace(fn, param_only=True).get_trace(x, *args, **kwargs)
+            for fn in (guide, model)
+        ]
+        return _params_of(traces)
+
+
+def _params_of(traces) -> dict[str, torch.Tensor]:
+    """Param-store name to the unconstrained leaf of every param site in ``traces``, sorted."""
+    params = {}
+    for trace in traces:
+        for name, site in trace.nodes.items():
+            if site["type"] == "param":
                 params[name] = site["value"].unconstrained()
     return dict(sorted(params.items()))
 
@@ -103,17 +112,13 @@ def trace_params(traces) -> dict[str, torch.Tensor]:
     ValueError
         When no parameter requires grad, or a parameter holds NaN or inf values.
     """
-    params = {}
-    for trace in traces:
-        for name, site in trace.nodes.items():
-            if site["type"] == "param":
-                params[name] = site["value"].unconstrained()
+    params = _params_of(traces)
     if not any(p.requires_grad for p in params.values()):
         raise ValueError("the model and guide register no trainable parameter")
     for name, value in params.items():
         if not torch.isfinite(value).all():
             raise ValueError(f"parameter {name!r} holds NaN or inf values")
-    return dict(sorted(params.items()))
+    return params
 
 
 def check_owned_params(params: dict, fns) -> None:

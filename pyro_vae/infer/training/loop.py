@@ -29,10 +29,10 @@ from pyro_vae.infer.runtime.distributed import Ranks, average_gradients, broadca
 from pyro_vae.infer.training.compiled_step import CompiledSVIStep
 from pyro_vae.infer.training.epochs import Batching, DataStream, mean_loss, rank_seed, run_epoch
 from pyro_vae.infer.training.options import LabelledStream, TrainOptions
-from pyro_vae.infer.training.run_state import CHECKPOINT_NAME, Checkpointer, RunState
+from pyro_vae.infer.training.run_state import Checkpointer, RunState
 from pyro_vae.infer.training.svi import SVIStep, TrainingDivergedError
 
-__all__ = ["CHECKPOINT_NAME", "TrainResult", "train"]
+__all__ = ["TrainResult", "train"]
 
 
 @dataclass

@@ -100,8 +100,7 @@ class SVIStep:
     labelled_loss : str, pyro.infer.ELBO or callable, optional
         The objective of the second, labelled stream of :meth:`step` (default: ``loss``),
         e.g. an :class:`~pyro_vae.infer.objectives.auxiliary.AuxiliaryTerm` adding a
-        classification
-        term.
+        classification term.
 
     Raises
     ------
@@ -267,8 +266,10 @@ class SVIStep:
 
     @staticmethod
     def _neg_elbo(objective: Objective, value: float) -> float:
-        """The true -ELBO of a call that returned ``value``: a surrogate records its own."""
-        return float(objective.neg_elbo) if objective.surrogate else value
+        """The true -ELBO of a call that returned ``value``, as a float: what
+        :meth:`~pyro_vae.infer.objectives.base.Objective.recorded_neg_elbo` returns (a
+        surrogate's ``neg_elbo``, else the loss), without a second read of the loss."""
+        return value if objective.neg_elbo is None else float(objective.neg_elbo)
 
     def _add_labelled(self, loss, x, num_data, labelled, num_labelled, kwargs):
         """The loss of both streams per datapoint of their union; updates ``last_neg_elbo``."""
@@ -319,8 +320,9 @@ class SVIStep:
     def evaluate(self, x: torch.Tensor, *args, num_data: int | None = None, **kwargs) -> float:
         """The objective on ``x`` without gradients or an update (e.g. a validation batch).
 
-        With ``loss="jit"`` it uses the plain ``"trace"`` objective, since the JIT compiles one
-        batch shape.
+        A surrogate objective (annealed, free-bits, IWAE, an auxiliary term) or one that works
+        on one batch shape only (``fixed_batch_shape``: Pyro's JIT) is replaced here by the
+        plain ``"trace"`` ELBO, so that validation curves compare across objectives.
 
         Parameters
         ----------
