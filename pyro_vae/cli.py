@@ -120,7 +120,8 @@ def cmd_train(args) -> int:
     print(_result_line(recipe, data, result))
     figures = run_figures(recipe.model, options["model"], data, result.history, out / "figures")
     say(f"figures in {out / 'figures'}: {', '.join(p.name for p in figures)}")
-    say(f"next: pyro-vae evaluate {out}    (test log p(x) by importance sampling)")
+    evidence = "log p(x|y)" if options["model"] == "cvae" else "log p(x)"
+    say(f"next: pyro-vae evaluate {out}    (test {evidence} by importance sampling)")
     return 0
 
 
@@ -132,6 +133,8 @@ def _checked_options(args, out: Path) -> tuple[dict, dict | None, int]:
     """
     if args.resume and args.overwrite:
         raise ValueError("--resume continues a run and --overwrite replaces it: pass one")
+    if not str(args.out).strip():  # Path("") is the current folder: never write a run there
+        raise ValueError("--out must name a run folder, got an empty path")
     check_writable(out)
     existing = existing_run_files(out)
     options, config, done = vars(args), None, 0

@@ -24,7 +24,16 @@ __all__ = ["DESCRIPTION", "build_parser", "given_options"]
 DESCRIPTION = "The ``pyro-vae`` command: train a VAE, then ask how good it is."
 """The first line of the command's help."""
 
-FORMAT = argparse.ArgumentDefaultsHelpFormatter
+
+class FORMAT(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help once: not after a help text that states its own default, and not
+    as "(default: None)" for an option whose default is worked out later (said in its help)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):

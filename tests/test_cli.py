@@ -2,6 +2,7 @@
 
 import errno
 import json
+import re
 import shutil
 
 import pyro
@@ -242,6 +243,8 @@ FAILURES = {
         "torch sees no CUDA device",
         {"torch.cuda.is_available": lambda: False},
     ),
+    "out empty": (["train", "--out", ""], "--out must name a run folder", {}),
+    "out blank": (["train", "--out", "  "], "--out must name a run folder", {}),
     "out is a file": (["train", "--out", "{file}"], "is a file, not a folder", {}),
     "out under a file": (["train", "--out", "{file}/run"], "is a file, not a folder", {}),
     "out not writable": (
@@ -480,3 +483,14 @@ def test_m2_resume_equals_an_uninterrupted_run(tmp_path):
     full, split = (load_checkpoint(tmp_path / n / "checkpoint.pt") for n in ("full", "split"))
     for name, value in full["params"].items():
         assert torch.equal(value, split["params"][name]), f"{name} differs after resuming"
+
+
+def test_help_states_each_default_once():
+    from pyro_vae.cli_parser import build_parser
+
+    for command in ("train", "evaluate", "diagnose"):
+        text = build_parser()._subparsers._group_actions[0].choices[command].format_help()
+        flat = " ".join(text.split())
+        assert "(default: None)" not in flat, command
+        # a help text that states its default ("(default 10)") gets no second one
+        assert not re.search(r"\(default [^)]*\) \(default:", flat), f"{command}: said twice"
