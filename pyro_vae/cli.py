@@ -94,13 +94,12 @@ def cmd_train(args) -> int:
     ranks, _ = join(resolve_device(options["device"]))
     say = _silent if options["quiet"] or not ranks.is_main else print  # rank 0 speaks for all
     barrier()  # every rank has checked the folder before rank 0 changes it
-    data = run_data(data_config(options), download=options["download"])
+    data_options = data_config(options)  # the recipe below changes no data option
+    data = run_data(data_options, download=options["download"])
     recipe = training_recipe(options, data)  # refuses too many labels per class
     options = recipe.options  # M2's alpha filled in
     if config is None:  # a new run (or --overwrite): the folder is written from scratch
-        config = new_config(
-            data_config(options), options["model"], architecture(recipe.model), options
-        )
+        config = new_config(data_options, options["model"], architecture(recipe.model), options)
         if ranks.is_main:
             clear_run(out)
             write_config(out, config)
