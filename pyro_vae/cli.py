@@ -1,7 +1,8 @@
 """The ``pyro-vae`` command: train a VAE, then ask how good it is.
 
     pyro-vae train --dataset mnist5k --epochs 10 --out runs/vae
-    pyro-vae evaluate runs/vae --num-samples 5000
+    pyro-vae evaluate runs/vae --num-samples 5000 [--estimator auto]
+    pyro-vae certify runs/vae --num-points 100 --steps 10,100,1000
     pyro-vae diagnose runs/vae
 
 ``--model cvae`` trains the conditional VAE p(x|y) on images with their labels (evaluated as
@@ -11,7 +12,9 @@ accuracy of its classifier q(y|x)).
 
 Every log-likelihood, ELBO and NLL printed is per datapoint, in nats, and names its split.
 Every failure is one line on stderr and exit status 2; nothing already on disk is changed by a
-command that fails before it starts training.
+command that fails before it starts training, and a new run that fails or is interrupted
+(Ctrl-C: one line, exit status 130) before its first epoch is saved is removed. A run stopped
+later keeps its last complete epoch, and the line says how to continue it.
 
 This module parses (:mod:`pyro_vae.cli_parser`), calls the recipes of :mod:`pyro_vae.runs`
 and prints; the rules (which options define a run, how a model is built, what a report holds)
@@ -26,11 +29,13 @@ import sys
 from pathlib import Path
 
 from pyro_vae.cli_parser import build_parser, given_options
+from pyro_vae.infer.evidence.ais import AISSettings
 from pyro_vae.infer.runtime.devices import resolve_device, set_threads
 from pyro_vae.infer.runtime.distributed import barrier, join
-from pyro_vae.infer.training.checkpoint import CheckpointError
-from pyro_vae.infer.training.svi import TrainingDivergedError
 from pyro_vae.runs import (
+    ONE_LINE_ERRORS,
+    RunProgress,
+    TrainingInterrupted,
     architecture,
     check_options,
     check_resume,
@@ -47,8 +52,10 @@ from pyro_vae.runs import (
     final_scores,
     iwae_ks,
     load_run,
+    missing_root,
     new_config,
     record_resume,
+    remove_leftovers,
     run_data,
     run_figures,
     save_diagnosis,
@@ -56,8 +63,10 @@ from pyro_vae.runs import (
     write_config,
     write_text_atomic,
 )
+from pyro_vae.runs.certified import certification_table, certify_run
+from pyro_vae.runs.figures import certification_figure
 
-__all__ = ["build_parser", "cmd_diagnose", "cmd_evaluate", "cmd_train", "main"]
+__all__ = ["build_parser", "cmd_certify", "cmd_diagnose", "cmd_evaluate", "cmd_train", "main"]
 
 MODEL_NAMES = {"vae": "VAE", "cvae": "conditional VAE", "m2": "M2 model"}
 
@@ -84,8 +93,11 @@ def cmd_train(args) -> int:
 
     Raises
     ------
-    OSError, ValueError, CheckpointError, TrainingDivergedError
-        Each becomes one line on stderr and exit status 2 (:func:`main`).
+    OSError, ValueError, CheckpointError, TrainingDivergedError, PeerLostError
+        Each becomes one line on stderr and exit status 2 (:func:`main`); one that comes
+        after the folder was written says what became of the run (:class:`RunProgress`).
+    TrainingInterrupted
+        On Ctrl-C: one line, exit status 130.
     """
     out = Path(args.out)
     options, config, done = _checked_options(args, out)
@@ -95,29 +107,38 @@ def cmd_train(args) -> int:
     say = _silent if options["quiet"] or not ranks.is_main else print  # rank 0 speaks for all
     barrier()  # every rank has checked the folder before rank 0 changes it
     data_options = data_config(options)  # the recipe below changes no data option
-    data = run_data(data_options, download=options["download"])
+    data = run_data(data_options, download=options["download"], flags=True)
     recipe = training_recipe(options, data)  # refuses too many labels per class
     options = recipe.options  # M2's alpha filled in
-    if config is None:  # a new run (or --overwrite): the folder is written from scratch
-        config = new_config(data_options, options["model"], architecture(recipe.model), options)
+    # a failure or Ctrl-C from here on removes a new run that saved no epoch, else names it
+    progress = RunProgress(out, done, config is None, missing_root(out), writes=ranks.is_main)
+    with progress.guard():
         if ranks.is_main:
-            clear_run(out)
-            write_config(out, config)
-    else:  # recorded once the first new epoch is safely on disk
-        config = record_resume(config, options, done)
-    segment = len(config["resumes"])
+            remove_leftovers(out)  # temporary files of writes killed mid-way (kill -9)
+        if config is None:  # a new run (or --overwrite): the folder is written from scratch
+            arch = architecture(recipe.model)
+            config = new_config(data_options, options["model"], arch, options)
+            if ranks.is_main:
+                clear_run(out)
+                write_config(out, config)
+        else:  # recorded once the first new epoch is safely on disk
+            config = record_resume(config, options, done)
+        segment = len(config["resumes"])
 
-    def on_epoch_end(record: dict) -> None:
-        if record["epoch"] == done + 1 and segment > 0:
-            write_config(out, config)
+        def on_epoch_end(record: dict) -> None:
+            if record["epoch"] == done + 1 and segment > 0:
+                write_config(out, config)
+            progress.epoch = record["epoch"]  # its checkpoint and the config are on disk
 
-    _say_start(say, recipe, data, out, done)
-    tags = {"segment": segment}
-    result = recipe.train(out, resume=options["resume"], on_epoch_end=on_epoch_end, tags=tags)
-    if not ranks.is_main:
-        return 0
-    print(_result_line(recipe, data, result))
-    figures = run_figures(recipe.model, options["model"], data, result.history, out / "figures")
+        _say_start(say, recipe, data, out, done)
+        tags = {"segment": segment}
+        result = recipe.train(out, resume=options["resume"], on_epoch_end=on_epoch_end, tags=tags)
+        progress.trained = True
+        if not ranks.is_main:
+            return 0
+        print(_result_line(recipe, data, result))
+        history = result.history
+        figures = run_figures(recipe.model, options["model"], data, history, out / "figures")
     say(f"figures in {out / 'figures'}: {', '.join(p.name for p in figures)}")
     evidence = "log p(x|y)" if options["model"] == "cvae" else "log p(x)"
     say(f"next: pyro-vae evaluate {out}    (test {evidence} by importance sampling)")
@@ -226,15 +247,63 @@ def cmd_evaluate(args) -> int:
         seed=args.seed,
         device=device,
         progress=not args.quiet and ranks.is_main,
+        estimator=args.estimator,
+        ais=ais_settings(args),
     )
     if not ranks.is_main:  # every rank holds the gathered result; rank 0 reports it
         return 0
     print(evaluation_table(evaluation.report))  # first: nothing computed is lost if a write fails
-    report = json.dumps(evaluation.report, indent=1)
+    report = json.dumps({**evaluation.report, "points": evaluation.rows}, indent=1)
     write_text_atomic(Path(run.run_dir) / "evaluation.json", report)
-    evaluation_figures(evaluation.khat, evaluation.elbo, evaluation.log_px, figures)
+    written = evaluation_figures(evaluation, figures)
     if not args.quiet:
-        print(f"wrote {run.run_dir}/evaluation.json, figures/khat.png, figures/elbo_vs_logpx.png")
+        names = ", ".join(f"figures/{p.name}" for p in written)
+        print(f"wrote {run.run_dir}/evaluation.json (a row per test point), {names}")
+    return 0
+
+
+def ais_settings(args, num_steps: int | None = None) -> AISSettings:
+    """The AIS settings of ``evaluate``'s or ``certify``'s options."""
+    return AISSettings(
+        num_chains=args.ais_chains,
+        num_steps=num_steps or getattr(args, "ais_steps", AISSettings.num_steps),
+        num_leapfrog=args.ais_leapfrog,
+        schedule=args.ais_schedule,
+    )
+
+
+def cmd_certify(args) -> int:
+    """``pyro-vae certify``: BDMC bounds on data drawn from a run's model; table, report, figure.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed by :func:`build_parser`.
+
+    Returns
+    -------
+    int
+        0.
+    """
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    run = load_run(args.run_dir, device=device)
+    figures = Path(run.run_dir) / "figures"
+    check_writable(figures)
+    report = certify_run(
+        run,
+        num_points=args.num_points,
+        steps=sorted(set(args.steps)),
+        settings=ais_settings(args),
+        seed=args.seed,
+        device=device,
+        progress=not args.quiet,
+    )
+    print(certification_table(report))
+    write_text_atomic(Path(run.run_dir) / "certification.json", json.dumps(report, indent=1))
+    path = certification_figure(report, figures)
+    if not args.quiet:
+        print(f"wrote {run.run_dir}/certification.json, figures/{path.name}")
     return 0
 
 
@@ -286,11 +355,17 @@ def cmd_diagnose(args) -> int:
 
 # --- main --------------------------------------------------------------------------------------
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "diagnose": cmd_diagnose}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "certify": cmd_certify,
+    "diagnose": cmd_diagnose,
+}
 
 
 def _one_line(err: BaseException) -> str:
-    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    text = str(err).split("\nTrace Shapes:")[0]  # Pyro's dump of the trace, in a table
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,16 +379,20 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit status: 0, or 2 after a one-line error on stderr.
+        The exit status: 0, 2 after a one-line error on stderr, or 130 after Ctrl-C (one
+        line: for ``train``, the epoch it stopped after and the command that continues it).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.given = given_options(args, argv)
     try:
         return COMMANDS[args.command](args)
-    except (OSError, ValueError, CheckpointError, TrainingDivergedError) as err:
+    except ONE_LINE_ERRORS as err:
         print(f"pyro-vae {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, TrainingInterrupted) as err:  # 130 = 128 + SIGINT
+        print(f"pyro-vae {args.command}: {_one_line(err) or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

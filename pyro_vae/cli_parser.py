@@ -11,10 +11,13 @@ import math
 
 from pyro_vae.data import DATASETS, DEFAULT_DATASET
 from pyro_vae.infer.compile.policy import AUTO_MIN_STEPS
+from pyro_vae.infer.evidence.ais import SCHEDULES, AISSettings
+from pyro_vae.infer.evidence.psis import KHAT_OK
 from pyro_vae.infer.objectives.elbo import LOSSES
 from pyro_vae.infer.runtime.devices import DEFAULT_THREADS
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.nets import ACTIVATIONS, ARCHS
+from pyro_vae.runs.certified import ESTIMATORS
 from pyro_vae.runs.config import M2_LABELS_PER_CLASS, option_flag
 from pyro_vae.runs.recipes import MODELS
 from pyro_vae.runs.training import COMPILE_CHOICES
@@ -267,8 +270,54 @@ def _evaluate_parser(sub) -> None:
         default=None,
         help="k of the IWAE bounds L_k, e.g. 1,10,100 (default: 1,10,100,1000 up to L)",
     )
+    e.add_argument(
+        "--estimator",
+        choices=ESTIMATORS,
+        default="is",
+        help="log p(x) to trust: importance sampling, AIS on every point, or auto (AIS where "
+        f"the IS k-hat is above {KHAT_OK:g})",
+    )
+    _ais_options(e)
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     _common(e)
+
+
+def _ais_options(p: argparse.ArgumentParser, steps: bool = True) -> None:
+    """The annealed importance sampler's settings (defaults: AISSettings, Wu et al. 2017)."""
+    d = AISSettings()
+    p.add_argument("--ais-chains", type=_positive_int, default=d.num_chains, help="AIS chains S")
+    if steps:
+        p.add_argument(
+            "--ais-steps", type=_positive_int, default=d.num_steps, help="AIS distributions T"
+        )
+    p.add_argument(
+        "--ais-leapfrog", type=_positive_int, default=d.num_leapfrog, help="leapfrog steps"
+    )
+    p.add_argument(
+        "--ais-schedule", choices=SCHEDULES, default=d.schedule, help="inverse temperatures"
+    )
+
+
+def _certify_parser(sub) -> None:
+    c = sub.add_parser(
+        "certify",
+        help="BDMC bounds on log p(x) for data simulated from the run's model",
+        description="Bidirectional Monte Carlo (Grosse et al. 2015): forward AIS from the "
+        "guide and reverse AIS from the true latents, on data drawn from the trained model; the "
+        "gap between the two bounds is how far AIS at these settings can be from log p(x).",
+        formatter_class=FORMAT,
+        allow_abbrev=False,
+    )
+    c.add_argument("run_dir", help="a folder written by pyro-vae train")
+    c.add_argument(
+        "--num-points", type=_positive_int, default=100, help="datapoints drawn from the model"
+    )
+    c.add_argument(
+        "--steps", type=_ks, default=[10, 100, 1000], help="the AIS steps T to run, e.g. 10,100"
+    )
+    _ais_options(c, steps=False)
+    c.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    _common(c)
 
 
 def _diagnose_parser(sub) -> None:
@@ -295,7 +344,7 @@ def _diagnose_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``pyro-vae`` argument parser (``train``, ``evaluate``, ``diagnose``).
+    """The ``pyro-vae`` argument parser (``train``, ``evaluate``, ``certify``, ``diagnose``).
 
     Returns
     -------
@@ -315,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _evaluate_parser(sub)
+    _certify_parser(sub)
     _diagnose_parser(sub)
     return parser
 

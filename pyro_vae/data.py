@@ -19,11 +19,16 @@ the default ``val_fraction=0.1``, MNIST-5k is 3,600 train / 400 validation / 1,0
 Binarization (Salakhutdinov & Murray 2008 "static"; Burda et al. 2015 "dynamic"): a pixel
 intensity p in [0, 1] is read as the probability of a black pixel, x ~ Bernoulli(p). "static"
 draws once at load (seeded, reproducible); "dynamic" draws afresh every time a batch is served.
+
+Size: one loader of four data sets (two read from files that packages ship, two from IDX files
+or through torchvision), each with the checks and the not-found message it needs, over the
+split and binarization they share; split apart, each part would reach into the others.
 """
 
 from __future__ import annotations
 
 import gzip
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +67,15 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """The dataset files are not where we looked; the message says where and how to get them."""
+    """The dataset files are not where we looked; the message says where and how to get them.
+
+    ``dataset``, ``root`` (the folder searched, or None) and ``searched`` (one line: what was
+    looked for where, without the ways to get it, for a command line to name its own options).
+    """
+
+    def __init__(self, message: str, *, dataset=None, root=None, searched=None):
+        super().__init__(message)
+        self.dataset, self.root, self.searched = dataset, root, searched or message
 
 
 class ImageData(Dataset):
@@ -289,13 +302,31 @@ def _load_mnist5k(seed):
 
 
 def _load_digits(seed):
-    """scikit-learn's 1,797 8x8 digits (values 0..16 -> [0, 1]), seeded 80 / 20 split."""
+    """scikit-learn's 1,797 8x8 digits (values 0..16 -> [0, 1]), seeded 80 / 20 split.
+
+    Reads the file ``sklearn.datasets.load_digits`` reads (rows of 64 pixels, then the label)
+    without importing scikit-learn, which takes longer than a short training run (it imports
+    SciPy and pandas); ``load_digits`` itself only where the file is not found.
+    """
+    table = _digits_table()
+    x = torch.from_numpy(table[:, :-1]).float() / 16
+    y = torch.from_numpy(table[:, -1]).long()
+    return *_seeded_split(x, y, n_test=round(0.2 * len(y)), seed=seed), (8, 8)
+
+
+def _digits_table() -> np.ndarray:
+    """The (1797, 65) table of ``load_digits``: 64 pixels (0..16) and the label per row."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    folders = (spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path) as f:
+                return np.loadtxt(f, delimiter=",")
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    x = torch.from_numpy(digits.data).float() / 16
-    y = torch.from_numpy(digits.target).long()
-    return *_seeded_split(x, y, n_test=round(0.2 * len(y)), seed=seed), (8, 8)
+    return np.column_stack([digits.data, digits.target])
 
 
 def _read_idx(path) -> np.ndarray:
@@ -335,7 +366,7 @@ def _load_idx_dataset(name, root, download):
     if root is None and download:
         raise ValueError(f"download=True needs root=FOLDER to download {name!r} into")
     if root is None and default_root is None:
-        raise DatasetNotFoundError(_not_found_message(name, None))
+        raise _not_found(name, None)
     root = Path(root if root is not None else default_root).expanduser()
     paths = _find_idx_files(root)
     if paths is not None:
@@ -356,29 +387,37 @@ def _load_torchvision(name, root: Path, download):
     """[train images, train labels, test images, test labels] as uint8/long tensors."""
     tv_class = _IDX_DATASETS[name][0]
     if not download and not (root / tv_class / "raw").is_dir():
-        raise DatasetNotFoundError(_not_found_message(name, root))
+        raise _not_found(name, root)
     import torchvision.datasets
 
     cls = getattr(torchvision.datasets, tv_class)
     try:
         parts = [cls(str(root), train=train, download=download) for train in (True, False)]
     except (RuntimeError, OSError) as error:
-        raise DatasetNotFoundError(_not_found_message(name, root, reason=str(error))) from None
+        raise _not_found(name, root, reason=str(error)) from None
     return [parts[0].data, parts[0].targets, parts[1].data, parts[1].targets]
 
 
-def _not_found_message(name, root, reason=None):
+def _not_found(name, root, reason=None) -> DatasetNotFoundError:
+    """The error of a missing data set: where it was looked for, and how to get it."""
     tv_class, _, package = _IDX_DATASETS[name]
     if root is None:
+        searched = f"{name!r} not found: no root folder was given and it has no default folder"
         lines = [f"{name!r} not found: no root= folder given and there is no default folder."]
     else:
+        searched = (
+            f"{name!r} not found in {root} (raw IDX files {', '.join(_IDX_FILES)}, each "
+            f"optionally .gz) nor in {root / tv_class / 'raw'} (torchvision layout)"
+        )
         lines = [
             f"{name!r} not found. Searched:",
             f"  {root}  (raw IDX files: {', '.join(_IDX_FILES)}, each optionally .gz)",
             f"  {root / tv_class / 'raw'}  (torchvision layout)",
         ]
     if reason:
-        lines.append(f"torchvision said: {reason.strip()}")
+        reason = " ".join(reason.split())
+        searched += f"; torchvision said: {reason}"
+        lines.append(f"torchvision said: {reason}")
     lines.append("Get the data with one of:")
     if package:
         lines.append(
@@ -386,4 +425,4 @@ def _not_found_message(name, root, reason=None):
         )
     target = "FOLDER" if root is None else str(root)
     lines.append(f"  load_dataset({name!r}, root={target!r}, download=True)   (torchvision)")
-    return "\n".join(lines)
+    return DatasetNotFoundError("\n".join(lines), dataset=name, root=root, searched=searched)

@@ -1,6 +1,7 @@
 """Checkpoints and resume: a resumed run is bit-identical; failures keep the last checkpoint;
 files that are not our checkpoints, or would run code when read, are refused."""
 
+import errno
 import hashlib
 import json
 import os
@@ -13,7 +14,7 @@ from common import small_vae
 from pairs import LinearGaussian
 
 from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
-from pyro_vae.infer.training.checkpoint import CheckpointError, load_checkpoint
+from pyro_vae.infer.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pyro_vae.infer.training.loop import train
 from pyro_vae.infer.training.options import LabelledStream
 from pyro_vae.infer.training.svi import TrainingDivergedError
@@ -148,6 +149,60 @@ def test_divergence_before_any_checkpoint_says_none_was_written(tmp_path):
         train(pair.model, pair.guide, torch.randn(400), epochs=1, batch_size=100,
               out_dir=tmp_path, progress=False)  # fmt: skip
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_run_removes_the_temporary_files_of_writes_killed_mid_way(tmp_path):
+    # kill -9 during a save leaves atomic_write's temporary file beside the checkpoint
+    leftovers = [tmp_path / ".checkpoint.pt.a1b2.tmp", tmp_path / ".history.json.c3d4.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half a file")
+    other = tmp_path / ".notes.txt.e5f6.tmp"  # not a file of the run: not ours to remove
+    other.write_bytes(b"")
+    pair = LinearGaussian()
+    train(pair.model, pair.guide, torch.randn(50), epochs=1, out_dir=tmp_path, resume=True,
+          progress=False)  # fmt: skip
+    assert not any(path.exists() for path in leftovers) and other.exists()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+
+
+def test_a_checkpoint_has_the_permissions_of_any_new_file(tmp_path):
+    # not the 0600 of the temporary file it is written to first
+    umask = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "checkpoint.pt", {"x": torch.zeros(1)})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "checkpoint.pt").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_full_disk_says_so_although_torch_save_hides_the_os_error(tmp_path, monkeypatch):
+    # a file whose writes fail as on a full disk: torch.save turns that OSError into
+    # "[enforce fail at inline_container.cc:...] unexpected pos ..."
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            self.file.close()
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode, **kw: Full(real_fdopen(fd, mode, **kw)))
+    path = tmp_path / "checkpoint.pt"
+    full = r"^no space left on device writing checkpoint .*; none was written$"
+    with pytest.raises(OSError, match=full) as info:
+        save_checkpoint(path, {"x": torch.zeros(1000)})
+    assert info.value.errno == errno.ENOSPC
+    assert not any(tmp_path.iterdir())  # the temporary file is gone too
 
 
 # --- files that are not checkpoints --------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import errno
 import json
+import os
 import re
 import shutil
 
@@ -9,9 +10,11 @@ import pyro
 import pytest
 import torch
 
+import pyro_vae.infer.training.loop
 from pyro_vae import __version__
 from pyro_vae.cli import build_parser, main
 from pyro_vae.infer.evidence.dataset import dataset_nll
+from pyro_vae.infer.runtime.distributed import PeerLostError
 from pyro_vae.infer.training.checkpoint import load_checkpoint
 from pyro_vae.runs import evaluation_data, load_run
 
@@ -28,8 +31,10 @@ def _timeless(history):
 
 
 def _snapshot(folder):
-    """Every file under ``folder`` with its bytes: to prove a failed command changed nothing."""
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file and folder under ``folder``, a file with its bytes: to prove a failed command
+    changed nothing (and left no empty folder behind)."""
+    paths = sorted(folder.rglob("*"))
+    return {p.relative_to(folder): p.read_bytes() if p.is_file() else None for p in paths}
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +111,38 @@ def test_evaluate_scores_the_test_split_in_one_pass(run_copy, capsys):
     assert iwae[2] <= -report["nll"] + 1e-4, (iwae, report["nll"])
     assert sum(v for k, v in report["khat"].items() if "(" in k) == 50
     assert (run_copy / "figures" / "khat.png").stat().st_size > 1000
+
+
+AIS_FAST = ["--ais-chains", "4", "--ais-steps", "5", "--ais-leapfrog", "2"]
+
+
+def test_evaluate_auto_rescores_the_unreliable_points_by_ais(run_copy, capsys):
+    argv = ["evaluate", str(run_copy), "--num-samples", "50", "--num-points", "8"]
+    assert main([*argv, "--estimator", "auto", *AIS_FAST, "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((run_copy / "evaluation.json").read_text())
+    rows, trusted = report["points"], report["trusted"]
+    assert len(rows) == 8 and trusted["estimator"] == "auto"
+    # AIS exactly where the IS k-hat is above 0.7, IS elsewhere
+    assert [r["estimator"] for r in rows] == ["ais" if r["is_khat"] > 0.7 else "is" for r in rows]
+    assert trusted["points_by_estimator"]["ais"] == sum(r["is_khat"] > 0.7 for r in rows)
+    assert trusted["nll"] == pytest.approx(-sum(r["log_px"] for r in rows) / 8, rel=1e-6)
+    names = [name for name, _ in report["ladder"]]
+    assert names[0] == "ELBO" and names[-2].startswith("IS") and "ladder" in printed
+    if trusted["points_by_estimator"]["ais"]:
+        assert report["trusted"]["ais"]["settings"]["num_steps"] == 5
+        assert (run_copy / "figures" / "ais_vs_is.png").stat().st_size > 1000
+
+
+def test_certify_writes_the_bdmc_sandwich_for_each_t(run_copy, capsys):
+    argv = ["certify", str(run_copy), "--num-points", "4", "--steps", "3,6", *AIS_FAST[:2]]
+    assert main([*argv, "--ais-leapfrog", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((run_copy / "certification.json").read_text())
+    assert [r["num_steps"] for r in report["runs"]] == [3, 6] and "| T |" in printed
+    for r in report["runs"]:  # upper - lower, both finite
+        assert r["gap"] == pytest.approx(r["upper"][0] - r["lower"][0], rel=1e-6, abs=1e-6)
+    assert (run_copy / "figures" / "bdmc.png").stat().st_size > 1000
 
 
 def test_default_iwae_ks_stop_at_the_number_of_samples(run_copy):
@@ -231,6 +268,34 @@ def _never(*args, **kwargs):
     raise AssertionError("the command computed before checking it could write its results")
 
 
+_FDOPEN = os.fdopen
+
+
+class _FullDisk:
+    """A binary file on a full disk: every write fails with ENOSPC, which torch.save reports as
+    "[enforce fail at inline_container.cc:...] unexpected pos" (what a real full disk gives)."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.file.close()
+
+
+def _fdopen_on_a_full_disk(fd, mode="r", *args, **kwargs):
+    file = _FDOPEN(fd, mode, *args, **kwargs)
+    return _FullDisk(file) if "b" in mode else file  # the checkpoint; config.json gets written
+
+
 FAILURES = {
     # name: (argv with {run} {file} {empty} placeholders, part of the message, patches)
     "device tpu": (
@@ -275,13 +340,50 @@ FAILURES = {
     ),
     "disk full on resume": (
         ["train", "--out", "{run}", "--resume", "--epochs", "3"],
-        "could not write checkpoint",
+        "no space left on device writing checkpoint",
         {"torch.save": _enospc},
+    ),
+    "disk full on a new run": (  # the folders this command created go; {empty} stays
+        ["train", "--epochs", "1", *TINY, "--out", "{empty}/new/run"],
+        "no space left on device writing checkpoint {empty}/new/run/checkpoint.pt; none was "
+        "written; removed {empty}/new, which this command had created",
+        {"pyro_vae.infer.runtime.files.os.fdopen": _fdopen_on_a_full_disk},
     ),
     "no mnist files": (
         ["train", "--dataset", "mnist", "--root", "{empty}/none", "--out", "{empty}/new"],
-        "'mnist' not found",
+        "'mnist' not found in",
         {},
+    ),
+    "mnist files not found tells the options": (
+        ["train", "--dataset", "mnist", "--root", "{empty}/none", "--out", "{empty}/new"],
+        "; pass --download to let torchvision fetch it into",
+        {},
+    ),
+    "mnist without root": (
+        ["train", "--dataset", "mnist", "--out", "{empty}/new"],
+        "'mnist' not found: no root folder was given and it has no default folder; pass --root",
+        {},
+    ),
+    "device meta": (
+        ["train", "--device", "meta", "--out", "{empty}/new"],
+        "device 'meta' holds shapes without values and cannot compute",
+        {},
+    ),
+    "patience without validation data": (
+        ["train", "--val-fraction", "0", "--patience", "2", "--out", "{empty}/new"],
+        "--patience 2 stops on the validation -ELBO, but --val-fraction 0 holds out no",
+        {},
+    ),
+    "patience on a resume without validation data": (
+        ["train", "--out", "{run}", "--resume", "--epochs", "3", "--patience", "2"],
+        "--val-fraction 0 holds out no validation data",
+        {"config": {"val_fraction": 0.0}},
+    ),
+    "config names another dataset": (
+        ["evaluate", "{run}"],
+        "was trained on 784-dimensional data, but its config.json names dataset digits (64 "
+        "pixels per image): was it edited?",
+        {"config": {"dataset": "digits"}},
     ),
     "download without root": (
         ["train", "--dataset", "mnist", "--download", "--out", "{empty}/new"],
@@ -315,7 +417,7 @@ FAILURES = {
     ),
     "disk full writing the report": (
         ["evaluate", "{run}", "--num-samples", "10", "--num-points", "5", "--quiet"],
-        "could not write",
+        "no space left on device writing {run}/evaluation.json; none was written",
         {"pyro_vae.infer.runtime.files.os.replace": _enospc},
     ),
     "free bits negative": (["train", "--free-bits", "-1"], "--free-bits: expected a number", {}),
@@ -395,7 +497,12 @@ def test_every_failure_is_one_line_exit_2_and_changes_nothing(
     world["file"].write_text("not a folder")
     world["empty"].mkdir()
     for target, replacement in patches.items():
-        if target == "config":
+        if target == "config" and isinstance(replacement, dict):  # values edited by hand
+            config = json.loads((run_copy / "config.json").read_text())
+            config.update(replacement)
+            config["options"].update(replacement)
+            (run_copy / "config.json").write_text(json.dumps(config, indent=1))
+        elif target == "config":
             (run_copy / "config.json").write_bytes(replacement)
         elif target == "checkpoint":
             (run_copy / "checkpoint.pt").write_bytes(replacement)
@@ -414,9 +521,110 @@ def test_every_failure_is_one_line_exit_2_and_changes_nothing(
     if case == "disk full writing the report":  # the tables come out before the write fails
         assert "NLL = -log p(x)" in out, out
     assert status == 2, (status, err)
-    assert err.count("\n") == 1 and message in err, err
+    assert err.count("\n") == 1 and message.format(**world) in err, err
     assert "Traceback" not in err
     assert _snapshot(tmp_path) == before
+
+
+# --- stopped mid-run: Ctrl-C, a lost torchrun rank, a write killed mid-way ----------------------
+
+
+def _stop_in_epoch(monkeypatch, epoch, error):
+    """Raise ``error`` in the middle of epoch ``epoch`` (after its first steps would run)."""
+    run_epoch = pyro_vae.infer.training.loop.run_epoch
+
+    def stopping(svi, stream, stream_l, batching, number):
+        if number == epoch:
+            raise error
+        return run_epoch(svi, stream, stream_l, batching, number)
+
+    monkeypatch.setattr("pyro_vae.infer.training.loop.run_epoch", stopping)
+
+
+def test_ctrl_c_keeps_the_last_complete_epoch_and_says_how_to_continue(
+    run_dir, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    _stop_in_epoch(monkeypatch, 2, KeyboardInterrupt())
+    assert _train(out) == 130  # 128 + SIGINT, the shell's status of a Ctrl-C
+    err = capsys.readouterr().err
+    assert err == (
+        f"pyro-vae train: interrupted after epoch 1; continue with: pyro-vae train --out {out} "
+        "--resume\n"
+    )
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1  # whole, and nothing after it
+    assert not list(out.glob(".*.tmp"))
+    monkeypatch.undo()
+    # the command it names finishes the run as if it had never stopped
+    assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    expected = json.loads((run_dir / "history.json").read_text())
+    assert _timeless(history) == [{**r, "segment": r["epoch"] - 1} for r in _timeless(expected)]
+
+
+def test_ctrl_c_before_the_first_epoch_removes_the_new_run(tmp_path, capsys, monkeypatch):
+    _stop_in_epoch(monkeypatch, 1, KeyboardInterrupt())
+    assert _train(tmp_path / "new" / "run") == 130
+    err = capsys.readouterr().err
+    assert err == (
+        "pyro-vae train: interrupted before the first epoch finished; "
+        f"removed {tmp_path / 'new'}, which this command had created\n"
+    )
+    assert not any(tmp_path.iterdir())
+
+
+def test_ctrl_c_on_a_resume_leaves_the_run_as_it_was(run_copy, capsys, monkeypatch):
+    before = _snapshot(run_copy)
+    _stop_in_epoch(monkeypatch, 3, KeyboardInterrupt())
+    argv = ["train", "--out", str(run_copy), "--resume", "--epochs", "3", "--quiet"]
+    assert main(argv) == 130
+    assert capsys.readouterr().err.startswith("pyro-vae train: interrupted after epoch 2; ")
+    assert _snapshot(run_copy) == before
+
+
+def test_a_lost_torchrun_rank_is_one_line_and_the_run_keeps_its_epochs(
+    tmp_path, capsys, monkeypatch
+):
+    # what average_gradients raises on a surviving rank when gloo loses its peer
+    # (tests/test_distributed.py kills a real rank to check that translation)
+    lost = PeerLostError(
+        "rank 0 of 2 lost another process of the job during the gradient all-reduce (gloo: "
+        "Connection reset by peer): that process stopped, and its own error says why"
+    )
+    _stop_in_epoch(monkeypatch, 2, lost)
+    out = tmp_path / "run"
+    assert _train(out) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.endswith(
+        f"(gloo: Connection reset by peer): that process stopped, and its own error says why; "
+        f"{out} holds epoch 1; continue with: pyro-vae train --out {out} --resume\n"
+    ), err
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+
+
+def test_a_resume_removes_temporary_files_of_a_write_killed_mid_way(run_copy):
+    # kill -9 during atomic_write leaves its temporary file beside the file it replaces
+    leftovers = [run_copy / ".checkpoint.pt.k9x1.tmp", run_copy / ".config.json.k9x2.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half a file")
+    assert main(["train", "--out", str(run_copy), "--resume", "--epochs", "3", "--quiet"]) == 0
+    assert not any(path.exists() for path in leftovers)
+    assert not list(run_copy.glob(".*.tmp"))
+
+
+def test_a_pyro_error_is_one_line_without_the_trace_table(run_copy, capsys, monkeypatch):
+    def load_run(*args, **kwargs):
+        def model():
+            pyro.sample("z", pyro.distributions.Normal(0.0, 1.0))
+            raise ValueError("x must have shape (N, 64), got (2, 784)")
+
+        pyro.poutine.trace(model).get_trace()  # Pyro appends "Trace Shapes: ..." to the error
+
+    monkeypatch.setattr("pyro_vae.cli.load_run", load_run)
+    assert main(["evaluate", str(run_copy)]) == 2
+    err = capsys.readouterr().err
+    assert err == "pyro-vae evaluate: error: x must have shape (N, 64), got (2, 784)\n"
 
 
 # --- the conditional VAE and M2 through train, evaluate, diagnose, resume ------------------------
@@ -466,6 +674,8 @@ def test_m2_run_trains_evaluates_diagnoses_and_resumes(tmp_path, capsys):
     assert main(argv) == 0
     report = json.loads((out / "evaluation.json").read_text())
     assert report["evidence"] == "log p(x)" and 0 <= report["accuracy"] <= 1
+    assert main([*argv, "--estimator", "auto"]) == 2  # M2's y is discrete: AIS refused
+    assert "--estimator is" in capsys.readouterr().err
     argv = ["diagnose", str(out), "--num-points", "12", "--gap-points", "2", "--gap-steps", "3"]
     argv += ["--warmup", "3", "--draws", "3", "--quiet"]
     assert main(argv) == 0

@@ -14,8 +14,10 @@ import pytest
 import torch
 from pairs import CATALOGUE, BernoulliLatent, TwoSite, case
 
+from pyro_vae.infer.compile import capture as capture_module
 from pyro_vae.infer.compile.capture import CompileFallbackWarning, compile_graph
 from pyro_vae.infer.evidence import compiled as log_weights_module
+from pyro_vae.infer.evidence.dataset import dataset_nll
 from pyro_vae.infer.evidence.importance import elbo_per_datapoint, iwae_bound, log_evidence
 from pyro_vae.infer.objectives.iwae import IWAEObjective
 from pyro_vae.infer.objectives.kl_control import KLAnnealing, KLControlledELBO
@@ -320,7 +322,7 @@ LOG_WEIGHT_CASES = [
 
 @pytest.mark.parametrize("case, compile_fn", LOG_WEIGHT_CASES)
 def test_compiled_log_weights_match_eager(case, compile_fn, float64, monkeypatch):
-    monkeypatch.setattr(log_weights_module, "compile_graph", compile_fn)
+    monkeypatch.setattr(capture_module, "compile_graph", compile_fn)
     monkeypatch.setattr(log_weights_module, "_LOG_WEIGHT_GRAPHS", OrderedDict())
     model, guide, x, *args = evidence_pair(case)
     for label, estimator in ESTIMATORS.items():
@@ -341,7 +343,7 @@ def test_evidence_compile_argument_is_checked():
 def test_copy_of_a_pair_uses_its_own_parameters(float64, monkeypatch):
     # graphs are cached per pair and take the parameters as inputs: a trained copy must not
     # be scored with the weights of the original
-    monkeypatch.setattr(log_weights_module, "compile_graph", captured_only)
+    monkeypatch.setattr(capture_module, "compile_graph", captured_only)
     vae = VAE(12, latent_dim=3, hidden=(8,))
     x = torch.bernoulli(torch.full((6, 12), 0.4))
     torch.manual_seed(3)
@@ -356,3 +358,12 @@ def test_copy_of_a_pair_uses_its_own_parameters(float64, monkeypatch):
     eager_after = elbo_per_datapoint(other.model, other.guide, x, num_samples=4)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, eager_after, rtol=RTOL, atol=ATOL)
+
+
+def test_a_compiled_data_set_score_says_it_is_compiling(monkeypatch, capsys):
+    monkeypatch.setattr(capture_module, "compile_graph", captured_only)
+    model, guide, x = evidence_pair(case("vae-bernoulli"))
+    dataset_nll(model, guide, x, num_samples=2, batch_size=len(x), compile=True)
+    assert "compiling the log weights (about 7 s the first time)" in capsys.readouterr().out
+    dataset_nll(model, guide, x, num_samples=2, compile=True, progress=False)
+    assert "compiling" not in capsys.readouterr().out

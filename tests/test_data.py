@@ -2,6 +2,8 @@
 
 import gzip
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +119,21 @@ def test_digits():
     assert (x.min().item(), x.max().item()) == (0.0, 1.0), "digits not scaled 0..16 -> [0, 1]"
     assert torch.equal(x * 16, (x * 16).round()), "digit pixels are not multiples of 1/16"
     assert set(torch.cat([splits.train.y, splits.test.y]).tolist()) == set(range(10))
+
+
+def test_digits_are_read_without_importing_scikit_learn_and_equal_load_digits(monkeypatch):
+    code = "import sys; from pyro_vae.data import load_dataset; load_dataset('digits'); "
+    code += "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))"
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+    read = load_dataset("digits", seed=3)
+    # where the file is not found, load_digits itself: the same images, labels and split
+    monkeypatch.setattr("pyro_vae.data.importlib.util.find_spec", lambda name: None)
+    loaded = load_dataset("digits", seed=3)
+    for part in ("train", "test"):
+        assert torch.equal(getattr(read, part).x, getattr(loaded, part).x)
+        assert torch.equal(getattr(read, part).y, getattr(loaded, part).y)
 
 
 def test_dataloader_batches(mnist5k):

@@ -22,6 +22,7 @@ import torch.distributed as torch_dist
 from pyro_vae.cli import main
 from pyro_vae.infer.evidence.dataset import dataset_nll
 from pyro_vae.infer.runtime.distributed import (
+    PeerLostError,
     Ranks,
     average_gradients,
     broadcast_params,
@@ -125,6 +126,21 @@ def _gradients_and_evidence(ranks):
 
 def test_two_ranks_average_to_the_whole_batch_gradient_and_shard_the_evidence():
     spawn(_gradients_and_evidence)
+
+
+def _a_rank_is_killed(ranks):
+    p = torch.ones(3, requires_grad=True)
+    p.grad = torch.ones(3)
+    average_gradients({"p": p})  # both ranks are connected
+    if ranks.rank == 1:
+        os._exit(0)  # as kill -9: no error of its own, its connections just close
+    lost = r"^rank 0 of 2 lost another process of the job during the gradient all-reduce \(gloo: "
+    with pytest.raises(PeerLostError, match=lost + r".*(by peer|[Bb]roken pipe)\): that process"):
+        average_gradients({"p": p})
+
+
+def test_a_killed_rank_gives_the_survivors_one_line_instead_of_gloos_traceback():
+    spawn(_a_rank_is_killed)
 
 
 @pytest.mark.parametrize("num_data, world_size", [(10, 2), (11, 2), (10, 3), (5, 1)])

@@ -22,6 +22,7 @@ def test_every_script_is_smoke_tested():
     scripts = {p.stem for p in EXPERIMENTS.glob("*.py")}
     expected = {"ppca_baseline", "bench_train", "bench_evidence", "bench_threads", "ablation"}
     expected |= {"semi_supervised", "bench_distributed"}
+    expected |= {"bench_startup", "bench_ais"}
     assert scripts == expected, scripts
 
 
@@ -63,6 +64,18 @@ def test_ablation(tmp_path):
         assert 0 <= r["active_units"] <= 20 and 0 <= r["khat_below_0.7"] <= 1, r
     assert (tmp_path / "mnist5k.md").read_text().count("\n") == 2 + len(rows)
     assert (tmp_path / "mnist5k.png").stat().st_size > 1000
+
+
+def test_bench_ais(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "jax", None)  # as in CI: the bench extra is absent
+    monkeypatch.setenv("XLA_FLAGS", "")  # the script limits XLA's threads; restored after
+    argv = ["--num-points", "3", "--chains", "2", "--steps", "3", "--leapfrog", "2"]
+    result = load("bench_ais").main([*argv, "--rounds", "1"])
+    assert math.isfinite(result["datapoints_per_s"]["pyro_vae"]), result
+    # an untrained VAE's log p(x) of a binary digit: between 784 ln(1/2) - 100 and 0 nats
+    assert -643 < result["mean_log_px"]["pyro_vae"][0] < 0, result
+    out = capsys.readouterr().out
+    assert "| pyro_vae |" in out and "JAX row skipped" in out
 
 
 def test_bench_evidence(capsys, monkeypatch):
@@ -115,3 +128,18 @@ def test_bench_distributed(capsys):
     assert set(result["examples_per_s"]) == {1, 2}
     assert all(math.isfinite(v) and v > 0 for v in result["examples_per_s"].values()), result
     assert "| 2 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_startup(capsys):
+    result = load("bench_startup").main(["--rounds", "1"])
+    assert set(result["ratio"]) == {
+        "import torch, pyro",
+        "pyro-vae --help",
+        "pyro-vae train (digits, 1 epoch)",
+    }
+    assert result["ratio"]["import torch, pyro"] == 1.0
+    assert all(math.isfinite(s) and s > 0 for s in result["seconds"].values()), result
+    # loading digits reads load_digits' file: scikit-learn (and SciPy) never start
+    assert not {"sklearn", "scipy"} & set(result["heavy_modules"]), result
+    assert "heavy modules the tiny run imported" in capsys.readouterr().out

@@ -2,6 +2,9 @@
 one's own; parameters collected once and guarded; a gradient hook before the update."""
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -11,8 +14,9 @@ from common import small_vae
 from pairs import LinearGaussian
 
 from pyro_vae.infer.objectives.elbo import FastTraceELBO
+from pyro_vae.infer.training.adam import EagerAdam
 from pyro_vae.infer.training.loop import train
-from pyro_vae.infer.training.svi import SVIStep
+from pyro_vae.infer.training.svi import SVIStep, make_adam
 
 
 def test_svi_step_in_a_loop_of_ones_own_equals_train():
@@ -104,3 +108,46 @@ def test_any_callable_with_the_objective_signature_is_an_objective():
     doubled = svi.step(torch.ones(8), num_data=80)  # the loss before its own update
     assert calls == [80]  # set-up traces the pair but never calls the objective
     assert doubled == pytest.approx(2 * plain, rel=1e-12)  # float round-off only
+
+
+# --- the optimizer: torch's Adam, without importing torch._dynamo ----------------------------
+
+
+def test_the_adam_of_a_short_run_does_not_import_dynamo():
+    # torch.optim imports torch._dynamo (about 2 s) on its first call; a short run is shorter
+    code = """
+import sys, torch
+from pyro_vae.infer.training.svi import make_adam
+p = torch.ones(3, requires_grad=True)
+adam = make_adam([p], 0.1)
+for _ in range(2):
+    p.grad = torch.ones(3)
+    adam.step()
+    adam.zero_grad()
+adam.load_state_dict(adam.state_dict())
+print(type(adam).__name__, "torch._dynamo" in sys.modules)
+"""
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)
+    assert done.stdout.split() == ["EagerAdam", "False"], done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_eager_adam_steps_exactly_as_torchs_adam_before_and_after_dynamo_is_imported(fused):
+    import torch._dynamo  # noqa: F401  (the second half: torch's own wrappers take over)
+
+    torch.manual_seed(0)
+    ours = [torch.randn(5, 3, requires_grad=True), torch.randn(4, requires_grad=True)]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    adam = make_adam(ours, 0.01) if fused else EagerAdam(ours, lr=0.01)
+    reference = torch.optim.Adam(theirs, lr=0.01, fused=fused)
+    assert isinstance(adam, EagerAdam) and isinstance(adam, torch.optim.Adam)
+    for _ in range(4):
+        for p, q in zip(ours, theirs, strict=True):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        adam.step()
+        reference.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours, theirs, strict=True))  # bit for bit
+    state, expected = adam.state_dict()["state"], reference.state_dict()["state"]
+    assert all(torch.equal(state[i]["exp_avg_sq"], expected[i]["exp_avg_sq"]) for i in state)

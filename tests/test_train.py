@@ -112,6 +112,26 @@ def test_early_stopping_when_validation_worsens():
     assert result.stopped_early and result.epochs_run == 3, val
 
 
+def test_a_compiled_run_says_it_is_compiling_before_it_does(capsys, monkeypatch):
+    # the captured graph is run as it is (no inductor): only the notice is under test here
+    monkeypatch.setattr(
+        "pyro_vae.infer.training.compiled_step.compile_graph", lambda graph, inputs, device: graph
+    )
+    pair = LinearGaussian()
+    train(pair.model, pair.guide, torch.randn(20), epochs=1, batch_size=10, compile=True)
+    out = capsys.readouterr().out
+    assert "compiling the training step (about 25 s the first time)" in out, out
+    train(pair.model, pair.guide, torch.randn(20), epochs=1, batch_size=10, compile=False)
+    assert "compiling" not in capsys.readouterr().out
+
+
+def test_patience_without_validation_data_warns_and_watches_the_training_loss():
+    with pytest.warns(UserWarning, match="patience=2 without val_data stops on the training"):
+        result = train(mean_model, empty_guide, torch.ones(10), epochs=2, patience=2,
+                       progress=False)  # fmt: skip
+    assert result.epochs_run == 2
+
+
 def test_lr_schedule_is_stepped_each_epoch(mnist):
     vae = small_vae()
     schedule = lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5)  # noqa: E731

@@ -22,7 +22,7 @@ from pyro_vae.diagnostics.posterior import guide_draws, to_draws_layout
 from pyro_vae.infer.evidence.importance import elbo_per_datapoint
 from pyro_vae.infer.pair.layout import inspect_pair
 from pyro_vae.infer.pair.particles import trace_log_prob
-from pyro_vae.infer.pair.sites import DATA_PLATE, latent_sites, without_enumeration
+from pyro_vae.infer.pair.sites import DATA_PLATE, check_data, latent_sites, without_enumeration
 
 __all__ = ["amortization_gap"]
 
@@ -211,12 +211,14 @@ def amortization_gap(
     Raises
     ------
     ValueError
-        If ``num_steps < 0``, ``num_particles < 1`` or ``num_samples < 1``.
+        If ``num_steps < 0``, ``num_particles < 1`` or ``num_samples < 1``, or the pair
+        doctor finds a mistake (:func:`~pyro_vae.infer.pair.doctor.check_pair`).
     pyro_vae.infer.pair.sites.GlobalLatentError
         If a latent site of the model or guide lies outside the data plate.
     """
     if num_steps < 0 or num_particles < 1 or num_samples < 1:
         raise ValueError("need num_steps >= 0, num_particles >= 1 and num_samples >= 1")
+    check_data(x)  # before the guide runs (inspect_pair then checks the pair itself)
     with torch.no_grad():
         sites = latent_sites(poutine.trace(guide).get_trace(x, *args, **kwargs), data_plate)
         # where particles go; refuses any site of the model or guide outside the data plate

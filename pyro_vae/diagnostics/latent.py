@@ -27,9 +27,10 @@ from torch.distributions import Independent, MultivariateNormal, Normal, kl_dive
 
 from pyro_vae.diagnostics.amortization import amortization_gap
 from pyro_vae.diagnostics.posterior import guide_draws, to_draws_layout
+from pyro_vae.infer.pair.doctor import check_traces
 from pyro_vae.infer.pair.layout import inspect_pair
 from pyro_vae.infer.pair.particles import trace_log_prob
-from pyro_vae.infer.pair.sites import DATA_PLATE, latent_sites
+from pyro_vae.infer.pair.sites import DATA_PLATE, check_data, latent_sites
 from pyro_vae.infer.runtime.devices import forked_rng
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 def _guide_site(guide, x, args, kwargs, site, data_plate) -> dict:
     """Trace the guide once (no grad) and return the checked latent site ``site``."""
+    check_data(x)  # before the guide runs: NaN would fail inside it, in many lines
     with torch.no_grad():
         trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
     sites = latent_sites(trace, data_plate)
@@ -193,14 +195,16 @@ def kl_per_dimension(
     ------
     ValueError
         If ``site`` is not a latent site of both, q or p is not factorized (e.g. a flow guide),
-        or the pair of factor distributions has no analytic KL.
+        the pair of factor distributions has no analytic KL, or the pair doctor finds a
+        mistake (:func:`~pyro_vae.infer.pair.doctor.check_traces`).
     """
-    num_n = x.shape[0]
+    num_n = check_data(x).shape[0]
     with torch.no_grad():
         guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             x, *args, **kwargs
         )
+    check_traces(model_trace, guide_trace, num_n, data_plate)  # the pair doctor
     sites = latent_sites(guide_trace, data_plate)
     if site not in sites or site not in model_trace.nodes:
         raise ValueError(f"site {site!r} must be a latent site of both guide and model")

@@ -6,7 +6,7 @@ path it wrote (a :class:`pathlib.Path`). Figures are built with matplotlib's obj
 its functions neither switches the backend nor adds to pyplot's list of open figures, so
 they work on a headless machine and inside a notebook alike (docs/design.md, "Layout").
 
-- :func:`tile_images`: images tiled into one array (``torchvision.utils.make_grid``).
+- :func:`tile_images`: images tiled into one array (``torchvision.utils.make_grid``'s layout).
 - :func:`save_image_grid`: a tiled grid of images, values in [0, 1].
 - :func:`save_side_by_side`: originals above their reconstructions.
 - :func:`save_history_plot`: training curve, -ELBO per datapoint in nats.
@@ -15,6 +15,8 @@ they work on a headless machine and inside a notebook alike (docs/design.md, "La
 - :func:`save_khat_plot`: PSIS k-hat per datapoint (Vehtari et al. 2024, thresholds
   ``KHAT_GOOD`` and ``KHAT_OK`` of :mod:`pyro_vae.infer.evidence.psis`).
 - :func:`save_elbo_vs_logpx`: ELBO against importance-sampled log p(x), nats per datapoint.
+- :func:`save_ais_vs_is`: AIS minus importance-sampled log p(x) per datapoint against its k-hat.
+- :func:`save_bdmc_sandwich`: the BDMC bounds on log p(x) against the number of AIS steps.
 - :func:`save_kl_per_dimension`: KL(q(z_j|x) || p(z_j)) per latent unit, inactive units grey.
 - :func:`save_figure`, :func:`to_numpy`: the PNG writer and array conversion that every figure
   here and in :mod:`pyro_vae.diagnostics.arviz_io` uses.
@@ -34,7 +36,6 @@ import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from torchvision.utils import make_grid
 
 from pyro_vae.infer.evidence.psis import KHAT_GOOD, KHAT_OK
 
@@ -135,10 +136,11 @@ def _show_grid(ax, grid: torch.Tensor) -> None:
 # images
 # --------------------------------------------------------------------------------------------
 def tile_images(images, image_shape, nrow: int | None = None) -> torch.Tensor:
-    """Tile images row by row into one grey-scale array with ``torchvision.utils.make_grid``.
+    """Tile images row by row into one grey-scale array, as ``torchvision.utils.make_grid``.
 
     Images are separated and surrounded by 1 pixel of white (1.0); unused cells of the last
-    row are white too.
+    row are white too. Written here rather than called: importing torchvision.utils starts
+    torch._dynamo, about 2 s of every command that draws a figure (``pyro-vae train``).
 
     Parameters
     ----------
@@ -164,9 +166,14 @@ def tile_images(images, image_shape, nrow: int | None = None) -> torch.Tensor:
     ncol = int(nrow) if nrow is not None else math.ceil(math.sqrt(len(imgs)))
     if ncol < 1:
         raise ValueError(f"nrow must be a positive integer, got {nrow}")
-    # make_grid takes (n, C, H, W) and returns 3 identical channels for C = 1
-    grid = make_grid(imgs.unsqueeze(1), nrow=min(ncol, len(imgs)), padding=_PAD, pad_value=1.0)
-    return grid[0]
+    n, h, w = imgs.shape
+    ncol = min(ncol, n)
+    rows = math.ceil(n / ncol)
+    cells = torch.ones(rows * ncol, h + _PAD, w + _PAD, dtype=imgs.dtype)
+    cells[:n, :h, :w] = imgs  # each image with its white right and bottom border
+    grid = cells.reshape(rows, ncol, h + _PAD, w + _PAD).permute(0, 2, 1, 3)
+    grid = grid.reshape(rows * (h + _PAD), ncol * (w + _PAD))
+    return torch.nn.functional.pad(grid, (_PAD, 0, _PAD, 0), value=1.0)  # top, left border
 
 
 def save_image_grid(images, image_shape, path, nrow=None, title=None) -> Path:
@@ -476,6 +483,83 @@ def save_elbo_vs_logpx(elbo, log_px, path) -> Path:
     ax.set_xlabel("log p(x) (nats per datapoint)")
     ax.set_ylabel("ELBO (nats per datapoint)")
     ax.set_title(f"mean gap log p(x) - ELBO = {float(np.mean(lp - e)):.2f} nats", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_ais_vs_is(khat, difference, path) -> Path:
+    """Save AIS minus importance-sampled log p(x) per datapoint against the IS k-hat (nats).
+
+    Both estimates are stochastic lower bounds of log p(x); a point above 0 is one whose
+    importance-sampled value AIS moved up, typically where k-hat > ``KHAT_OK`` says the
+    importance weights are unreliable.
+
+    Parameters
+    ----------
+    khat : torch.Tensor or array_like of shape (N,)
+        PSIS k-hat of the importance weights of each datapoint.
+    difference : torch.Tensor or array_like of shape (N,)
+        AIS log p(x) minus IS log p(x), nats.
+    path : str or Path
+        PNG file to write; parent folders are created.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If the two are empty or of different lengths.
+    """
+    k, d = to_numpy(khat, np.float64).reshape(-1), to_numpy(difference, np.float64).reshape(-1)
+    if k.shape != d.shape or k.size == 0:
+        raise ValueError(
+            f"khat and difference must be non-empty, equal length: {k.shape}, {d.shape}"
+        )
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
+    ax.scatter(np.clip(k, -1, 5), d, s=6, alpha=0.6)
+    ax.axhline(0.0, color="k", lw=1)
+    ax.axvline(KHAT_OK, color="tab:red", ls="--", lw=1, label=f"k-hat {KHAT_OK}")
+    ax.set_xlabel("PSIS k-hat of the importance weights (clipped to [-1, 5])")
+    ax.set_ylabel("AIS - IS log p(x) (nats)")
+    ax.set_title(f"mean AIS - IS = {float(np.mean(d)):.2f} nats over {d.size} points", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_bdmc_sandwich(steps, lower, upper, path) -> Path:
+    """Save the mean BDMC bounds on log p(x) against the number of AIS steps T (log axis).
+
+    Parameters
+    ----------
+    steps : sequence of int
+        T of each run.
+    lower, upper : sequence of float
+        Mean forward (stochastic lower) and reverse (stochastic upper) bounds, nats.
+    path : str or Path
+        PNG file to write; parent folders are created.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    t = np.asarray(steps, dtype=np.float64)
+    lo, hi = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
+    ax.plot(t, hi, "o-", label="upper (reverse AIS from the true z)")
+    ax.plot(t, lo, "o-", label="lower (forward AIS from the guide)")
+    ax.fill_between(t, lo, hi, alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("AIS steps T")
+    ax.set_ylabel("mean log p(x) bound (nats)")
+    ax.set_title(f"BDMC gap at T = {int(t[-1])}: {float(hi[-1] - lo[-1]):.2f} nats", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -20,9 +20,10 @@ import torch
 from pyro.infer import config_enumerate
 from pyro.infer.mcmc import MCMC, NUTS
 
+from pyro_vae.infer.pair.doctor import check_traces
 from pyro_vae.infer.pair.sites import (
     DATA_PLATE,
-    check_data_plate,
+    check_data,
     data_frame,
     latent_sites,
     plate_nesting,
@@ -111,14 +112,14 @@ def guide_draws(
     Raises
     ------
     ValueError
-        If ``num_chains`` or ``num_draws`` is below 1, or the data plate is not a site's
-        outermost plate.
+        If ``num_chains`` or ``num_draws`` is below 1, ``x`` holds NaN or inf, or the data
+        plate is not a site's outermost plate.
     pyro_vae.infer.pair.sites.GlobalLatentError
         If a latent site lies outside the data plate.
     """
     if num_chains < 1 or num_draws < 1:
         raise ValueError(f"num_chains and num_draws must be >= 1, got {num_chains}, {num_draws}")
-    num_n = x.shape[0]
+    num_n = check_data(x).shape[0]
     guide = without_enumeration(guide)  # a site enumerated in training is drawn here
     first = poutine.trace(guide).get_trace(x, *args, **kwargs)
     sites = latent_sites(first, data_plate)
@@ -188,7 +189,9 @@ def nuts_reference(
     Raises
     ------
     ValueError
-        If ``num_chains`` or ``num_samples`` is below 1.
+        If ``num_chains`` or ``num_samples`` is below 1, or the pair doctor finds a mistake
+        (:func:`~pyro_vae.infer.pair.doctor.check_traces`: NaN data, a data plate of the wrong
+        size, an observed value outside its support).
     pyro_vae.infer.pair.sites.GlobalLatentError
         If a latent or observed site lies outside the data plate.
     """
@@ -196,10 +199,12 @@ def nuts_reference(
         raise ValueError(
             f"num_chains and num_samples must be >= 1, got {num_chains}, {num_samples}"
         )
+    check_data(x)
     with torch.no_grad():
         trace = poutine.trace(model).get_trace(x, *args, **kwargs)
+        # the pair doctor on the model alone (plate sizes, observed values in their supports);
         # an observation outside the data plate is global too: p(z_n | x) is not per datapoint
-        check_data_plate([("model", n, s) for n, s in sample_sites(trace)], data_plate)
+        check_traces(trace, None, x.shape[0], data_plate, per_datapoint=True)
         sites = latent_sites(trace, data_plate, role="model")
     discrete = [name for name, site in sites.items() if site["fn"].support.is_discrete]
     # every plate of the model, observed sites' too: enumerated values go left of them all

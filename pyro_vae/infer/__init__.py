@@ -20,13 +20,14 @@ from pyro_vae.infer.objectives.base import Objective
 from pyro_vae.infer.objectives.elbo import make_objective
 from pyro_vae.infer.objectives.iwae import IWAEObjective
 from pyro_vae.infer.objectives.kl_control import KLAnnealing, KLControlledELBO
-from pyro_vae.infer.pair import GlobalLatentError
+from pyro_vae.infer.pair import FROM_PRIOR, GlobalLatentError, check_pair
 from pyro_vae.infer.training.loop import TrainResult, train
 from pyro_vae.infer.training.options import LabelledStream, TrainOptions
 from pyro_vae.infer.training.svi import SVIStep, TrainingDivergedError
 
 __all__ = [
     "AuxiliaryTerm",
+    "FROM_PRIOR",
     "GlobalLatentError",
     "IWAEObjective",
     "KLAnnealing",
@@ -37,6 +38,7 @@ __all__ = [
     "TrainOptions",
     "TrainResult",
     "TrainingDivergedError",
+    "check_pair",
     "dataset_nll",
     "elbo_per_datapoint",
     "iwae_bound",

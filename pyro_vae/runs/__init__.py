@@ -14,6 +14,8 @@ knows both the data sets and the models; ``infer`` and ``diagnostics`` stay gene
   :func:`load_run`), objective, M2's losses and the training streams, from the options;
 - :mod:`~pyro_vae.runs.training`: all of them made, in order, and trained;
 - :mod:`~pyro_vae.runs.folders`: a run folder, :func:`load_run`, the test images scored;
+- :mod:`~pyro_vae.runs.progress`: what a ``train`` command saved, undone or named when it
+  fails or is interrupted;
 - :mod:`~pyro_vae.runs.figures`: the figures of training, evaluation and diagnosis;
 - :mod:`~pyro_vae.runs.reports`: the final scores of ``train``, ``evaluate``'s report and table;
 - :mod:`~pyro_vae.runs.diagnosis`: ``diagnose``'s report.
@@ -55,8 +57,10 @@ from pyro_vae.runs.folders import (
     evaluation_labels,
     existing_run_files,
     load_run,
+    remove_leftovers,
     test_images,
 )
+from pyro_vae.runs.progress import ONE_LINE_ERRORS, RunProgress, TrainingInterrupted, missing_root
 from pyro_vae.runs.recipes import (
     M2_ALPHA_PER_IMAGE,
     MODELS,
@@ -95,10 +99,13 @@ __all__ = [
     "M2_LABELS_PER_CLASS",
     "M2_LOSS",
     "MODELS",
+    "ONE_LINE_ERRORS",
     "RESUME_OPTIONS",
     "RUN_FILES",
     "RUN_OPTIONS",
     "Run",
+    "RunProgress",
+    "TrainingInterrupted",
     "TrainingRecipe",
     "TrainingStreams",
     "architecture",
@@ -125,11 +132,13 @@ __all__ = [
     "m2_alpha",
     "m2_classification_term",
     "m2_labelled_stream",
+    "missing_root",
     "model_arguments",
     "new_config",
     "option_flag",
     "read_config",
     "record_resume",
+    "remove_leftovers",
     "run_data",
     "run_figures",
     "save_diagnosis",

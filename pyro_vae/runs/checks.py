@@ -120,11 +120,18 @@ def check_options(options: Mapping, given: Iterable[str]) -> dict:
     Raises
     ------
     ValueError
-        Naming the first option that does not apply, or ``--download`` without ``--root``.
+        Naming the first option that does not apply, ``--download`` without ``--root``, or
+        ``--patience`` without validation data (``--val-fraction 0``).
     """
     given = set(given)
     options = _check_model_options(dict(options), given)
     _check_objective_options(options, given)
+    if "patience" in given and not options["val_fraction"]:  # a resume has the stored fraction
+        raise ValueError(
+            f"--patience {options['patience']} stops on the validation -ELBO, but "
+            "--val-fraction 0 holds out no validation data; pass --val-fraction 0.1 (say) or "
+            "drop --patience"
+        )
     if options.get("download") and options["root"] is None and options["dataset"] in DOWNLOADABLE:
         raise ValueError(
             f"--download needs --root, the folder torchvision downloads {options['dataset']} into"

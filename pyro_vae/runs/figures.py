@@ -18,6 +18,7 @@ from pyro_vae.models.vae import VAE
 __all__ = [
     "conditional_figures",
     "diagnosis_figures",
+    "certification_figure",
     "evaluation_figures",
     "run_figures",
     "training_figures",
@@ -164,15 +165,14 @@ def run_figures(
     return conditional_figures(model, data, history, out)
 
 
-def evaluation_figures(
-    khat: torch.Tensor, elbo: torch.Tensor, log_px: torch.Tensor, out: Path
-) -> list[Path]:
-    """``khat.png`` (PSIS k-hat per datapoint) and ``elbo_vs_logpx.png``.
+def evaluation_figures(evaluation, out: Path) -> list[Path]:
+    """``khat.png``, ``elbo_vs_logpx.png`` and, where AIS ran, ``ais_vs_is.png``.
 
     Parameters
     ----------
-    khat, elbo, log_px : torch.Tensor of shape (N,)
-        Per test datapoint: k-hat, the ELBO and log p(x) of the same importance samples.
+    evaluation : pyro_vae.runs.reports.Evaluation
+        Per test datapoint: k-hat, the ELBO and log p(x) of the same importance samples, and
+        the AIS values of the points it scored.
     out : Path
         The figures folder (it must exist).
 
@@ -183,11 +183,41 @@ def evaluation_figures(
     """
     from pyro_vae.diagnostics import plots  # matplotlib only when figures are drawn
 
-    out = Path(out)
-    return [
-        plots.save_khat_plot(khat, out / "khat.png"),
-        plots.save_elbo_vs_logpx(elbo, log_px, out / "elbo_vs_logpx.png"),
+    out, e = Path(out), evaluation
+    written = [
+        plots.save_khat_plot(e.khat, out / "khat.png"),
+        plots.save_elbo_vs_logpx(e.elbo, e.log_px, out / "elbo_vs_logpx.png"),
     ]
+    if e.ais_index is not None and len(e.ais_index):
+        difference = e.ais_log_px - e.log_px[e.ais_index]
+        written.append(plots.save_ais_vs_is(e.khat[e.ais_index], difference, out / "ais_vs_is.png"))
+    return written
+
+
+def certification_figure(report: dict, out: Path) -> Path:
+    """``bdmc.png``: the mean BDMC bounds of ``certify``'s report against T.
+
+    Parameters
+    ----------
+    report : dict
+        :func:`pyro_vae.runs.certified.certify_run`'s report.
+    out : Path
+        The figures folder (it must exist).
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    from pyro_vae.diagnostics import plots  # matplotlib only when figures are drawn
+
+    runs = report["runs"]
+    return plots.save_bdmc_sandwich(
+        [r["num_steps"] for r in runs],
+        [r["lower"][0] for r in runs],
+        [r["upper"][0] for r in runs],
+        Path(out) / "bdmc.png",
+    )
 
 
 def diagnosis_figures(

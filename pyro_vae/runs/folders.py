@@ -17,6 +17,7 @@ import torch
 
 from pyro_vae.data import DatasetSplits
 from pyro_vae.infer.pair.params import collect_params, restore_params
+from pyro_vae.infer.runtime.files import remove_leftovers as remove_temporary_files
 from pyro_vae.infer.training.checkpoint import load_checkpoint
 from pyro_vae.infer.training.run_state import CHECKPOINT_NAME
 from pyro_vae.models.conditional import CVAE
@@ -34,6 +35,7 @@ __all__ = [
     "evaluation_labels",
     "existing_run_files",
     "load_run",
+    "remove_leftovers",
     "test_images",
 ]
 
@@ -137,9 +139,29 @@ def clear_run(run_dir: str | Path) -> None:
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(run_dir)
     names = existing_run_files(run_dir)
     for path in [*(run_dir / n for n in names), *run_dir.glob("figures/*.png")]:
         path.unlink()
+
+
+def remove_leftovers(run_dir: str | Path) -> list[Path]:
+    """Remove the temporary files that writes of :data:`RUN_FILES` killed mid-way left.
+
+    A write killed by ``kill -9`` or a power cut leaves ``.NAME.*.tmp`` beside ``NAME``
+    (:func:`pyro_vae.infer.runtime.files.atomic_write`); the next run or resume removes it.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        A run folder (it need not exist).
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    return remove_temporary_files(run_dir, RUN_FILES)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
@@ -169,6 +191,13 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     kind = config.get("model", "vae")  # runs written before the CVAE and M2 are VAEs
     if kind not in MODELS:
         raise ValueError(f"{run_dir / CONFIG_NAME} names an unknown model {kind!r}")
+    trained_on = config["vae"].get("data_dim")
+    if trained_on is not None and trained_on != data.test.data_dim:  # an edited config.json
+        raise ValueError(
+            f"the run in {run_dir} was trained on {trained_on}-dimensional data, but its "
+            f"{CONFIG_NAME} names dataset {config['dataset']} ({data.test.data_dim} pixels "
+            "per image): was it edited?"
+        )
     vae = build_model(kind, config["vae"])
     # the parameters are found by running the pair (public Pyro API), then overwritten by name
     pyro.clear_param_store()

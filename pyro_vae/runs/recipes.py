@@ -21,7 +21,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pyro_vae.data import DatasetSplits, ImageData, labelled_split, load_dataset
+from pyro_vae.data import (
+    DatasetNotFoundError,
+    DatasetSplits,
+    ImageData,
+    labelled_split,
+    load_dataset,
+)
 from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
 from pyro_vae.infer.objectives.iwae import IWAEObjective
 from pyro_vae.infer.objectives.kl_control import KLAnnealing, KLControlledELBO
@@ -82,7 +88,7 @@ def data_config(options: Mapping) -> dict:
     }
 
 
-def run_data(config: Mapping, download: bool = False) -> DatasetSplits:
+def run_data(config: Mapping, download: bool = False, *, flags: bool = False) -> DatasetSplits:
     """The data a run was trained on, split the way it was (train / validation / test).
 
     Parameters
@@ -92,6 +98,9 @@ def run_data(config: Mapping, download: bool = False) -> DatasetSplits:
         ``seed``, ``val_fraction`` (runs written before the validation split have none: 0).
     download : bool
         Let torchvision download "mnist" / "fashion-mnist" into ``root``.
+    flags : bool
+        A missing data set's message names the options of ``pyro-vae train`` (``--root``,
+        ``--download``) instead of :func:`~pyro_vae.data.load_dataset`'s arguments.
 
     Returns
     -------
@@ -102,14 +111,28 @@ def run_data(config: Mapping, download: bool = False) -> DatasetSplits:
     ValueError, pyro_vae.data.DatasetNotFoundError
         As :func:`pyro_vae.data.load_dataset`.
     """
-    return load_dataset(
-        config["dataset"],
-        root=config.get("root"),
-        download=download,
-        binarize=config.get("binarize"),
-        seed=config["seed"],
-        val_fraction=config.get("val_fraction", 0.0),
-    )
+    try:
+        return load_dataset(
+            config["dataset"],
+            root=config.get("root"),
+            download=download,
+            binarize=config.get("binarize"),
+            seed=config["seed"],
+            val_fraction=config.get("val_fraction", 0.0),
+        )
+    except DatasetNotFoundError as err:
+        if not flags:
+            raise
+        if download:
+            remedy = f"--download could not fetch it into {err.root}"
+        elif config.get("root") is not None:
+            remedy = f"pass --download to let torchvision fetch it into {err.root}"
+        else:
+            remedy = "pass --root FOLDER: a folder with its IDX files, or with --download the "
+            remedy += "folder torchvision fetches it into"
+        raise DatasetNotFoundError(
+            f"{err.searched}; {remedy}", dataset=err.dataset, root=err.root, searched=err.searched
+        ) from None
 
 
 def model_arguments(options: Mapping, data: DatasetSplits) -> dict:

@@ -17,7 +17,9 @@ import pyro
 import torch
 
 from pyro_vae.data import DatasetSplits
+from pyro_vae.infer.evidence.ais import AISSettings
 from pyro_vae.infer.evidence.psis import KHAT_GOOD, KHAT_OK
+from pyro_vae.runs.certified import AIS_MIN_RELATIVE_ESS, choose_estimates, refuse_ais
 from pyro_vae.runs.folders import Run, evaluation_data, evaluation_labels, test_images
 
 __all__ = [
@@ -131,12 +133,20 @@ class Evaluation:
         The content of ``evaluation.json``.
     khat, elbo, log_px : torch.Tensor of shape (N,)
         Per test datapoint, from the same importance samples.
+    rows : list of dict
+        One row per test point: the estimator trusted, its value and error, IS and AIS k-hat
+        (:func:`pyro_vae.runs.certified.choose_estimates`).
+    ais_index, ais_log_px : torch.Tensor
+        The points AIS scored and its values (empty with ``estimator="is"``).
     """
 
     report: dict
     khat: torch.Tensor
     elbo: torch.Tensor
     log_px: torch.Tensor
+    rows: list | None = None
+    ais_index: torch.Tensor | None = None
+    ais_log_px: torch.Tensor | None = None
 
 
 def evaluate_run(
@@ -149,8 +159,10 @@ def evaluate_run(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    estimator: str = "is",
+    ais: AISSettings | None = None,
 ) -> Evaluation:
-    """Score a run on its test split with one importance-sampling pass.
+    """Score a run on its test split with one importance-sampling pass (and AIS where asked).
 
     Its weights give log p(x), the ELBO and every L_k; a conditional run is scored with the
     test labels, log p(x|y); M2 also by the test accuracy of q(y|x). Under torchrun the rows
@@ -174,6 +186,11 @@ def evaluate_run(
         Where the data go (the model's device).
     progress : bool
         A progress bar.
+    estimator : {"is", "ais", "auto"}
+        Which log p(x) to trust per point (:mod:`pyro_vae.runs.certified`): importance
+        sampling, AIS everywhere, or AIS where the IS k-hat is above 0.7.
+    ais : AISSettings, optional
+        The AIS settings (default: :class:`~pyro_vae.infer.evidence.ais.AISSettings`).
 
     Returns
     -------
@@ -182,6 +199,7 @@ def evaluate_run(
     from pyro_vae.infer.evidence.dataset import dataset_nll
     from pyro_vae.infer.evidence.importance import iwae_from_log_weights
 
+    refuse_ais(run, estimator)
     pyro.set_rng_seed(seed)
     vae = run.vae
     x = evaluation_data(run, num_points, seed).to(device)
@@ -220,7 +238,35 @@ def evaluate_run(
     }
     if run.kind == "m2":
         report["accuracy"] = vae.accuracy(x, y)
-    return Evaluation(report, nll.khat, elbo, nll.log_px)
+    chosen = choose_estimates(run, x, y, nll, estimator, ais or AISSettings(), progress)
+    report["trusted"] = chosen["summary"]
+    report["ladder"] = evidence_ladder(report)
+    return Evaluation(
+        report,
+        nll.khat,
+        elbo,
+        nll.log_px,
+        chosen["rows"],
+        chosen["ais_index"],
+        chosen["ais_log_px"],
+    )
+
+
+def evidence_ladder(report: dict) -> list:
+    """ELBO <= L_k <= IS <= AIS: [name, mean over the test points] from low to high.
+
+    Every entry is a stochastic lower bound of log p(x) (Burda et al. 2015; Grosse et al.
+    2015), averaged over the same test points; the last, when AIS ran, is the trusted mean
+    (AIS on every point, or IS where its k-hat is at most 0.7 and AIS elsewhere).
+    """
+    ladder = [["ELBO", report["elbo"]]]
+    ladder += [[f"L_{k}", mean] for k, (mean, _) in report["iwae"].items() if k != "1"]
+    ladder.append([f"IS (L = {report['num_samples']})", -report["nll"]])
+    trusted = report.get("trusted", {})
+    if trusted.get("ais"):
+        name = "AIS" if trusted["estimator"] == "ais" else "IS where k-hat <= 0.7, else AIS"
+        ladder.append([name, -trusted["nll"]])
+    return ladder
 
 
 def evaluation_table(report: dict) -> str:
@@ -263,4 +309,36 @@ def evaluation_table(report: dict) -> str:
         f"({KHAT_GOOD:g}-{KHAT_OK:g}], {kh[_KHAT_BAD]} unreliable (> {KHAT_OK:g}); "
         f"median {kh['median']:.3f}, max {kh['max']:.3f}",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _trusted_lines(r))
+
+
+def _trusted_lines(r: dict) -> list[str]:
+    """The lines on which number to trust: AIS beside IS, and the points each certifies."""
+    t = r.get("trusted")
+    if t is None:  # a report written before AIS existed
+        return []
+    c, lines = t["certified"], [""]
+    ais = t.get("ais")
+    if ais:
+        s = ais["settings"]
+        diff, se = ais["mean_ais_minus_is"]
+        lines += [
+            f"AIS ({s['num_chains']} chains, T = {s['num_steps']}, {s['num_leapfrog']} leapfrog "
+            f"steps, {s['schedule']}) on {ais['num_points']} points: AIS - IS = {diff:.3f} ± "
+            f"{se:.3f} nats on average (largest {ais['max_ais_minus_is']:.2f}), acceptance "
+            f"{ais['mean_accept_rate']:.2f}, {ais['seconds']:.0f} s",
+        ]
+    lines += [
+        "ladder (mean log p(x), nats): "
+        + " <= ".join(f"{name} {value:.2f}" for name, value in r["ladder"]),
+        f"trusted ({t['estimator']}): NLL = {t['nll']:.3f} ± {t['nll_stderr']:.3f} from "
+        f"{t['points_by_estimator']['is']} IS and {t['points_by_estimator']['ais']} AIS values; "
+        f"certified: {c['is']} by IS (k-hat <= {KHAT_OK:g}), {c['ais']} by AIS (chain ESS >= "
+        f"{AIS_MIN_RELATIVE_ESS:g} S), of {c['of']}",
+    ]
+    if t["estimator"] == "is" and c["is"] < c["of"]:
+        lines.append(
+            f"{c['of'] - c['is']} points have unreliable IS values: --estimator auto rescores "
+            "them by annealed importance sampling"
+        )
+    return lines

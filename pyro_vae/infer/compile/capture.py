@@ -51,6 +51,7 @@ __all__ = [
     "CompiledGraph",
     "DecisionGuards",
     "argument_blocker",
+    "build_graph",
     "capture",
     "compile_graph",
     "graph_key",
@@ -286,6 +287,29 @@ def argument_blocker(args: tuple, kwargs: dict) -> str | None:
     except TypeError:
         return "a keyword argument is not hashable"
     return None
+
+
+def build_graph(fn, inputs, *, mutated, param_names, device, compile_fn=None):
+    """Capture ``fn`` and compile it, or say why not: ``(CompiledGraph, None)`` or
+    ``(None, reason)`` after one :class:`CompileFallbackWarning`.
+
+    The capture is refused when it fails (:func:`capture`) or when running ``fn`` created a
+    parameter the caller did not pass among ``inputs`` (``param_names``): the graph would
+    hold it as a constant.
+    """
+    known = set(pyro.get_param_store().keys())
+    reason = None
+    try:
+        graph, num_guards = capture(fn, inputs, mutated=mutated)
+    except CaptureError as err:
+        reason = str(err)
+    new = sorted(set(pyro.get_param_store().keys()) - known - set(param_names))
+    if reason is None and new:
+        reason = f"parameter(s) {new} appeared while capturing"
+    if reason is not None:
+        warn_fallback(reason)
+        return None, reason
+    return CompiledGraph((compile_fn or compile_graph)(graph, inputs, device), num_guards), None
 
 
 class CompiledGraph:

@@ -23,10 +23,13 @@ from dataclasses import dataclass
 from pyro_vae.infer.objectives.base import Objective
 
 __all__ = [
+    "AUTO_MIN_GRADIENTS",
     "AUTO_MIN_STEPS",
     "AUTO_MIN_WEIGHTS",
+    "COMPILE_SECONDS",
     "CompileDecision",
     "check_request",
+    "compile_notice",
     "resolve",
     "step_blocker",
 ]
@@ -42,6 +45,22 @@ AUTO_MIN_STEPS = 2000
 # "auto" compiles the log weights of an estimate of at least this many weights N * L: about
 # twice the measured break-even of ~850,000 (docs/compiled.md)
 AUTO_MIN_WEIGHTS = 2_000_000
+# "auto" compiles the HMC transition of an annealed importance sampler from this many
+# gradient evaluations on (datapoints x chains x transitions x leapfrog steps): measured on the
+# main job's VAE (experiments/bench_ais.py, 1 thread), the compiled transition saves ~40% of
+# 50 us per evaluation and costs ~55 s to capture and compile: break-even ~2.8 million
+AUTO_MIN_GRADIENTS = 6_000_000
+# seconds a first compile takes, with inductor's on-disk cache cold (docs/compiled.md: the
+# README's main job's step 23.1 s, the log-weight graph 6.8 s); later runs reuse the cache
+COMPILE_SECONDS = {"training step": 25, "log weights": 7, "HMC transition": 55}
+
+
+def compile_notice(what: str) -> str:
+    """The line said before a compiled ``what`` (a key of :data:`COMPILE_SECONDS`) is built.
+
+    A first compile takes longer than a short run, so a command that seems to hang says why.
+    """
+    return f"compiling the {what} (about {COMPILE_SECONDS[what]} s the first time)"
 
 
 @dataclass(frozen=True)

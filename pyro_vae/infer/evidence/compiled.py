@@ -12,16 +12,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import pyro
 import torch
 
 from pyro_vae.infer.compile.capture import (
     MAX_GUARD_FAILURES,
-    CaptureError,
-    CompiledGraph,
     argument_blocker,
-    capture,
-    compile_graph,
+    build_graph,
     graph_key,
     module_buffers,
     warn_fallback,
@@ -65,7 +61,7 @@ class CompiledLogWeights:
 
     def __init__(self, pair: PairBatch, compile_fn=None):
         self.pair = pair
-        self._compile_fn = compile_fn or compile_graph
+        self._compile_fn = compile_fn
         self.fallback_reason = argument_blocker(pair.args, pair.kwargs)
         found = {}
         if self.fallback_reason is None:
@@ -117,7 +113,6 @@ class CompiledLogWeights:
 
     def _build(self, num_particles):
         inputs = [*self.params, *self.buffers, self.pair.x, *self.pair.args]
-        known = set(pyro.get_param_store().keys())
 
         def fn(guards, *flat):
             with guards:
@@ -125,14 +120,12 @@ class CompiledLogWeights:
             return log_w, guards.held()
 
         with torch.no_grad():
-            try:
-                graph, num_guards = capture(fn, inputs, mutated=self.buffers)
-            except CaptureError as err:
-                self.fallback_reason = str(err)
-        new = sorted(set(pyro.get_param_store().keys()) - known - self.param_names)
-        if self.fallback_reason is None and new:
-            self.fallback_reason = f"parameter(s) {new} appeared while capturing"
-        if self.fallback_reason is not None:
-            warn_fallback(self.fallback_reason)
-            return None
-        return CompiledGraph(self._compile_fn(graph, inputs, self.pair.x.device), num_guards)
+            compiled, self.fallback_reason = build_graph(
+                fn,
+                inputs,
+                mutated=self.buffers,
+                param_names=self.param_names,
+                device=self.pair.x.device,
+                compile_fn=self._compile_fn,
+            )
+        return compiled

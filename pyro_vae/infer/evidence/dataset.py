@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from pyro_vae.infer.compile.policy import AUTO_MIN_WEIGHTS, resolve
+from pyro_vae.infer.compile.policy import AUTO_MIN_WEIGHTS, compile_notice, resolve
 from pyro_vae.infer.evidence.importance import log_evidence
 from pyro_vae.infer.pair.sites import DATA_PLATE, check_data
 from pyro_vae.infer.runtime.devices import as_columns
@@ -120,6 +120,8 @@ def dataset_nll(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     compile = resolve(compile, work=x.shape[0] * num_samples, min_work=AUTO_MIN_WEIGHTS).compile
+    if compile and progress:
+        tqdm.write(compile_notice("log weights"))  # the first batch compiles them
     num_data, ranks = x.shape[0], current()
     if ranks.distributed:  # under torchrun each rank scores x[r::P]; rows are gathered back
         if num_data < ranks.world_size:

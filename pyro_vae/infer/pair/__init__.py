@@ -1,5 +1,7 @@
-"""The engine under every tool: the site convention, inspecting a pair, particles and weights."""
+"""The engine under every tool: the site convention, the pair doctor, inspecting a pair,
+particles and weights."""
 
+from pyro_vae.infer.pair.doctor import FROM_PRIOR, check_pair
 from pyro_vae.infer.pair.layout import (
     PairLayout,
     inspect_pair,
@@ -14,11 +16,13 @@ from pyro_vae.infer.pair.sites import DATA_PLATE, GlobalLatentError
 
 __all__ = [
     "DATA_PLATE",
+    "FROM_PRIOR",
     "GlobalLatentError",
     "PairBatch",
     "PairLayout",
     "SiteTerm",
     "bind_pair",
+    "check_pair",
     "collect_params",
     "draw_log_weights",
     "inspect_pair",

@@ -1,10 +1,11 @@
 """Inspecting a pair once: where particles and data sit, and what its guide can do.
 
 Every tool that draws particles first traces the guide and the replayed model once, without
-particles, to check the site convention (:mod:`pyro_vae.infer.pair.sites`) and find the
-layout (:class:`PairLayout`); the objectives ask whether the guide is reparameterized and how
-deep its plates nest. Each of these runs the pair in a forked RNG (or is called inside one), so
-asking never changes the draws that follow.
+particles, to check the site convention (:mod:`pyro_vae.infer.pair.sites`) and the pair
+(:mod:`pyro_vae.infer.pair.doctor`), and to find the layout (:class:`PairLayout`); the
+objectives ask whether the guide is reparameterized and how deep its plates nest. Each of these
+runs the pair in a forked RNG (or is called inside one), so asking never changes the draws that
+follow.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from dataclasses import dataclass
 import torch
 from pyro import poutine
 
+from pyro_vae.infer.pair.doctor import check_traces
 from pyro_vae.infer.pair.sites import (
     DATA_PLATE,
-    check_data_plate,
+    check_data,
     counts,
     plate_nesting,
     sample_sites,
@@ -77,15 +79,19 @@ def inspect_pair(model, guide, x, *args, data_plate=DATA_PLATE, **kwargs) -> Pai
     Raises
     ------
     GlobalLatentError, ValueError
-        See :func:`pyro_vae.infer.pair.sites.check_data_plate`.
+        See :func:`pyro_vae.infer.pair.sites.check_data_plate` and the pair doctor,
+        :func:`pyro_vae.infer.pair.doctor.check_traces` (data, plate sizes, latent sites
+        matched, values in their supports).
     """
+    check_data(x)  # before the pair runs: NaN in x would fail inside it, in many lines
     guide_trace = poutine.trace(without_enumeration(guide)).get_trace(x, *args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
         x, *args, **kwargs
     )
+    # the pair doctor on these traces: plate sizes, the convention, latent sites, supports
+    plate = check_traces(model_trace, guide_trace, x.shape[0], data_plate, per_datapoint=True)
     sites = [("guide", n, s) for n, s in sample_sites(guide_trace)]
     sites += [("model", n, s) for n, s in sample_sites(model_trace)]
-    plate = check_data_plate(sites, data_plate, num_data=x.shape[0])
     nesting = plate_nesting(s for _, _, s in sites)
     site_size = max(max(1, s["value"].numel() // plate.size) for _, _, s in sites)
     return PairLayout(-(nesting + 1), plate.size, plate.dim, site_size)

@@ -8,11 +8,15 @@ code here knows how Pyro spells the name of a module's parameter in the param st
 
 from __future__ import annotations
 
+import warnings
+
 import pyro
 import torch
 from pyro import poutine
 from pyro.util import check_model_guide_match
 
+from pyro_vae.infer.pair.doctor import check_traces
+from pyro_vae.infer.pair.sites import DATA_PLATE, check_data
 from pyro_vae.infer.runtime.devices import forked_rng
 
 __all__ = [
@@ -63,11 +67,13 @@ def _params_of(traces) -> dict[str, torch.Tensor]:
     return dict(sorted(params.items()))
 
 
-def validated_traces(model, guide, x, *args, **kwargs) -> list:
+def validated_traces(model, guide, x, *args, data_plate=DATA_PLATE, **kwargs) -> list:
     """Trace the guide and the model replayed at its draws, with Pyro's validation on.
 
-    The two traces are checked to match (``check_model_guide_match``) and every site is
-    scored once, so that shape and support mistakes surface here, with Pyro's own message.
+    The pair doctor (:func:`~pyro_vae.infer.pair.doctor.check_traces`) checks the data first
+    and then the two traces, each mistake in one line; then Pyro's checks run
+    (``check_model_guide_match``, and every site scored once), so that shape mistakes surface
+    here, with Pyro's own message.
 
     Parameters
     ----------
@@ -77,18 +83,30 @@ def validated_traces(model, guide, x, *args, **kwargs) -> list:
         A batch of data.
     *args, **kwargs
         Passed on to the pair.
+    data_plate : str
+        Name of the data plate.
 
     Returns
     -------
     list of pyro.poutine.Trace
         ``[model_trace, guide_trace]``.
+
+    Raises
+    ------
+    ValueError
+        From the pair doctor: see :func:`~pyro_vae.infer.pair.doctor.check_pair`.
     """
+    check_data(x)  # before the pair runs: NaN in x would fail inside it, in many lines
     with pyro.validation_enabled(True):
         guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             x, *args, **kwargs
         )
-        check_model_guide_match(model_trace, guide_trace)
+        check_traces(model_trace, guide_trace, x.shape[0], data_plate)
+        with warnings.catch_warnings():  # the doctor has matched the latent sites already:
+            # a model site left to its prior on purpose is no news
+            warnings.filterwarnings("ignore", "Found vars in model but not guide")
+            check_model_guide_match(model_trace, guide_trace)
         guide_trace.compute_log_prob()  # support and shape mistakes surface here
         model_trace.compute_log_prob()
     return [model_trace, guide_trace]

@@ -6,7 +6,8 @@ vectorized draw under an outer ``pyro.plate`` placed left of every plate of the 
 :func:`trace_log_prob` reduces it to (S, N) by summing every plate other than particles and
 data, and :func:`draw_log_weights` returns log p(x, z_s) - log q(z_s | x), shape (S, N).
 
-A model latent that the guide does not sample is drawn from the prior, so its p/q ratio is one
+A model latent that the guide does not sample (allowed only when marked so, see
+:mod:`~pyro_vae.infer.pair.doctor`) is drawn from the prior, so its p/q ratio is one
 and it does not enter the weight. A discrete guide site marked for enumeration is *sampled*
 (the guide runs through :func:`~pyro_vae.infer.pair.sites.without_enumeration`).
 """
@@ -24,7 +25,15 @@ from pyro.distributions.util import scale_and_mask
 from pyro_vae.infer.pair.layout import PairLayout, inspect_pair
 from pyro_vae.infer.pair.sites import DATA_PLATE, data_frame, sample_sites, without_enumeration
 
-__all__ = ["PARTICLE_PLATE", "PairBatch", "bind_pair", "draw_log_weights", "trace_log_prob"]
+__all__ = [
+    "PARTICLE_PLATE",
+    "PairBatch",
+    "bind_pair",
+    "draw_log_weights",
+    "reduce_to_datapoints",
+    "site_log_prob",
+    "trace_log_prob",
+]
 
 PARTICLE_PLATE = "_evidence_particles"
 
@@ -89,8 +98,9 @@ def bind_pair(model, guide, x, *args, data_plate: str = DATA_PLATE, **kwargs) ->
     return PairBatch(model, guide, x, args, kwargs, layout, data_plate)
 
 
-def _reduce_to_datapoints(log_prob, site, layout, data_plate, name, num_particles):
-    """Reduce a site's log-prob of batch shape (S, ..., N, ...) to (S or 1, N or 1)."""
+def reduce_to_datapoints(log_prob, site, layout, data_plate, name, num_particles):
+    """Reduce a tensor of a site's batch shape (S, ..., N, ...) to (S or 1, N or 1) by summing
+    every plate dimension other than particles and data (a log-prob, a log-Jacobian)."""
     n = -layout.particle_dim
     log_prob = torch.as_tensor(log_prob)
     if log_prob.dim() > n:
@@ -113,6 +123,17 @@ def _reduce_to_datapoints(log_prob, site, layout, data_plate, name, num_particle
 def _site_log_prob(site):
     log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
     return scale_and_mask(log_prob, site["scale"], site["mask"])
+
+
+def site_log_prob(site, value, layout, num_particles, data_plate=DATA_PLATE, name="?"):
+    """A traced site's scaled, masked log-density at another ``value``, per datapoint: (S, N).
+
+    For scoring new values under a distribution traced once (a guide whose one latent site
+    does not depend on other latents), without running the guide again.
+    """
+    log_prob = site["fn"].log_prob(value)
+    log_prob = scale_and_mask(log_prob, site["scale"], site["mask"])
+    return reduce_to_datapoints(log_prob, site, layout, data_plate, name, num_particles)
 
 
 def trace_log_prob(trace, layout, num_particles, data_plate=DATA_PLATE, guide_trace=None):
@@ -147,7 +168,7 @@ def trace_log_prob(trace, layout, num_particles, data_plate=DATA_PLATE, guide_tr
         When a site's log-prob batch shape does not fit S particles and N datapoints.
     """
     terms = [
-        _reduce_to_datapoints(_site_log_prob(site), site, layout, data_plate, name, num_particles)
+        reduce_to_datapoints(_site_log_prob(site), site, layout, data_plate, name, num_particles)
         for name, site in sample_sites(trace)
         if guide_trace is None or site["is_observed"] or name in guide_trace.nodes
     ]

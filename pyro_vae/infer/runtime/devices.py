@@ -61,7 +61,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     Raises
     ------
     ValueError
-        When ``device`` names no torch device, or CUDA is asked for but torch sees none.
+        When ``device`` names no torch device, is ``"meta"`` (no values to compute with), or
+        names a kind (CUDA, MPS, ...) that torch sees none of.
     """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -73,6 +74,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={str(device)!r} was asked for but torch sees no CUDA device")
+    if device.type == "meta":  # shapes without values: every .item() or draw fails
+        raise ValueError(
+            "device 'meta' holds shapes without values and cannot compute; "
+            "use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        )
+    backend = getattr(torch, device.type, None)  # torch.mps, torch.xpu, ... have is_available
+    if device.type not in ("cpu", "cuda") and not getattr(backend, "is_available", bool)():
+        raise ValueError(f"device={str(device)!r} was asked for but torch sees no such device")
     return device
 
 

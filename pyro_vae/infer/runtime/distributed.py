@@ -12,7 +12,10 @@ describes in the environment (gloo on CPU, NCCL on CUDA). Then:
   all-reduce of all gradients flattened together, as DDP's buckets do), so each rank takes the
   step of the global batch and the parameters stay identical everywhere;
 - sums (losses, counts) are added over ranks with :func:`all_sum`, per-datapoint results are
-  put back in order with :func:`gather_strided`.
+  put back in order with :func:`gather_strided`;
+- a rank that stops (an error, ``kill``, a lost machine) makes the others fail in their next
+  collective; they raise :class:`PeerLostError`, one line, instead of gloo's "Connection closed
+  by peer" traceback.
 
 Without torchrun (no ``WORLD_SIZE`` above 1 in the environment, no process group) everything
 here is the identity on one process, rank 0 of 1.
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -30,6 +35,7 @@ import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 __all__ = [
+    "PeerLostError",
     "Ranks",
     "all_sum",
     "average_gradients",
@@ -44,6 +50,37 @@ __all__ = [
 
 # a rank that waits longer than this for the others gives up with an error instead of hanging
 TIMEOUT = timedelta(minutes=10)
+
+# how gloo (and a timeout) words a lost peer; NCCL raises DistBackendError / DistNetworkError
+_PEER_LOST = re.compile(r"by peer|broken pipe|timed? ?out|connection refused", re.IGNORECASE)
+
+
+class PeerLostError(RuntimeError):
+    """Another process of the job stopped while this one waited for it in a collective.
+
+    The message names the collective and the backend's reason in one line; the process that
+    stopped first prints its own error.
+    """
+
+
+@contextmanager
+def _collective(what: str):
+    """Turn the backend's error of a collective that lost a peer into :class:`PeerLostError`."""
+    try:
+        yield
+    except RuntimeError as err:
+        text = str(err).strip()
+        if not (isinstance(err, dist.DistError) or _PEER_LOST.search(text)):
+            raise  # a genuine misuse (shapes, dtypes) keeps its own error
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0] if text else "")
+        reason = reason.split(". ")[0].rstrip(".")  # gloo adds "This is typically caused..."
+        ranks = current()
+        backend = dist.get_backend() if dist.is_initialized() else "torch.distributed"
+        raise PeerLostError(
+            f"rank {ranks.rank} of {ranks.world_size} lost another process of the job during "
+            f"the {what} ({backend}: {reason}): that process stopped, and its own error says "
+            "why"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -132,7 +169,8 @@ def join(device: torch.device) -> tuple[Ranks, torch.device]:
 def barrier() -> None:
     """Wait until every rank gets here (nothing on one process)."""
     if current().distributed:
-        dist.barrier()
+        with _collective("barrier"):
+            dist.barrier()
 
 
 def epoch_shard(num_data: int, epoch: int, seed: int, ranks: Ranks) -> torch.Tensor:
@@ -179,7 +217,8 @@ def average_gradients(params: dict[str, torch.Tensor]) -> None:
     tensors = list(params.values())
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in tensors]
     flat = _flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
+    with _collective("gradient all-reduce"):
+        dist.all_reduce(flat)
     flat /= world_size
     for p, mean in zip(tensors, _unflatten_dense_tensors(flat, grads), strict=True):
         p.grad = mean.view_as(p)
@@ -193,7 +232,7 @@ def broadcast_params(params: dict[str, torch.Tensor]) -> None:
     params : dict of str to torch.Tensor
         Leaf tensors, in the same order on every rank.
     """
-    with torch.no_grad():
+    with torch.no_grad(), _collective("broadcast of the parameters"):
         for value in params.values():
             dist.broadcast(value, src=0)
 
@@ -215,7 +254,8 @@ def all_sum(*values: float, device: torch.device | str = "cpu") -> list[float]:
     if not current().distributed:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    with _collective("sum over ranks"):
+        dist.all_reduce(t)
     return t.tolist()
 
 
@@ -241,7 +281,8 @@ def gather_strided(local: torch.Tensor, num_data: int) -> torch.Tensor:
     padded = local.new_zeros((size, *local.shape[1:]))
     padded[: local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in range(ranks.world_size)]
-    dist.all_gather(parts, padded.contiguous())
+    with _collective("gathering of per-datapoint results"):
+        dist.all_gather(parts, padded.contiguous())
     out = local.new_empty((num_data, *local.shape[1:]))
     for r, part in enumerate(parts):
         rows = len(range(r, num_data, ranks.world_size))

@@ -2,17 +2,20 @@
 
 A crash or a full disk mid-write leaves the previous file intact, and the temporary file is
 removed on any failure. Checkpoints (:mod:`pyro_vae.infer.training.checkpoint`) and the run
-folder's JSON files (:mod:`pyro_vae.runs`) are written through it.
+folder's JSON files (:mod:`pyro_vae.runs`) are written through it. Only a process killed
+mid-write (``kill -9``, a power cut) leaves its temporary file, ``.NAME.*.tmp``, behind:
+:func:`remove_leftovers` removes them when the next run or resume starts.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "first_line"]
+__all__ = ["atomic_write", "first_line", "remove_leftovers"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable, *, binary: bool, what: str = "") -> Path:
@@ -37,29 +40,99 @@ def atomic_write(path: str | os.PathLike, write: Callable, *, binary: bool, what
     Raises
     ------
     OSError
-        One line naming ``path`` and the reason; the previous file, if any, is unchanged.
+        One line naming ``path`` and the reason ("no space left on device writing PATH; ..."
+        for a full disk, with ``errno.ENOSPC``); the previous file, if any, is unchanged.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    recorder = None
     try:
+        os.chmod(tmp, _file_mode(path))  # mkstemp's 0600 would hide the run from others
         with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
+            recorder = _RecordingFile(f)
+            write(recorder)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # torch reports a full disk as a RuntimeError
         Path(tmp).unlink(missing_ok=True)
-        kept = (
-            f"the previous {what or 'file '}is unchanged" if path.exists() else "none was written"
-        )
-        reason = getattr(err, "strerror", None) or first_line(err)
-        failure = OSError(f"could not write {what}{path} ({reason}); {kept}")
-        failure.errno = getattr(err, "errno", None)  # kept, without "[Errno N]" in the text
-        raise failure from None
+        # torch.save turns the OSError of a failed write into "unexpected pos ...": the error
+        # the file itself raised says what happened
+        err = (recorder.error if recorder is not None else None) or err
+        raise _write_failure(err, path, what) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_leftovers(folder: str | os.PathLike, names) -> list[Path]:
+    """Remove the temporary files that writes of ``names`` killed mid-way left in ``folder``.
+
+    :func:`atomic_write` removes its temporary file on every failure it sees; only a process
+    killed during a write (``kill -9``) leaves one, ``.NAME.*.tmp``, next to ``NAME``.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        The folder (it need not exist).
+    names : iterable of str
+        The file names whose leftovers go (e.g. ``"checkpoint.pt"``).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for name in names:
+        for leftover in folder.glob(f".{name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
+def _file_mode(path: Path) -> int:
+    """The permissions ``path`` keeps, or a new file's (0666 less the umask, as ``open``)."""
+    if path.exists():
+        return path.stat().st_mode & 0o7777
+    umask = os.umask(0)  # the only way to read it; set back at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+class _RecordingFile:
+    """A file object that keeps the OSError its ``write`` raised (torch.save hides it)."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def _write_failure(err: BaseException, path: Path, what: str) -> OSError:
+    """The one-line OSError of a failed write of ``path``, its errno kept (not in the text)."""
+    kept = f"the previous {what or 'file '}is unchanged" if path.exists() else "none was written"
+    code = getattr(err, "errno", None)
+    if code == errno.ENOSPC:
+        text = f"no space left on device writing {what}{path}; {kept}"
+    else:
+        reason = getattr(err, "strerror", None) or first_line(err)
+        text = f"could not write {what}{path} ({reason}); {kept}"
+    failure = OSError(text)
+    failure.errno = code  # kept, without "[Errno N]" in the text
+    return failure
 
 
 def first_line(err: BaseException) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyro_vae.infer.compile.policy import AUTO_MIN_STEPS, resolve, step_blocker
+from pyro_vae.infer.compile.policy import AUTO_MIN_STEPS, compile_notice, resolve, step_blocker
 from pyro_vae.infer.objectives.elbo import make_objective
 from pyro_vae.infer.runtime.devices import forked_rng, move_owners, resolve_device
 from pyro_vae.infer.runtime.distributed import Ranks, average_gradients, broadcast_params, join
@@ -127,6 +128,13 @@ def train(
         For invalid settings or data.
     """
     options = TrainOptions.build(options, settings)
+    if options.patience is not None and val_data is None:
+        warnings.warn(
+            f"patience={options.patience} without val_data stops on the training loss; pass "
+            "val_data to stop when held-out data stop improving",
+            UserWarning,
+            stacklevel=2,
+        )
     labelled = LabelledStream.of(labelled)
     ranks, device = join(resolve_device(options.device))
     if options.seed is not None:
@@ -231,6 +239,8 @@ def _make_step(model, guide, options, batching, stream, stream_l, labelled) -> S
         grad_hook=grad_hook,
     )
     svi.setup(*first, labelled=first_l)
+    if isinstance(svi, CompiledSVIStep) and svi.fallback_reason is None and batching.progress:
+        tqdm.write(compile_notice("training step"))  # the first step compiles it
     return svi
 
 

@@ -50,7 +50,10 @@ class TrainOptions:
     lr_schedule : callable, optional
         ``f(optimizer) -> torch LR scheduler``, stepped once per epoch.
     patience : int, optional
-        Stop after this many epochs without a better validation (else training) loss.
+        Stop after this many epochs without a better validation loss. Without ``val_data`` it
+        watches the training loss instead (the data being fitted, not held-out data), so
+        :func:`~pyro_vae.infer.training.loop.train` warns (``UserWarning``) and goes on;
+        ``pyro-vae train`` refuses ``--patience`` with ``--val-fraction 0``.
     seed : int, optional
         Seeds Pyro, torch, NumPy and Python before anything is drawn. Networks built before
         the call drew their initial weights already: seed before building them too

@@ -10,11 +10,13 @@ scheduler and every RNG state into ``out_dir/checkpoint.pt`` (atomic, code-free:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyro_vae.infer.runtime.files import atomic_write, remove_leftovers
 from pyro_vae.infer.training.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -23,9 +25,10 @@ from pyro_vae.infer.training.checkpoint import (
 )
 from pyro_vae.infer.training.svi import SVIStep
 
-__all__ = ["CHECKPOINT_NAME", "Checkpointer", "RunState"]
+__all__ = ["CHECKPOINT_NAME", "HISTORY_NAMES", "Checkpointer", "RunState"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+HISTORY_NAMES = ("history.json", "history.csv")
 
 
 @dataclass
@@ -79,7 +82,12 @@ class Checkpointer:
         -------
         RunState
             Fresh unless ``resume`` and a checkpoint exists; then every RNG state is restored.
+
+        The temporary files of a checkpoint or history write killed mid-way (``kill -9``) are
+        removed first: no write of this run is under way yet.
         """
+        if self.out_dir is not None:
+            remove_leftovers(self.out_dir, (CHECKPOINT_NAME, *HISTORY_NAMES))
         if not (self.resume and self.path is not None and self.path.exists()):
             return RunState()
         checkpoint = load_checkpoint(self.path)
@@ -117,8 +125,11 @@ class Checkpointer:
 
 
 def _write_history(out_dir: Path, history: list[dict]) -> None:
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-    with open(out_dir / "history.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[-1]), restval="")
-        writer.writeheader()
-        writer.writerows(history)
+    """history.json and history.csv, each atomic (an interrupted write leaves the last one)."""
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(history[-1]), restval="")
+    writer.writeheader()
+    writer.writerows(history)
+    texts = (json.dumps(history, indent=1), table.getvalue())
+    for name, text in zip(HISTORY_NAMES, texts, strict=True):
+        atomic_write(out_dir / name, lambda f, text=text: f.write(text.encode()), binary=True)

@@ -29,8 +29,9 @@ from pyro_vae.infer.pair.params import (
     trace_params,
     validated_traces,
 )
-from pyro_vae.infer.pair.sites import DATA_PLATE
+from pyro_vae.infer.pair.sites import DATA_PLATE, check_data
 from pyro_vae.infer.runtime.devices import forked_rng
+from pyro_vae.infer.training.adam import eager_adam_class
 
 __all__ = ["SVIStep", "TrainingDivergedError", "make_adam"]
 
@@ -51,11 +52,21 @@ class TrainingDivergedError(FloatingPointError):
         self.value = value
 
 
+def _refuse_bad_data(x) -> None:
+    """Raise :func:`check_data`'s one line when the batch holds NaN or inf, hiding the error
+    it explains (e.g. torch's many-line constraint message) from the traceback."""
+    try:
+        check_data(x)
+    except ValueError as bad:
+        raise bad from None
+
+
 def make_adam(params, lr: float) -> torch.optim.Adam:
     """One Adam over all parameters, fused into a single kernel where torch supports it.
 
     The fused kernel does the same arithmetic as the default for-loop implementation in about
-    a third of the time on CPU (``experiments/bench_train.py``).
+    a third of the time on CPU (``experiments/bench_train.py``). It is torch's Adam that does
+    not import ``torch._dynamo`` (2 s) before something else does (:mod:`.adam`).
 
     Parameters
     ----------
@@ -68,11 +79,11 @@ def make_adam(params, lr: float) -> torch.optim.Adam:
     -------
     torch.optim.Adam
     """
-    params = list(params)
+    params, adam = list(params), eager_adam_class()
     try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return adam(params, lr=lr, fused=True)
     except (RuntimeError, ValueError):  # e.g. a device or dtype without a fused kernel
-        return torch.optim.Adam(params, lr=lr)
+        return adam(params, lr=lr)
 
 
 class SVIStep:
@@ -169,13 +180,15 @@ class SVIStep:
         Raises
         ------
         ValueError
-            When the pair registers no trainable parameter, a parameter holds NaN or inf, or a
-            module's parameter is shadowed by an older param-store entry; Pyro's own errors
-            for a model/guide mismatch or a value outside a distribution's support.
+            From the pair doctor (:func:`~pyro_vae.infer.pair.doctor.check_pair`: NaN data, a
+            data plate of the wrong size, latent sites that do not match, a value outside its
+            support); when the pair registers no trainable parameter, a parameter holds NaN or
+            inf, or a module's parameter is shadowed by an older param-store entry; Pyro's own
+            errors for a shape mismatch.
         """
         with forked_rng(x):
-            traces = validated_traces(self.model, self.guide, x, *args, **kwargs)
             build = dict(data_plate=self.data_plate)
+            traces = validated_traces(self.model, self.guide, x, *args, **build, **kwargs)
             self.objective = make_objective(
                 self.loss, self.model, self.guide, x, *args, **build, **kwargs
             )
@@ -188,7 +201,7 @@ class SVIStep:
                 else self.objective
             )
             if labelled is not None:
-                traces += validated_traces(self.model, self.guide, *labelled, **kwargs)
+                traces += validated_traces(self.model, self.guide, *labelled, **build, **kwargs)
                 self.labelled_objective = make_objective(
                     self.labelled_loss, self.model, self.guide, *labelled, **build, **kwargs
                 )
@@ -240,16 +253,22 @@ class SVIStep:
             When the loss is NaN or infinite (the parameters are left unchanged).
         ValueError
             When a parameter first appears after the first batch (it would never be
-            optimized), or from :meth:`setup` on the first batch.
+            optimized), the batch holds NaN or inf, or from :meth:`setup` on the first batch
+            (the pair doctor, :func:`~pyro_vae.infer.pair.doctor.check_pair`).
         """
         if self.optimizer is None:
             self.setup(x, *args, labelled=labelled, **kwargs)
-        loss = self.objective(self.model, self.guide, x, *args, num_data=num_data, **kwargs)
+        try:
+            loss = self.objective(self.model, self.guide, x, *args, num_data=num_data, **kwargs)
+        except ValueError:  # e.g. torch's constraint error of an encoder fed NaN: say so
+            _refuse_bad_data(x)
+            raise
         value = loss.item()
         self.last_neg_elbo = self._neg_elbo(self.objective, value)
         if labelled is not None:
             loss, value = self._add_labelled(loss, x, num_data, labelled, num_labelled, kwargs)
         if not math.isfinite(value):
+            _refuse_bad_data(x)  # NaN data is the data's fault, not the training's
             message = f"the loss became {value} at step {self.num_steps + 1}"
             raise TrainingDivergedError(message, value=value)
         if len(pyro.get_param_store()) != self._store_size:  # O(1); rarely true
