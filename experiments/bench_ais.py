@@ -8,14 +8,19 @@ The JAX reference does the same arithmetic in one ``jax.jit``-compiled ``lax.sca
 schedule, with a ``fori_loop`` over leapfrog steps: the same number of chains (S plus the
 pilots), the guide's sigma as the momentum scale, the step size adapted by 1.02 / 0.98 from the
 mean acceptance, log q and log p and their gradients by ``jax.value_and_grad``. Both are timed
-alternately in one process at equal threads (JAX's CPU client limited by ``XLA_FLAGS`` to one
-intra-op thread when ``--threads 1``), the JAX compile apart; we report datapoints per second
-and the ratio pyro_vae / JAX (target: at least 1.0). The JAX row needs the ``bench`` extra
-(``pip install -e '.[bench]'``); without it the row is skipped with a notice.
+alternately in one process at equal compute: with ``--threads 1`` (the default) the process is
+pinned to one core (``os.sched_setaffinity``) before JAX starts, because ``XLA_FLAGS``' one
+intra-op thread did not hold XLA's CPU client to one core (measured: user time 1.2x the wall
+time, and JAX 1.7x faster unpinned than pinned); the JAX compile is timed apart. We report
+datapoints per second and the ratio pyro_vae / JAX (target: at least 1.0). The JAX row needs
+the ``bench`` extra (``pip install -e '.[bench]'``); without it the row is skipped with a
+notice.
 
-``--profile`` prints where pyro_vae's time goes (cProfile, by total time).
+``--compiled`` adds ``ais_evidence(..., compile=True)``: every HMC transition one captured,
+inductor-compiled graph (its capture and compile timed apart). ``--profile`` prints where
+pyro_vae's eager time goes (cProfile, by total time).
 
-    python experiments/bench_ais.py                     # ~3 minutes on 2 CPU cores
+    python experiments/bench_ais.py --compiled          # ~5 minutes on 2 CPU cores
     python experiments/bench_ais.py --run runs/vae --num-points 100 --steps 100
 """
 
@@ -155,8 +160,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds")
     parser.add_argument("--threads", type=int, default=1, help="torch and XLA CPU threads")
     parser.add_argument("--profile", action="store_true", help="where pyro_vae's time goes")
+    parser.add_argument(
+        "--compiled", action="store_true", help="also the compiled transition (CompiledTransition)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.threads == 1 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core for both
     jax = load_jax(args.threads)
     torch.manual_seed(0)
     if args.run:
@@ -168,20 +178,30 @@ def main(argv=None) -> dict:
     x = load_dataset("mnist5k", binarize="static", seed=0).test.x[: args.num_points]
     settings = AISSettings(num_chains=args.chains, num_steps=args.steps, num_leapfrog=args.leapfrog)
 
-    def ours():
-        return ais_evidence(vae.model, vae.guide, x, settings=settings, progress=False).log_px
+    def ours(compile=False):
+        return ais_evidence(
+            vae.model, vae.guide, x, settings=settings, progress=False, compile=compile
+        ).log_px
+
+    names = {"pyro_vae": ours, "pyro_vae, compiled": lambda: ours(compile=True)}
+    if not args.compiled:
+        names.pop("pyro_vae, compiled")
+    else:
+        _, compile_s = _timed(names["pyro_vae, compiled"])
+        print(f"pyro_vae capture + compile + first run: {compile_s:.1f} s")
 
     reference = None
     if jax is not None:
         reference = jax_ais(vae, x, settings, jax)
         _, compile_s = _timed(lambda: reference(jax.random.PRNGKey(0)).block_until_ready())
         print(f"JAX compile + first run: {compile_s:.1f} s")
-    times = {"pyro_vae": [], "JAX": []}
-    means = {"pyro_vae": [], "JAX": []}
+    times = {name: [] for name in [*names, "JAX"]}
+    means = {name: [] for name in [*names, "JAX"]}
     for r in range(args.rounds):
-        value, seconds = _timed(ours)
-        times["pyro_vae"].append(seconds)
-        means["pyro_vae"].append(value.mean().item())
+        for name, fn in names.items():
+            value, seconds = _timed(fn)
+            times[name].append(seconds)
+            means[name].append(value.mean().item())
         if reference is not None:
             key = jax.random.PRNGKey(r + 1)
             value, seconds = _timed(lambda key=key: reference(key).block_until_ready())

@@ -262,11 +262,11 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def ais_settings(args, num_steps: int | None = None) -> AISSettings:
-    """The AIS settings of ``evaluate``'s or ``certify``'s options."""
+def ais_settings(args) -> AISSettings:
+    """The AIS settings of ``evaluate``'s or ``certify``'s options (``certify`` sets T itself)."""
     return AISSettings(
         num_chains=args.ais_chains,
-        num_steps=num_steps or getattr(args, "ais_steps", AISSettings.num_steps),
+        num_steps=getattr(args, "ais_steps", AISSettings.num_steps),
         num_leapfrog=args.ais_leapfrog,
         schedule=args.ais_schedule,
     )

@@ -4,9 +4,12 @@ The subpackages, each importing only those listed before it (``tests/test_layeri
 ``runtime`` (devices, torch.distributed, files) -> ``pair`` (the site convention, inspecting a
 pair, particles and log weights) -> ``objectives`` (the objective contract and every loss) ->
 ``compile`` (capture, compile, and the one compile policy) -> ``training`` (the step, the loop,
-checkpoints) and ``evidence`` (importance sampling, IWAE bounds, k-hat, data-set NLL).
+checkpoints) and ``evidence`` (importance sampling, IWAE bounds, k-hat, data-set NLL,
+annealed importance sampling and bidirectional Monte Carlo).
 """
 
+from pyro_vae.infer.evidence.ais import AISResult, AISSettings, ais_evidence
+from pyro_vae.infer.evidence.bdmc import BDMCResult, bdmc, simulate_data
 from pyro_vae.infer.evidence.dataset import dataset_nll
 from pyro_vae.infer.evidence.importance import (
     elbo_per_datapoint,
@@ -26,7 +29,10 @@ from pyro_vae.infer.training.options import LabelledStream, TrainOptions
 from pyro_vae.infer.training.svi import SVIStep, TrainingDivergedError
 
 __all__ = [
+    "AISResult",
+    "AISSettings",
     "AuxiliaryTerm",
+    "BDMCResult",
     "FROM_PRIOR",
     "GlobalLatentError",
     "IWAEObjective",
@@ -38,6 +44,8 @@ __all__ = [
     "TrainOptions",
     "TrainResult",
     "TrainingDivergedError",
+    "ais_evidence",
+    "bdmc",
     "check_pair",
     "dataset_nll",
     "elbo_per_datapoint",
@@ -46,5 +54,6 @@ __all__ = [
     "log_evidence",
     "make_objective",
     "pareto_khat",
+    "simulate_data",
     "train",
 ]

@@ -1,5 +1,8 @@
-"""Evidence per datapoint: importance sampling, IWAE bounds, the ELBO, PSIS k-hat, data-set NLL."""
+"""Evidence per datapoint: importance sampling, IWAE bounds, the ELBO, PSIS k-hat, data-set NLL,
+annealed importance sampling and bidirectional Monte Carlo."""
 
+from pyro_vae.infer.evidence.ais import AISResult, AISSettings, ais_evidence
+from pyro_vae.infer.evidence.bdmc import BDMCResult, bdmc, simulate_data
 from pyro_vae.infer.evidence.dataset import NLLResult, dataset_nll
 from pyro_vae.infer.evidence.importance import (
     elbo_per_datapoint,
@@ -11,6 +14,12 @@ from pyro_vae.infer.evidence.psis import KHAT_GOOD, KHAT_OK, pareto_khat
 from pyro_vae.infer.evidence.weights import EvidenceResult
 
 __all__ = [
+    "AISResult",
+    "AISSettings",
+    "BDMCResult",
+    "ais_evidence",
+    "bdmc",
+    "simulate_data",
     "KHAT_GOOD",
     "KHAT_OK",
     "EvidenceResult",

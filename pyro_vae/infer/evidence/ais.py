@@ -25,6 +25,12 @@ So the adaptation listens to a few *pilot* chains per datapoint, run beside the 
 dropped from the estimate (Wu et al. adapt from all chains): every kept chain's kernels depend
 only on paths independent of its own, and its weight stays unbiased.
 
+Cost: T x L gradient evaluations of log p(x, z) and log q(z | x) per chain. The guide is
+scored at points it did not draw: a Gaussian guide costs a Normal density, but a flow needs its
+inverse, and an inverse autoregressive flow's inverse takes one pass per latent dimension
+(measured on the main-job VAE with 4 IAF steps: 1.0 s per evaluation of 1,000 chains, against
+0.06 s with the Gaussian guide).
+
 Vectorized over datapoints and chains, chunked over datapoints so that (S, chunk, D) numbers
 live at once (the budget of :func:`~pyro_vae.infer.evidence.weights.default_chunk_size`), on the
 device of ``x``, with a progress bar. Continuous latents only: a discrete guide site is refused
@@ -91,7 +97,9 @@ class AISSettings:
     num_chains : int
         S, chains per datapoint.
     num_steps : int
-        T, intermediate distributions (HMC transitions: T - 1).
+        T, intermediate distributions (HMC transitions: T - 1). 100 by default: on the
+        README's main-job VAE the BDMC gap is 0.09 nats at T = 100 and T = 1000 moves the
+        test mean by 0.02 nats; ``pyro-vae certify`` measures it for another model.
     num_leapfrog : int
         L, leapfrog steps per transition.
     schedule : {"sigmoid", "linear"}
@@ -113,7 +121,7 @@ class AISSettings:
     """
 
     num_chains: int = 16
-    num_steps: int = 1000
+    num_steps: int = 100
     num_leapfrog: int = 10
     schedule: str = "sigmoid"
     step_size: float = 0.1
