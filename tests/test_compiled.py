@@ -192,13 +192,26 @@ def test_random_state_reset_inside_the_pair_falls_back_with_a_notice():
     assert svi.num_compiles == 0 and svi.num_steps == 1
 
 
-def test_schedule_falls_back_with_a_notice():
-    vae = VAE(12, latent_dim=3, hidden=(8,))
-    loss = KLControlledELBO(annealing=KLAnnealing(epochs=2))
-    svi = CompiledSVIStep(vae.model, vae.guide, loss, compile_fn=captured_only)
-    with pytest.warns(CompileFallbackWarning, match="schedule"):
-        svi.step(torch.bernoulli(torch.full((4, 12), 0.5)))
-    assert svi.num_compiles == 0
+def test_an_annealed_objective_compiles_and_follows_its_schedule(float64):
+    # beta(t) enters the graph as an input: one graph for every step, each with its own beta
+    def steps(step_cls, **options):
+        with pyro.get_param_store().scope():
+            torch.manual_seed(0)
+            vae = VAE(12, latent_dim=3, hidden=(8,))
+            x = torch.bernoulli(torch.full((10, 12), 0.4))
+            loss = KLControlledELBO(annealing=KLAnnealing(epochs=2), free_bits=0.1)
+            svi = step_cls(vae.model, vae.guide, loss, lr=0.01, **options)
+            torch.manual_seed(1)
+            out = []
+            for t, rows in enumerate(FULL_BATCHES):
+                loss.set_progress(t / 2)  # beta = 0, 0.25, 0.5
+                out.append((svi.step(x[rows], num_data=10), svi.last_neg_elbo, loss.kl_weight))
+            return out, {n: p.detach().clone() for n, p in svi.params.items()}, svi
+
+    eager, fast = steps(SVIStep), steps(CompiledSVIStep, compile_fn=captured_only)
+    assert fast[2].fallback_reason is None and fast[2].num_compiles == 1
+    assert [w for *_, w in fast[0]] == [0.0, 0.25, 0.5]
+    torch.testing.assert_close(fast[:2], eager[:2], rtol=RTOL, atol=ATOL)
 
 
 def test_parameter_appearing_at_a_new_shape_falls_back_and_is_refused():
@@ -274,6 +287,40 @@ def test_resumed_compiled_run_is_bit_identical(tmp_path, float64):
         resumed = {n: p.detach().clone() for n, p in svi.params.items()}
     assert first + rest == straight  # bit for bit
     assert all(torch.equal(resumed[n], final[n]) for n in final)
+
+
+def test_a_resumed_annealed_compiled_run_is_bit_identical(tmp_path, float64):
+    # the schedule is a function of t only: a resumed graph reads the same beta at each step
+    def fresh():
+        model, guide, x = make_pair("vae")
+        loss = KLControlledELBO(annealing=KLAnnealing(epochs=3))
+        return CompiledSVIStep(model, guide, loss, lr=0.01, compile_fn=captured_only), loss, x
+
+    def steps(svi, loss, x, ks):
+        out = []
+        for k in ks:
+            loss.set_progress(k / 2)
+            out.append(svi.step(x[slice(0, 4) if k % 2 == 0 else slice(4, 8)], num_data=10))
+        return out
+
+    with pyro.get_param_store().scope():
+        svi, loss, x = fresh()
+        torch.manual_seed(1)
+        straight = steps(svi, loss, x, range(6))
+    with pyro.get_param_store().scope():
+        svi, loss, x = fresh()
+        torch.manual_seed(1)
+        first = steps(svi, loss, x, range(3))
+        torch.save({**svi.state_dict(), "rng": torch.get_rng_state()}, tmp_path / "ck.pt")
+    with pyro.get_param_store().scope():
+        svi, loss, x = fresh()
+        svi.setup(x[:4])
+        checkpoint = torch.load(tmp_path / "ck.pt")
+        svi.load_state_dict(checkpoint)
+        torch.set_rng_state(checkpoint["rng"])
+        rest = steps(svi, loss, x, range(3, 6))
+        assert svi.fallback_reason is None and svi.num_compiles == 1
+    assert first + rest == straight  # bit for bit
 
 
 def test_eager_checkpoint_loads_into_compiled_step(float64):

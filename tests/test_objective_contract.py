@@ -32,7 +32,7 @@ from pyro_vae.infer.runtime.distributed import average_gradients
 from pyro_vae.infer.training.compiled_step import CompiledSVIStep
 from pyro_vae.models.vae import VAE
 
-SCHEDULE = "an objective with a schedule (set_progress): the graph would freeze its weight"
+BLOCKER = "a labelled stream (two objectives per step)"  # any reason the policy is given
 
 
 def _vae_and_batch():
@@ -69,12 +69,15 @@ def test_auxiliary_term_forwards_the_contract_of_what_it_wraps():
     wrapped = AuxiliaryTerm(annealed, lambda x: x.sum(-1), weight=0.0)
     wrapped.setup(vae.model, vae.guide, x)
     assert wrapped.objective is annealed
-    assert wrapped.capture_blocker() == SCHEDULE
+    # a schedule no longer blocks a capture: its weight is a graph input, forwarded too
+    assert wrapped.capture_blocker() is None
+    assert wrapped.schedule_inputs() == annealed.schedule_inputs() != []
     wrapped.set_progress(1.0)  # half-way up the linear rise from 0.2 to 1
     assert annealed.beta == pytest.approx(0.6, rel=1e-12) and wrapped.kl_weight == annealed.beta
     loss = wrapped(vae.model, vae.guide, x)
     # weight 0: the loss is the annealed objective's; the record is its true -ELBO
     assert wrapped.neg_elbo is annealed.neg_elbo
+    assert annealed.schedule_inputs()[0].item() == annealed.beta  # the tensor follows set_progress
     assert torch.isfinite(loss)
 
 
@@ -101,18 +104,17 @@ def test_step_blocker_is_the_one_rule():
     plain, annealed = FastTraceELBO(), KLControlledELBO(KLAnnealing(epochs=1.0))
     assert step_blocker(plain) is None
     assert step_blocker(KLControlledELBO(free_bits=0.5)) is None  # no schedule: capturable
-    assert step_blocker(annealed) == SCHEDULE
+    assert step_blocker(annealed) is None  # the schedule's weight is an input of the graph
     assert "labelled stream" in step_blocker(plain, labelled_objective=plain)
     assert "gradient hook" in step_blocker(plain, grad_hook=average_gradients)
 
 
 def test_the_compiled_step_falls_back_for_the_reason_the_policy_gives():
     vae, x = _vae_and_batch()
-    annealed = KLControlledELBO(KLAnnealing(epochs=1.0))
-    svi = CompiledSVIStep(vae.model, vae.guide, annealed)
-    with pytest.warns(UserWarning, match="schedule"):
+    svi = CompiledSVIStep(vae.model, vae.guide, grad_hook=average_gradients)
+    with pytest.warns(UserWarning, match="gradient hook"):
         svi.setup(x)
-    assert svi.fallback_reason == step_blocker(annealed)
+    assert svi.fallback_reason == step_blocker(svi.objective, grad_hook=average_gradients)
 
 
 @pytest.mark.parametrize(
@@ -120,8 +122,8 @@ def test_the_compiled_step_falls_back_for_the_reason_the_policy_gives():
     [
         ("auto", AUTO_MIN_STEPS, None, True),
         ("auto", AUTO_MIN_STEPS - 1, None, False),
-        ("auto", 10 * AUTO_MIN_STEPS, SCHEDULE, False),
-        (True, 1, SCHEDULE, True),  # asked for: the compiled path then says why it falls back
+        ("auto", 10 * AUTO_MIN_STEPS, BLOCKER, False),
+        (True, 1, BLOCKER, True),  # asked for: the compiled path then says why it falls back
         (False, 10 * AUTO_MIN_STEPS, None, False),
     ],
 )

@@ -12,7 +12,8 @@ scikit-learn's PCA resolves ``svd_solver="auto"`` once in ``_fit`` and then disp
 
 What blocks a compiled training step is written once too (:func:`step_blocker`): a labelled
 second stream, a gradient hook, and whatever the objective itself declares
-(:meth:`~pyro_vae.infer.objectives.base.Objective.capture_blocker`: a schedule, Pyro's JIT).
+(:meth:`~pyro_vae.infer.objectives.base.Objective.capture_blocker`: Pyro's JIT). A schedule
+is not a blocker: its per-step scalars are graph inputs (``Objective.schedule_inputs``).
 """
 
 from __future__ import annotations

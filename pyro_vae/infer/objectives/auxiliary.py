@@ -132,6 +132,10 @@ class AuxiliaryTerm(Objective):
         if self.objective is not None:
             self.objective.set_progress(epochs_done)
 
+    def schedule_inputs(self) -> list:
+        """The wrapped objective's (see :meth:`Objective.schedule_inputs`)."""
+        return self.objective.schedule_inputs() if self.objective is not None else []
+
     def capture_blocker(self) -> str | None:
         """The wrapped objective's reason, if it has one (see :meth:`Objective.capture_blocker`)."""
         return self.objective.capture_blocker() if self.objective is not None else None

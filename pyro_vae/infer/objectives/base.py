@@ -120,6 +120,19 @@ class Objective:
         """
         return None
 
+    def schedule_inputs(self) -> list[torch.Tensor]:
+        """0-dim tensors holding the per-step scalars of a schedule (a KL weight), or [].
+
+        :meth:`set_progress` updates them in place and the objective reads them as tensors,
+        so a captured graph takes them as inputs (:class:`CompiledSVIStep`) and follows the
+        schedule instead of freezing its value at capture time.
+
+        Returns
+        -------
+        list of torch.Tensor
+        """
+        return []
+
     def recorded_neg_elbo(self, loss: torch.Tensor) -> torch.Tensor:
         """The true -ELBO per datapoint of the call that returned ``loss``, detached.
 

@@ -161,6 +161,8 @@ class KLControlledELBO(Objective):
         self.annealing, self.free_bits = annealing, float(free_bits)
         self.data_plate = data_plate
         self.beta = annealing(0.0) if annealing is not None else 1.0
+        # the weight as a 0-dim tensor too: a captured step graph reads it as an input
+        self._beta_tensor = torch.tensor(self.beta, dtype=torch.float64)
         self.neg_elbo = None
         self._checked = False
 
@@ -173,6 +175,7 @@ class KLControlledELBO(Objective):
             Epochs completed before the coming step, e.g. 2.5 half-way through the third.
         """
         self.beta = self.annealing(epochs_done) if self.annealing is not None else 1.0
+        self._beta_tensor.fill_(self.beta)
 
     def setup(self, model, guide, x, *args, **kwargs) -> None:
         """Refuse a guide that is not reparameterized (see :meth:`Objective.setup`).
@@ -199,11 +202,9 @@ class KLControlledELBO(Objective):
         """beta of the latest step."""
         return self.beta
 
-    def capture_blocker(self) -> str | None:
-        """An annealed weight changes every step: a captured graph would freeze it."""
-        if self.annealing is not None:
-            return "an objective with a schedule (set_progress): the graph would freeze its weight"
-        return None
+    def schedule_inputs(self) -> list[torch.Tensor]:
+        """The annealed weight beta as a 0-dim tensor (none without annealing)."""
+        return [self._beta_tensor] if self.annealing is not None else []
 
     def _kl_groups(self, q: SiteTerm | None, p: SiteTerm, n: int):
         """(KL per group, per datapoint; free nats per group) of one latent site."""
@@ -252,7 +253,8 @@ class KLControlledELBO(Objective):
             kl_total = kl_total + kl.sum()
             kl_kept = kl_kept + (kl.clamp(min=free).sum() if free is not None else kl.sum())
         self.neg_elbo = (kl_total - log_lik).detach()
-        return self.beta * kl_kept - log_lik
+        beta = self._beta_tensor if self.annealing is not None else self.beta
+        return beta * kl_kept - log_lik
 
     def __repr__(self) -> str:
         return f"KLControlledELBO(annealing={self.annealing!r}, free_bits={self.free_bits:g})"

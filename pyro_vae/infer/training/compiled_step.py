@@ -10,9 +10,10 @@ With the same RNG state a compiled and an eager step draw the same noise, so a r
 a checkpoint (parameters, optimizer, RNG states) continues bit for bit. What cannot be captured
 falls back to the eager step with one notice: whatever
 :func:`~pyro_vae.infer.compile.policy.step_blocker` names (a labelled stream, a gradient hook,
-an objective with a schedule or Pyro's JIT), a guide site without ``rsample``, an optimizer other
+Pyro's JIT), a guide site without ``rsample``, an optimizer other
 than the default Adam, tensors passed as keyword arguments, a parameter created during the
-capture, a trace that fails or does not replay.
+capture, a trace that fails or does not replay. An objective's schedule is no obstacle: its
+per-step scalars are graph inputs (:meth:`Objective.schedule_inputs`), read on every call.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ class CompiledSVIStep(SVIStep):
             self._fall_back("a parameter that does not require grad")
             return None
         m, v, steps = self._adam_state()
-        buffers = self._module_buffers
+        buffers = [*self._module_buffers, *self.objective.schedule_inputs()]
         inputs = [*params, *m, *v, *steps, self._coefficients(steps), *buffers, x, *args]
         known = set(pyro.get_param_store().keys())
         try:
@@ -293,7 +294,7 @@ class CompiledSVIStep(SVIStep):
         compiled = None
         short = x.shape[0] < self._full_batch and not self.compile_short_batches
         if self.fallback_reason is None and not short:
-            buffers = self._module_buffers
+            buffers = [*self._module_buffers, *self.objective.schedule_inputs()]
             key = (graph_key((*buffers, x, *args), kwargs), num_data)
             compiled = self._graphs.get(key)
             if compiled is None:

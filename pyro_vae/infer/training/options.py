@@ -66,7 +66,7 @@ class TrainOptions:
         resolved once by :func:`pyro_vae.infer.compile.policy.resolve`: a run of at least
         :data:`~pyro_vae.infer.compile.policy.AUTO_MIN_STEPS` steps (epochs x batches, so a
         resume with the same ``epochs`` decides the same) whose step nothing blocks (a labelled
-        stream, a gradient all-reduce, an objective with a schedule or Pyro's JIT). Compiled
+        stream, a gradient all-reduce, Pyro's JIT; a KL schedule is a graph input). Compiled
         and eager runs agree to float rounding, not bit for bit.
     data_plate : str
         Name of the data plate.
