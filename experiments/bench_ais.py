@@ -16,12 +16,15 @@ datapoints per second and the ratio pyro_vae / JAX (target: at least 1.0). The J
 the ``bench`` extra (``pip install -e '.[bench]'``); without it the row is skipped with a
 notice.
 
-``--compiled`` adds ``ais_evidence(..., compile=True)``: every HMC transition one captured,
-inductor-compiled graph (its capture and compile timed apart). ``--profile`` prints where
-pyro_vae's eager time goes (cProfile, by total time).
+``--density-cost`` only times one evaluation of log q, log p and their gradients for 50
+datapoints x 20 chains (what every leapfrog step pays; e.g. an IAF guide against a Gaussian one)
+and returns. ``--compiled`` adds ``ais_evidence(..., compile=True)``: every HMC transition
+one captured, inductor-compiled graph (its capture and compile timed apart). ``--profile``
+prints where pyro_vae's eager time goes (cProfile, by total time).
 
     python experiments/bench_ais.py --compiled          # ~5 minutes on 2 CPU cores
     python experiments/bench_ais.py --run runs/vae --num-points 100 --steps 100
+    python experiments/bench_ais.py --run runs/iaf --density-cost
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import torch
 
 from pyro_vae.data import load_dataset
 from pyro_vae.infer.evidence.ais import AISSettings, ais_evidence, schedule, total_chains
+from pyro_vae.infer.pair.particles import bind_pair
+from pyro_vae.infer.pair.potential import LatentSpace
 from pyro_vae.models import VAE
 
 
@@ -144,6 +149,15 @@ def jax_ais(vae: VAE, x, settings: AISSettings, jax):
     return run
 
 
+def density_cost(vae: VAE, x) -> dict:
+    """Seconds per evaluation of log q, log p and their gradients for 20 chains per datapoint."""
+    space, u = LatentSpace.draw(bind_pair(vae.model, vae.guide, x), 20)
+    space.log_densities(u, grad=True)  # warm-up
+    _, seconds = _timed(lambda: [space.log_densities(u, grad=True) for _ in range(5)])
+    print(f"{seconds / 5:.3f} s per evaluation of {20 * len(x)} chains (log q, log p, gradients)")
+    return {"seconds_per_evaluation": seconds / 5}
+
+
 def _timed(fn):
     start = time.perf_counter()
     value = fn()
@@ -161,6 +175,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch and XLA CPU threads")
     parser.add_argument("--profile", action="store_true", help="where pyro_vae's time goes")
     parser.add_argument(
+        "--density-cost", action="store_true", help="only time one density-gradient evaluation"
+    )
+    parser.add_argument(
         "--compiled", action="store_true", help="also the compiled transition (CompiledTransition)"
     )
     args = parser.parse_args(argv)
@@ -176,6 +193,8 @@ def main(argv=None) -> dict:
     else:
         vae = VAE(784, latent_dim=20, hidden=(400,))
     x = load_dataset("mnist5k", binarize="static", seed=0).test.x[: args.num_points]
+    if args.density_cost:
+        return density_cost(vae, x[:50])
     settings = AISSettings(num_chains=args.chains, num_steps=args.steps, num_leapfrog=args.leapfrog)
 
     def ours(compile=False):

@@ -38,17 +38,21 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pyro
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
+from pyro_vae.infer.pair.params import collect_params
+
 __all__ = [
     "MAX_GUARD_FAILURES",
     "CaptureError",
     "CompileFallbackWarning",
     "CompiledGraph",
+    "PairInputs",
     "DecisionGuards",
     "argument_blocker",
     "build_graph",
@@ -56,6 +60,7 @@ __all__ = [
     "compile_graph",
     "graph_key",
     "module_buffers",
+    "pair_inputs",
     "warn_fallback",
 ]
 
@@ -287,6 +292,42 @@ def argument_blocker(args: tuple, kwargs: dict) -> str | None:
     except TypeError:
         return "a keyword argument is not hashable"
     return None
+
+
+@dataclass(frozen=True)
+class PairInputs:
+    """What a captured graph of a bound pair takes besides its data, found once.
+
+    Attributes
+    ----------
+    fallback_reason : str or None
+        Why the pair's arguments cannot be graph inputs (:func:`argument_blocker`), or None.
+    params : list of torch.Tensor
+        Its parameters, found by running it (empty when it falls back).
+    param_names : set of str
+        Their names.
+    buffers : list of torch.Tensor
+        Its modules' buffers (:func:`module_buffers`).
+    shapes : tuple
+        (name, shape, dtype) of each parameter: part of a graph's cache key.
+    """
+
+    fallback_reason: str | None
+    params: list
+    param_names: set
+    buffers: list
+    shapes: tuple
+
+
+def pair_inputs(pair) -> PairInputs:
+    """The :class:`PairInputs` of a :class:`~pyro_vae.infer.pair.particles.PairBatch`."""
+    reason = argument_blocker(pair.args, pair.kwargs)
+    found = {}
+    if reason is None:
+        found = collect_params(pair.model, pair.guide, pair.x, *pair.args, **pair.kwargs)
+    shapes = tuple((name, tuple(p.shape), p.dtype) for name, p in found.items())
+    buffers = module_buffers(pair.model, pair.guide)
+    return PairInputs(reason, list(found.values()), set(found), buffers, shapes)
 
 
 def build_graph(fn, inputs, *, mutated, param_names, device, compile_fn=None):

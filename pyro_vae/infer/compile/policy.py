@@ -48,8 +48,9 @@ AUTO_MIN_STEPS = 2000
 AUTO_MIN_WEIGHTS = 2_000_000
 # "auto" compiles the HMC transition of an annealed importance sampler from this many
 # gradient evaluations on (datapoints x chains x transitions x leapfrog steps): measured on the
-# main job's VAE (experiments/bench_ais.py, 1 thread), the compiled transition saves ~40% of
-# 50 us per evaluation and costs ~55 s to capture and compile: break-even ~2.8 million
+# main job's VAE (experiments/bench_ais.py --compiled, one core, nothing else running), the
+# compiled transition takes 26 us per evaluation against 36 us eager and costs 49-54 s to
+# capture and compile: break-even ~5 million
 AUTO_MIN_GRADIENTS = 6_000_000
 # seconds a first compile takes, with inductor's on-disk cache cold (docs/compiled.md: the
 # README's main job's step 23.1 s, the log-weight graph 6.8 s); later runs reuse the cache

@@ -30,8 +30,8 @@ only on paths independent of its own, and its weight stays unbiased.
 Cost: T x L gradient evaluations of log p(x, z) and log q(z | x) per chain. The guide is
 scored at points it did not draw: a Gaussian guide costs a Normal density, but a flow needs its
 inverse, and an inverse autoregressive flow's inverse takes one pass per latent dimension
-(measured on the main-job VAE with 4 IAF steps: 1.0 s per evaluation of 1,000 chains, against
-0.06 s with the Gaussian guide).
+(``experiments/bench_ais.py --density-cost``: 0.79 s per evaluation of 1,000 chains for the
+main-job VAE with 4 IAF steps, 0.03 s with its Gaussian guide; nothing else running).
 
 Vectorized over datapoints and chains, chunked over datapoints so that (S, chunk, D) numbers
 live at once (the budget of :func:`~pyro_vae.infer.evidence.weights.default_chunk_size`), on the
@@ -52,7 +52,7 @@ from pyro_vae.infer.compile.policy import AUTO_MIN_GRADIENTS, compile_notice, re
 from pyro_vae.infer.evidence.compiled_hmc import CompiledTransition
 from pyro_vae.infer.evidence.hmc import ChainState, hmc_transition
 from pyro_vae.infer.evidence.psis import psis_tail_size
-from pyro_vae.infer.evidence.weights import WeightStream, default_chunk_size
+from pyro_vae.infer.evidence.weights import WeightStream, check_positive, default_chunk_size
 from pyro_vae.infer.pair.particles import bind_pair
 from pyro_vae.infer.pair.potential import LatentSpace
 from pyro_vae.infer.pair.sites import DATA_PLATE, check_data
@@ -64,6 +64,7 @@ __all__ = [
     "ais_evidence",
     "anneal",
     "chain_summary",
+    "datapoint_chunks",
     "merge_settings",
     "preconditioner",
     "resolve_compile",
@@ -247,16 +248,34 @@ def anneal(
     return log_w[main], accept_rate, used
 
 
-def _chunk_size(settings, x, num_data, site_size, chunk_size):
-    if chunk_size is not None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-        return chunk_size
-    return max(1, default_chunk_size(total_chains(settings), site_size, x.device) // 4)
+def datapoint_chunks(model, guide, x, args, kwargs, settings, chunk_size, data_plate, bound=None):
+    """The chunks of datapoints annealed at once: ``(slice, PairBatch)`` pairs, and their count.
+
+    Default size: a quarter of the estimators' budget over chains x largest site (gradients
+    hold more than weights). The pair is checked (on one datapoint, or ``bound``) first.
+    """
+
+    def bind(rows):
+        return bind_pair(model, guide, x[rows], *_rows(args, rows), data_plate=data_plate, **kwargs)
+
+    first = bound or bind(slice(0, 1))
+    check_positive(chunk_size=chunk_size)
+    if chunk_size is None:
+        budget = default_chunk_size(total_chains(settings), first.layout.site_size, x.device)
+        chunk_size = max(1, budget // 4)
+    num_data = x.shape[0]
+
+    def chunks():
+        for start in range(0, num_data, chunk_size):
+            rows = slice(start, min(num_data, start + chunk_size))
+            yield rows, bind(rows)
+
+    return chunks(), math.ceil(num_data / chunk_size)
 
 
-def _rows(args, start, stop):
-    return tuple(a[start:stop] if torch.is_tensor(a) and a.dim() else a for a in args)
+def _rows(args, rows: slice):
+    """The per-datapoint tensor arguments cut to ``rows``; others as they are."""
+    return tuple(a[rows] if torch.is_tensor(a) and a.dim() else a for a in args)
 
 
 def ais_evidence(
@@ -314,30 +333,22 @@ def ais_evidence(
     """
     settings = merge_settings(settings, kwargs)
     check_data(x)
-    num_data = x.shape[0]
-    pair = bind_pair(model, guide, x[:1], *_rows(args, 0, 1), data_plate=data_plate, **kwargs)
-    size = _chunk_size(settings, x, num_data, pair.layout.site_size, chunk_size)
     betas = schedule(settings.num_steps, settings.schedule, x.device, x.dtype)
-    compile = resolve_compile(compile, settings, num_data)
-    rows = []
-    num_chunks = math.ceil(num_data / size)
+    compile = resolve_compile(compile, settings, x.shape[0])
+    chunks, num_chunks = datapoint_chunks(
+        model, guide, x, args, kwargs, settings, chunk_size, data_plate
+    )
+    results = []
     with tqdm(
         total=num_chunks * settings.num_steps, desc="AIS", unit="step", disable=not progress
     ) as bar:
         if compile and progress:
             bar.write(compile_notice("HMC transition"))
-        for start in range(0, num_data, size):
-            stop = min(num_data, start + size)
-            chunk = bind_pair(
-                model,
-                guide,
-                x[start:stop],
-                *_rows(args, start, stop),
-                data_plate=data_plate,
-                **kwargs,
-            )
-            rows.append(_forward_chunk(chunk, settings, betas, bar.update, compile))
-    return AISResult(**{k: torch.cat([r[k] for r in rows]) for k in rows[0]}, settings=settings)
+        for _, chunk in chunks:
+            results.append(_forward_chunk(chunk, settings, betas, bar.update, compile))
+    return AISResult(
+        **{k: torch.cat([r[k] for r in results]) for k in results[0]}, settings=settings
+    )
 
 
 def chain_summary(log_w, accept_rate, step_size) -> dict:

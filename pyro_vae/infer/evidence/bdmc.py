@@ -16,7 +16,6 @@ instead of observed, ``poutine.uncondition``), :func:`bdmc` runs both chains.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -27,13 +26,13 @@ from pyro_vae.infer.evidence.ais import (
     AISSettings,
     anneal,
     chain_summary,
+    datapoint_chunks,
     merge_settings,
     preconditioner,
     resolve_compile,
     schedule,
     total_chains,
 )
-from pyro_vae.infer.evidence.weights import default_chunk_size
 from pyro_vae.infer.pair.particles import bind_pair
 from pyro_vae.infer.pair.potential import LatentSpace
 from pyro_vae.infer.pair.sites import DATA_PLATE, check_data, sample_sites
@@ -168,19 +167,16 @@ def bdmc(
     x = check_data(simulated.x)
     pair = bind_pair(model, guide, x, *args, data_plate=data_plate, **kwargs)
     exact = LatentSpace.draw(pair, 1)[0].flatten(simulated.latents)[0]  # (N, D)
-    if chunk_size is None:
-        budget = default_chunk_size(total_chains(settings), pair.layout.site_size, x.device)
-        chunk_size = max(1, budget // 4)
     betas = schedule(settings.num_steps, settings.schedule, x.device, x.dtype)
-    rows, num_data = [], x.shape[0]
-    compile = resolve_compile(compile, settings, 2 * num_data)
-    total = 2 * math.ceil(num_data / chunk_size) * settings.num_steps
+    compile = resolve_compile(compile, settings, 2 * x.shape[0])
+    chunks, num_chunks = datapoint_chunks(
+        model, guide, x, args, kwargs, settings, chunk_size, data_plate, bound=pair
+    )
+    rows = []
+    total = 2 * num_chunks * settings.num_steps
     with tqdm(total=total, desc="BDMC", unit="step", disable=not progress) as bar:
-        for start in range(0, num_data, chunk_size):
-            stop = min(num_data, start + chunk_size)
-            cut = tuple(a[start:stop] if torch.is_tensor(a) and a.dim() else a for a in args)
-            chunk = bind_pair(model, guide, x[start:stop], *cut, data_plate=data_plate, **kwargs)
-            rows.append(_sandwich(chunk, exact[start:stop], settings, betas, bar.update, compile))
+        for cut, chunk in chunks:
+            rows.append(_sandwich(chunk, exact[cut], settings, betas, bar.update, compile))
     cat = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
     return BDMCResult(**cat, gap=cat["upper"] - cat["lower"], settings=settings)
 

@@ -16,13 +16,11 @@ import torch
 
 from pyro_vae.infer.compile.capture import (
     MAX_GUARD_FAILURES,
-    argument_blocker,
     build_graph,
     graph_key,
-    module_buffers,
+    pair_inputs,
     warn_fallback,
 )
-from pyro_vae.infer.pair.params import collect_params
 from pyro_vae.infer.pair.particles import PairBatch, draw_log_weights
 
 __all__ = ["CompiledLogWeights"]
@@ -62,13 +60,10 @@ class CompiledLogWeights:
     def __init__(self, pair: PairBatch, compile_fn=None):
         self.pair = pair
         self._compile_fn = compile_fn
-        self.fallback_reason = argument_blocker(pair.args, pair.kwargs)
-        found = {}
-        if self.fallback_reason is None:
-            found = collect_params(pair.model, pair.guide, pair.x, *pair.args, **pair.kwargs)
-        self.params, self.param_names = list(found.values()), set(found)
-        self.buffers = module_buffers(pair.model, pair.guide)
-        self._shapes = tuple((name, tuple(p.shape), p.dtype) for name, p in found.items())
+        inputs = pair_inputs(pair)
+        self.fallback_reason = inputs.fallback_reason
+        self.params, self.param_names = inputs.params, inputs.param_names
+        self.buffers, self._shapes = inputs.buffers, inputs.shapes
         if self.fallback_reason is not None:
             warn_fallback(self.fallback_reason)
 

@@ -23,14 +23,12 @@ import torch
 
 from pyro_vae.infer.compile.capture import (
     MAX_GUARD_FAILURES,
-    argument_blocker,
     build_graph,
     graph_key,
-    module_buffers,
+    pair_inputs,
     warn_fallback,
 )
 from pyro_vae.infer.evidence.hmc import ChainState, hmc_transition
-from pyro_vae.infer.pair.params import collect_params
 from pyro_vae.infer.pair.potential import LatentSpace, LogDensities
 
 __all__ = ["CompiledTransition"]
@@ -60,14 +58,10 @@ class CompiledTransition:
     def __init__(self, space: LatentSpace, num_leapfrog: int, compile_fn=None):
         self.space, self.num_leapfrog = space, num_leapfrog
         self._compile_fn = compile_fn
-        pair = space.pair
-        self.fallback_reason = argument_blocker(pair.args, pair.kwargs)
-        found = {}
-        if self.fallback_reason is None:
-            found = collect_params(pair.model, pair.guide, pair.x, *pair.args, **pair.kwargs)
-        self.params, self.param_names = list(found.values()), set(found)
-        self.buffers = module_buffers(pair.model, pair.guide)
-        self._shapes = tuple((name, tuple(p.shape), p.dtype) for name, p in found.items())
+        inputs = pair_inputs(space.pair)
+        self.fallback_reason = inputs.fallback_reason
+        self.params, self.param_names = inputs.params, inputs.param_names
+        self.buffers, self._shapes = inputs.buffers, inputs.shapes
 
     def _eager(self, state, beta, step_size, scale):
         return hmc_transition(self.space, state, beta, step_size, scale, self.num_leapfrog)

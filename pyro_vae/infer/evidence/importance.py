@@ -44,6 +44,7 @@ from pyro_vae.infer.evidence.psis import psis_tail_size
 from pyro_vae.infer.evidence.weights import (
     EvidenceResult,
     WeightStream,
+    check_positive,
     chunks,
     default_chunk_size,
     prime_cpu_allocator,
@@ -58,14 +59,6 @@ __all__ = [
     "iwae_from_log_weights",
     "log_evidence",
 ]
-
-
-def _check_positive(**values) -> None:
-    for label, value in values.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError(f"{label} must be a positive int, got {value!r}")
-        if value is not None and value < 1:
-            raise ValueError(f"{label} must be a positive int, got {value!r}")
 
 
 def _bind(model, guide, x, args, kwargs, data_plate, chunk_size) -> tuple[PairBatch, int]:
@@ -142,7 +135,7 @@ def log_evidence(
         For bad arguments or data (see :func:`pyro_vae.infer.pair.sites.check_data_plate`).
     """
     check_data(x)
-    _check_positive(num_samples=num_samples, chunk_size=chunk_size)
+    check_positive(num_samples=num_samples, chunk_size=chunk_size)
     compile = resolve(compile, work=x.shape[0] * num_samples, min_work=AUTO_MIN_WEIGHTS).compile
     with torch.no_grad():
         pair, chunk_size = _bind(model, guide, x, args, kwargs, data_plate, chunk_size)
@@ -196,7 +189,7 @@ def iwae_bound(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive int, got {value!r}")
     check_data(x)
-    _check_positive(chunk_size=chunk_size)
+    check_positive(chunk_size=chunk_size)
     num_weights = x.shape[0] * k * num_estimates
     compile = resolve(compile, work=num_weights, min_work=AUTO_MIN_WEIGHTS).compile
     with torch.no_grad():
@@ -295,7 +288,7 @@ def elbo_per_datapoint(
         When ``num_samples`` or ``chunk_size`` is not a positive int, or for bad data.
     """
     check_data(x)
-    _check_positive(num_samples=num_samples, chunk_size=chunk_size)
+    check_positive(num_samples=num_samples, chunk_size=chunk_size)
     compile = resolve(compile, work=x.shape[0] * num_samples, min_work=AUTO_MIN_WEIGHTS).compile
     with torch.no_grad():
         pair, chunk_size = _bind(model, guide, x, args, kwargs, data_plate, chunk_size)

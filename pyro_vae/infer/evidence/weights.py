@@ -23,6 +23,7 @@ __all__ = [
     "ELEMENT_BUDGET",
     "EvidenceResult",
     "WeightStream",
+    "check_positive",
     "chunks",
     "default_chunk_size",
     "prime_cpu_allocator",
@@ -62,6 +63,15 @@ class EvidenceResult:
     khat: torch.Tensor
     num_samples: int
     log_weights: torch.Tensor | None = None
+
+
+def check_positive(**values) -> None:
+    """Refuse, naming it, a value that is neither None nor a positive int (sizes, counts)."""
+    for label, value in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{label} must be a positive int, got {value!r}")
+        if value is not None and value < 1:
+            raise ValueError(f"{label} must be a positive int, got {value!r}")
 
 
 def chunks(total: int, chunk_size: int):

@@ -33,6 +33,7 @@ __all__ = [
     "reduce_to_datapoints",
     "site_log_prob",
     "trace_log_prob",
+    "trace_under_particles",
 ]
 
 PARTICLE_PLATE = "_evidence_particles"
@@ -177,6 +178,14 @@ def trace_log_prob(trace, layout, num_particles, data_plate=DATA_PLATE, guide_tr
     return sum(terms[1:], terms[0]).expand(num_particles, layout.num_data)
 
 
+def trace_under_particles(pair: PairBatch, num_particles: int, fn):
+    """Trace ``fn`` (the pair's model or guide, maybe handled) on the pair's batch, under the
+    particle plate of S particles, blocked from any outer handler."""
+    layout = pair.layout
+    with poutine.block(), pyro.plate(PARTICLE_PLATE, num_particles, dim=layout.particle_dim):
+        return pair.call(poutine.trace(fn).get_trace)
+
+
 def draw_log_weights(pair: PairBatch, num_particles: int) -> torch.Tensor:
     """One vectorized draw of S log weights log p(x, z_s) - log q(z_s | x) per datapoint.
 
@@ -195,10 +204,8 @@ def draw_log_weights(pair: PairBatch, num_particles: int) -> torch.Tensor:
         Log weights, nats.
     """
     layout, data_plate = pair.layout, pair.data_plate
-    with poutine.block(), pyro.plate(PARTICLE_PLATE, num_particles, dim=layout.particle_dim):
-        guide_trace = pair.call(poutine.trace(without_enumeration(pair.guide)).get_trace)
-        model_trace = pair.call(
-            poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace
-        )
+    guide_trace = trace_under_particles(pair, num_particles, without_enumeration(pair.guide))
+    replayed = poutine.replay(pair.model, trace=guide_trace)
+    model_trace = trace_under_particles(pair, num_particles, replayed)
     log_p = trace_log_prob(model_trace, layout, num_particles, data_plate, guide_trace)
     return log_p - trace_log_prob(guide_trace, layout, num_particles, data_plate)

@@ -26,18 +26,17 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import sum_rightmost
 from torch.distributions import biject_to, constraints
 
 from pyro_vae.infer.pair.particles import (
-    PARTICLE_PLATE,
     PairBatch,
     reduce_to_datapoints,
     site_log_prob,
     trace_log_prob,
+    trace_under_particles,
 )
 from pyro_vae.infer.pair.sites import sample_sites, without_enumeration
 
@@ -165,7 +164,7 @@ class LatentSpace:
     ) -> tuple[LatentSpace, torch.Tensor]:
         """Draw S chains' start z ~ q(z | x): the space and u of shape (S, N, D) (no grad)."""
         with torch.no_grad():
-            guide_trace = _under_particles(pair, num_chains, without_enumeration(pair.guide))
+            guide_trace = trace_under_particles(pair, num_chains, without_enumeration(pair.guide))
         space = cls(pair, guide_trace, num_chains, rerun_guide)
         values = {b.name: guide_trace.nodes[b.name]["value"] for b in space.blocks}
         return space, space.flatten(values)
@@ -250,7 +249,7 @@ class LatentSpace:
 
     def _log_p(self, values: dict) -> torch.Tensor:
         pair, S = self.pair, self.num_chains
-        trace = _under_particles(pair, S, poutine.condition(pair.model, data=values))
+        trace = trace_under_particles(pair, S, poutine.condition(pair.model, data=values))
         unconditioned = [n for n, s in sample_sites(trace) if not s["is_observed"]]
         if unconditioned:
             raise ValueError(
@@ -268,7 +267,9 @@ class LatentSpace:
         if not self.blocks:
             return torch.zeros((), device=pair.x.device)
         guide = poutine.condition(without_enumeration(pair.guide), data=values)
-        return trace_log_prob(_under_particles(pair, S, guide), pair.layout, S, pair.data_plate)
+        return trace_log_prob(
+            trace_under_particles(pair, S, guide), pair.layout, S, pair.data_plate
+        )
 
     def guide_scale(self, num_draws: int = 64) -> torch.Tensor:
         """Per-dimension spread of q in u: the std of ``num_draws`` fresh guide draws, (N, D).
@@ -282,10 +283,3 @@ class LatentSpace:
         scale = u.std(0)
         floor = 1e-3 * scale.amax(-1, keepdim=True).clamp_min(math.ulp(1.0))
         return torch.maximum(scale, floor)
-
-
-def _under_particles(pair: PairBatch, num_particles: int, fn):
-    """Trace ``fn`` (the model or guide, maybe conditioned) under the particle plate."""
-    layout = pair.layout
-    with poutine.block(), pyro.plate(PARTICLE_PLATE, num_particles, dim=layout.particle_dim):
-        return pair.call(poutine.trace(fn).get_trace)
