@@ -2,6 +2,9 @@
 
 Parsing only: every option's type, default and help line. The commands themselves are in
 :mod:`pyro_vae.cli`, the rules behind the options in :mod:`pyro_vae.runs`.
+
+Size: one declaration per option, most of it help text that users read in ``--help``; split,
+the commands' parsers would only move apart from the shared option groups they use.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from pyro_vae.infer.evidence.ais import SCHEDULES, AISSettings
 from pyro_vae.infer.evidence.psis import KHAT_OK
 from pyro_vae.infer.objectives.elbo import LOSSES
 from pyro_vae.infer.runtime.devices import DEFAULT_THREADS
+from pyro_vae.infer.training.options import SCHEDULES as LABELLED_SCHEDULES
 from pyro_vae.models.likelihoods import LIKELIHOODS
-from pyro_vae.nets import ACTIVATIONS, ARCHS
+from pyro_vae.nets import ACTIVATIONS, ARCHS, INITS
 from pyro_vae.runs.certified import ESTIMATORS
-from pyro_vae.runs.config import M2_LABELS_PER_CLASS, option_flag
+from pyro_vae.runs.config import M2_ALPHA_PER_LABEL, M2_DEFAULTS, M2_LABELS_PER_CLASS, option_flag
 from pyro_vae.runs.recipes import MODELS
 from pyro_vae.runs.training import COMPILE_CHOICES
 
@@ -136,13 +140,51 @@ def _train_parser(sub) -> None:
         type=_non_negative,
         default=None,
         help="--model m2: weight alpha of the classification term alpha * E[-log q(y|x)] on "
-        "labelled data (default 0.1 N, N training images, as Kingma et al. 2014)",
+        f"labelled data (default {M2_ALPHA_PER_LABEL:g} N_l, N_l labelled images, as Pyro's "
+        "SS-VAE example)",
+    )
+    t.add_argument(
+        "--labelled-schedule",
+        default="alternate",
+        choices=sorted(LABELLED_SCHEDULES),
+        help="--model m2: alternate, the labelled batches as steps of their own (the "
+        "classification term a step apart) among the unlabelled ones, as Pyro's SS-VAE example; "
+        "joint, a labelled batch inside every step (the weighted union of both losses)",
+    )
+    t.add_argument(
+        "--init",
+        default="small",
+        choices=list(INITS),
+        help="--model m2: start weights; small, hidden layers from N(0, 0.001^2) as Pyro's "
+        "SS-VAE example; torch, PyTorch's default",
     )
     _data_options(t)
     _model_options(t)
     _training_options(t)
     _run_options(t)
     _common(t)
+
+
+def _m2(name: str) -> str:
+    """The help's note of an option whose ``--model m2`` default differs (with the default)."""
+
+    def shown(value) -> str:
+        return (
+            ",".join(map(str, value))
+            if isinstance(value, tuple)
+            else f"{value:g}"
+            if isinstance(value, float)
+            else str(value)
+        )
+
+    return (
+        f" (default {shown(VAE_DEFAULTS[name])}; {shown(M2_DEFAULTS[name])} for --model m2, as "
+        "Pyro's SS-VAE example)"
+    )
+
+
+VAE_DEFAULTS = dict(latent=20, hidden=(400,), activation="relu", batch_size=128)
+"""The defaults of the options whose ``--model m2`` default differs (:data:`M2_DEFAULTS`)."""
 
 
 def _data_options(t: argparse.ArgumentParser) -> None:
@@ -153,7 +195,8 @@ def _data_options(t: argparse.ArgumentParser) -> None:
         "--binarize",
         default="auto",
         choices=["auto", "static", "dynamic", "none"],
-        help="pixels to {0, 1}; auto: static for --likelihood bernoulli, none for gaussian",
+        help="pixels to {0, 1}; auto: static for --likelihood bernoulli (dynamic for --model "
+        "m2), none for gaussian",
     )
     t.add_argument(
         "--val-fraction",
@@ -166,17 +209,35 @@ def _data_options(t: argparse.ArgumentParser) -> None:
 
 def _model_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS, help="p(x|z)")
-    t.add_argument("--latent", type=_positive_int, default=20, help="latent dimension M")
-    t.add_argument("--hidden", type=_hidden, default=(400,), help="hidden sizes, e.g. 512,256")
     t.add_argument(
-        "--activation", default="relu", choices=sorted(ACTIVATIONS), help="hidden activation"
+        "--latent",
+        type=_positive_int,
+        default=VAE_DEFAULTS["latent"],
+        help=f"latent dimension M{_m2('latent')}",
+    )
+    t.add_argument(
+        "--hidden",
+        type=_hidden,
+        default=VAE_DEFAULTS["hidden"],
+        help=f"hidden sizes, e.g. 512,256{_m2('hidden')}",
+    )
+    t.add_argument(
+        "--activation",
+        default=VAE_DEFAULTS["activation"],
+        choices=sorted(ACTIVATIONS),
+        help=f"hidden activation{_m2('activation')}",
     )
     t.add_argument("--arch", default="mlp", choices=ARCHS, help="encoder/decoder networks")
 
 
 def _training_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--epochs", type=_positive_int, default=10, help="epochs to reach")
-    t.add_argument("--batch-size", type=_positive_int, default=128, help="datapoints per step")
+    t.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=VAE_DEFAULTS["batch_size"],
+        help=f"datapoints per step{_m2('batch_size')}",
+    )
     t.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
     t.add_argument(
         "--loss",

@@ -667,8 +667,9 @@ def test_m2_run_trains_evaluates_diagnoses_and_resumes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "test accuracy of q(y|x)" in printed, printed
     options = json.loads((out / "config.json").read_text())["options"]
-    # Kingma et al. (2014): alpha = 0.1 N, N = 3,600 training images of MNIST-5k
-    assert options["loss"] == "enum" and options["alpha"] == pytest.approx(360.0)
+    # Pyro's SS-VAE example: alpha = 46 N_l, N_l = 30 labelled images
+    assert options["loss"] == "enum" and options["alpha"] == pytest.approx(46 * 30)
+    assert options["labelled_schedule"] == "alternate" and options["init"] == "small"
     assert options["labels_per_class"] == 3
     argv = ["evaluate", str(out), "--num-samples", "20", "--num-points", "12", "--quiet"]
     assert main(argv) == 0

@@ -199,6 +199,20 @@ def test_torchrun_trains_one_run_that_resumes_on_one_process(tmp_path):
 
 
 @pytest.mark.slow
+def test_torchrun_trains_m2_in_alternate_steps(tmp_path):
+    # every rank takes one step per batch of its shard and one pass over the labelled set per
+    # epoch: the same number of all-reduces on both ranks, or the job hangs (and times out)
+    out = tmp_path / "m2"
+    tiny = ["--dataset", "digits", "--latent", "2", "--hidden", "16", "--threads", "1"]
+    tiny += ["--model", "m2", "--labels-per-class", "3", "--batch-size", "64"]
+    done = _torchrun("train", *tiny, "--epochs", "2", "--out", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr[-2000:]
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert all(math.isfinite(r["train_loss"]) for r in history), history
+
+
+@pytest.mark.slow
 def test_a_failing_job_stops_every_rank_with_its_message(tmp_path):
     missing = str(tmp_path / "none")
     done = _torchrun("train", "--dataset", "mnist", "--root", missing, "--out", str(tmp_path / "r"))

@@ -22,7 +22,7 @@ def test_every_script_is_smoke_tested():
     scripts = {p.stem for p in EXPERIMENTS.glob("*.py")}
     expected = {"ppca_baseline", "bench_train", "bench_evidence", "bench_threads", "ablation"}
     expected |= {"semi_supervised", "bench_distributed"}
-    expected |= {"bench_startup", "bench_ais"}
+    expected |= {"bench_startup", "bench_ais", "pyro_ss_vae"}
     assert scripts == expected, scripts
 
 
@@ -103,22 +103,43 @@ def test_bench_threads(capsys):
 
 
 def test_semi_supervised(tmp_path):
-    argv = ["--epochs", "1", "--labels-per-class", "2", "--latent", "2", "--hidden", "16"]
-    argv += ["--classifier-steps", "5", "--num-samples", "10", "--num-points", "30", "--quiet"]
-    rows = load("semi_supervised").main([*argv, "--alphas", "paper", "7", "--out", str(tmp_path)])
-    names = [r["row"] for r in rows]
-    # alpha = 0.1 N with N = 3,600 MNIST-5k training images; then the number given
-    assert names == ["M2, alpha = 360 (paper)", "M2, alpha = 7", "classifier only",
-                     "logistic regression", "VAE", "CVAE"], names  # fmt: skip
-    for r in rows:
-        if "accuracy" in r:
-            assert 0 <= r["accuracy"] <= 1 and r["labels"] == 20, r
-        if "log_px" in r:  # a log-likelihood of 784 binary pixels: negative and finite
-            assert math.isfinite(r["log_px"]) and r["log_px"] < 0, r
-    assert sum("log_px" in r for r in rows) == 4 and sum("accuracy" in r for r in rows) == 4
-    assert (tmp_path / "mnist5k.md").read_text().count("\n") == 2 + len(rows)
-    for figure in ("m2_class_samples", "m2_analogies", "cvae_class_samples", "cvae_analogies"):
-        assert (tmp_path / f"mnist5k_{figure}.png").stat().st_size > 1000, figure
+    argv = ["--epochs", "1", "--labels-per-class", "2", "--seeds", "0", "1", "--num-points", "20"]
+    argv += ["--classifier-steps", "5", "--num-samples", "10", "--out", str(tmp_path)]
+    argv += ["--runs", str(tmp_path)]
+    result = load("semi_supervised").main([*argv, "--train-flags=--latent 2 --hidden 16"])
+    seeds, summary = result["seeds"], result["summary"]
+    assert [s["seed"] for s in seeds] == [0, 1]
+    for s in seeds:  # the command line's M2 defaults, with 46 per labelled image as alpha
+        assert s["options"] == {"alpha": 46.0 * 20, "labelled_schedule": "alternate",
+                                "init": "small", "lr": 1e-3, "binarize": "dynamic"}  # fmt: skip
+        for key in ("m2", "m2_val", "classifier_only", "classifier_binary", "logistic_regression"):
+            assert 0 <= s[key] <= 1, (key, s)
+        assert s["classifier_only"] == max(s["classifier_same_init"], s["classifier_torch_init"])
+        assert math.isfinite(s["m2_log_px"]) and s["m2_log_px"] < 0  # 784 binary pixels
+    m2 = [s["m2"] for s in seeds]
+    assert summary["m2"]["mean"] == pytest.approx(sum(m2) / 2)
+    assert summary["m2"]["min"] == min(m2) and summary["m2"]["max"] == max(m2)
+    assert (tmp_path / "mnist5k.md").read_text().count("\n") == 2 + 6
+    for figure in ("class_samples", "analogies"):
+        assert (tmp_path / f"mnist5k_m2_{figure}.png").stat().st_size > 1000, figure
+    # a finished run is reused, not trained again
+    again = load("semi_supervised").main([*argv, "--seeds", "1", "--reuse"])
+    assert again["seeds"][0]["m2_seconds"] == 0.0 and again["seeds"][0]["m2"] == m2[1]
+
+
+@pytest.mark.parametrize("flags", [[], ["--loop", "joint", "--init", "torch"]])
+def test_pyro_ss_vae_port(tmp_path, flags, capsys):
+    out = tmp_path / "port.json"
+    argv = ["--epochs", "2", "--seeds", "0", "--labels-per-class", "1", "--hidden", "16"]
+    rows = load("pyro_ss_vae").main([*argv, "--latent", "2", "--quiet", "--out", str(out), *flags])
+    (row,) = rows
+    assert len(row["val_acc"]) == len(row["test_acc"]) == 2
+    assert row["test_last"] == row["test_acc"][-1] and 1 <= row["best_val_epoch"] <= 2
+    assert all(0 <= a <= 1 for a in row["val_acc"] + row["test_acc"])
+    assert json.loads(out.read_text())["rows"][0]["test_last"] == row["test_last"]
+    again = load("pyro_ss_vae").main(["--report", str(out)])  # prints the file, trains nothing
+    assert again == json.loads(out.read_text())["rows"]
+    assert "over 1 seeds: test" in capsys.readouterr().out
 
 
 @pytest.mark.slow

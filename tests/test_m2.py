@@ -13,15 +13,18 @@ import torch.nn.functional as F
 from pyro import poutine
 
 from pyro_vae.infer.evidence.importance import log_evidence
+from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
 from pyro_vae.infer.objectives.elbo import make_objective
+from pyro_vae.infer.training.svi import SVIStep
 from pyro_vae.models.m2 import M2
+from pyro_vae.nets import MLP
 
 N, D, C, M = 5, 6, 10, 2
 
 
-def small_m2():
+def small_m2(init="torch"):
     torch.manual_seed(0)
-    return M2(D, num_classes=C, latent_dim=M, hidden=(8,))
+    return M2(D, num_classes=C, latent_dim=M, hidden=(8,), init=init)
 
 
 def images():
@@ -130,3 +133,72 @@ def test_bad_labels_are_refused_by_model_guide_and_classifier(labels, match):
         with pytest.raises(ValueError, match=match):
             pyro.clear_param_store()
             fn(x, labels)
+
+
+def test_small_init_redraws_the_hidden_layers_of_every_network_and_keeps_the_outputs():
+    torch.manual_seed(0)
+    reference = M2(D, num_classes=C, latent_dim=M, hidden=(400,), init="torch")
+    torch.manual_seed(0)
+    small = M2(D, num_classes=C, latent_dim=M, hidden=(400,))  # the default
+    assert small.config["init"] == "small" and reference.config["init"] == "torch"
+    mlps = [m for m in small.modules() if isinstance(m, MLP)]
+    assert len(mlps) == 3  # encoder, decoder, classifier
+    for mlp in mlps:
+        hidden, output = mlp[0], mlp[-1]
+        # 400 x (D or more) draws of N(0, 0.001^2): the sample sd is 0.001 within 10%
+        assert hidden.weight.std().item() == pytest.approx(1e-3, rel=0.1)
+        assert hidden.bias.abs().max().item() < 6e-3  # 6 sd
+        assert output.weight.abs().max().item() > 1e-2  # torch's default, not redrawn
+    # the same architecture: a run stored with either init rebuilds from its config
+    rebuilt = M2(**small.config)
+    assert rebuilt.load_state_dict(small.state_dict()) is not None
+    with pytest.raises(
+        ValueError, match=r"unknown init 'zeros'; choose one of \['torch', 'small'\]"
+    ):
+        M2(D, init="zeros")
+
+
+class GradientRecorder(torch.optim.Optimizer):
+    """An optimizer that keeps every step's gradients and never moves the parameters."""
+
+    def __init__(self, params):
+        super().__init__(params, {})
+        self.steps = []
+
+    def step(self, closure=None):
+        self.steps.append(
+            [
+                None if p.grad is None else p.grad.clone()
+                for g in self.param_groups
+                for p in g["params"]
+            ]
+        )
+
+
+def test_alternate_labelled_steps_take_each_part_of_the_objective_apart(float64):
+    # the "alternate" schedule: a labelled batch takes one step on share * -ELBO(x, y), then
+    # one on share * weight * mean -log q(y|x); the optimizer records the gradients and moves
+    # nothing, so recomputing each part from the same seed must give the same gradients
+    m2, x = small_m2(), images()
+    y = torch.arange(N)
+    classify = AuxiliaryTerm("trace", m2.classifier_nll, weight=3.0)
+    svi = SVIStep(m2.model, m2.guide, "enum", optimizer=GradientRecorder, labelled_loss=classify)
+    svi.setup(x, labelled=(x, y))
+    params = list(svi.params.values())
+    pyro.set_rng_seed(7)
+    value = svi.step_labelled(x, y, num_labelled=20, share=0.25)
+    assert len(svi.optimizer.steps) == 2
+    pyro.set_rng_seed(7)
+    neg_elbo = classify.objective(m2.model, m2.guide, x, y, num_data=20)
+    term = 3.0 * m2.classifier_nll(x, y).mean()
+    for recorded, part in zip(svi.optimizer.steps, (neg_elbo, term), strict=True):
+        expected = torch.autograd.grad(0.25 * part, params, allow_unused=True)
+        for got, want in zip(recorded, expected, strict=True):
+            if want is None:  # a network the part does not reach: no gradient at all
+                assert got is None
+                continue
+            # float64: only summation order could differ, and it does not
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+    # the returned value is the whole labelled objective per datapoint, before any share
+    assert value == pytest.approx((neg_elbo + term).item(), rel=1e-12)
+    assert svi.last_neg_elbo == pytest.approx(neg_elbo.item(), rel=1e-12)

@@ -62,9 +62,10 @@ def test_vae_weights_are_the_nets_built_in_order(flows):
 
 @pytest.mark.parametrize("cls", [CVAE, M2])
 def test_labelled_weights_are_the_nets_built_in_order(cls):
-    """(likelihood), encoder, decoder, then M2's classifier."""
+    """(likelihood), encoder, decoder, then M2's classifier (M2 with PyTorch's start: its
+    default small start redraws the hidden layers afterwards, tests/test_m2.py)."""
     torch.manual_seed(3)
-    model = cls(D, C, M, H, "gaussian", "elu")
+    model = cls(D, C, M, H, "gaussian", "elu", **({"init": "torch"} if cls is M2 else {}))
     torch.manual_seed(3)
     nets = [
         ("likelihood", GaussianLikelihood(D)),
@@ -122,6 +123,7 @@ def test_config_copies_a_likelihood_instance():
         "likelihood",
         "activation",
         "image_shape",
+        "init",
     ]
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pyro_vae.runs as runs
-from pyro_vae.cli_parser import build_parser
+from pyro_vae.cli_parser import build_parser, given_options
 from pyro_vae.data import load_dataset
 from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
 from pyro_vae.infer.objectives.iwae import IWAEObjective
@@ -19,6 +19,7 @@ from pyro_vae.models.m2 import M2
 TINY_RUN = ["--dataset", "digits", "--latent", "2", "--hidden", "16", "--epochs", "1",
             "--compile", "off", "--device", "cpu", "--threads", "1", "--quiet"]  # fmt: skip
 OPTIONS = vars(build_parser().parse_args(["train", *TINY_RUN]))
+TINY_GIVEN = given_options(build_parser().parse_args(["train", *TINY_RUN]), TINY_RUN)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def digits():
 
 
 def _options(**changes):
-    return runs.check_options({**OPTIONS, **changes}, given=set(changes))
+    return runs.check_options({**OPTIONS, **changes}, given=TINY_GIVEN | set(changes))
 
 
 def _train_run(out, **changes):
@@ -115,17 +116,34 @@ def test_the_objective_recipe_for_every_combination():
 # --- M2 ----------------------------------------------------------------------------------------
 
 
-def test_m2_alpha_defaults_to_a_tenth_of_the_training_images():
-    assert runs.m2_alpha(3600) == pytest.approx(360.0)  # Kingma et al. (2014), sec. 4.1
-    assert runs.m2_alpha(3600, 5.0) == 5.0 and runs.m2_alpha(3600, 0.0) == 0.0
+def test_m2_alpha_defaults_to_46_per_labelled_image():
+    assert runs.m2_alpha(100) == pytest.approx(4600.0)  # Pyro's SS-VAE example
+    assert runs.m2_alpha(100, 5.0) == 5.0 and runs.m2_alpha(100, 0.0) == 0.0
+
+
+def test_m2_gets_its_own_defaults_on_a_new_run_only():
+    parsed = vars(build_parser().parse_args(["train", "--model", "m2", "--latent", "3"]))
+    options = runs.check_options(parsed, given={"model", "latent"})
+    expected = {**runs.M2_DEFAULTS, "latent": 3}  # a given option keeps its value
+    assert {k: options[k] for k in expected} == expected
+    assert options["labelled_schedule"] == "alternate" and options["init"] == "small"
+    assert runs.data_config(options)["binarize"] == "dynamic"  # --binarize auto, for M2
+    resumed = runs.check_options({**parsed, "resume": True, "latent": 20}, given={"model"})
+    assert resumed["latent"] == 20  # a resume keeps the stored values
+    vae = runs.check_options(vars(build_parser().parse_args(["train"])), given=set())
+    assert vae["latent"] == 20 and vae["hidden"] == (400,)
+    for flag in ("init", "labelled_schedule"):
+        with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')} applies to --model m2"):
+            runs.check_options({**OPTIONS}, given={flag})
 
 
 def test_m2_recipe_fills_alpha_and_the_classification_term(digits):
     options = _options(model="m2", labels_per_class=3)
     assert options["loss"] == runs.M2_LOSS == "enum"
     recipe = runs.training_recipe(options, digits)
-    assert recipe.options["alpha"] == pytest.approx(0.1 * len(digits.train))
+    assert recipe.options["alpha"] == pytest.approx(46 * 30)
     assert recipe.num_labelled == 30 and recipe.loss == "enum"
+    assert recipe.streams.labelled.schedule == "alternate"
     term = recipe.streams.labelled.loss
     assert isinstance(term, AuxiliaryTerm) and term.loss == "trace"
     assert term.weight == pytest.approx(recipe.options["alpha"] / 30)

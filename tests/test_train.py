@@ -15,6 +15,7 @@ from pairs import LinearGaussian, MeanOnly
 
 from pyro_vae.data import load_dataset
 from pyro_vae.infer.objectives.elbo import FastTraceELBO
+from pyro_vae.infer.training.epochs import labelled_positions
 from pyro_vae.infer.training.loop import train
 from pyro_vae.infer.training.options import LabelledStream
 from pyro_vae.models.ppca import PPCA, CollapsedPPCA
@@ -275,19 +276,27 @@ def _constant(value):
     return objective
 
 
-def test_labelled_stream_loss_is_per_datapoint_of_both_data_sets():
+def _two_streams(loss, labelled_loss, schedule, epochs=1, batch_size=10):
+    """Train LabelChecking on 30 rows labelled 0..29 and a labelled stream of 6 rows, 0..5,
+    in batches of 4."""
     pair = LabelChecking()
     x, x_l = torch.arange(30.0) / 10, torch.arange(6.0) / 10
-    history = train(
+    stream = LabelledStream((x_l, (10 * x_l).long()), 4, loss=labelled_loss, schedule=schedule)
+    return train(
         pair.model,
         pair.guide,
         (x, (10 * x).long()),
-        labelled=LabelledStream((x_l, (10 * x_l).long()), batch_size=4, loss=_constant(5.0)),
-        loss=_constant(2.0),
-        epochs=1,
-        batch_size=7,
+        labelled=stream,
+        loss=loss,
+        epochs=epochs,
+        batch_size=batch_size,
         progress=False,
     ).history
+
+
+@pytest.mark.parametrize("schedule", ["joint", "alternate"])
+def test_labelled_stream_loss_is_per_datapoint_of_both_data_sets(schedule):
+    history = _two_streams(_constant(2.0), _constant(5.0), schedule, batch_size=7)
     # (N * 2 + N_l * 5) / (N + N_l) with N = 30, N_l = 6, exact up to float round-off
     assert history[0]["train_loss"] == pytest.approx((30 * 2 + 6 * 5) / 36, rel=1e-12)
 
@@ -300,18 +309,44 @@ def test_labelled_batches_cycle_through_permutations_of_the_labelled_set():
         assert num_data == 6, "the labelled stream is scaled by its own size"
         return pyro.param("a") * 0.0
 
-    pair = LabelChecking()
-    x, x_l = torch.arange(30.0) / 10, torch.arange(6.0) / 10
-    train(
-        pair.model,
-        pair.guide,
-        (x, (10 * x).long()),
-        labelled=LabelledStream((x_l, (10 * x_l).long()), batch_size=4, loss=labelled_loss),
-        loss=_constant(0.0),
-        epochs=1,
-        batch_size=10,
-        progress=False,
-    )
+    _two_streams(_constant(0.0), labelled_loss, "joint")
     # 3 steps of 4 labelled rows = two whole permutations of the 6 labelled rows
     order = torch.cat(served).tolist()
     assert len(order) == 12 and sorted(order[:6]) == sorted(order[6:]) == list(range(6))
+
+
+def test_alternate_schedule_steps_once_on_every_batch_of_both_streams_per_epoch():
+    steps = []
+
+    def recording(stream):
+        def loss(model, guide, x, y, num_data=None):
+            steps.append((stream, y.tolist(), num_data))
+            return pyro.param("a") * 0.0
+
+        return loss
+
+    _two_streams(recording("u"), recording("l"), "alternate", epochs=2)
+    for epoch in (steps[:5], steps[5:]):
+        # 3 unlabelled batches of 10 and the labelled batches of 4 and 2, spread evenly
+        assert [s[0] for s in epoch] == ["u", "l", "u", "l", "u"], epoch
+        assert [len(s[1]) for s in epoch] == [10, 4, 10, 2, 10]
+        unlabelled = sorted(sum((s[1] for s in epoch if s[0] == "u"), []))
+        labelled = sorted(sum((s[1] for s in epoch if s[0] == "l"), []))
+        assert unlabelled == list(range(30)) and labelled == list(range(6))
+        assert {s[2] for s in epoch if s[0] == "u"} == {30}  # each stream scaled by its size
+        assert {s[2] for s in epoch if s[0] == "l"} == {6}
+
+
+@pytest.mark.parametrize(
+    "unlabelled, labelled, expected",
+    [(3, 2, [1, 3]), (17, 1, [9]), (1, 3, [0, 2, 3]), (4, 4, [1, 3, 5, 7])],
+)
+def test_labelled_batches_are_spread_evenly_among_the_steps(unlabelled, labelled, expected):
+    positions = labelled_positions(unlabelled, labelled)
+    assert positions == expected
+    assert len(set(positions)) == labelled and max(positions) < unlabelled + labelled
+
+
+def test_an_unknown_labelled_schedule_is_refused():
+    with pytest.raises(ValueError, match=r"unknown labelled schedule 'both'; choose one of"):
+        LabelledStream((torch.zeros(3, 2),), schedule="both")

@@ -230,8 +230,8 @@ class LatentGaussianModel(nn.Module):
             The constructor's arguments, validated (``VAE``: ``data_dim``, ``latent_dim``,
             ``hidden``, ``likelihood``, ``activation``, ``arch``, ``image_shape``, ``flows``;
             ``CVAE`` and ``M2``: ``data_dim``, ``num_classes``, ``latent_dim``, ``hidden``,
-            ``likelihood``, ``activation``, ``image_shape``). A likelihood given as an instance
-            is deep-copied, so the rebuilt model owns its own.
+            ``likelihood``, ``activation``, ``image_shape``, and M2's ``init``). A likelihood
+            given as an instance is deep-copied, so the rebuilt model owns its own.
         """
         config = dict(self._config)
         if isinstance(config["likelihood"], Likelihood):

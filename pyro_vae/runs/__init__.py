@@ -26,6 +26,8 @@ from pyro_vae.runs.config import (
     ADDED_RUN_OPTIONS,
     CONFIG_NAME,
     DOWNLOADABLE,
+    M2_ALPHA_PER_LABEL,
+    M2_DEFAULTS,
     M2_LABELS_PER_CLASS,
     M2_LOSS,
     RESUME_OPTIONS,
@@ -62,7 +64,6 @@ from pyro_vae.runs.folders import (
 )
 from pyro_vae.runs.progress import ONE_LINE_ERRORS, RunProgress, TrainingInterrupted, missing_root
 from pyro_vae.runs.recipes import (
-    M2_ALPHA_PER_IMAGE,
     MODELS,
     TrainingStreams,
     architecture,
@@ -95,7 +96,8 @@ __all__ = [
     "Diagnosis",
     "Evaluation",
     "IWAE_KS",
-    "M2_ALPHA_PER_IMAGE",
+    "M2_ALPHA_PER_LABEL",
+    "M2_DEFAULTS",
     "M2_LABELS_PER_CLASS",
     "M2_LOSS",
     "MODELS",

@@ -15,6 +15,7 @@ from pyro_vae.infer.training.run_state import CHECKPOINT_NAME
 from pyro_vae.runs.config import (
     CONFIG_NAME,
     DOWNLOADABLE,
+    M2_DEFAULTS,
     M2_LABELS_PER_CLASS,
     M2_LOSS,
     RUN_OPTIONS,
@@ -114,8 +115,8 @@ def check_options(options: Mapping, given: Iterable[str]) -> dict:
     Returns
     -------
     dict
-        ``options``, for ``--model m2`` with ``loss = "enum"`` and ``labels_per_class``
-        :data:`M2_LABELS_PER_CLASS` unless given.
+        ``options``, for ``--model m2`` with ``loss = "enum"``, ``labels_per_class``
+        :data:`M2_LABELS_PER_CLASS` and, on a new run, the :data:`M2_DEFAULTS` unless given.
 
     Raises
     ------
@@ -142,7 +143,7 @@ def check_options(options: Mapping, given: Iterable[str]) -> dict:
 def _check_model_options(options: dict, given: set[str]) -> dict:
     model = options["model"]
     if model != "m2":
-        for name in ("labels_per_class", "alpha"):
+        for name in ("labels_per_class", "alpha", "labelled_schedule", "init"):
             if name in given:
                 raise ValueError(f"{option_flag(name)} applies to --model m2, not --model {model}")
     if model == "vae":
@@ -162,6 +163,8 @@ def _check_model_options(options: dict, given: set[str]) -> dict:
         options["loss"] = M2_LOSS
         if options["labels_per_class"] is None:
             options["labels_per_class"] = M2_LABELS_PER_CLASS
+        if not options.get("resume"):  # a resume keeps the stored values
+            options.update({k: v for k, v in M2_DEFAULTS.items() if k not in given})
     return options
 
 

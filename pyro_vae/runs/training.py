@@ -141,7 +141,9 @@ def training_recipe(options: Mapping, data: DatasetSplits) -> TrainingRecipe:
     model = build_model(options["model"], model_arguments(options, data))
     loss = training_objective(options)
     if options["model"] == "m2":
-        options["alpha"] = m2_alpha(len(data.train), options["alpha"])
-        labelled = m2_labelled_stream(model, streams.labelled.data[0], options["alpha"])
+        images = streams.labelled.data[0]
+        options["alpha"] = m2_alpha(len(images), options["alpha"])
+        schedule = options["labelled_schedule"]
+        labelled = m2_labelled_stream(model, images, options["alpha"], schedule)
         streams = replace(streams, labelled=labelled)
     return TrainingRecipe(model, loss, streams, options)

@@ -87,13 +87,37 @@ class AuxiliaryTerm(Objective):
             self.setup(model, guide, x, *args, **kwargs)
         neg_elbo = self.objective(model, guide, x, *args, num_data=num_data, **kwargs)
         self.neg_elbo = self.objective.recorded_neg_elbo(neg_elbo)  # it may be a surrogate
+        return neg_elbo + self.weighted_term(model, guide, x, *args, **kwargs)
+
+    def weighted_term(self, model, guide, x, *args, num_data: int | None = None, **kwargs):
+        """``weight`` times the batch mean of ``term``: the second of :meth:`step_parts`.
+
+        Called like the objective (``model``, ``guide`` and ``num_data`` are not used).
+
+        Returns
+        -------
+        torch.Tensor of shape ()
+            Nats per datapoint.
+        """
         term = self.term(x, *args, **kwargs)
         if term.shape != (x.shape[0],):
             raise ValueError(
                 f"term must return one value per datapoint, shape ({x.shape[0]},), got "
                 f"{tuple(term.shape)}"
             )
-        return neg_elbo + self.weight * term.mean()
+        return self.weight * term.mean()
+
+    def step_parts(self) -> list:
+        """The wrapped objective, then :meth:`weighted_term` (see :meth:`Objective.step_parts`).
+
+        Raises
+        ------
+        RuntimeError
+            Before the objective is set up (a first call or :meth:`setup`).
+        """
+        if self.objective is None:
+            raise RuntimeError("step_parts needs the objective set up: call setup first")
+        return [self.objective, self.weighted_term]
 
     def setup(self, model, guide, x, *args, **kwargs) -> None:
         """Build the wrapped objective for this pair (:func:`make_objective` on a first batch).

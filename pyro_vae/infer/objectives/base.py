@@ -133,6 +133,21 @@ class Objective:
         """
         return []
 
+    def step_parts(self) -> list[Callable]:
+        """The parts a schedule of separate steps takes one gradient step on each, in order.
+
+        Each part is called like the objective and returns its share of the loss; the parts
+        sum to the objective. The default is one part, the objective itself; an
+        :class:`~pyro_vae.infer.objectives.auxiliary.AuxiliaryTerm` has two, the wrapped
+        objective and the weighted term (Pyro's SS-VAE example steps on its classification
+        loss apart: ``LabelledStream(schedule="alternate")``).
+
+        Returns
+        -------
+        list of callable
+        """
+        return [self]
+
     def recorded_neg_elbo(self, loss: torch.Tensor) -> torch.Tensor:
         """The true -ELBO per datapoint of the call that returned ``loss``, detached.
 

@@ -20,7 +20,15 @@ from pyro_vae.infer.runtime.devices import as_columns, place
 from pyro_vae.infer.runtime.distributed import Ranks, all_sum, epoch_shard
 from pyro_vae.infer.training.svi import SVIStep, TrainingDivergedError
 
-__all__ = ["ONE_PROCESS", "Batching", "DataStream", "mean_loss", "rank_seed", "run_epoch"]
+__all__ = [
+    "ONE_PROCESS",
+    "Batching",
+    "DataStream",
+    "labelled_positions",
+    "mean_loss",
+    "rank_seed",
+    "run_epoch",
+]
 
 ONE_PROCESS = Ranks()
 
@@ -70,6 +78,9 @@ class Batching:
         This process's datapoints per step (under torchrun, ceil(B / P) of the global B).
     labelled_batch_size : int or None
         Datapoints of the labelled stream per step (None without one).
+    labelled_schedule : {"alternate", "joint"}
+        How the labelled stream enters the steps (see
+        :class:`~pyro_vae.infer.training.options.LabelledStream`).
     drop_last : bool
         Drop the short last batch (objectives that work on one batch shape only).
     device : torch.device
@@ -86,6 +97,7 @@ class Batching:
     labelled_batch_size: int | None
     drop_last: bool
     device: torch.device
+    labelled_schedule: str = "joint"
     ranks: Ranks = ONE_PROCESS
     seed: int = 0
     progress: bool = True
@@ -94,10 +106,12 @@ class Batching:
 def run_epoch(
     svi: SVIStep, data: DataStream, labelled: DataStream | None, batching: Batching, epoch: int
 ) -> tuple[float, float, float]:
-    """One pass of SVI steps over shuffled minibatches of ``data``.
+    """One pass of SVI steps over shuffled minibatches of ``data`` (and of ``labelled``).
 
-    Each step also takes a batch of ``labelled`` when given. Under torchrun this is the rank's
-    shard of the epoch, in local batches.
+    With ``labelled`` and the "joint" schedule each step also takes a labelled batch; with
+    "alternate" the labelled batches are steps of their own, spread evenly among the others
+    (:func:`labelled_positions`). Under torchrun this is the rank's shard of the epoch, in
+    local batches.
 
     Returns
     -------
@@ -105,42 +119,72 @@ def run_epoch(
         The means of -ELBO and of the minimized objective per datapoint over all ranks (the
         same number unless the objective is a surrogate), and examples/s.
     """
-    batch_size, batch_l, device = batching.batch_size, batching.labelled_batch_size, batching.device
-    drop_last, ranks = batching.drop_last, batching.ranks
+    batch_size, device, drop_last = batching.batch_size, batching.device, batching.drop_last
     tic = time.perf_counter()
-    x = data.x
-    n = x.shape[0]
-    if ranks.distributed:  # this rank's part of one seeded permutation (DistributedSampler)
-        order = epoch_shard(n, epoch, batching.seed, ranks).to(x.device)
+    n = len(data)
+    if batching.ranks.distributed:  # this rank's part of one seeded permutation
+        order = epoch_shard(n, epoch, batching.seed, batching.ranks).to(data.x.device)
     else:
-        order = torch.randperm(n).to(x.device)
+        order = torch.randperm(n).to(data.x.device)
     local = len(order)
     num_batches = local // batch_size if drop_last else math.ceil(local / batch_size)
+    steps = [("data", order[i * batch_size : (i + 1) * batch_size]) for i in range(num_batches)]
     if labelled is not None:
-        order_l = labelled.labelled_order(num_batches, batch_l)
-    total = total_elbo = 0.0
-    bar = tqdm(
-        range(num_batches), desc=f"epoch {epoch}", leave=False, disable=not batching.progress
-    )
-    for step in bar:
-        batch, *extras = data.batch(order[step * batch_size : (step + 1) * batch_size], device)
-        more = {}
-        if labelled is not None:
-            index_l = order_l[step * batch_l : (step + 1) * batch_l]
-            more = dict(labelled=labelled.batch(index_l, device), num_labelled=len(labelled))
-        svi.set_progress(epoch - 1 + step / num_batches)  # a schedule's t, from (epoch, step)
+        steps = _with_labelled(steps, labelled, batching)
+    total_elbo = total = seen = 0.0
+    bar = tqdm(steps, desc=f"epoch {epoch}", leave=False, disable=not batching.progress)
+    for step, (stream, index) in enumerate(bar):
+        svi.set_progress(epoch - 1 + step / len(steps))  # a schedule's t, from (epoch, step)
         try:
-            value = svi.step(batch, *extras, num_data=n, **more)
+            if stream == "data":
+                more = {}
+                if isinstance(index, tuple):  # the joint schedule: a labelled batch inside
+                    index, index_l = index
+                    more = dict(
+                        labelled=labelled.batch(index_l, device), num_labelled=len(labelled)
+                    )
+                batch, *extras = data.batch(index, device)
+                value = svi.step(batch, *extras, num_data=n, **more)
+            else:
+                batch, *extras = labelled.batch(index, device)
+                share = batch.shape[0] / batch_size
+                value = svi.step_labelled(batch, *extras, num_labelled=len(labelled), share=share)
         except TrainingDivergedError as err:
             where = f"the loss became {err.value} at epoch {epoch}, batch {step + 1}"
             raise TrainingDivergedError(where, value=err.value) from None
-        total += value * batch.shape[0]
-        total_elbo += svi.last_neg_elbo * batch.shape[0]
+        total_elbo += svi.last_neg_elbo * len(batch)
+        total += value * len(batch)
+        seen += len(batch)
         if step % 20 == 0:
             bar.set_postfix_str(f"loss {value:.2f}", refresh=False)
-    seen = num_batches * batch_size if drop_last else local
     total_elbo, total, seen = all_sum(total_elbo, total, seen, device=_reduce_device(device))
     return total_elbo / seen, total / seen, seen / (time.perf_counter() - tic)
+
+
+def _with_labelled(steps: list, labelled: DataStream, batching: Batching) -> list:
+    """The epoch's steps with the labelled stream's batches, as its schedule says."""
+    batch_l = batching.labelled_batch_size
+    if batching.labelled_schedule == "joint":  # a labelled batch inside every step
+        order_l = labelled.labelled_order(len(steps), batch_l)
+        return [
+            ("data", (index, order_l[i * batch_l : (i + 1) * batch_l]))
+            for i, (_, index) in enumerate(steps)
+        ]
+    order_l = torch.randperm(len(labelled)).to(labelled.x.device)  # one pass per epoch
+    batches_l = [("labelled", index) for index in order_l.split(batch_l)]
+    at = set(labelled_positions(len(steps), len(batches_l)))
+    source_u, source_l = iter(steps), iter(batches_l)
+    return [
+        next(source_l) if position in at else next(source_u)
+        for position in range(len(steps) + len(batches_l))
+    ]
+
+
+def labelled_positions(num_unlabelled: int, num_labelled: int) -> list[int]:
+    """Where the labelled batches go among ``num_unlabelled + num_labelled`` steps: spread
+    evenly, the k-th at floor((k + 1/2) T / num_labelled), T the number of steps."""
+    total = num_unlabelled + num_labelled
+    return [math.floor((k + 0.5) * total / num_labelled) for k in range(num_labelled)]
 
 
 def _reduce_device(device: torch.device) -> torch.device:

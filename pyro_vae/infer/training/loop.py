@@ -206,6 +206,7 @@ def _batching(options, ranks: Ranks, device, num_data, labelled, stream_l) -> Ba
         batch_l,
         drop_last=False,  # known once the objective is built
         device=device,
+        labelled_schedule=labelled.schedule if labelled is not None else "joint",
         ranks=ranks,
         seed=options.seed if options.seed is not None else 0,
         progress=options.progress and ranks.is_main,

@@ -10,6 +10,15 @@ on every step, and all of them share one fused ``torch.optim.Adam`` instead of P
 per-parameter optimizers. What that could cost is guarded: a parameter that the pair creates
 after the first batch is refused with a clear error (it would never be optimized), and so is a
 module parameter that an older param-store entry shadows.
+
+A semi-supervised run's second stream enters the step in one of two schedules
+(:class:`~pyro_vae.infer.training.options.LabelledStream`): inside every step, as the weighted
+union of both losses (``step(x, labelled=...)``), or as steps of its own (:meth:`SVIStep.
+step_labelled`).
+
+Size: the step, both schedules of the labelled stream and the parameter guards share the
+parameters, the optimizer and one update (``_update``); apart they would hand all three
+between modules.
 """
 
 from __future__ import annotations
@@ -267,6 +276,54 @@ class SVIStep:
         self.last_neg_elbo = self._neg_elbo(self.objective, value)
         if labelled is not None:
             loss, value = self._add_labelled(loss, x, num_data, labelled, num_labelled, kwargs)
+        return self._update(loss, value, x, args, kwargs)
+
+    def step_labelled(
+        self,
+        x_l: torch.Tensor,
+        *args,
+        num_labelled: int | None = None,
+        share: float = 1.0,
+        **kwargs,
+    ) -> float:
+        """Steps on a batch of the labelled stream alone: one per part of its objective.
+
+        The schedule ``LabelledStream(schedule="alternate")``: the labelled objective's parts
+        (:meth:`~pyro_vae.infer.objectives.base.Objective.step_parts`: for M2's
+        ``AuxiliaryTerm``, -ELBO with y given, then the classification term) each take a
+        gradient step of their own on this batch, in order, each loss times ``share``.
+
+        Parameters
+        ----------
+        x_l : torch.Tensor of shape (B_l, ...)
+            A minibatch of the labelled stream; ``*args`` (its labels) and ``**kwargs`` go to
+            the pair, as in :meth:`step`.
+        num_labelled : int, optional
+            Size N_l of the labelled data set (None: ``x_l`` is all of it).
+        share : float
+            The factor of every part's loss: B_l / B (the first stream's batch size B) gives
+            each datapoint of the two streams the same weight per step.
+
+        Returns
+        -------
+        float
+            The labelled objective per datapoint (the sum of the parts' values, each before
+            its update); ``last_neg_elbo`` is set to the first part's -ELBO.
+        """
+        if self.labelled_objective is None:
+            raise ValueError("step_labelled needs a labelled stream: pass labelled= to setup")
+        total = 0.0
+        for i, part in enumerate(self.labelled_objective.step_parts()):
+            loss = part(self.model, self.guide, x_l, *args, num_data=num_labelled, **kwargs)
+            value = loss.item()
+            if i == 0:
+                self.last_neg_elbo = self._neg_elbo(part, value)
+            self._update(share * loss, value, x_l, args, kwargs)
+            total += value
+        return total
+
+    def _update(self, loss: torch.Tensor, value: float, x, args, kwargs) -> float:
+        """Check ``loss`` (its float ``value``), backpropagate it and take the optimizer step."""
         if not math.isfinite(value):
             _refuse_bad_data(x)  # NaN data is the data's fault, not the training's
             message = f"the loss became {value} at step {self.num_steps + 1}"
@@ -284,11 +341,12 @@ class SVIStep:
         return value
 
     @staticmethod
-    def _neg_elbo(objective: Objective, value: float) -> float:
+    def _neg_elbo(objective, value: float) -> float:
         """The true -ELBO of a call that returned ``value``, as a float: what
         :meth:`~pyro_vae.infer.objectives.base.Objective.recorded_neg_elbo` returns (a
         surrogate's ``neg_elbo``, else the loss), without a second read of the loss."""
-        return value if objective.neg_elbo is None else float(objective.neg_elbo)
+        neg_elbo = getattr(objective, "neg_elbo", None)
+        return value if neg_elbo is None else float(neg_elbo)
 
     def _add_labelled(self, loss, x, num_data, labelled, num_labelled, kwargs):
         """The loss of both streams per datapoint of their union; updates ``last_neg_elbo``."""
