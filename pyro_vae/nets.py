@@ -44,6 +44,7 @@ __all__ = [
     "check_hidden",
     "check_image_shape",
     "check_positive_int",
+    "check_init",
     "init_hidden_layers",
     "INITS",
 ]
@@ -250,6 +251,13 @@ INITS = ("torch", "small")
 SMALL_INIT_STD = 1e-3
 
 
+def check_init(init: str) -> str:
+    """``init`` if it is one of :data:`INITS`, else a ValueError listing them."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
+    return init
+
+
 def init_hidden_layers(module: nn.Module, init: str) -> nn.Module:
     """Redraw the hidden layers of every :class:`MLP` inside ``module``, as ``init`` says.
 
@@ -277,9 +285,7 @@ def init_hidden_layers(module: nn.Module, init: str) -> nn.Module:
     ValueError
         For an unknown ``init``, listing :data:`INITS`.
     """
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
-    if init == "torch":
+    if check_init(init) == "torch":
         return module
     with torch.no_grad():
         for mlp in (m for m in module.modules() if isinstance(m, MLP)):

@@ -47,7 +47,7 @@ import torch
 
 from pyro_vae.models.labelled import LabelledLatentModel, check_labels, concat, one_hot
 from pyro_vae.models.likelihoods import Likelihood
-from pyro_vae.nets import INITS, MLP, init_hidden_layers
+from pyro_vae.nets import MLP, check_init, init_hidden_layers
 
 __all__ = ["M2"]
 
@@ -105,8 +105,7 @@ class M2(LabelledLatentModel):
         image_shape: Sequence[int] | None = None,
         init: str = "small",
     ):
-        if init not in INITS:
-            raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
+        check_init(init)  # before the networks are built
         super().__init__(
             data_dim, num_classes, latent_dim, hidden, likelihood, activation, image_shape
         )

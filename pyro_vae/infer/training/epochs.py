@@ -136,9 +136,9 @@ def run_epoch(
     for step, (stream, index) in enumerate(bar):
         svi.set_progress(epoch - 1 + step / len(steps))  # a schedule's t, from (epoch, step)
         try:
-            if stream == "data":
+            if stream != "labelled":
                 more = {}
-                if isinstance(index, tuple):  # the joint schedule: a labelled batch inside
+                if stream == "joint":  # a labelled batch inside the step
                     index, index_l = index
                     more = dict(
                         labelled=labelled.batch(index_l, device), num_labelled=len(labelled)
@@ -167,7 +167,7 @@ def _with_labelled(steps: list, labelled: DataStream, batching: Batching) -> lis
     if batching.labelled_schedule == "joint":  # a labelled batch inside every step
         order_l = labelled.labelled_order(len(steps), batch_l)
         return [
-            ("data", (index, order_l[i * batch_l : (i + 1) * batch_l]))
+            ("joint", (index, order_l[i * batch_l : (i + 1) * batch_l]))
             for i, (_, index) in enumerate(steps)
         ]
     order_l = torch.randperm(len(labelled)).to(labelled.x.device)  # one pass per epoch
