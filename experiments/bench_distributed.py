@@ -13,6 +13,7 @@ one process, measured in the same run.
 
     python experiments/bench_distributed.py                # about 2 minutes on 2 CPU cores
     python experiments/bench_distributed.py --processes 1 2 4 --dataset mnist5k
+    python experiments/bench_distributed.py --compile off on --epochs 2   # compiled steps too
 
 On a multi-GPU node the same command line runs on NCCL, one GPU per process:
 
@@ -33,13 +34,15 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-def run_once(processes: int, args, out: Path) -> float:
-    """Train once with ``processes`` ranks; examples/s of the last epoch."""
+def run_once(processes: int, compile: str, args, out: Path) -> float:
+    """Train once with ``processes`` ranks and ``--compile compile``; examples/s of the last
+    epoch (with ``on``, pass ``--epochs 2`` or more: the first epoch compiles)."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc-per-node={processes}", "-m", "pyro_vae.cli", "train",
         "--dataset", args.dataset, "--epochs", str(args.epochs), "--threads", "1",
         "--batch-size", str(args.batch_size), "--out", str(out), "--overwrite", "--quiet",
+        "--compile", compile,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -56,22 +59,29 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=128, help="the global batch")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--compile", nargs="+", choices=["off", "on"], default=["off"],
+        help="each process count with the eager step (off) and/or the compiled one (on)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    configs = [(p, c) for p in args.processes for c in args.compile]
 
-    rates = {p: [] for p in args.processes}
+    rates = {config: [] for config in configs}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
-            for p in args.processes:
-                rates[p].append(run_once(p, args, Path(tmp) / f"p{p}"))
-    medians = {p: statistics.median(r) for p, r in rates.items()}
-    base = medians[args.processes[0]]
+            for p, c in configs:
+                rates[p, c].append(run_once(p, c, args, Path(tmp) / f"p{p}{c}"))
+    medians = {config: statistics.median(r) for config, r in rates.items()}
+    base = medians[configs[0]]
     print(
         f"\n{args.dataset}, {args.epochs} epoch(s), global batch {args.batch_size}, one thread "
-        f"per process, median of {args.rounds} alternating rounds"
+        f"per process, median of {args.rounds} alternating rounds (the last epoch's rate)"
     )
-    print(f"| processes | examples/s | vs {args.processes[0]} process(es) |\n|---|---|---|")
-    for p, rate in medians.items():
-        print(f"| {p} | {rate:.0f} | {rate / base:.2f}x |")
+    print(f"| processes | step | examples/s | vs {configs[0][0]} process(es), {configs[0][1]} |")
+    print("|---|---|---|---|")
+    for (p, c), rate in medians.items():
+        step = "compiled" if c == "on" else "eager"
+        print(f"| {p} | {step} | {rate:.0f} | {rate / base:.2f}x |")
     return {"examples_per_s": medians, "rates": rates}
 
 

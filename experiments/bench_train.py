@@ -165,8 +165,9 @@ def numpyro_vae(vae, jax, numpyro):
 
     Same math as :class:`pyro_vae.models.vae.VAE`: an encoder MLP emitting (mu, log sigma),
     z ~ N(mu, sigma) in the guide, z ~ N(0, I) and x ~ Bernoulli(logits = decoder(z)) in the
-    model; the loss of a batch is scaled to -ELBO per datapoint as ``SVIStep``'s is. Layer
-    weights are stored transposed (x @ W), as JAX code writes them.
+    model; the loss of a batch is scaled to -ELBO per datapoint as ``SVIStep``'s is, and
+    ``kl_weight`` (an argument of model and guide) scales the z site in both, the KL weight
+    beta of annealing. Layer weights are stored transposed (x @ W), as JAX code writes them.
     """
     jnp, dist, handlers = jax.numpy, numpyro.distributions, numpyro.handlers
     params = {
@@ -185,19 +186,21 @@ def numpyro_vae(vae, jax, numpyro):
             h = jax.nn.relu(h) if layer == 0 else h
         return h
 
-    def model(x, scale=True):
+    def model(x, scale=True, kl_weight=1.0):
         with (
             numpyro.plate("data", x.shape[0]),
             handlers.scale(scale=1 / x.shape[0] if scale else 1.0),
         ):
-            z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([latent]).to_event(1))
+            with handlers.scale(scale=kl_weight):  # beta (log p(z) - log q(z)): annealing
+                z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([latent]).to_event(1))
             numpyro.sample("x", dist.Bernoulli(logits=mlp("decoder", z)).to_event(1), obs=x)
 
-    def guide(x, scale=True):
+    def guide(x, scale=True, kl_weight=1.0):
         out = mlp("encoder", x)
         with (
             numpyro.plate("data", x.shape[0]),
             handlers.scale(scale=1 / x.shape[0] if scale else 1.0),
+            handlers.scale(scale=kl_weight),
         ):
             numpyro.sample(
                 "z", dist.Normal(out[..., :latent], jnp.exp(out[..., latent:])).to_event(1)

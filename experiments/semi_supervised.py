@@ -131,7 +131,10 @@ def one_seed(seed: int, args) -> dict:
         "classifier_binary": classifier_only(run, labelled, "torch", args, binary=True),
         "logistic_regression": logistic_regression(labelled, data.test),
         "options": {
-            **{k: run.config["options"][k] for k in ("alpha", "labelled_schedule", "init", "lr")},
+            **{
+                k: run.config["options"][k]
+                for k in ("alpha", "labelled_schedule", "labelled_passes", "init", "lr")
+            },
             "binarize": run.config["binarize"],
         },
     }

@@ -152,6 +152,14 @@ def _train_parser(sub) -> None:
         "joint, a labelled batch inside every step (the weighted union of both losses)",
     )
     t.add_argument(
+        "--labelled-passes",
+        type=_passes,
+        default="auto",
+        help="--model m2, alternate schedule: passes over the labelled images per epoch; auto, "
+        "as many labelled batches as unlabelled ones (one labelled step beside every "
+        "unlabelled one)",
+    )
+    t.add_argument(
         "--init",
         default="small",
         choices=list(INITS),
@@ -163,6 +171,18 @@ def _train_parser(sub) -> None:
     _training_options(t)
     _run_options(t)
     _common(t)
+
+
+def _passes(text: str):
+    """``--labelled-passes``: "auto" or an int >= 1."""
+    if text == "auto":
+        return text
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto or a positive integer, got {text!r}"
+        ) from None
 
 
 def _m2(name: str) -> str:

@@ -29,6 +29,7 @@ from pyro_vae.infer.runtime.distributed import (
     epoch_shard,
     init_from_env,
 )
+from pyro_vae.infer.training.compiled_step import CompiledSVIStep
 from pyro_vae.infer.training.svi import SVIStep
 from pyro_vae.models.ppca import PPCA
 from pyro_vae.models.vae import VAE
@@ -126,6 +127,39 @@ def _gradients_and_evidence(ranks):
 
 def test_two_ranks_average_to_the_whole_batch_gradient_and_shard_the_evidence():
     spawn(_gradients_and_evidence)
+
+
+def _captured_only(graph, inputs, device):
+    return graph
+
+
+def _compiled_data_parallel_steps(ranks):
+    # each rank steps on its half of every batch, compiled (the graph stops at the gradients,
+    # the all-reduce and the fused Adam follow) and eagerly, from rank 0's start
+    torch.set_default_dtype(torch.float64)
+    x = torch.rand(16, 6, generator=torch.Generator().manual_seed(1)).round()
+    params = []
+    for step_cls, options in ((SVIStep, {}), (CompiledSVIStep, {"compile_fn": _captured_only})):
+        with pyro.get_param_store().scope():
+            pyro.set_rng_seed(ranks.rank)  # different starts: the broadcast makes them rank 0's
+            vae = VAE(6, latent_dim=2, hidden=(5,))
+            svi = step_cls(vae.model, vae.guide, lr=0.01, grad_hook=average_gradients, **options)
+            svi.setup(x[:4])
+            broadcast_params(svi.params)
+            pyro.set_rng_seed(10 + ranks.rank)  # each rank its own noise, as train() seeds it
+            for batch in range(3):
+                rows = slice(8 * (batch % 2) + 4 * ranks.rank, 8 * (batch % 2) + 4 * ranks.rank + 4)
+                svi.step(x[rows], num_data=16)
+            params.append(torch.cat([p.detach().flatten() for p in svi.params.values()]))
+    assert svi.fallback_reason is None and svi.num_compiles == 1
+    torch.testing.assert_close(params[1], params[0], rtol=1e-9, atol=1e-12)  # as test_compiled
+    gathered = [torch.empty_like(params[1]) for _ in range(ranks.world_size)]
+    torch_dist.all_gather(gathered, params[1])
+    assert all(torch.equal(g, gathered[0]) for g in gathered)  # every rank holds the same
+
+
+def test_two_ranks_take_the_compiled_step_and_stay_identical():
+    spawn(_compiled_data_parallel_steps)
 
 
 def _a_rank_is_killed(ranks):

@@ -22,7 +22,7 @@ def test_every_script_is_smoke_tested():
     scripts = {p.stem for p in EXPERIMENTS.glob("*.py")}
     expected = {"ppca_baseline", "bench_train", "bench_evidence", "bench_threads", "ablation"}
     expected |= {"semi_supervised", "bench_distributed"}
-    expected |= {"bench_startup", "bench_ais", "pyro_ss_vae"}
+    expected |= {"bench_startup", "bench_ais", "pyro_ss_vae", "bench_steps"}
     assert scripts == expected, scripts
 
 
@@ -111,7 +111,8 @@ def test_semi_supervised(tmp_path):
     assert [s["seed"] for s in seeds] == [0, 1]
     for s in seeds:  # the command line's M2 defaults, with 46 per labelled image as alpha
         assert s["options"] == {"alpha": 46.0 * 20, "labelled_schedule": "alternate",
-                                "init": "small", "lr": 1e-3, "binarize": "dynamic"}  # fmt: skip
+                                "labelled_passes": "auto", "init": "small", "lr": 1e-3,
+                                "binarize": "dynamic"}  # fmt: skip
         for key in ("m2", "m2_val", "classifier_only", "classifier_binary", "logistic_regression"):
             assert 0 <= s[key] <= 1, (key, s)
         assert s["classifier_only"] == max(s["classifier_same_init"], s["classifier_torch_init"])
@@ -142,13 +143,22 @@ def test_pyro_ss_vae_port(tmp_path, flags, capsys):
     assert "over 1 seeds: test" in capsys.readouterr().out
 
 
+def test_bench_steps(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "numpyro", None)  # as in CI: the bench extra is absent
+    argv = ["--rounds", "1", "--no-compiled", "--num-data", "200", "--threads", "1"]
+    result = load("bench_steps").main([*argv, "--rows", "m2", "free-bits"])
+    assert set(result) == {"m2", "free-bits"}
+    assert all(math.isfinite(r["eager"]) and r["eager"] > 0 for r in result.values()), result
+    assert "| m2 |" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_bench_distributed(capsys):
     argv = ["--dataset", "digits", "--epochs", "1", "--rounds", "1", "--processes", "1", "2"]
     result = load("bench_distributed").main(argv)
-    assert set(result["examples_per_s"]) == {1, 2}
+    assert set(result["examples_per_s"]) == {(1, "off"), (2, "off")}
     assert all(math.isfinite(v) and v > 0 for v in result["examples_per_s"].values()), result
-    assert "| 2 |" in capsys.readouterr().out
+    assert "| 2 | eager |" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -28,11 +28,10 @@ from pyro_vae.infer.compile.policy import (
 )
 from pyro_vae.infer.objectives.base import CallableObjective, as_objective
 from pyro_vae.infer.objectives.elbo import FastTraceELBO, PyroELBO
-from pyro_vae.infer.runtime.distributed import average_gradients
 from pyro_vae.infer.training.compiled_step import CompiledSVIStep
 from pyro_vae.models.vae import VAE
 
-BLOCKER = "a labelled stream (two objectives per step)"  # any reason the policy is given
+BLOCKER = "Pyro's JIT"  # any reason the policy is given
 
 
 def _vae_and_batch():
@@ -105,16 +104,21 @@ def test_step_blocker_is_the_one_rule():
     assert step_blocker(plain) is None
     assert step_blocker(KLControlledELBO(free_bits=0.5)) is None  # no schedule: capturable
     assert step_blocker(annealed) is None  # the schedule's weight is an input of the graph
-    assert "labelled stream" in step_blocker(plain, labelled_objective=plain)
-    assert "gradient hook" in step_blocker(plain, grad_hook=average_gradients)
+    # a labelled stream blocks in the joint schedule only; alternate steps are captured apart
+    assert "joint schedule" in step_blocker(plain, labelled_objective=plain, joint=True)
+    assert step_blocker(plain, labelled_objective=plain) is None
+    vae, x = _vae_and_batch()
+    jit = make_objective("jit", vae.model, vae.guide, x)
+    assert "TorchScript" in step_blocker(plain, labelled_objective=jit)
+    # a gradient hook (the data-parallel all-reduce) runs between the graph and the update
 
 
 def test_the_compiled_step_falls_back_for_the_reason_the_policy_gives():
     vae, x = _vae_and_batch()
-    svi = CompiledSVIStep(vae.model, vae.guide, grad_hook=average_gradients)
-    with pytest.warns(UserWarning, match="gradient hook"):
+    svi = CompiledSVIStep(vae.model, vae.guide, "jit")
+    with pytest.warns(UserWarning, match="TorchScript"):
         svi.setup(x)
-    assert svi.fallback_reason == step_blocker(svi.objective, grad_hook=average_gradients)
+    assert svi.fallback_reason == step_blocker(svi.objective)
 
 
 @pytest.mark.parametrize(

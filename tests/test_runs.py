@@ -127,14 +127,25 @@ def test_m2_gets_its_own_defaults_on_a_new_run_only():
     expected = {**runs.M2_DEFAULTS, "latent": 3}  # a given option keeps its value
     assert {k: options[k] for k in expected} == expected
     assert options["labelled_schedule"] == "alternate" and options["init"] == "small"
+    assert options["labelled_passes"] == "auto"
     assert runs.data_config(options)["binarize"] == "dynamic"  # --binarize auto, for M2
     resumed = runs.check_options({**parsed, "resume": True, "latent": 20}, given={"model"})
     assert resumed["latent"] == 20  # a resume keeps the stored values
     vae = runs.check_options(vars(build_parser().parse_args(["train"])), given=set())
     assert vae["latent"] == 20 and vae["hidden"] == (400,)
-    for flag in ("init", "labelled_schedule"):
+    for flag in ("init", "labelled_schedule", "labelled_passes"):
         with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')} applies to --model m2"):
             runs.check_options({**OPTIONS}, given={flag})
+
+
+def test_labelled_passes_need_the_alternate_schedule():
+    parsed = vars(build_parser().parse_args(["train", "--model", "m2"]))
+    joint = {**parsed, "labelled_schedule": "joint", "labelled_passes": 3}
+    with pytest.raises(ValueError, match="--labelled-passes 3 needs --labelled-schedule alternate"):
+        runs.check_options(joint, given={"model", "labelled_schedule", "labelled_passes"})
+    assert build_parser().parse_args(["train", "--labelled-passes", "4"]).labelled_passes == 4
+    with pytest.raises(SystemExit):  # argparse's one line: not "auto" nor an int >= 1
+        build_parser().parse_args(["train", "--labelled-passes", "0"])
 
 
 def test_m2_recipe_fills_alpha_and_the_classification_term(digits):
@@ -144,6 +155,7 @@ def test_m2_recipe_fills_alpha_and_the_classification_term(digits):
     assert recipe.options["alpha"] == pytest.approx(46 * 30)
     assert recipe.num_labelled == 30 and recipe.loss == "enum"
     assert recipe.streams.labelled.schedule == "alternate"
+    assert recipe.streams.labelled.passes == "auto"  # resolved by train, from the batch counts
     term = recipe.streams.labelled.loss
     assert isinstance(term, AuxiliaryTerm) and term.loss == "trace"
     assert term.weight == pytest.approx(recipe.options["alpha"] / 30)

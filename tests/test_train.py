@@ -276,12 +276,14 @@ def _constant(value):
     return objective
 
 
-def _two_streams(loss, labelled_loss, schedule, epochs=1, batch_size=10):
+def _two_streams(loss, labelled_loss, schedule, epochs=1, batch_size=10, passes=1):
     """Train LabelChecking on 30 rows labelled 0..29 and a labelled stream of 6 rows, 0..5,
     in batches of 4."""
     pair = LabelChecking()
     x, x_l = torch.arange(30.0) / 10, torch.arange(6.0) / 10
-    stream = LabelledStream((x_l, (10 * x_l).long()), 4, loss=labelled_loss, schedule=schedule)
+    stream = LabelledStream(
+        (x_l, (10 * x_l).long()), 4, loss=labelled_loss, schedule=schedule, passes=passes
+    )
     return train(
         pair.model,
         pair.guide,
@@ -335,6 +337,31 @@ def test_alternate_schedule_steps_once_on_every_batch_of_both_streams_per_epoch(
         assert unlabelled == list(range(30)) and labelled == list(range(6))
         assert {s[2] for s in epoch if s[0] == "u"} == {30}  # each stream scaled by its size
         assert {s[2] for s in epoch if s[0] == "l"} == {6}
+
+
+def test_labelled_passes_serve_the_labelled_stream_that_many_times_per_epoch():
+    steps = []
+
+    def recording(stream):
+        def loss(model, guide, x, y, num_data=None):
+            steps.append((stream, y.tolist()))
+            return pyro.param("a") * 0.0
+
+        return loss
+
+    _two_streams(recording("u"), recording("l"), "alternate", passes=3)
+    # 3 unlabelled batches and 3 passes of 2 labelled batches, spread evenly
+    assert [s[0] for s in steps] == ["l", "u", "l", "l", "u", "l", "l", "u", "l"]
+    labelled = [s[1] for s in steps if s[0] == "l"]
+    for one_pass in (labelled[0:2], labelled[2:4], labelled[4:6]):  # each a permutation
+        assert sorted(one_pass[0] + one_pass[1]) == list(range(6))
+
+
+def test_labelled_passes_need_the_alternate_schedule():
+    with pytest.raises(ValueError, match=r"passes=2 needs the alternate schedule"):
+        LabelledStream((torch.zeros(3, 2),), schedule="joint", passes=2)
+    with pytest.raises(ValueError, match=r"labelled passes must be an int >= 1, got 0"):
+        LabelledStream((torch.zeros(3, 2),), passes=0)
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,6 @@ from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
-from torch import nn
 
 from pyro_vae.models.base import LatentGaussianModel, check_model_args, make_likelihood
 from pyro_vae.models.likelihoods import Likelihood
@@ -98,7 +97,10 @@ def one_hot(y: torch.Tensor, num_classes: int, like: torch.Tensor) -> torch.Tens
     -------
     torch.Tensor of shape (..., C)
     """
-    return nn.functional.one_hot(y, num_classes).to(like)
+    # a comparison, not nn.functional.one_hot: that one reads y.min() and y.max() into Python,
+    # a decision on the labels' values that a compiled step must guard on every batch
+    classes = torch.arange(num_classes, device=y.device)
+    return (y.unsqueeze(-1) == classes).to(like)
 
 
 def concat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -143,7 +143,7 @@ def check_options(options: Mapping, given: Iterable[str]) -> dict:
 def _check_model_options(options: dict, given: set[str]) -> dict:
     model = options["model"]
     if model != "m2":
-        for name in ("labels_per_class", "alpha", "labelled_schedule", "init"):
+        for name in ("labels_per_class", "alpha", "labelled_schedule", "init", "labelled_passes"):
             if name in given:
                 raise ValueError(f"{option_flag(name)} applies to --model m2, not --model {model}")
     if model == "vae":
@@ -161,6 +161,12 @@ def _check_model_options(options: dict, given: set[str]) -> dict:
                 f"not --loss {options['loss']}"
             )
         options["loss"] = M2_LOSS
+        passes = options["labelled_passes"]
+        if options["labelled_schedule"] == "joint" and passes not in ("auto", 1):
+            raise ValueError(
+                f"--labelled-passes {passes} needs --labelled-schedule alternate: the joint "
+                "schedule takes a labelled batch inside every step"
+            )
         if options["labels_per_class"] is None:
             options["labels_per_class"] = M2_LABELS_PER_CLASS
         if not options.get("resume"):  # a resume keeps the stored values

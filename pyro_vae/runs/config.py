@@ -70,6 +70,7 @@ RUN_OPTIONS = (
     "compile",
     "labelled_schedule",
     "init",
+    "labelled_passes",
 )
 """Options that define a run: a resumed run must keep them (the stored values are used)."""
 
@@ -86,6 +87,7 @@ ADDED_RUN_OPTIONS = dict(
     compile="off",
     labelled_schedule="joint",
     init="torch",
+    labelled_passes=1,
 )
 """Run-defining options added after runs were first written: the values an older run had."""
 

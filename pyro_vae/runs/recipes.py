@@ -302,7 +302,7 @@ def m2_classification_term(m2: M2, alpha: float, num_labelled: int) -> Auxiliary
 
 
 def m2_labelled_stream(
-    m2: M2, labelled: ImageData, alpha: float, schedule: str = "alternate"
+    m2: M2, labelled: ImageData, alpha: float, schedule: str = "alternate", passes="auto"
 ) -> LabelledStream:
     """M2's labelled stream: ``(x_l, y_l)`` with :func:`m2_classification_term` as its loss.
 
@@ -316,6 +316,9 @@ def m2_labelled_stream(
         The weight alpha (:func:`m2_alpha`).
     schedule : {"alternate", "joint"}
         How the stream enters the steps (:class:`~pyro_vae.infer.LabelledStream`).
+    passes : int or "auto"
+        Passes over the labelled images per epoch ("alternate"; "auto": as many labelled
+        batches as unlabelled ones).
 
     Returns
     -------
@@ -324,7 +327,8 @@ def m2_labelled_stream(
         :data:`~pyro_vae.runs.config.M2_LOSS`.
     """
     classify = m2_classification_term(m2, alpha, len(labelled))
-    return LabelledStream((labelled, labelled.y), loss=classify, schedule=schedule)
+    passes = passes if schedule == "alternate" else 1
+    return LabelledStream((labelled, labelled.y), loss=classify, schedule=schedule, passes=passes)
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,7 @@ def training_recipe(options: Mapping, data: DatasetSplits) -> TrainingRecipe:
         images = streams.labelled.data[0]
         options["alpha"] = m2_alpha(len(images), options["alpha"])
         schedule = options["labelled_schedule"]
-        labelled = m2_labelled_stream(model, images, options["alpha"], schedule)
+        passes = options["labelled_passes"]
+        labelled = m2_labelled_stream(model, images, options["alpha"], schedule, passes)
         streams = replace(streams, labelled=labelled)
     return TrainingRecipe(model, loss, streams, options)

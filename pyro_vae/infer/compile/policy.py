@@ -11,14 +11,16 @@ scikit-learn's PCA resolves ``svd_solver="auto"`` once in ``_fit`` and then disp
   importance weights N * L of an estimate. A blocked "auto" runs eagerly without a warning.
 
 What blocks a compiled training step is written once too (:func:`step_blocker`): a labelled
-second stream, a gradient hook, and whatever the objective itself declares
-(:meth:`~pyro_vae.infer.objectives.base.Objective.capture_blocker`: Pyro's JIT). A schedule
-is not a blocker: its per-step scalars are graph inputs (``Objective.schedule_inputs``).
+second stream inside every step (the "joint" schedule) and whatever the objectives themselves
+declare (:meth:`~pyro_vae.infer.objectives.base.Objective.
+capture_blocker`: Pyro's JIT). A schedule is not a blocker: its per-step scalars are graph
+inputs (``Objective.schedule_inputs``); nor is a labelled stream in the "alternate" schedule,
+whose steps are captured one graph per part; nor is a gradient hook (a data-parallel run's
+all-reduce), which runs between the captured gradients and the update.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyro_vae.infer.objectives.base import Objective
@@ -28,6 +30,7 @@ __all__ = [
     "AUTO_MIN_STEPS",
     "AUTO_MIN_WEIGHTS",
     "COMPILE_SECONDS",
+    "JOINT_BLOCKER",
     "CompileDecision",
     "check_request",
     "compile_notice",
@@ -52,6 +55,8 @@ AUTO_MIN_WEIGHTS = 2_000_000
 # compiled transition takes 26 us per evaluation against 36 us eager and costs 49-54 s to
 # capture and compile: break-even ~5 million
 AUTO_MIN_GRADIENTS = 6_000_000
+JOINT_BLOCKER = "a labelled stream in the joint schedule (two objectives per step)"
+
 # seconds a first compile takes, with inductor's on-disk cache cold (docs/compiled.md: the
 # README's main job's step 23.1 s, the log-weight graph 6.8 s); later runs reuse the cache
 COMPILE_SECONDS = {"training step": 25, "log weights": 7, "HMC transition": 55}
@@ -139,26 +144,29 @@ def step_blocker(
     objective: Objective,
     *,
     labelled_objective: Objective | None = None,
-    grad_hook: Callable | None = None,
+    joint: bool = False,
 ) -> str | None:
-    """Why a training step with these parts cannot be one captured graph, or None.
+    """Why a training step with these parts cannot be captured, or None.
 
     Parameters
     ----------
     objective : Objective
         The step's objective.
     labelled_objective : Objective, optional
-        The objective of a second, labelled stream (two objectives per step).
-    grad_hook : callable, optional
-        Python code between ``backward`` and the update (a distributed all-reduce).
+        The objective of a second, labelled stream. In the "alternate" schedule its parts are
+        steps of their own, each captured apart; in the "joint" schedule (``joint=True``) both
+        objectives would share one step, which is not captured.
+    joint : bool
+        Whether the labelled stream enters every step ("joint").
 
     Returns
     -------
     str or None
         The one-line reason a user sees, or None.
     """
-    if labelled_objective is not None:
-        return "a labelled stream (two objectives per step)"
-    if grad_hook is not None:
-        return "a gradient hook (Python code between backward and update)"
-    return objective.capture_blocker()
+    if labelled_objective is not None and joint:
+        return JOINT_BLOCKER
+    reason = objective.capture_blocker()
+    if reason is None and labelled_objective is not None:
+        reason = labelled_objective.capture_blocker()
+    return reason

@@ -97,7 +97,9 @@ def inspect_pair(model, guide, x, *args, data_plate=DATA_PLATE, **kwargs) -> Pai
     return PairLayout(-(nesting + 1), plate.size, plate.dim, site_size)
 
 
-def is_fully_reparameterized(model, guide, x, *args, **kwargs) -> bool:
+def is_fully_reparameterized(
+    model, guide, x, *args, allow_enumerated: bool = False, **kwargs
+) -> bool:
     """Whether every latent site of the guide, traced once on ``x``, draws by ``rsample``.
 
     Parameters
@@ -108,17 +110,21 @@ def is_fully_reparameterized(model, guide, x, *args, **kwargs) -> bool:
         A batch of data.
     *args, **kwargs
         Passed on to the guide.
+    allow_enumerated : bool
+        Also accept sites marked for enumeration (summed out by ``TraceEnum_ELBO``, never
+        drawn), e.g. for the compiled step, where only a score-function gradient is refused.
 
     Returns
     -------
     bool
-        False when a latent site has no ``rsample`` or is marked for enumeration. The trace
-        runs in a forked RNG, so asking does not change the draws that follow.
+        False when a latent site has no ``rsample`` or (unless ``allow_enumerated``) is marked
+        for enumeration. The trace runs in a forked RNG, so asking does not change the draws
+        that follow.
     """
     with forked_rng(x), torch.no_grad():
         guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
     return all(
-        site["fn"].has_rsample and not site["infer"].get("enumerate")
+        allow_enumerated if site["infer"].get("enumerate") else site["fn"].has_rsample
         for site in guide_trace.nodes.values()
         if counts(site) and not site["is_observed"]
     )

@@ -6,14 +6,22 @@ a graph that :mod:`pyro_vae.infer.compile.capture` records once per batch shape,
     (parameters, Adam state, Adam's step sizes, module buffers, x, *args)
         -> (loss, -ELBO, guard), parameters and Adam state updated in place
 
-With the same RNG state a compiled and an eager step draw the same noise, so a run resumed from
-a checkpoint (parameters, optimizer, RNG states) continues bit for bit. What cannot be captured
-falls back to the eager step with one notice: whatever
-:func:`~pyro_vae.infer.compile.policy.step_blocker` names (a labelled stream, a gradient hook,
-Pyro's JIT), a guide site without ``rsample``, an optimizer other
-than the default Adam, tensors passed as keyword arguments, a parameter created during the
-capture, a trace that fails or does not replay. An objective's schedule is no obstacle: its
-per-step scalars are graph inputs (:meth:`Objective.schedule_inputs`), read on every call.
+(:mod:`~pyro_vae.infer.training.functional_adam`). With a gradient hook (the all-reduce of a
+data-parallel run) the graph stops at the gradients, (parameters, buffers, x, *args) -> (loss,
+-ELBO, gradients, guard), and the hook, clipping and the fused Adam follow as in the eager step,
+so every rank takes the same update. With the same RNG state a compiled and an eager step draw
+the same noise, so a run resumed from a checkpoint (parameters, optimizer, RNG states)
+continues bit for bit.
+
+What cannot be captured falls back to the eager step with one notice: whatever
+:func:`~pyro_vae.infer.compile.policy.step_blocker` names (a labelled stream inside every step,
+Pyro's JIT), a guide site drawn without ``rsample`` (an enumerated one is summed out, not
+drawn, and is captured), an optimizer other than the default Adam, tensors passed as keyword
+arguments, a parameter created during the capture, a trace that fails or does not replay. An
+objective's schedule is no obstacle: its per-step scalars are graph inputs
+(:meth:`Objective.schedule_inputs`), read on every call. Nor is a labelled stream in the
+"alternate" schedule: each part of its objective (:meth:`Objective.step_parts`) is a step of its
+own, captured as a graph of its own, its loss times the stream's share B_l / B inside the graph.
 """
 
 from __future__ import annotations
@@ -36,9 +44,15 @@ from pyro_vae.infer.compile.capture import (
     module_buffers,
     warn_fallback,
 )
-from pyro_vae.infer.compile.policy import step_blocker
+from pyro_vae.infer.compile.policy import JOINT_BLOCKER, step_blocker
 from pyro_vae.infer.pair.layout import is_fully_reparameterized
 from pyro_vae.infer.runtime.devices import forked_rng
+from pyro_vae.infer.training.functional_adam import (
+    adam_coefficients,
+    adam_state,
+    adam_update_,
+    clip_gradients,
+)
 from pyro_vae.infer.training.svi import SVIStep, TrainingDivergedError
 
 __all__ = ["CompiledSVIStep"]
@@ -92,9 +106,11 @@ class CompiledSVIStep(SVIStep):
         super().__init__(model, guide, loss, **options)
         self.compile_short_batches = compile_short_batches
         self._full_batch: int | None = None
+        self._full_batch_l: int | None = None
         self._custom_optimizer = options.get("optimizer") is not None
         self._compile_fn = compile_fn or compile_graph
         self._graphs: dict = {}
+        self._grad_slots: dict = {}  # per graph with a gradient hook: whose gradients it returns
         self.fallback_reason: str | None = None
         self.num_compiles = 0
         self.compile_seconds = 0.0
@@ -116,17 +132,18 @@ class CompiledSVIStep(SVIStep):
         """
         super().setup(x, *args, labelled=labelled, **kwargs)
         self._full_batch = x.shape[0]
+        self._full_batch_l = labelled[0].shape[0] if labelled is not None else None
         # found once: walking the modules on every step would cost 60 us (measured)
         self._module_buffers = module_buffers(self.model, self.guide)
         reason = self._pair_reason(x, args, kwargs)
+        if reason is None and labelled is not None:
+            reason = self._pair_reason(labelled[0], labelled[1:], kwargs)
         if reason is not None:
             self._fall_back(reason)
 
     def _pair_reason(self, x, args, kwargs) -> str | None:
         """Why this pair and these options cannot be captured, or None."""
-        blocker = step_blocker(
-            self.objective, labelled_objective=self.labelled_objective, grad_hook=self.grad_hook
-        )
+        blocker = step_blocker(self.objective, labelled_objective=self.labelled_objective)
         if blocker is not None:
             return blocker
         if self._custom_optimizer:
@@ -142,7 +159,9 @@ class CompiledSVIStep(SVIStep):
         reason = argument_blocker(args, kwargs)
         if reason is not None:
             return reason
-        if not is_fully_reparameterized(self.model, self.guide, x, *args, **kwargs):
+        if not is_fully_reparameterized(
+            self.model, self.guide, x, *args, allow_enumerated=True, **kwargs
+        ):
             return "a guide site without a reparameterized sampler (rsample)"
         return None
 
@@ -152,86 +171,74 @@ class CompiledSVIStep(SVIStep):
         warn_fallback(reason)
 
     # -- the functional step that is captured ---------------------------------------------
-    def _adam_state(self) -> tuple[list, list, list]:
-        """Adam's (exp_avg, exp_avg_sq, step) per parameter, created as torch's Adam does."""
-        state = self.optimizer.state
-        for p in self.params.values():
-            if p.requires_grad and not state[p]:
-                state[p]["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        trainable = [p for p in self.params.values() if p.requires_grad]
-        return (
-            [state[p]["exp_avg"] for p in trainable],
-            [state[p]["exp_avg_sq"] for p in trainable],
-            [state[p]["step"] for p in trainable],
-        )
+    def _step_fn(self, objective, num_args, num_data, share, kwargs, grad_slots):
+        """The function captured for ``share`` times ``objective``'s loss.
 
-    def _step_fn(self, num_params, num_args, num_data, kwargs):
-        """fn(guards, *params, *exp_avg, *exp_avg_sq, *step, coefs, x, *args) -> outputs.
-
-        Outputs: loss, -ELBO and the guard (see :meth:`_coefficients` for ``coefs``).
+        Without a gradient hook: fn(guards, *params, *exp_avg, *exp_avg_sq, *step, coefs,
+        *buffers, x, *args) -> (loss, -ELBO, guard), the Adam update in place. With one (the
+        all-reduce of a data-parallel run, Python between backward and the update): fn(guards,
+        *params, *buffers, x, *args) -> (loss, -ELBO, *gradients, guard), the gradients of the
+        parameters whose indices the capture writes into ``grad_slots`` (the others get none).
         """
         group = self.optimizer.param_groups[0]
-        (beta1, beta2), eps, clip = group["betas"], group["eps"], self.clip_norm
-        k = num_params
+        betas, eps, clip = group["betas"], group["eps"], self.clip_norm
+        k, update = len(self.params), self.grad_hook is None
 
         def fn(guards, *flat):
-            params, m, v, steps = (flat[i * k : (i + 1) * k] for i in range(4))
+            params = flat[:k]
             # the buffers that follow coefs are reached through the modules, by identity
-            coefs, x, args = flat[4 * k], flat[-1 - num_args], flat[len(flat) - num_args :]
+            x, args = flat[-1 - num_args], flat[len(flat) - num_args :]
             with guards:  # backward too: Pyro's ELBOs hook NaN checks onto the gradients
-                loss = self.objective(self.model, self.guide, x, *args, num_data=num_data, **kwargs)
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                loss = objective(self.model, self.guide, x, *args, num_data=num_data, **kwargs)
+                scaled = loss if share == 1.0 else share * loss
+                grads = torch.autograd.grad(scaled, params, allow_unused=True)
             held = guards.held()
-            neg_elbo = self.objective.recorded_neg_elbo(loss)
+            neg_elbo = _recorded_neg_elbo(objective, loss).detach()
+            if not update:
+                grad_slots[:] = [i for i, g in enumerate(grads) if g is not None]
+                return (loss.detach(), neg_elbo, *(g for g in grads if g is not None), held)
+            m, v, steps = (flat[i * k : (i + 1) * k] for i in range(1, 4))
             with torch.no_grad():
-                if clip is not None:  # as torch.nn.utils.clip_grad_norm_
-                    norm = torch.linalg.vector_norm(
-                        torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None])
-                    )
-                    coef = torch.clamp(clip / (norm + 1e-6), max=1.0)
-                    grads = [None if g is None else g * coef for g in grads]
-                # Adam (Kingma & Ba 2015, Alg. 1) as torch.optim.Adam writes it; nothing moves
-                # when the loss is not finite (the eager step's refusal) or a guarded decision
-                # differs from the capture's (the batch is then redone eagerly)
+                if clip is not None:
+                    grads = clip_gradients(grads, clip)
+                # nothing moves when the loss is not finite (the eager step's refusal) or a
+                # guarded decision differs from the capture's (the batch is then redone eagerly)
                 ok = torch.isfinite(loss.detach()) & held
-                for i, (p, g, m_, v_, t) in enumerate(zip(params, grads, m, v, steps, strict=True)):
-                    if g is None:  # unused by the loss: torch's Adam skips it too
-                        continue
-                    t_new = t + 1
-                    m_new = m_ + (1 - beta1) * (g - m_)
-                    v_new = v_ * beta2 + (1 - beta2) * g * g
-                    denom = (v_new.sqrt() / coefs[1, i]) + eps
-                    p_new = p - coefs[0, i] * m_new / denom
-                    p.copy_(torch.where(ok, p_new, p))
-                    m_.copy_(torch.where(ok, m_new, m_))
-                    v_.copy_(torch.where(ok, v_new, v_))
-                    t.copy_(torch.where(ok, t_new, t))
-            return loss.detach(), neg_elbo.detach(), held
+                adam_update_(params, grads, m, v, steps, flat[4 * k], betas, eps, ok)
+            return loss.detach(), neg_elbo, held
 
         return fn
 
-    def _build(self, key, x, args, num_data, kwargs):
-        """Capture and compile the step for one batch shape; None after a fallback."""
+    def _inputs(self, buffers, x, args) -> tuple[list, list]:
+        """The graph's inputs (see :meth:`_step_fn`), Adam's state created if need be, and
+        those of them the graph changes in place."""
+        params = list(self.params.values())
+        if self.grad_hook is not None:
+            return [*params, *buffers, x, *args], buffers
+        m, v, steps = adam_state(self.optimizer, params)
+        coefs = adam_coefficients(self.optimizer, steps)
+        mutated = [*params, *m, *v, *steps, *buffers]
+        return [*params, *m, *v, *steps, coefs, *buffers, x, *args], mutated
+
+    def _build(self, key, objective, x, args, num_data, share, kwargs):
+        """Capture and compile the step on ``objective`` for one batch shape; None after a
+        fallback."""
         tic = time.perf_counter()
         params = list(self.params.values())
         if not all(p.requires_grad for p in params):
             self._fall_back("a parameter that does not require grad")
             return None
-        m, v, steps = self._adam_state()
-        buffers = [*self._module_buffers, *self.objective.schedule_inputs()]
-        inputs = [*params, *m, *v, *steps, self._coefficients(steps), *buffers, x, *args]
+        buffers = [*self._module_buffers, *_schedule_inputs(objective)]
+        inputs, mutated = self._inputs(buffers, x, args)
         known = set(pyro.get_param_store().keys())
+        grad_slots = []
         try:
             # one eager call first, outside the trace: an objective's lazy set-up (e.g. the
             # IWAE's layout, found in a forked RNG) must not become part of every step
             with forked_rng(x), torch.no_grad():
-                self.objective(self.model, self.guide, x, *args, num_data=num_data, **kwargs)
-            step_fn = self._step_fn(len(params), len(args), num_data, kwargs)
-            graph, num_guards = capture(
-                step_fn, inputs, mutated=(*params, *m, *v, *steps, *buffers)
-            )
+                objective(self.model, self.guide, x, *args, num_data=num_data, **kwargs)
+            fn = self._step_fn(objective, len(args), num_data, share, kwargs, grad_slots)
+            graph, num_guards = capture(fn, inputs, mutated=mutated)
         except CaptureError as err:
             self._fall_back(str(err))
             return None
@@ -241,29 +248,10 @@ class CompiledSVIStep(SVIStep):
             return None
         compiled = CompiledGraph(self._compile_fn(graph, inputs, x.device), num_guards)
         self._graphs[key] = compiled
+        self._grad_slots[key] = grad_slots
         self.num_compiles += 1
         self.compile_seconds += time.perf_counter() - tic
         return compiled
-
-    def _coefficients(self, steps) -> torch.Tensor:
-        """Adam's per-parameter scalars of the coming step, (2, P) float64: graph inputs.
-
-        Row 0 is lr / (1 - beta1^t), row 1 sqrt(1 - beta2^t), t the step about to be taken,
-        in Python floats as ``torch.optim.Adam`` computes them. As inputs they follow a
-        learning-rate scheduler; computed inside the graph, inductor would evaluate the two
-        ``pow`` in every iteration of every vectorized Adam loop (measured: 3x slower Adam).
-        The step counts are read from the optimizer's state.
-        """
-        counts = torch.stack(steps).tolist() if steps else []
-        group = self.optimizer.param_groups[0]
-        (beta1, beta2), lr = group["betas"], group["lr"]
-        return torch.tensor(
-            [
-                [lr / (1 - beta1 ** (t + 1)) for t in counts],
-                [math.sqrt(1 - beta2 ** (t + 1)) for t in counts],
-            ],
-            dtype=torch.float64,
-        )
 
     def step(self, x, *args, num_data=None, labelled=None, num_labelled=None, **kwargs) -> float:
         """One gradient step, compiled (see the class docstring); as :meth:`SVIStep.step`.
@@ -273,7 +261,8 @@ class CompiledSVIStep(SVIStep):
         x : torch.Tensor of shape (B, ...)
             A minibatch.
         *args, **kwargs, num_data, labelled, num_labelled
-            As for :meth:`SVIStep.step`.
+            As for :meth:`SVIStep.step`; a ``labelled`` batch (the "joint" schedule) runs the
+            eager step.
 
         Returns
         -------
@@ -290,35 +279,78 @@ class CompiledSVIStep(SVIStep):
         if self.optimizer is None:
             self.setup(x, *args, labelled=labelled, **kwargs)
         if labelled is not None and self.fallback_reason is None:
-            self._fall_back("a labelled stream (two objectives per step)")
-        compiled = None
-        short = x.shape[0] < self._full_batch and not self.compile_short_batches
-        if self.fallback_reason is None and not short:
-            buffers = [*self._module_buffers, *self.objective.schedule_inputs()]
-            key = (graph_key((*buffers, x, *args), kwargs), num_data)
-            compiled = self._graphs.get(key)
-            if compiled is None:
-                reason = argument_blocker(args, kwargs)
-                if reason is not None:
-                    self._fall_back(reason)
-                else:
-                    compiled = self._build(key, x, args, num_data, kwargs)
-        if compiled is not None:
-            m, v, steps = self._adam_state()
-            coefs = self._coefficients(steps)
-            inputs = (*self.params.values(), *m, *v, *steps, coefs, *buffers, x, *args)
-            out = compiled(inputs, x.device)
-            if out is not None:
-                loss, neg_elbo = out
-                value = loss.item()
-                if not math.isfinite(value):
-                    message = f"the loss became {value} at step {self.num_steps + 1}"
-                    raise TrainingDivergedError(message, value=value)
-                self.last_neg_elbo = neg_elbo.item()  # the loss itself unless a surrogate's
-                self.num_steps += 1
-                return value
-            if compiled.failures >= MAX_GUARD_FAILURES:
-                self._fall_back(compiled.failure_reason())
+            self._fall_back(JOINT_BLOCKER)
+        out = self._run_compiled("data", self.objective, 1.0, x, args, num_data, kwargs)
+        if out is not None:
+            self.last_neg_elbo = out[1]  # the loss itself unless a surrogate's
+            return out[0]
         return super().step(
             x, *args, num_data=num_data, labelled=labelled, num_labelled=num_labelled, **kwargs
         )
+
+    def _step_part(self, index, part, share, x_l, args, num_labelled, kwargs):
+        """A labelled step on one part of the objective (:meth:`SVIStep.step_labelled`),
+        compiled; eager when it cannot be."""
+        tag = ("labelled", index)
+        out = self._run_compiled(tag, part, share, x_l, args, num_labelled, kwargs)
+        if out is not None:
+            return out
+        return super()._step_part(index, part, share, x_l, args, num_labelled, kwargs)
+
+    def _run_compiled(self, tag, objective, share, x, args, num_data, kwargs):
+        """The step on ``share`` times ``objective`` by its graph for this batch shape (built
+        on first use): (value, -ELBO) as floats, or None when it runs eagerly."""
+        full = self._full_batch if tag == "data" else self._full_batch_l
+        short = x.shape[0] < full and not self.compile_short_batches
+        if self.fallback_reason is not None or short:
+            return None
+        buffers = [*self._module_buffers, *_schedule_inputs(objective)]
+        key = (tag, graph_key((*buffers, x, *args), kwargs), num_data, share)
+        compiled = self._graphs.get(key)
+        if compiled is None:
+            reason = argument_blocker(args, kwargs)
+            if reason is not None:
+                self._fall_back(reason)
+                return None
+            compiled = self._build(key, objective, x, args, num_data, share, kwargs)
+            if compiled is None:
+                return None
+        out = compiled(self._inputs(buffers, x, args)[0], x.device)
+        if out is None:
+            if compiled.failures >= MAX_GUARD_FAILURES:
+                self._fall_back(compiled.failure_reason())
+            return None
+        loss, neg_elbo, *grads = out
+        value = loss.item()
+        if not math.isfinite(value):
+            message = f"the loss became {value} at step {self.num_steps + 1}"
+            raise TrainingDivergedError(message, value=value)
+        if self.grad_hook is None:  # the graph has updated the parameters
+            self.num_steps += 1
+        else:  # the hook (an all-reduce), clipping and the fused Adam, as the eager step
+            self._update_from(self._grad_slots[key], grads)
+        return value, neg_elbo.item()
+
+    def _update_from(self, slots: list, grads: list) -> None:
+        """The eager step's update, from the graph's gradients of the parameters ``slots``."""
+        params = list(self.params.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, grad in zip(slots, grads, strict=True):
+            params[i].grad = grad
+        self.grad_hook(self.params)
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
+        self.optimizer.step()
+        self.num_steps += 1
+
+
+def _schedule_inputs(objective) -> list:
+    """An objective's schedule inputs; [] for a plain callable (a part of an objective)."""
+    inputs = getattr(objective, "schedule_inputs", None)
+    return inputs() if inputs is not None else []
+
+
+def _recorded_neg_elbo(objective, loss: torch.Tensor) -> torch.Tensor:
+    """An objective's true -ELBO of ``loss``; the loss itself for a plain callable."""
+    recorded = getattr(objective, "recorded_neg_elbo", None)
+    return recorded(loss) if recorded is not None else loss.detach()

@@ -81,6 +81,8 @@ class Batching:
     labelled_schedule : {"alternate", "joint"}
         How the labelled stream enters the steps (see
         :class:`~pyro_vae.infer.training.options.LabelledStream`).
+    labelled_passes : int
+        Passes over the labelled stream per epoch ("alternate").
     drop_last : bool
         Drop the short last batch (objectives that work on one batch shape only).
     device : torch.device
@@ -98,6 +100,7 @@ class Batching:
     drop_last: bool
     device: torch.device
     labelled_schedule: str = "joint"
+    labelled_passes: int = 1
     ranks: Ranks = ONE_PROCESS
     seed: int = 0
     progress: bool = True
@@ -170,8 +173,11 @@ def _with_labelled(steps: list, labelled: DataStream, batching: Batching) -> lis
             ("joint", (index, order_l[i * batch_l : (i + 1) * batch_l]))
             for i, (_, index) in enumerate(steps)
         ]
-    order_l = torch.randperm(len(labelled)).to(labelled.x.device)  # one pass per epoch
-    batches_l = [("labelled", index) for index in order_l.split(batch_l)]
+    batches_l = [
+        ("labelled", index)
+        for _ in range(batching.labelled_passes)
+        for index in torch.randperm(len(labelled)).to(labelled.x.device).split(batch_l)
+    ]
     at = set(labelled_positions(len(steps), len(batches_l)))
     source_u, source_l = iter(steps), iter(batches_l)
     return [

@@ -198,15 +198,20 @@ def _batching(options, ranks: Ranks, device, num_data, labelled, stream_l) -> Ba
     batch_size = min(options.batch_size, num_data)
     if ranks.distributed:
         batch_size = math.ceil(batch_size / ranks.world_size)
-    batch_l = None
+    batch_l, passes = None, 1
     if stream_l is not None:
         batch_l = min(labelled.batch_size or batch_size, len(stream_l))
+        local_data = math.ceil(num_data / ranks.world_size)  # this rank's shard
+        passes = labelled.resolve_passes(
+            math.ceil(local_data / batch_size), math.ceil(len(stream_l) / batch_l)
+        )
     return Batching(
         batch_size,
         batch_l,
         drop_last=False,  # known once the objective is built
         device=device,
         labelled_schedule=labelled.schedule if labelled is not None else "joint",
+        labelled_passes=passes,
         ranks=ranks,
         seed=options.seed if options.seed is not None else 0,
         progress=options.progress and ranks.is_main,
@@ -226,8 +231,11 @@ def _make_step(model, guide, options, batching, stream, stream_l, labelled) -> S
             loss_l = labelled.loss if labelled.loss is not None else options.loss
             labelled_objective = make_objective(loss_l, model, guide, *first_l, **plate)
     grad_hook = average_gradients if batching.ranks.distributed else None
-    num_steps = options.epochs * math.ceil(len(stream) / batching.batch_size)
-    blocker = step_blocker(objective, labelled_objective=labelled_objective, grad_hook=grad_hook)
+    num_steps = options.epochs * _steps_per_epoch(
+        batching, len(stream), stream_l, labelled_objective
+    )
+    joint = batching.labelled_schedule == "joint"
+    blocker = step_blocker(objective, labelled_objective=labelled_objective, joint=joint)
     compiled = resolve(options.compile, work=num_steps, min_work=AUTO_MIN_STEPS, blocker=blocker)
     svi = (CompiledSVIStep if compiled else SVIStep)(
         model,
@@ -243,6 +251,17 @@ def _make_step(model, guide, options, batching, stream, stream_l, labelled) -> S
     if isinstance(svi, CompiledSVIStep) and svi.fallback_reason is None and batching.progress:
         tqdm.write(compile_notice("training step"))  # the first step compiles it
     return svi
+
+
+def _steps_per_epoch(batching: Batching, num_data: int, stream_l, labelled_objective) -> int:
+    """The optimizer steps of one epoch: one per batch, and in the "alternate" schedule one per
+    part of the labelled objective on each labelled batch of each pass."""
+    steps = math.ceil(num_data / batching.batch_size)
+    if stream_l is not None and batching.labelled_schedule == "alternate":
+        batches_l = math.ceil(len(stream_l) / batching.labelled_batch_size)
+        parts = len(labelled_objective.step_parts())
+        steps += batching.labelled_passes * batches_l * parts
+    return steps
 
 
 def _end_epoch(record: dict, state: RunState, scheduler, options, batching) -> None:

@@ -314,13 +314,19 @@ class SVIStep:
             raise ValueError("step_labelled needs a labelled stream: pass labelled= to setup")
         total = 0.0
         for i, part in enumerate(self.labelled_objective.step_parts()):
-            loss = part(self.model, self.guide, x_l, *args, num_data=num_labelled, **kwargs)
-            value = loss.item()
+            value, neg_elbo = self._step_part(i, part, share, x_l, args, num_labelled, kwargs)
             if i == 0:
-                self.last_neg_elbo = self._neg_elbo(part, value)
-            self._update(share * loss, value, x_l, args, kwargs)
+                self.last_neg_elbo = neg_elbo
             total += value
         return total
+
+    def _step_part(self, index, part, share, x_l, args, num_labelled, kwargs):
+        """One step on ``share`` times the ``index``-th part; its value and its -ELBO."""
+        loss = part(self.model, self.guide, x_l, *args, num_data=num_labelled, **kwargs)
+        value = loss.item()
+        neg_elbo = self._neg_elbo(part, value)
+        self._update(share * loss, value, x_l, args, kwargs)
+        return value, neg_elbo
 
     def _update(self, loss: torch.Tensor, value: float, x, args, kwargs) -> float:
         """Check ``loss`` (its float ``value``), backpropagate it and take the optimizer step."""
