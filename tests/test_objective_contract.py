@@ -26,6 +26,12 @@ from pyro_vae.infer.compile.policy import (
     resolve,
     step_blocker,
 )
+from pyro_vae.infer.compile.warm import (
+    compiled_before,
+    inductor_cache_dir,
+    remember_compile,
+    step_signature,
+)
 from pyro_vae.infer.objectives.base import CallableObjective, as_objective
 from pyro_vae.infer.objectives.elbo import FastTraceELBO, PyroELBO
 from pyro_vae.infer.training.compiled_step import CompiledSVIStep
@@ -168,3 +174,25 @@ def test_the_loop_records_what_the_contract_says():
     final = record.final
     assert final["train_loss"] == 7.0 and final["train_objective"] == 3.0
     assert final["kl_weight"] == 1.0
+
+
+def test_a_compile_is_remembered_in_inductors_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    vae, x = _vae_and_batch()
+    signature = step_signature("training step", (vae.model, vae.guide), FastTraceELBO(), x)
+    # another object of the same objective: the same signature (no address in it)
+    assert signature == step_signature("training step", (vae.model, vae.guide), FastTraceELBO(), x)
+    assert signature != step_signature("training step", (vae.model, vae.guide), "trace", x)
+    assert signature != step_signature(
+        "training step", (vae.model, vae.guide), FastTraceELBO(), x[:3]
+    )
+    assert compiled_before(signature) is None
+    remember_compile(signature, 2.5)
+    assert compiled_before(signature) == 2.5
+    assert inductor_cache_dir() == tmp_path
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "pyro_vae_compiled").write_text("a file where the record's folder would go")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(blocked))
+    remember_compile(signature, 1.0)  # cannot be written: no record, and no error
+    assert compiled_before(signature) is None

@@ -44,7 +44,9 @@ __all__ = [
 # C = 2.4 s with inductor's on-disk cache warm (any run after the first on a machine) and 23 s
 # cold, so break-even at ~920 and ~8,900 steps. 2,000 is twice the warm break-even: a run of
 # that length gains from the second run on a machine and loses at most the one cold compile.
-# The GPU break-even was not measured; the same rule applies there.
+# The GPU break-even was not measured; the same rule applies there. On another day (README,
+# "Compiled steps") the warm compile took 14-15 s and saved 5 ms per step, break-even ~2,900:
+# the compile cost moves between days, which a fixed threshold cannot follow.
 AUTO_MIN_STEPS = 2000
 # "auto" compiles the log weights of an estimate of at least this many weights N * L: about
 # twice the measured break-even of ~850,000 (docs/compiled.md)
@@ -62,11 +64,14 @@ JOINT_BLOCKER = "a labelled stream in the joint schedule (two objectives per ste
 COMPILE_SECONDS = {"training step": 25, "log weights": 7, "HMC transition": 55}
 
 
-def compile_notice(what: str) -> str:
+def compile_notice(what: str, seconds_before: float | None = None) -> str:
     """The line said before a compiled ``what`` (a key of :data:`COMPILE_SECONDS`) is built.
 
-    A first compile takes longer than a short run, so a command that seems to hang says why.
+    A first compile takes longer than a short run, so a command that seems to hang says why;
+    ``seconds_before``, what the same compile took last time on this machine, if known.
     """
+    if seconds_before is not None:
+        return f"compiling the {what} (it took {seconds_before:.0f} s last time on this machine)"
     return f"compiling the {what} (about {COMPILE_SECONDS[what]} s the first time)"
 
 

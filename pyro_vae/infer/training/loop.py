@@ -23,7 +23,13 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyro_vae.infer.compile.policy import AUTO_MIN_STEPS, compile_notice, resolve, step_blocker
+from pyro_vae.infer.compile.policy import (
+    AUTO_MIN_STEPS,
+    compile_notice,
+    resolve,
+    step_blocker,
+)
+from pyro_vae.infer.compile.warm import compiled_before, remember_compile, step_signature
 from pyro_vae.infer.objectives.elbo import make_objective
 from pyro_vae.infer.runtime.devices import forked_rng, move_owners, resolve_device
 from pyro_vae.infer.runtime.distributed import Ranks, average_gradients, broadcast_params, join
@@ -144,7 +150,7 @@ def train(
     stream_l = DataStream.of(labelled.data, "labelled", device) if labelled else None
     move_owners(device, model, guide)
     batching = _batching(options, ranks, device, len(stream), labelled, stream_l)
-    svi = _make_step(model, guide, options, batching, stream, stream_l, labelled)
+    svi, signature = _make_step(model, guide, options, batching, stream, stream_l, labelled)
     # an objective traced for one batch shape (Pyro's JIT) cannot take the short last batch
     batching = dataclasses.replace(batching, drop_last=svi.objective.fixed_batch_shape)
     if ranks.distributed:
@@ -157,12 +163,15 @@ def train(
         pyro.set_rng_seed(rank_seed(batching.seed, state.epoch, ranks.rank))
     stopped_early = False
     with pyro.validation_enabled(False):
-        for epoch in range(state.epoch + 1, options.epochs + 1):
+        first_epoch = state.epoch + 1
+        for epoch in range(first_epoch, options.epochs + 1):
             tic = time.perf_counter()
             try:
                 train_loss, objective, rate = run_epoch(svi, stream, stream_l, batching, epoch)
             except TrainingDivergedError as err:
                 raise TrainingDivergedError(f"{err}; {checkpointer.note()}") from None
+            if epoch == first_epoch:
+                _report_compile(svi, signature, batching.progress)
             val_loss = mean_loss(svi, val, batching) if val else None
             record = {
                 "epoch": epoch,
@@ -218,8 +227,13 @@ def _batching(options, ranks: Ranks, device, num_data, labelled, stream_l) -> Ba
     )
 
 
-def _make_step(model, guide, options, batching, stream, stream_l, labelled) -> SVIStep:
-    """Build the objectives on a first batch, resolve ``compile`` once, set the step up."""
+def _make_step(model, guide, options, batching, stream, stream_l, labelled):
+    """Build the objectives on a first batch, resolve ``compile`` once, set the step up.
+
+    Returns the step and the signature of its compiled graph
+    (:func:`~pyro_vae.infer.compile.warm.step_signature`), under which the compile's duration
+    is remembered for the next run's notice.
+    """
     device = batching.device
     first_l = stream_l.batch(slice(0, batching.labelled_batch_size), device) if stream_l else None
     first = stream.batch(slice(0, batching.batch_size), device)
@@ -248,9 +262,20 @@ def _make_step(model, guide, options, batching, stream, stream_l, labelled) -> S
         grad_hook=grad_hook,
     )
     svi.setup(*first, labelled=first_l)
+    signature = step_signature("training step", (model, guide), objective, first[0])
     if isinstance(svi, CompiledSVIStep) and svi.fallback_reason is None and batching.progress:
-        tqdm.write(compile_notice("training step"))  # the first step compiles it
-    return svi
+        before = compiled_before(signature)  # the first step compiles it: say how long it took
+        tqdm.write(compile_notice("training step", before))
+    return svi, signature
+
+
+def _report_compile(svi: SVIStep, signature: str, progress: bool) -> None:
+    """After the first epoch: how long compiling took, said and remembered."""
+    if not isinstance(svi, CompiledSVIStep) or not svi.num_compiles:
+        return
+    remember_compile(signature, svi.compile_seconds)
+    if progress:
+        tqdm.write(f"compiled the training step in {svi.compile_seconds:.1f} s")
 
 
 def _steps_per_epoch(batching: Batching, num_data: int, stream_l, labelled_objective) -> int:
