@@ -264,7 +264,7 @@ def _make_step(model, guide, options, batching, stream, stream_l, labelled):
     svi.setup(*first, labelled=first_l)
     signature = step_signature("training step", (model, guide), objective, first[0])
     if isinstance(svi, CompiledSVIStep) and svi.fallback_reason is None and batching.progress:
-        before = compiled_before(signature)  # the first step compiles it: say how long it took
+        before = compiled_before(signature)  # the first step compiles: how long it took before
         tqdm.write(compile_notice("training step", before))
     return svi, signature
 

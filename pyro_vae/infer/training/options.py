@@ -136,12 +136,11 @@ class LabelledStream:
     ``schedule="alternate"`` (the default), the training loop of Pyro's SS-VAE example: an
     epoch is one pass over the first stream and ``passes`` over the labelled one, the labelled
     batches spread evenly among the unlabelled ones, and every batch takes steps of its own.
-    An unlabelled batch takes one
-    step on ``loss``; a labelled batch one step per part of its objective
-    (:meth:`~pyro_vae.infer.objectives.base.Objective.step_parts`: for M2, -ELBO with y
-    given, then the classification term), each loss times B_l / B, so that every datapoint of
-    either stream weighs the same per step. Over an epoch the steps sum to the union's loss
-    sum_n loss_n / B, each labelled datapoint counted ``passes`` times (see
+    An unlabelled batch takes one step on ``loss``; a labelled batch one step per part of its
+    objective (:meth:`~pyro_vae.infer.objectives.base.Objective.step_parts`: for M2, -ELBO
+    with y given, then the classification term), each loss times B_l / B, so that every
+    datapoint of either stream weighs the same per step. Over an epoch the steps sum to the
+    union's loss sum_n loss_n / B, each labelled datapoint counted ``passes`` times (see
     :meth:`~pyro_vae.infer.training.svi.SVIStep.step_labelled`).
 
     ``schedule="joint"``: every step takes a batch of each stream and minimizes the loss of
@@ -187,16 +186,16 @@ class LabelledStream:
     def __post_init__(self):
         if self.batch_size is not None:
             check_count("labelled batch_size", self.batch_size, 1)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"unknown labelled schedule {self.schedule!r}; choose one of {list(SCHEDULES)}"
+            )
         if self.passes != "auto":
             check_count("labelled passes", self.passes, 1)
         if self.passes not in ("auto", 1) and self.schedule != "alternate":
             raise ValueError(
                 f"labelled passes={self.passes} needs the alternate schedule: the "
                 f"{self.schedule!r} schedule takes a labelled batch in every step"
-            )
-        if self.schedule not in SCHEDULES:
-            raise ValueError(
-                f"unknown labelled schedule {self.schedule!r}; choose one of {list(SCHEDULES)}"
             )
 
     def resolve_passes(self, num_batches: int, num_batches_l: int) -> int:
