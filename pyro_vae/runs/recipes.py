@@ -327,7 +327,6 @@ def m2_labelled_stream(
         :data:`~pyro_vae.runs.config.M2_LOSS`.
     """
     classify = m2_classification_term(m2, alpha, len(labelled))
-    passes = passes if schedule == "alternate" else 1
     return LabelledStream((labelled, labelled.y), loss=classify, schedule=schedule, passes=passes)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from pyro_vae.infer.objectives.base import Objective
+from pyro_vae.infer.objectives.base import CallableObjective, Objective
 from pyro_vae.infer.objectives.elbo import make_objective
 from pyro_vae.infer.pair.sites import DATA_PLATE
 
@@ -59,6 +59,7 @@ class AuxiliaryTerm(Objective):
         self.loss, self.term, self.weight, self.data_plate = loss, term, float(weight), data_plate
         self.objective = None
         self.neg_elbo = None
+        self._term_part = CallableObjective(self.weighted_term)  # the second of step_parts
 
     def __repr__(self) -> str:
         term = getattr(self.term, "__name__", self.term)
@@ -108,7 +109,8 @@ class AuxiliaryTerm(Objective):
         return self.weight * term.mean()
 
     def step_parts(self) -> list:
-        """The wrapped objective, then :meth:`weighted_term` (see :meth:`Objective.step_parts`).
+        """The wrapped objective, then :meth:`weighted_term` as an objective of its own (see
+        :meth:`Objective.step_parts`).
 
         Raises
         ------
@@ -117,7 +119,7 @@ class AuxiliaryTerm(Objective):
         """
         if self.objective is None:
             raise RuntimeError("step_parts needs the objective set up: call setup first")
-        return [self.objective, self.weighted_term]
+        return [self.objective, self._term_part]
 
     def setup(self, model, guide, x, *args, **kwargs) -> None:
         """Build the wrapped objective for this pair (:func:`make_objective` on a first batch).

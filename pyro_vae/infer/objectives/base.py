@@ -133,18 +133,19 @@ class Objective:
         """
         return []
 
-    def step_parts(self) -> list[Callable]:
+    def step_parts(self) -> list[Objective]:
         """The parts a schedule of separate steps takes one gradient step on each, in order.
 
-        Each part is called like the objective and returns its share of the loss; the parts
-        sum to the objective. The default is one part, the objective itself; an
+        Each part is an :class:`Objective` of its own (so a step asks it what it asks any
+        objective: its schedule inputs, its recorded -ELBO) and returns its share of the
+        loss; the parts sum to the objective. The default is one part, the objective itself; an
         :class:`~pyro_vae.infer.objectives.auxiliary.AuxiliaryTerm` has two, the wrapped
         objective and the weighted term (Pyro's SS-VAE example steps on its classification
         loss apart: ``LabelledStream(schedule="alternate")``).
 
         Returns
         -------
-        list of callable
+        list of Objective
         """
         return [self]
 

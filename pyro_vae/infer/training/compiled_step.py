@@ -193,7 +193,7 @@ class CompiledSVIStep(SVIStep):
                 scaled = loss if share == 1.0 else share * loss
                 grads = torch.autograd.grad(scaled, params, allow_unused=True)
             held = guards.held()
-            neg_elbo = _recorded_neg_elbo(objective, loss).detach()
+            neg_elbo = objective.recorded_neg_elbo(loss).detach()
             if not update:
                 grad_slots[:] = [i for i, g in enumerate(grads) if g is not None]
                 return (loss.detach(), neg_elbo, *(g for g in grads if g is not None), held)
@@ -228,7 +228,7 @@ class CompiledSVIStep(SVIStep):
         if not all(p.requires_grad for p in params):
             self._fall_back("a parameter that does not require grad")
             return None
-        buffers = [*self._module_buffers, *_schedule_inputs(objective)]
+        buffers = [*self._module_buffers, *objective.schedule_inputs()]
         inputs, mutated = self._inputs(buffers, x, args)
         known = set(pyro.get_param_store().keys())
         grad_slots = []
@@ -304,7 +304,7 @@ class CompiledSVIStep(SVIStep):
         short = x.shape[0] < full and not self.compile_short_batches
         if self.fallback_reason is not None or short:
             return None
-        buffers = [*self._module_buffers, *_schedule_inputs(objective)]
+        buffers = [*self._module_buffers, *objective.schedule_inputs()]
         key = (tag, graph_key((*buffers, x, *args), kwargs), num_data, share)
         compiled = self._graphs.get(key)
         if compiled is None:
@@ -323,34 +323,13 @@ class CompiledSVIStep(SVIStep):
         loss, neg_elbo, *grads = out
         value = loss.item()
         if not math.isfinite(value):
-            message = f"the loss became {value} at step {self.num_steps + 1}"
-            raise TrainingDivergedError(message, value=value)
+            raise TrainingDivergedError.at_step(value, self.num_steps + 1)
         if self.grad_hook is None:  # the graph has updated the parameters
             self.num_steps += 1
-        else:  # the hook (an all-reduce), clipping and the fused Adam, as the eager step
-            self._update_from(self._grad_slots[key], grads)
+        else:  # the graph's gradients, then the eager step's update (hook, clipping, Adam)
+            params = list(self.params.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            for i, grad in zip(self._grad_slots[key], grads, strict=True):
+                params[i].grad = grad
+            self._apply_gradients()
         return value, neg_elbo.item()
-
-    def _update_from(self, slots: list, grads: list) -> None:
-        """The eager step's update, from the graph's gradients of the parameters ``slots``."""
-        params = list(self.params.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        for i, grad in zip(slots, grads, strict=True):
-            params[i].grad = grad
-        self.grad_hook(self.params)
-        if self.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
-        self.optimizer.step()
-        self.num_steps += 1
-
-
-def _schedule_inputs(objective) -> list:
-    """An objective's schedule inputs; [] for a plain callable (a part of an objective)."""
-    inputs = getattr(objective, "schedule_inputs", None)
-    return inputs() if inputs is not None else []
-
-
-def _recorded_neg_elbo(objective, loss: torch.Tensor) -> torch.Tensor:
-    """An objective's true -ELBO of ``loss``; the loss itself for a plain callable."""
-    recorded = getattr(objective, "recorded_neg_elbo", None)
-    return recorded(loss) if recorded is not None else loss.detach()

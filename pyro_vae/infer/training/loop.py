@@ -230,9 +230,9 @@ def _batching(options, ranks: Ranks, device, num_data, labelled, stream_l) -> Ba
 def _make_step(model, guide, options, batching, stream, stream_l, labelled):
     """Build the objectives on a first batch, resolve ``compile`` once, set the step up.
 
-    Returns the step and the signature of its compiled graph
-    (:func:`~pyro_vae.infer.compile.warm.step_signature`), under which the compile's duration
-    is remembered for the next run's notice.
+    Returns the step and, for a compiled one, the signature of its graph
+    (:func:`~pyro_vae.infer.compile.warm.step_signature`; None for the eager step), under
+    which the compile's duration is remembered for the next run's notice.
     """
     device = batching.device
     first_l = stream_l.batch(slice(0, batching.labelled_batch_size), device) if stream_l else None
@@ -262,14 +262,16 @@ def _make_step(model, guide, options, batching, stream, stream_l, labelled):
         grad_hook=grad_hook,
     )
     svi.setup(*first, labelled=first_l)
+    if not isinstance(svi, CompiledSVIStep):
+        return svi, None
     signature = step_signature("training step", (model, guide), objective, first[0])
-    if isinstance(svi, CompiledSVIStep) and svi.fallback_reason is None and batching.progress:
+    if svi.fallback_reason is None and batching.progress:
         before = compiled_before(signature)  # the first step compiles: how long it took before
         tqdm.write(compile_notice("training step", before))
     return svi, signature
 
 
-def _report_compile(svi: SVIStep, signature: str, progress: bool) -> None:
+def _report_compile(svi: SVIStep, signature: str | None, progress: bool) -> None:
     """After the first epoch: how long compiling took, said and remembered."""
     if not isinstance(svi, CompiledSVIStep) or not svi.num_compiles:
         return

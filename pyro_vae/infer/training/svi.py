@@ -60,6 +60,11 @@ class TrainingDivergedError(FloatingPointError):
         super().__init__(message)
         self.value = value
 
+    @classmethod
+    def at_step(cls, value: float, step: int) -> TrainingDivergedError:
+        """The error for a loss ``value`` that is not finite at optimizer step ``step``."""
+        return cls(f"the loss became {value} at step {step}", value=value)
+
 
 def _refuse_bad_data(x) -> None:
     """Raise :func:`check_data`'s one line when the batch holds NaN or inf, hiding the error
@@ -332,19 +337,22 @@ class SVIStep:
         """Check ``loss`` (its float ``value``), backpropagate it and take the optimizer step."""
         if not math.isfinite(value):
             _refuse_bad_data(x)  # NaN data is the data's fault, not the training's
-            message = f"the loss became {value} at step {self.num_steps + 1}"
-            raise TrainingDivergedError(message, value=value)
+            raise TrainingDivergedError.at_step(value, self.num_steps + 1)
         if len(pyro.get_param_store()) != self._store_size:  # O(1); rarely true
             self._refuse_new_params(x, args, kwargs)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self._apply_gradients()
+        return value
+
+    def _apply_gradients(self) -> None:
+        """The update from the parameters' ``.grad``: the hook, clipping, the optimizer step."""
         if self.grad_hook is not None:
             self.grad_hook(self.params)
         if self.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params.values(), self.clip_norm)
         self.optimizer.step()
         self.num_steps += 1
-        return value
 
     @staticmethod
     def _neg_elbo(objective, value: float) -> float:
