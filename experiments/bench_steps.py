@@ -11,9 +11,11 @@ median of its rounds (compile time apart: the warm-up round absorbs it).
   annealing over the timed epochs (``KLAnnealing``); NumPyro: the same VAE with the KL weight
   beta scaling the z site of model and guide, passed as an argument of the jitted
   ``svi.update``, so that it changes every step without a new trace.
-- ``free bits``: the same VAE with free bits (0.1 nats per latent dimension), eager and
-  compiled. NumPyro has no free-bits objective; a hand-written one would time our port, not
-  NumPyro, so this row has no NumPyro column.
+- ``free bits``: the same VAE with free bits (0.1 nats per latent dimension). NumPyro has no
+  free-bits objective, so its row is a NumPyro ``ELBO`` written for it (the guide and model
+  traced by NumPyro's handlers, the Monte Carlo KL of each latent dimension averaged over the
+  batch and held at 0.1 nats at least, as ``KLControlledELBO`` computes it), jitted in
+  ``svi.update`` as any NumPyro loss.
 - ``M2``: the command line's M2 (z 50, hidden 500, softplus, batch 200, 100 labelled digits,
   alpha 46 N_l, alternate schedule with ``passes="auto"``): every unlabelled batch a
   ``TraceEnum_ELBO`` step that sums y out, every labelled batch two steps (-ELBO given y, then
@@ -22,6 +24,16 @@ median of its rounds (compile time apart: the warm-up round absorbs it).
   ``Trace_ELBO`` for the labelled ones, three jitted updates sharing one Adam over all
   parameters (a parameter a loss does not use gets a zero gradient and still moves with its
   momentum, where torch's Adam skips it).
+
+- ``validation``: the VAE's validation pass as ``train`` runs it (the -ELBO of every batch,
+  without gradients), by the eager step's ``evaluate`` and by the compiled graph
+  (``compile_evaluation``): what compiling validation saves per batch, against its compile
+  time; ``AUTO_MIN_EVALUATIONS`` (the compile policy) comes from it.
+
+The VAE rows also time the step's matrix products alone (``GEMMs only``: each layer's forward
+product and weight gradient, and the input gradients, with torch's BLAS), a ceiling on what
+any implementation of the same math reaches on this CPU: how close the compiled step and
+NumPyro come to it says how much either could still gain.
 
 Rates are unlabelled datapoints per second (for M2, of the unlabelled stream: the epoch's work
 over its unlabelled images). The NumPyro rows need the ``bench`` extra (numpyro, CPU jax,
@@ -55,6 +67,7 @@ from pyro_vae.infer.training.epochs import (  # noqa: E402
     Batching,
     DataStream,
     labelled_positions,
+    mean_loss,
     run_epoch,
 )
 from pyro_vae.infer.training.options import LabelledStream  # noqa: E402
@@ -65,7 +78,8 @@ from pyro_vae.runs.config import M2_ALPHA_PER_LABEL  # noqa: E402
 
 __all__ = ["main"]
 
-ROWS = ("annealing", "free-bits", "m2")
+ROWS = ("annealing", "free-bits", "m2", "validation")
+FREE_BITS = 0.1  # nats per latent dimension
 
 
 class LibraryRunner:
@@ -102,6 +116,33 @@ class LibraryRunner:
         return len(self.data) / (time.perf_counter() - tic)
 
 
+class ValidationRunner(LibraryRunner):
+    """Validation passes (the loop's ``mean_loss``: -ELBO without gradients, batch by batch),
+    by ``evaluate`` eagerly or compiled (``compile_evaluation=True``)."""
+
+    def __init__(self, step_cls, pair, data):
+        super().__init__(step_cls, pair, "trace", data)
+        if isinstance(self.svi, CompiledSVIStep):
+            self.svi.compile_evaluation = True
+
+    def __call__(self) -> float:
+        """One pass; datapoints per second."""
+        tic = time.perf_counter()
+        mean_loss(self.svi, self.data, self.batching)
+        return len(self.data) / (time.perf_counter() - tic)
+
+
+def validation_rows(x, args) -> dict:
+    """The validation row: the main job's VAE scoring ``x`` in batches, eager and compiled."""
+    pyro.set_rng_seed(args.seed)
+    vae = VAE(784, latent_dim=20, hidden=(400,))
+    runners = {}
+    for name, step_cls in _step_classes(args):
+        with pyro.get_param_store().scope():
+            runners[name] = ValidationRunner(step_cls, copy.deepcopy(vae), x)
+    return runners
+
+
 def _step_classes(args) -> list:
     steps = [("eager", SVIStep)]
     return steps if args.no_compiled else [*steps, ("compiled", CompiledSVIStep)]
@@ -117,12 +158,39 @@ def vae_rows(row: str, x, args, numpyro) -> dict:
         if row == "annealing":
             loss = KLControlledELBO(KLAnnealing(epochs=epochs))
         else:
-            loss = KLControlledELBO(free_bits=0.1)
+            loss = KLControlledELBO(free_bits=FREE_BITS)
         with pyro.get_param_store().scope():
             runners[name] = LibraryRunner(step_cls, copy.deepcopy(vae), loss, x)
     if numpyro is not None and row == "annealing":
         runners["NumPyro"] = numpyro_annealing(vae, x, args, epochs, numpyro)
+    elif numpyro is not None:
+        runners["NumPyro"] = numpyro_free_bits(vae, x, args, FREE_BITS, numpyro)
+    runners["GEMMs only"] = gemm_floor(vae, x, args.batch_size)
     return runners
+
+
+def gemm_floor(vae, x, batch_size: int):
+    """The VAE step's matrix products alone, with torch's BLAS: each linear layer's forward
+    product and its weight gradient, and the input gradient of every layer but the first.
+    They are most of the step's arithmetic, so no implementation of the same math on this CPU
+    (ours, NumPyro's) can run much faster than this: a runner returning datapoints/s."""
+    layers = [m for m in vae.modules() if isinstance(m, torch.nn.Linear)]
+    weights = [layer.weight.detach().T.contiguous() for layer in layers]  # (in, out)
+    inputs = [torch.rand(batch_size, w.shape[0]) for w in weights]
+    grads = [torch.rand(batch_size, w.shape[1]) for w in weights]
+    steps = math.ceil(len(x) / batch_size)
+
+    def epoch() -> float:
+        tic = time.perf_counter()
+        for _ in range(steps):
+            for i, (w, a, g) in enumerate(zip(weights, inputs, grads, strict=True)):
+                torch.mm(a, w)  # forward
+                torch.mm(a.T, g)  # weight gradient
+                if i:  # the data need no gradient
+                    torch.mm(g, w.T)
+        return len(x) / (time.perf_counter() - tic)
+
+    return epoch
 
 
 def numpyro_annealing(vae, x, args, epochs, numpyro_modules):
@@ -135,8 +203,41 @@ def numpyro_annealing(vae, x, args, epochs, numpyro_modules):
         numpyro.optim.Adam(1e-3),
         numpyro.infer.Trace_ELBO(),
     )
+    return _numpyro_epochs(svi, jax, x, args, beta_over=epochs)
+
+
+def numpyro_free_bits(vae, x, args, free_bits, numpyro_modules):
+    """NumPyro's jitted update of the VAE under a free-bits ELBO written as a NumPyro ``ELBO``:
+    -L + sum_d max(lambda, E_batch[log q(z_d) - log p(z_d)]), as ``KLControlledELBO``."""
+    jax, numpyro = numpyro_modules
+    jnp, handlers = jax.numpy, numpyro.handlers
+    model, guide, _ = numpyro_vae(vae, jax, numpyro)
+
+    class FreeBitsELBO(numpyro.infer.ELBO):
+        def loss_with_mutable_state(self, rng_key, param_map, model, guide, x):
+            seeded = handlers.seed(handlers.substitute(guide, data=param_map), rng_key)
+            guide_trace = handlers.trace(seeded).get_trace(x, False)
+            replayed = handlers.replay(handlers.substitute(model, data=param_map), guide_trace)
+            model_trace = handlers.trace(replayed).get_trace(x, False)
+            q, p, obs = guide_trace["z"], model_trace["z"], model_trace["x"]
+            z, n = q["value"], x.shape[0]
+            kl = (q["fn"].base_dist.log_prob(z) - p["fn"].base_dist.log_prob(z)).sum(0) / n
+            log_lik = obs["fn"].log_prob(obs["value"]).sum() / n
+            return {
+                "loss": jnp.maximum(kl, free_bits).sum() - log_lik,
+                "mutable_state": None,
+            }
+
+    svi = numpyro.infer.SVI(model, guide, numpyro.optim.Adam(1e-3), FreeBitsELBO())
+    return _numpyro_epochs(svi, jax, x, args)
+
+
+def _numpyro_epochs(svi, jax, x, args, beta_over: float | None = None):
+    """An epoch of ``jax.jit(svi.update)`` steps (with beta(t) rising linearly over
+    ``beta_over`` epochs as its argument, if given): a runner returning datapoints/s."""
     x_np, batch = x.numpy(), args.batch_size
-    state = [svi.init(jax.random.PRNGKey(args.seed), x_np[:batch], 1.0)]
+    schedule = () if beta_over is None else (1.0,)
+    state = [svi.init(jax.random.PRNGKey(args.seed), x_np[:batch], *schedule)]
     update = jax.jit(svi.update)
     steps_per_epoch = math.ceil(len(x_np) / batch)
     done = [0]
@@ -145,9 +246,13 @@ def numpyro_annealing(vae, x, args, epochs, numpyro_modules):
         tic = time.perf_counter()
         order = torch.randperm(len(x_np)).numpy()
         for step in range(steps_per_epoch):
-            beta = min(1.0, (done[0] + step / steps_per_epoch) / epochs)
             rows = x_np[order[step * batch : (step + 1) * batch]]
-            state[0], loss = update(state[0], rows, beta)
+            beta = (
+                ()
+                if beta_over is None
+                else (min(1.0, (done[0] + step / steps_per_epoch) / beta_over),)
+            )
+            state[0], loss = update(state[0], rows, *beta)
             float(loss)  # as .item() in the torch loop: the step has finished
         done[0] += 1
         return len(x_np) / (time.perf_counter() - tic)
@@ -283,6 +388,8 @@ def main(argv=None) -> dict:
     for row in args.rows:
         if row == "m2":
             runners = m2_rows(data, args, numpyro)
+        elif row == "validation":
+            runners = validation_rows(data.x, args)
         else:
             runners = vae_rows(row, data.x, args, numpyro)
         for run in runners.values():  # warm-up: compiles, and JAX traces
@@ -295,7 +402,7 @@ def main(argv=None) -> dict:
         if "compiled" in runners:
             svi = runners["compiled"].svi
             results[row]["fallback"] = svi.fallback_reason
-            results[row]["compile_s"] = svi.compile_seconds
+            results[row]["compile_s"] = svi.compile_seconds + svi.evaluation_compile_seconds
     _print(results, args)
     return results
 
@@ -311,6 +418,15 @@ def _print(results: dict, args) -> None:
         cells.append(f"{compiled / r['eager']:.2f}x" if compiled else "-")
         cells.append(f"{compiled / numpyro:.2f}x" if compiled and numpyro else "-")
         print(f"| {row} | {' | '.join(cells)} |")
+        if "GEMMs only" in r:
+            floor = r["GEMMs only"]
+            shares = [
+                f"{name} {r[name] / floor:.2f}" for name in ("compiled", "NumPyro") if r.get(name)
+            ]
+            print(
+                f"  ({row}: the step's matrix products alone run at {floor:.0f}/s; "
+                f"as a fraction of that: {', '.join(shares)})"
+            )
         if "compile_s" in r:
             print(f"  ({row}: capturing and compiling took {r['compile_s']:.1f} s)")
         if r.get("fallback"):

@@ -307,8 +307,10 @@ def _run_options(t: argparse.ArgumentParser) -> None:
         "--compile",
         default="auto",
         choices=sorted(COMPILE_CHOICES),
-        help="run each step as one compiled graph; auto: for runs of at least "
-        f"{AUTO_MIN_STEPS} steps (where the compile time is repaid) whose step can be captured",
+        help="run each step as one compiled graph; auto: when the step can be captured and "
+        "the run is long enough to repay the compile, judged from this machine's measured "
+        f"compile and step times once it has run the step both ways, else from {AUTO_MIN_STEPS} "
+        "steps on",
     )
     t.add_argument("--clip-norm", type=_positive_float, default=None, help="clip the gradient norm")
     t.add_argument(

@@ -17,6 +17,16 @@ def fresh_pyro():
     torch.set_num_threads(1)  # a script or CLI run inside a test may have set another count
 
 
+@pytest.fixture(autouse=True)
+def step_costs(tmp_path_factory, monkeypatch):
+    """Every test remembers its training steps' costs in a folder of its own (compile/warm.py),
+    so that what another test measured never changes what compile="auto" decides; outside
+    ``tmp_path``, which tests compare before and after a command."""
+    folder = tmp_path_factory.mktemp("step_costs")
+    monkeypatch.setenv("PYRO_VAE_STEP_COSTS", str(folder))
+    return folder
+
+
 @pytest.fixture
 def float64():
     """Statistical checks run in float64 (docs/design.md); restored afterwards."""

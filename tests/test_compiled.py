@@ -359,16 +359,13 @@ def test_resumed_compiled_run_is_bit_identical(tmp_path, float64):
         return CompiledSVIStep(model, guide, lr=0.01), x
 
     batches = [slice(0, 4), slice(4, 8)] * 3
-    with pyro.get_param_store().scope():
+    with pyro.get_param_store().scope():  # six steps; the checkpoint written after the third
         svi, x = fresh()
         torch.manual_seed(1)
-        straight = [svi.step(x[rows], num_data=10) for rows in batches]
-        final = {n: p.detach().clone() for n, p in svi.params.items()}
-    with pyro.get_param_store().scope():
-        svi, x = fresh()
-        torch.manual_seed(1)
-        first = [svi.step(x[rows], num_data=10) for rows in batches[:3]]
+        straight = [svi.step(x[rows], num_data=10) for rows in batches[:3]]
         torch.save({**svi.state_dict(), "rng": torch.get_rng_state()}, tmp_path / "ck.pt")
+        straight += [svi.step(x[rows], num_data=10) for rows in batches[3:]]
+        final = {n: p.detach().clone() for n, p in svi.params.items()}
     with pyro.get_param_store().scope():
         svi, x = fresh()  # a new process would start like this: new pair, new graph
         svi.setup(x[:4])
@@ -377,7 +374,7 @@ def test_resumed_compiled_run_is_bit_identical(tmp_path, float64):
         torch.set_rng_state(checkpoint["rng"])
         rest = [svi.step(x[rows], num_data=10) for rows in batches[3:]]
         resumed = {n: p.detach().clone() for n, p in svi.params.items()}
-    assert first + rest == straight  # bit for bit
+    assert rest == straight[3:]  # bit for bit
     assert all(torch.equal(resumed[n], final[n]) for n in final)
 
 
@@ -413,6 +410,45 @@ def test_a_resumed_annealed_compiled_run_is_bit_identical(tmp_path, float64):
         rest = steps(svi, loss, x, range(3, 6))
         assert svi.fallback_reason is None and svi.num_compiles == 1
     assert first + rest == straight  # bit for bit
+
+
+@pytest.mark.parametrize("name", ["vae", "two-site"])
+def test_compiled_validation_matches_eager(name, float64):
+    # an annealed objective: validation scores the plain -ELBO, another graph than the step's;
+    # "two-site" branches on the data, a decision the validation graph must guard too
+    scores = {}
+    for step_cls in (SVIStep, CompiledSVIStep):
+        with pyro.get_param_store().scope():
+            model, guide, x = make_pair(name)
+            loss = KLControlledELBO(annealing=KLAnnealing(epochs=3))
+            options = dict(compile_fn=captured_only, compile_evaluation=True)
+            svi = step_cls(model, guide, loss, **(options if step_cls is CompiledSVIStep else {}))
+            svi.setup(x[:4])
+            torch.manual_seed(2)
+            scores[step_cls] = [svi.evaluate(x[rows], num_data=10) for rows in BATCHES]
+    assert svi.fallback_reason is None and svi.evaluation_compile_seconds > 0
+    torch.testing.assert_close(scores[CompiledSVIStep], scores[SVIStep], rtol=RTOL, atol=ATOL)
+
+
+def test_a_long_compiled_run_validates_compiled_and_scores_as_eager(float64, monkeypatch, capsys):
+    monkeypatch.setattr(step_module, "compile_graph", captured_only)
+    monkeypatch.setattr("pyro_vae.infer.training.loop.AUTO_MIN_EVALUATIONS", 4)  # 2 x 2 batches
+    built = []
+    monkeypatch.setattr(step_module, "build_graph", _counting(step_module.build_graph, built))
+
+    def fit(compile):
+        with pyro.get_param_store().scope():
+            model, guide, x = make_pair("vae")
+            options = dict(epochs=2, batch_size=4, lr=0.01, seed=3, compile=compile)
+            return train(model, guide, x[:8], val_data=x, **options).history
+
+    compiled, eager = fit(True), fit(False)
+    assert len(built) == 1  # one validation graph, for the full batches, reused
+    assert "compiling the validation pass" in capsys.readouterr().out
+    for key in ("train_loss", "val_loss"):
+        torch.testing.assert_close(
+            [r[key] for r in compiled], [r[key] for r in eager], rtol=RTOL, atol=ATOL
+        )
 
 
 def test_eager_checkpoint_loads_into_compiled_step(float64):

@@ -5,6 +5,8 @@ What the step, the loop and the compiled path may ask of an objective is written
 rule (``pyro_vae.infer.compile.policy``), used by ``train`` and ``CompiledSVIStep`` alike.
 """
 
+import json
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -24,12 +26,14 @@ from pyro_vae.infer.compile.policy import (
     AUTO_MIN_STEPS,
     AUTO_MIN_WEIGHTS,
     resolve,
+    resolve_training,
     step_blocker,
 )
 from pyro_vae.infer.compile.warm import (
-    compiled_before,
+    StepCosts,
     inductor_cache_dir,
-    remember_compile,
+    recorded_costs,
+    remember_costs,
     step_signature,
 )
 from pyro_vae.infer.objectives.base import CallableObjective, as_objective
@@ -144,6 +148,31 @@ def test_resolve(request_, work, blocker, expected):
         assert blocker in decision.reason
 
 
+# a step measured at 5 ms eager and 3 ms compiled, its compile at 4 s: break-even 2,000 steps
+MEASURED = StepCosts(compile_seconds=4.0, compiled_step_seconds=0.003, eager_step_seconds=0.005)
+
+
+@pytest.mark.parametrize(
+    "request_, steps, costs, blocker, expected",
+    [
+        ("auto", 2001, MEASURED, None, True),
+        ("auto", 1999, MEASURED, None, False),
+        ("auto", 1999, StepCosts(compile_seconds=1.0), None, False),  # incomplete: threshold
+        ("auto", AUTO_MIN_STEPS, StepCosts(eager_step_seconds=1.0), None, True),
+        ("auto", 10**6, MEASURED, BLOCKER, False),
+        (False, 10**6, MEASURED, None, False),
+        (True, 1, MEASURED, None, True),
+    ],
+)
+def test_resolve_training_decides_from_what_this_machine_measured(
+    request_, steps, costs, blocker, expected
+):
+    decision = resolve_training(request_, steps=steps, costs=costs, blocker=blocker)
+    assert decision.compile is expected, decision
+    if request_ == "auto" and costs.complete and blocker is None:
+        assert "measured on this machine" in decision.reason
+
+
 def test_resolve_refuses_other_requests():
     with pytest.raises(ValueError, match="compile must be"):
         resolve("yes", work=1, min_work=AUTO_MIN_WEIGHTS)
@@ -176,7 +205,8 @@ def test_the_loop_records_what_the_contract_says():
     assert final["kl_weight"] == 1.0
 
 
-def test_a_compile_is_remembered_in_inductors_cache_folder(tmp_path, monkeypatch):
+def test_a_steps_costs_are_remembered_in_inductors_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("PYRO_VAE_STEP_COSTS")  # the default folder (conftest sets another)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     vae, x = _vae_and_batch()
     signature = step_signature("training step", (vae.model, vae.guide), FastTraceELBO(), x)
@@ -186,13 +216,27 @@ def test_a_compile_is_remembered_in_inductors_cache_folder(tmp_path, monkeypatch
     assert signature != step_signature(
         "training step", (vae.model, vae.guide), FastTraceELBO(), x[:3]
     )
-    assert compiled_before(signature) is None
-    remember_compile(signature, 2.5)
-    assert compiled_before(signature) == 2.5
+    assert signature != step_signature(
+        "training step", (vae.model, vae.guide), FastTraceELBO(), x, world_size=2
+    )
+    assert recorded_costs(signature) == StepCosts()
+    remember_costs(signature, compile_seconds=2.5)
+    remember_costs(signature, eager_step_seconds=0.01)  # a later run adds to the record
+    assert recorded_costs(signature) == StepCosts(2.5, None, 0.01)
+    assert not recorded_costs(signature).complete
     assert inductor_cache_dir() == tmp_path
     blocked = tmp_path / "blocked"
     blocked.mkdir()
     (blocked / "pyro_vae_compiled").write_text("a file where the record's folder would go")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(blocked))
-    remember_compile(signature, 1.0)  # cannot be written: no record, and no error
-    assert compiled_before(signature) is None
+    remember_costs(signature, compile_seconds=1.0)  # cannot be written: no record, no error
+    assert recorded_costs(signature) == StepCosts()
+    monkeypatch.setenv("PYRO_VAE_STEP_COSTS", "off")  # neither read nor written
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    remember_costs(signature, compile_seconds=3.0)
+    assert recorded_costs(signature) == StepCosts()
+    assert json.loads((tmp_path / "pyro_vae_compiled" / f"{signature}.json").read_text()) == {
+        "compile_seconds": 2.5,
+        "compiled_step_seconds": None,
+        "eager_step_seconds": 0.01,
+    }

@@ -5,6 +5,7 @@ Resume and checkpoints: tests/test_checkpoint.py; the step layer: tests/test_svi
 objectives, and every built-in loss trained to its analytic optimum: tests/test_objectives.py.
 """
 
+import json
 import math
 import re
 
@@ -114,10 +115,9 @@ def test_early_stopping_when_validation_worsens():
     assert result.stopped_early and result.epochs_run == 3, val
 
 
-def test_a_compiled_run_says_it_is_compiling_before_it_does(capsys, monkeypatch, tmp_path):
+def test_a_compiled_run_says_it_is_compiling_before_it_does(capsys, monkeypatch, step_costs):
     # the captured graph is run as it is (no inductor): only the notices are under test here;
-    # the record of past compiles lives in inductor's cache folder, here an empty one
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    # the record of past compiles starts empty (the folder conftest gives each test)
     monkeypatch.setattr(
         "pyro_vae.infer.training.compiled_step.compile_graph", lambda graph, inputs, device: graph
     )
@@ -130,6 +130,11 @@ def test_a_compiled_run_says_it_is_compiling_before_it_does(capsys, monkeypatch,
     assert re.search(r"it took \d+ s last time on this machine", capsys.readouterr().out)
     train(pair.model, pair.guide, torch.randn(20), epochs=1, batch_size=10, compile=False)
     assert "compil" not in capsys.readouterr().out
+    # each run left what it measured: the compile, and the seconds per step both ways
+    (record,) = step_costs.iterdir()  # the folder conftest gives each test
+    costs = json.loads(record.read_text())
+    assert costs["compile_seconds"] > 0 and costs["compiled_step_seconds"] > 0, costs
+    assert costs["eager_step_seconds"] > 0, costs
 
 
 def test_patience_without_validation_data_warns_and_watches_the_training_loss():

@@ -9,6 +9,13 @@ scikit-learn's PCA resolves ``svd_solver="auto"`` once in ``_fit`` and then disp
 - ``"auto"`` compiles when nothing blocks the capture and the work is large enough to repay
   the compile time: :data:`AUTO_MIN_STEPS` training steps, or :data:`AUTO_MIN_WEIGHTS`
   importance weights N * L of an estimate. A blocked "auto" runs eagerly without a warning.
+  The validation batches of a compiled training run are compiled from
+  :data:`AUTO_MIN_EVALUATIONS` of them on (with ``True`` too: forcing the step's compile does
+  not force a validation compile that cannot pay). A training run whose step this machine has
+  measured both ways (compiled and eager, and what
+  the compile took: :class:`~pyro_vae.infer.compile.warm.StepCosts`) is decided from those
+  numbers instead (:func:`resolve_training`): it compiles when its steps save more than the
+  compile costs.
 
 What blocks a compiled training step is written once too (:func:`step_blocker`): a labelled
 second stream inside every step (the "joint" schedule) and whatever the objectives themselves
@@ -23,9 +30,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pyro_vae.infer.compile.warm import StepCosts
 from pyro_vae.infer.objectives.base import Objective
 
 __all__ = [
+    "AUTO_MIN_EVALUATIONS",
     "AUTO_MIN_GRADIENTS",
     "AUTO_MIN_STEPS",
     "AUTO_MIN_WEIGHTS",
@@ -35,6 +44,7 @@ __all__ = [
     "check_request",
     "compile_notice",
     "resolve",
+    "resolve_training",
     "step_blocker",
 ]
 
@@ -48,6 +58,11 @@ __all__ = [
 # "Compiled steps") the warm compile took 14-15 s and saved 5 ms per step, break-even ~2,900:
 # the compile cost moves between days, which a fixed threshold cannot follow.
 AUTO_MIN_STEPS = 2000
+# "auto" compiles the validation of a compiled run from this many validation batches (epochs x
+# full batches): measured on the main job's VAE (batch 128, 2 threads, 2026-11-30), the compiled
+# -ELBO without gradients takes 2.3-3.2 ms per batch against 4.5-6.2 ms eager, and costs 7.8 s
+# to capture and compile with inductor's cache warm (11.9 s the first time): break-even ~3,400
+AUTO_MIN_EVALUATIONS = 7_000
 # "auto" compiles the log weights of an estimate of at least this many weights N * L: about
 # twice the measured break-even of ~850,000 (docs/compiled.md)
 AUTO_MIN_WEIGHTS = 2_000_000
@@ -61,7 +76,12 @@ JOINT_BLOCKER = "a labelled stream in the joint schedule (two objectives per ste
 
 # seconds a first compile takes, with inductor's on-disk cache cold (docs/compiled.md: the
 # README's main job's step 23.1 s, the log-weight graph 6.8 s); later runs reuse the cache
-COMPILE_SECONDS = {"training step": 25, "log weights": 7, "HMC transition": 55}
+COMPILE_SECONDS = {
+    "training step": 25,
+    "validation pass": 12,
+    "log weights": 7,
+    "HMC transition": 55,
+}
 
 
 def compile_notice(what: str, seconds_before: float | None = None) -> str:
@@ -143,6 +163,43 @@ def resolve(compile, *, work: int, min_work: int, blocker: str | None = None) ->
     if work < min_work:
         return CompileDecision(False, f"auto: {work:,} is below the {min_work:,} that repay it")
     return CompileDecision(True, f"auto: {work:,} >= {min_work:,}")
+
+
+def resolve_training(
+    compile, *, steps: int, costs: StepCosts, blocker: str | None = None
+) -> CompileDecision:
+    """Resolve ``compile`` for a training run of ``steps`` optimizer steps.
+
+    "auto" with a complete record of this step on this machine compiles when the run's steps
+    save more time than the compile costs, ``steps * (eager - compiled) > compile seconds``:
+    the break-even moves with the machine and the day (module comment of
+    :data:`AUTO_MIN_STEPS`), and the record follows it. Otherwise :func:`resolve` with
+    :data:`AUTO_MIN_STEPS`.
+
+    Parameters
+    ----------
+    compile : {"auto", True, False}
+        The request.
+    steps : int
+        The run's optimizer steps (epochs x steps per epoch).
+    costs : StepCosts
+        What this machine measured for the step (:func:`~pyro_vae.infer.compile.warm.
+        recorded_costs`); incomplete for a step it has not run both ways.
+    blocker : str, optional
+        As for :func:`resolve`.
+
+    Returns
+    -------
+    CompileDecision
+    """
+    if compile != "auto" or blocker is not None or not costs.complete:
+        return resolve(compile, work=steps, min_work=AUTO_MIN_STEPS, blocker=blocker)
+    saved = steps * (costs.eager_step_seconds - costs.compiled_step_seconds)
+    measured = (
+        f"{steps:,} steps save {saved:.1f} s against a {costs.compile_seconds:.1f} s compile "
+        "(measured on this machine)"
+    )
+    return CompileDecision(saved > costs.compile_seconds, f"auto: {measured}")
 
 
 def step_blocker(

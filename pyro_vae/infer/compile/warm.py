@@ -1,13 +1,21 @@
-"""How long a compile took the last time this machine ran it.
+"""What compiling the training step cost, and saved, the last time this machine ran it.
 
 A first compile of the training step on a machine costs more than later ones (inductor keeps
-what it built in an on-disk cache), and what a compile costs differs between machines and days
-(the main job's step: 23 s cold and 2.4 s warm in docs/compiled.md; 14-15 s warm on another
-day, README "Compiled steps"). So the line a compiled run opens with says what the same compile
-took last time here, when it is known. After a compile the library writes one small file named
-by a signature of what was compiled (:func:`step_signature`: the pair's module parameters and
-their shapes, the objective, the batch's shape, dtype and device, the torch version), in
-inductor's cache folder, so that clearing that cache clears the record too.
+what it built in an on-disk cache), and what a compile costs, and what it saves per step,
+differ between machines and days (the main job's step: 23 s cold and 2.4 s warm, 2.6 ms saved
+per step, in docs/compiled.md; 14-15 s warm and 5 ms saved on another day, README "Compiled
+steps"). So a run remembers what it measured (:class:`StepCosts`: the compile's seconds, and
+the seconds per step of the compiled or the eager step), in one small file named by a signature
+of what was trained (:func:`step_signature`: the pair's module parameters and their shapes, the
+objective, the batch's shape, dtype and device, the number of processes, the torch version), in
+inductor's cache folder, so that clearing that cache clears the record too. ``compile="auto"``
+decides from that record once it holds all three numbers
+(:func:`~pyro_vae.infer.compile.policy.resolve_training`), and a compiled run's opening line
+says what the same compile took last time here.
+
+The environment variable ``PYRO_VAE_STEP_COSTS`` names another folder for the records, or
+``off`` for none (neither read nor written: "auto" then decides by the number of steps alone,
+the same way on every run).
 """
 
 from __future__ import annotations
@@ -18,11 +26,14 @@ import json
 import os
 import re
 import tempfile
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-__all__ = ["compiled_before", "inductor_cache_dir", "remember_compile", "step_signature"]
+from pyro_vae.infer.runtime.files import atomic_write
+
+__all__ = ["StepCosts", "inductor_cache_dir", "recorded_costs", "remember_costs", "step_signature"]
 
 
 def inductor_cache_dir() -> Path:
@@ -43,7 +54,7 @@ def inductor_cache_dir() -> Path:
     return Path(folder).absolute()
 
 
-def step_signature(what: str, fns, objective, x: torch.Tensor) -> str:
+def step_signature(what: str, fns, objective, x: torch.Tensor, world_size: int = 1) -> str:
     """A signature of a compiled ``what`` (e.g. "training step") for a pair and a batch.
 
     Parameters
@@ -58,6 +69,8 @@ def step_signature(what: str, fns, objective, x: torch.Tensor) -> str:
         Its ``repr`` enters the signature (without an object address).
     x : torch.Tensor
         The first batch: shape, dtype, device.
+    world_size : int
+        The processes of a data-parallel run (their all-reduce is part of every step).
 
     Returns
     -------
@@ -66,7 +79,7 @@ def step_signature(what: str, fns, objective, x: torch.Tensor) -> str:
     """
     described = re.sub(r" at 0x[0-9a-f]+", "", repr(objective))  # a default repr's address
     parts = [what, torch.__version__, described, str(tuple(x.shape)), str(x.dtype)]
-    parts.append(x.device.type)
+    parts += [x.device.type, f"processes:{world_size}"]
     for fn in fns:
         owner = getattr(fn, "__self__", None)
         parts.append(f"{type(owner).__qualname__}.{getattr(fn, '__name__', fn)}")
@@ -75,24 +88,63 @@ def step_signature(what: str, fns, objective, x: torch.Tensor) -> str:
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()
 
 
-def _record(signature: str) -> Path:
-    return inductor_cache_dir() / "pyro_vae_compiled" / f"{signature}.json"
+@dataclass(frozen=True)
+class StepCosts:
+    """What the training step of one signature cost on this machine, the last time it ran.
+
+    Attributes
+    ----------
+    compile_seconds : float or None
+        Capturing and compiling the step's graphs.
+    compiled_step_seconds, eager_step_seconds : float or None
+        Wall time per optimizer step (an epoch's steps over its training time, compiling
+        excluded) of the compiled and of the eager step.
+    """
+
+    compile_seconds: float | None = None
+    compiled_step_seconds: float | None = None
+    eager_step_seconds: float | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether all three were measured (enough to decide whether a compile repays)."""
+        return None not in (
+            self.compile_seconds,
+            self.compiled_step_seconds,
+            self.eager_step_seconds,
+        )
 
 
-def compiled_before(signature: str) -> float | None:
-    """Seconds the compile of ``signature`` took on this machine, or None if it never ran."""
-    try:
-        return float(json.loads(_record(signature).read_text())["seconds"])
-    except (OSError, ValueError, KeyError, TypeError):
+def _record(signature: str) -> Path | None:
+    folder = os.environ.get("PYRO_VAE_STEP_COSTS")
+    if folder == "off":
         return None
+    folder = Path(folder) if folder else inductor_cache_dir() / "pyro_vae_compiled"
+    return folder / f"{signature}.json"
 
 
-def remember_compile(signature: str, seconds: float) -> None:
-    """Record that ``signature`` was compiled, in ``seconds``; a folder that cannot be written
-    leaves no record (the next run then decides as on a cold machine)."""
+def recorded_costs(signature: str) -> StepCosts:
+    """What this machine measured for ``signature`` (fields never measured are None)."""
     path = _record(signature)
+    if path is None:
+        return StepCosts()
+    try:
+        stored = json.loads(path.read_text())
+        return StepCosts(**{k: float(v) for k, v in stored.items() if v is not None})
+    except (OSError, ValueError, TypeError, AttributeError):  # none, unreadable, another shape
+        return StepCosts()
+
+
+def remember_costs(signature: str, **measured: float) -> None:
+    """Update the record of ``signature`` with the given fields of :class:`StepCosts`; a
+    folder that cannot be written leaves no record (the next run decides as on a new
+    machine)."""
+    path = _record(signature)
+    if path is None:
+        return
+    costs = replace(recorded_costs(signature), **measured)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"seconds": seconds}))
+        atomic_write(path, lambda f: json.dump(asdict(costs), f), binary=False)
     except OSError:
         pass

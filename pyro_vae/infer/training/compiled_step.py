@@ -22,6 +22,12 @@ objective's schedule is no obstacle: its per-step scalars are graph inputs
 (:meth:`Objective.schedule_inputs`), read on every call. Nor is a labelled stream in the
 "alternate" schedule: each part of its objective (:meth:`Objective.step_parts`) is a step of its
 own, captured as a graph of its own, its loss times the stream's share B_l / B inside the graph.
+
+Validation batches (:meth:`CompiledSVIStep.evaluate`) can run by compiled graphs too, of the
+plain -ELBO without gradients (``compile_evaluation``; ``train`` decides when that pays).
+
+Size: the step's graphs and the validation graphs share the parameters, the module buffers,
+the batch-shape rule and the fallback; apart they would hand all four between modules.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from pyro_vae.infer.compile.capture import (
     CaptureError,
     CompiledGraph,
     argument_blocker,
+    build_graph,
     capture,
     compile_graph,
     graph_key,
@@ -77,6 +84,9 @@ class CompiledSVIStep(SVIStep):
     compile_fn : callable, optional
         ``compile_fn(graph, inputs, device) -> callable`` (default :func:`compile_graph`);
         ``lambda graph, inputs, device: graph`` runs the captured graph without compiling it.
+    compile_evaluation : bool, default False
+        Also run :meth:`evaluate` (validation batches) by a compiled graph of the plain
+        -ELBO without gradients, one per batch shape (short batches eager, as for steps).
     compile_short_batches : bool, default False
         Also compile batches smaller than the first one. By default they run the eager step:
         the last batch of an epoch comes once per epoch, and compiling its shape costs as much
@@ -90,7 +100,9 @@ class CompiledSVIStep(SVIStep):
     num_compiles : int
         Graphs captured and compiled so far (one per batch shape).
     compile_seconds : float
-        Wall time spent capturing and compiling.
+        Wall time spent capturing and compiling the steps' graphs.
+    evaluation_compile_seconds : float
+        Wall time spent capturing and compiling :meth:`evaluate`'s graphs.
     """
 
     def __init__(
@@ -100,10 +112,12 @@ class CompiledSVIStep(SVIStep):
         loss="trace",
         *,
         compile_fn: Callable | None = None,
+        compile_evaluation: bool = False,
         compile_short_batches: bool = False,
         **options,
     ):
         super().__init__(model, guide, loss, **options)
+        self.compile_evaluation = compile_evaluation
         self.compile_short_batches = compile_short_batches
         self._full_batch: int | None = None
         self._full_batch_l: int | None = None
@@ -114,6 +128,8 @@ class CompiledSVIStep(SVIStep):
         self.fallback_reason: str | None = None
         self.num_compiles = 0
         self.compile_seconds = 0.0
+        self.evaluation_compile_seconds = 0.0
+        self._evaluation_graphs: dict = {}  # a failed capture leaves None: eager from then on
         self._module_buffers: list = []
 
     def setup(self, x: torch.Tensor, *args, labelled: tuple | None = None, **kwargs) -> None:
@@ -333,3 +349,68 @@ class CompiledSVIStep(SVIStep):
                 params[i].grad = grad
             self._apply_gradients()
         return value, neg_elbo.item()
+
+    # -- validation ---------------------------------------------------------------------------
+    def evaluate(self, x: torch.Tensor, *args, num_data: int | None = None, **kwargs) -> float:
+        """As :meth:`SVIStep.evaluate`; by a compiled graph with ``compile_evaluation``.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, ...)
+            A batch of data.
+        *args, **kwargs, num_data
+            As for :meth:`SVIStep.evaluate`.
+
+        Returns
+        -------
+        float
+            -ELBO per datapoint, nats.
+        """
+        if self.optimizer is None:
+            self.setup(x, *args, **kwargs)
+        graph = self._evaluation_graph(x, args, num_data, kwargs)
+        out = graph(self._evaluation_inputs(x, args), x.device) if graph is not None else None
+        if out is None:  # eager; after guard failures the graph is dropped
+            if graph is not None and graph.failures >= MAX_GUARD_FAILURES:
+                self._evaluation_graphs[self._evaluation_key(x, args, num_data, kwargs)] = None
+            return super().evaluate(x, *args, num_data=num_data, **kwargs)
+        return out[0].item()
+
+    def _evaluation_inputs(self, x, args) -> list:
+        return [*self.params.values(), *self._module_buffers, x, *args]
+
+    def _evaluation_key(self, x, args, num_data, kwargs) -> tuple:
+        return graph_key((*self._module_buffers, x, *args), kwargs), num_data
+
+    def _evaluation_graph(self, x, args, num_data, kwargs) -> CompiledGraph | None:
+        """The compiled -ELBO for this batch shape (built on first use), or None: eager."""
+        short = x.shape[0] < self._full_batch and not self.compile_short_batches
+        if not self.compile_evaluation or self.fallback_reason is not None or short:
+            return None
+        if argument_blocker(args, kwargs) is not None:
+            return None
+        key = self._evaluation_key(x, args, num_data, kwargs)
+        if key in self._evaluation_graphs:
+            return self._evaluation_graphs[key]
+        tic, objective, num_args = time.perf_counter(), self.eval_objective, len(args)
+
+        with forked_rng(x), torch.no_grad():  # an objective's lazy set-up, outside the trace
+            objective(self.model, self.guide, x, *args, num_data=num_data, **kwargs)
+
+        def fn(guards, *flat):
+            x, args = flat[-1 - num_args], flat[len(flat) - num_args :]
+            with guards, torch.no_grad():
+                loss = objective(self.model, self.guide, x, *args, num_data=num_data, **kwargs)
+            return loss.detach(), guards.held()
+
+        graph, _ = build_graph(
+            fn,
+            self._evaluation_inputs(x, args),
+            mutated=self._module_buffers,
+            param_names=set(self.params),
+            device=x.device,
+            compile_fn=self._compile_fn,
+        )
+        self._evaluation_graphs[key] = graph
+        self.evaluation_compile_seconds += time.perf_counter() - tic
+        return graph

@@ -24,12 +24,13 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.infer.compile.policy import (
-    AUTO_MIN_STEPS,
+    AUTO_MIN_EVALUATIONS,
     compile_notice,
     resolve,
+    resolve_training,
     step_blocker,
 )
-from pyro_vae.infer.compile.warm import compiled_before, remember_compile, step_signature
+from pyro_vae.infer.compile.warm import recorded_costs, remember_costs, step_signature
 from pyro_vae.infer.objectives.elbo import make_objective
 from pyro_vae.infer.runtime.devices import forked_rng, move_owners, resolve_device
 from pyro_vae.infer.runtime.distributed import Ranks, average_gradients, broadcast_params, join
@@ -150,7 +151,9 @@ def train(
     stream_l = DataStream.of(labelled.data, "labelled", device) if labelled else None
     move_owners(device, model, guide)
     batching = _batching(options, ranks, device, len(stream), labelled, stream_l)
-    svi, signature = _make_step(model, guide, options, batching, stream, stream_l, labelled)
+    svi, timer = _make_step(model, guide, options, batching, stream, stream_l, labelled)
+    if val is not None and isinstance(svi, CompiledSVIStep):
+        svi.compile_evaluation = _compile_validation(options, len(val), batching).compile
     # an objective traced for one batch shape (Pyro's JIT) cannot take the short last batch
     batching = dataclasses.replace(batching, drop_last=svi.objective.fixed_batch_shape)
     if ranks.distributed:
@@ -167,11 +170,13 @@ def train(
         for epoch in range(first_epoch, options.epochs + 1):
             tic = time.perf_counter()
             try:
-                train_loss, objective, rate = run_epoch(svi, stream, stream_l, batching, epoch)
+                train_loss, objective, rate = timer.run(
+                    run_epoch, svi, stream, stream_l, batching, epoch
+                )
             except TrainingDivergedError as err:
                 raise TrainingDivergedError(f"{err}; {checkpointer.note()}") from None
             if epoch == first_epoch:
-                _report_compile(svi, signature, batching.progress)
+                _report_compile(svi, batching.progress, validation=val is not None)
             val_loss = mean_loss(svi, val, batching) if val else None
             record = {
                 "epoch": epoch,
@@ -230,9 +235,10 @@ def _batching(options, ranks: Ranks, device, num_data, labelled, stream_l) -> Ba
 def _make_step(model, guide, options, batching, stream, stream_l, labelled):
     """Build the objectives on a first batch, resolve ``compile`` once, set the step up.
 
-    Returns the step and, for a compiled one, the signature of its graph
-    (:func:`~pyro_vae.infer.compile.warm.step_signature`; None for the eager step), under
-    which the compile's duration is remembered for the next run's notice.
+    Returns the step and its :class:`_StepTimer`, which measures the step's costs under the
+    signature of this pair, objective and batch
+    (:func:`~pyro_vae.infer.compile.warm.step_signature`), from which the next run's
+    ``compile="auto"`` decides.
     """
     device = batching.device
     first_l = stream_l.batch(slice(0, batching.labelled_batch_size), device) if stream_l else None
@@ -245,12 +251,14 @@ def _make_step(model, guide, options, batching, stream, stream_l, labelled):
             loss_l = labelled.loss if labelled.loss is not None else options.loss
             labelled_objective = make_objective(loss_l, model, guide, *first_l, **plate)
     grad_hook = average_gradients if batching.ranks.distributed else None
-    num_steps = options.epochs * _steps_per_epoch(
-        batching, len(stream), stream_l, labelled_objective
-    )
+    steps_per_epoch = _steps_per_epoch(batching, len(stream), stream_l, labelled_objective)
     joint = batching.labelled_schedule == "joint"
     blocker = step_blocker(objective, labelled_objective=labelled_objective, joint=joint)
-    compiled = resolve(options.compile, work=num_steps, min_work=AUTO_MIN_STEPS, blocker=blocker)
+    world_size = batching.ranks.world_size
+    signature = step_signature("training step", (model, guide), objective, first[0], world_size)
+    costs = recorded_costs(signature)
+    steps = options.epochs * steps_per_epoch
+    compiled = resolve_training(options.compile, steps=steps, costs=costs, blocker=blocker)
     svi = (CompiledSVIStep if compiled else SVIStep)(
         model,
         guide,
@@ -262,22 +270,60 @@ def _make_step(model, guide, options, batching, stream, stream_l, labelled):
         grad_hook=grad_hook,
     )
     svi.setup(*first, labelled=first_l)
-    if not isinstance(svi, CompiledSVIStep):
-        return svi, None
-    signature = step_signature("training step", (model, guide), objective, first[0])
-    if svi.fallback_reason is None and batching.progress:
-        before = compiled_before(signature)  # the first step compiles: how long it took before
-        tqdm.write(compile_notice("training step", before))
-    return svi, signature
+    compiling = isinstance(svi, CompiledSVIStep) and svi.fallback_reason is None
+    if compiling and batching.progress:  # the first step compiles: how long it took before
+        tqdm.write(compile_notice("training step", costs.compile_seconds))
+    return svi, _StepTimer(signature, steps_per_epoch, write=batching.ranks.is_main)
 
 
-def _report_compile(svi: SVIStep, signature: str | None, progress: bool) -> None:
-    """After the first epoch: how long compiling took, said and remembered."""
-    if not isinstance(svi, CompiledSVIStep) or not svi.num_compiles:
+@dataclass
+class _StepTimer:
+    """The training step's costs on this machine, measured every epoch and remembered under
+    its signature for the next run's ``compile="auto"``
+    (:func:`~pyro_vae.infer.compile.policy.resolve_training`)."""
+
+    signature: str
+    steps_per_epoch: int
+    write: bool  # one writer: the main rank
+
+    def run(self, epoch: Callable, svi: SVIStep, *args):
+        """``epoch(svi, *args)``, timed: its seconds per step, compiling excluded, remembered as
+        the compiled or the eager step's (a step that fell back part-way is neither)."""
+        compiled = isinstance(svi, CompiledSVIStep)
+        compiled_before = svi.compile_seconds if compiled else 0.0
+        tic = time.perf_counter()
+        out = epoch(svi, *args)
+        seconds = time.perf_counter() - tic
+        if not self.write:
+            return out
+        if not compiled or not svi.num_compiles:
+            remember_costs(self.signature, eager_step_seconds=seconds / self.steps_per_epoch)
+        elif svi.fallback_reason is None:
+            seconds -= svi.compile_seconds - compiled_before
+            measured = dict(compiled_step_seconds=seconds / self.steps_per_epoch)
+            if not compiled_before:  # the epoch that compiled
+                measured["compile_seconds"] = svi.compile_seconds
+            remember_costs(self.signature, **measured)
+        return out
+
+
+def _compile_validation(options, num_val: int, batching: Batching):
+    """Whether a compiled run's validation batches repay their own compile
+    (:data:`~pyro_vae.infer.compile.policy.AUTO_MIN_EVALUATIONS`); never with compile=False."""
+    full_batches = num_val // batching.batch_size  # a short last batch runs eagerly
+    request = "auto" if options.compile is True else options.compile
+    return resolve(request, work=options.epochs * full_batches, min_work=AUTO_MIN_EVALUATIONS)
+
+
+def _report_compile(svi: SVIStep, progress: bool, validation: bool) -> None:
+    """After the first epoch: how long compiling took; then, before validation compiles
+    (right after this), that it does."""
+    if not isinstance(svi, CompiledSVIStep) or not progress:
         return
-    remember_compile(signature, svi.compile_seconds)
-    if progress:
+    if svi.num_compiles:
         tqdm.write(f"compiled the training step in {svi.compile_seconds:.1f} s")
+    if validation and svi.compile_evaluation and svi.fallback_reason is None:
+        tqdm.write(compile_notice("validation pass"))
 
 
 def _steps_per_epoch(batching: Batching, num_data: int, stream_l, labelled_objective) -> int:
