@@ -14,6 +14,11 @@ one process, measured in the same run.
     python experiments/bench_distributed.py                # about 2 minutes on 2 CPU cores
     python experiments/bench_distributed.py --processes 1 2 4 --dataset mnist5k
     python experiments/bench_distributed.py --compile off on --epochs 2   # compiled steps too
+    python experiments/bench_distributed.py --compile off on --numpyro --epochs 2
+
+``--numpyro`` adds, for each process count P, NumPyro's data parallelism on P CPU devices of
+one thread each (``experiments/numpyro_data_parallel.py``: ``jax.pmap`` with the gradients
+averaged by ``lax.pmean``), the same VAE, data and global batch; it needs the ``bench`` extra.
 
 On a multi-GPU node the same command line runs on NCCL, one GPU per process:
 
@@ -52,6 +57,19 @@ def run_once(processes: int, compile: str, args, out: Path) -> float:
     return history[-1]["examples_per_s"]
 
 
+def run_numpyro(devices: int, args) -> float:
+    """NumPyro's ``pmap`` on ``devices`` CPU devices: examples/s of the last epoch."""
+    script = Path(__file__).parent / "numpyro_data_parallel.py"
+    command = [
+        sys.executable, str(script), "--devices", str(devices), "--dataset", args.dataset,
+        "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"NumPyro on {devices} devices failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["examples_per_s"][-1]
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion-mnist")
@@ -63,14 +81,21 @@ def main(argv=None) -> dict:
         "--compile", nargs="+", choices=["off", "on"], default=["off"],
         help="each process count with the eager step (off) and/or the compiled one (on)",
     )  # fmt: skip
+    parser.add_argument(
+        "--numpyro", action="store_true", help="also NumPyro's pmap on as many CPU devices"
+    )
     args = parser.parse_args(argv)
     configs = [(p, c) for p in args.processes for c in args.compile]
+    configs += [(p, "numpyro") for p in args.processes] if args.numpyro else []
 
     rates = {config: [] for config in configs}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
             for p, c in configs:
-                rates[p, c].append(run_once(p, c, args, Path(tmp) / f"p{p}{c}"))
+                if c == "numpyro":
+                    rates[p, c].append(run_numpyro(p, args))
+                else:
+                    rates[p, c].append(run_once(p, c, args, Path(tmp) / f"p{p}{c}"))
     medians = {config: statistics.median(r) for config, r in rates.items()}
     base = medians[configs[0]]
     print(
@@ -80,7 +105,7 @@ def main(argv=None) -> dict:
     print(f"| processes | step | examples/s | vs {configs[0][0]} process(es), {configs[0][1]} |")
     print("|---|---|---|---|")
     for (p, c), rate in medians.items():
-        step = "compiled" if c == "on" else "eager"
+        step = {"on": "compiled", "off": "eager", "numpyro": "NumPyro pmap"}[c]
         print(f"| {p} | {step} | {rate:.0f} | {rate / base:.2f}x |")
     return {"examples_per_s": medians, "rates": rates}
 

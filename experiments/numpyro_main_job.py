@@ -76,9 +76,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-data", type=int, default=None, help="training digits used")
     args = parser.parse_args(argv)
     tic = time.perf_counter()
     train, val, test = load(args.seed)
+    train = train[: args.num_data]
     svi = SVI(model, guide, numpyro.optim.Adam(1e-3), Trace_ELBO())
     state = svi.init(jax.random.PRNGKey(args.seed), train[: args.batch_size])
     update = jax.jit(svi.update)

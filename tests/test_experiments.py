@@ -22,7 +22,8 @@ def test_every_script_is_smoke_tested():
     scripts = {p.stem for p in EXPERIMENTS.glob("*.py")}
     expected = {"ppca_baseline", "bench_train", "bench_evidence", "bench_threads", "ablation"}
     expected |= {"semi_supervised", "bench_distributed"}
-    expected |= {"bench_startup", "bench_ais", "pyro_ss_vae", "bench_steps"}
+    expected |= {"bench_startup", "bench_ais", "pyro_ss_vae", "bench_steps", "bench_main_job"}
+    expected |= {"numpyro_main_job", "numpyro_data_parallel"}  # need the bench extra
     assert scripts == expected, scripts
 
 
@@ -150,6 +151,14 @@ def test_bench_steps(capsys, monkeypatch):
     assert set(result) == {"m2", "free-bits"}
     assert all(math.isfinite(r["eager"]) and r["eager"] > 0 for r in result.values()), result
     assert "| m2 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # XLA compiles; numpyro_data_parallel.py runs in bench_distributed --numpyro
+def test_the_numpyro_main_job_trains(capsys):
+    pytest.importorskip("numpyro")  # the bench extra; absent in CI's install
+    result = load("numpyro_main_job").main(["--epochs", "1", "--num-data", "256"])
+    assert math.isfinite(result["test_loss"]) and result["test_loss"] > 0, result
+    assert "test -ELBO" in capsys.readouterr().out
 
 
 def test_bench_main_job(capsys):

@@ -246,17 +246,26 @@ def compile_graph(graph: torch.fx.GraphModule, inputs: list, device: torch.devic
     callable
         ``compiled(*inputs) -> outputs``, to be called under ``torch.no_grad()``.
     """
+    from torch._guards import TracingContext, tracing
     from torch._inductor.compile_fx import compile_fx  # heavy import, only when compiling
-    from torch._inductor.decomposition import select_decomp_table
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
     # fallback_random: draws come from the global generator in the eager order, so the
     # compiled and eager steps agree for one seed and a resumed run continues bit for bit
     patches = {"fallback_random": True, "triton.cudagraphs": device.type == "cuda"}
-    decompositions = dict(select_decomp_table())
-    if device.type == "cpu":
-        decompositions[torch.ops.aten.log1p.default] = _log1p
-    with torch.no_grad():
-        return compile_fx(graph, inputs, config_patches=patches, decompositions=decompositions)
+    log1p = torch.ops.aten.log1p.default
+    if device.type == "cpu" and any(node.target is log1p for node in graph.graph.nodes):
+        # rewritten here, not passed to inductor as a decomposition table: a table of one's
+        # own enters inductor's cache key and cannot be pickled, so the cache is bypassed. A
+        # re-trace with fake tensors runs nothing (no draw, no parameter moves).
+        graph = make_fx(graph, decomposition_table={log1p: _log1p}, tracing_mode="fake")(*inputs)
+    # inductor's on-disk FX graph cache serves a graph only inside a tracing context whose fake
+    # mode has a shape environment ("No shape env" bypasses it): one with static shapes, as a
+    # graph captured from real tensors has
+    context = TracingContext(FakeTensorMode(shape_env=ShapeEnv()))
+    with torch.no_grad(), tracing(context):
+        return compile_fx(graph, inputs, config_patches=patches)
 
 
 def graph_key(tensors, kwargs: dict) -> tuple:

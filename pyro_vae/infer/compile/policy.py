@@ -56,13 +56,15 @@ __all__ = [
 # that length gains from the second run on a machine and loses at most the one cold compile.
 # The GPU break-even was not measured; the same rule applies there. On another day (README,
 # "Compiled steps") the warm compile took 14-15 s and saved 5 ms per step, break-even ~2,900:
-# the compile cost moves between days, which a fixed threshold cannot follow.
+# the compile cost moves between days, which a fixed threshold cannot follow, so this is the
+# rule only until the machine has measured the step both ways (resolve_training)
 AUTO_MIN_STEPS = 2000
-# "auto" compiles the validation of a compiled run from this many validation batches (epochs x
-# full batches): measured on the main job's VAE (batch 128, 2 threads, 2026-11-30), the compiled
-# -ELBO without gradients takes 2.3-3.2 ms per batch against 4.5-6.2 ms eager, and costs 7.8 s
-# to capture and compile with inductor's cache warm (11.9 s the first time): break-even ~3,400
-AUTO_MIN_EVALUATIONS = 7_000
+# "auto" compiles the validation of a compiled run from this many full validation batches
+# (epochs x batches): measured on the main job's VAE (experiments/bench_steps.py --rows
+# validation, batch 128, 2 threads, 2026-11-30), the compiled -ELBO without gradients saves
+# 3.1 ms per batch (21,491 against 44,688 datapoints/s) and costs 3.1 s to capture and compile
+# with inductor's cache warm (11.1 s the first time): break-even ~1,000; twice that
+AUTO_MIN_EVALUATIONS = 2_000
 # "auto" compiles the log weights of an estimate of at least this many weights N * L: about
 # twice the measured break-even of ~850,000 (docs/compiled.md)
 AUTO_MIN_WEIGHTS = 2_000_000
@@ -78,7 +80,7 @@ JOINT_BLOCKER = "a labelled stream in the joint schedule (two objectives per ste
 # README's main job's step 23.1 s, the log-weight graph 6.8 s); later runs reuse the cache
 COMPILE_SECONDS = {
     "training step": 25,
-    "validation pass": 12,
+    "validation pass": 11,
     "log weights": 7,
     "HMC transition": 55,
 }

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyro
@@ -280,30 +281,48 @@ def _make_step(model, guide, options, batching, stream, stream_l, labelled):
 class _StepTimer:
     """The training step's costs on this machine, measured every epoch and remembered under
     its signature for the next run's ``compile="auto"``
-    (:func:`~pyro_vae.infer.compile.policy.resolve_training`)."""
+    (:func:`~pyro_vae.infer.compile.policy.resolve_training`).
+
+    The seconds per step are the median over this run's epochs that did not compile (one epoch
+    on a shared machine varies by 15%, measured). What compiling cost is what the epoch that
+    compiled took beyond such an epoch: the capture and compile, and the first, slower calls of
+    the new graphs (the compile's own seconds until another epoch has run).
+    """
 
     signature: str
     steps_per_epoch: int
     write: bool  # one writer: the main rank
+    per_step: list = field(default_factory=list)  # epochs that did not compile
+    compiling_epoch: tuple | None = None  # (its seconds, its compile's seconds)
 
     def run(self, epoch: Callable, svi: SVIStep, *args):
-        """``epoch(svi, *args)``, timed: its seconds per step, compiling excluded, remembered as
-        the compiled or the eager step's (a step that fell back part-way is neither)."""
+        """``epoch(svi, *args)``, timed: its seconds per step, and what compiling cost,
+        remembered for the compiled or the eager step (one that fell back is neither)."""
         compiled = isinstance(svi, CompiledSVIStep)
         compiled_before = svi.compile_seconds if compiled else 0.0
         tic = time.perf_counter()
         out = epoch(svi, *args)
         seconds = time.perf_counter() - tic
-        if not self.write:
+        if not self.write or (compiled and svi.num_compiles and svi.fallback_reason):
             return out
+        if compiled and svi.compile_seconds > compiled_before:
+            self.compiling_epoch = (seconds, svi.compile_seconds - compiled_before)
+        else:
+            self.per_step.append(seconds / self.steps_per_epoch)
         if not compiled or not svi.num_compiles:
-            remember_costs(self.signature, eager_step_seconds=seconds / self.steps_per_epoch)
-        elif svi.fallback_reason is None:
-            seconds -= svi.compile_seconds - compiled_before
-            measured = dict(compiled_step_seconds=seconds / self.steps_per_epoch)
-            if not compiled_before:  # the epoch that compiled
-                measured["compile_seconds"] = svi.compile_seconds
-            remember_costs(self.signature, **measured)
+            remember_costs(self.signature, eager_step_seconds=statistics.median(self.per_step))
+        elif not self.per_step:  # the compiling epoch alone: its compile, its other steps
+            epoch_seconds, compile_seconds = self.compiling_epoch
+            per_step = (epoch_seconds - compile_seconds) / self.steps_per_epoch
+            remember_costs(
+                self.signature, compile_seconds=compile_seconds, compiled_step_seconds=per_step
+            )
+        else:
+            per_step = statistics.median(self.per_step)
+            costs = dict(compiled_step_seconds=per_step)
+            if self.compiling_epoch is not None:
+                costs["compile_seconds"] = self.compiling_epoch[0] - per_step * self.steps_per_epoch
+            remember_costs(self.signature, **costs)
         return out
 
 
