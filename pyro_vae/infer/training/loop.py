@@ -320,8 +320,10 @@ class _StepTimer:
         else:
             per_step = statistics.median(self.per_step)
             costs = dict(compiled_step_seconds=per_step)
-            if self.compiling_epoch is not None:
-                costs["compile_seconds"] = self.compiling_epoch[0] - per_step * self.steps_per_epoch
+            if self.compiling_epoch is not None:  # never less than the compile itself took
+                epoch_seconds, compile_seconds = self.compiling_epoch
+                beyond = epoch_seconds - per_step * self.steps_per_epoch
+                costs["compile_seconds"] = max(beyond, compile_seconds)
             remember_costs(self.signature, **costs)
         return out
 
