@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))  # bench_train's check for the bench extra
+from bench_train import load_numpyro  # noqa: E402
 
 
 def commands(epochs: int, compile_modes, numpyro: bool) -> dict:
@@ -63,13 +65,7 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--no-numpyro", action="store_true", help="skip the NumPyro command")
     args = parser.parse_args(argv)
-    numpyro = not args.no_numpyro
-    if numpyro:
-        try:
-            import numpyro as _  # noqa: F401
-        except ImportError:
-            print("NumPyro skipped: numpyro and jax are not installed (pip install -e '.[bench]')")
-            numpyro = False
+    numpyro = not args.no_numpyro and load_numpyro() is not None  # says why when it is not
     runs = commands(args.epochs, args.compile, numpyro)
     times = {label: [] for label in runs}
     for r in range(args.rounds):
