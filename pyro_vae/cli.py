@@ -16,9 +16,8 @@ command that fails before it starts training, and a new run that fails or is int
 (Ctrl-C: one line, exit status 130) before its first epoch is saved is removed. A run stopped
 later keeps its last complete epoch, and the line says how to continue it.
 
-This module parses (:mod:`pyro_vae.cli_parser`), calls the recipes of :mod:`pyro_vae.runs`
-and prints; the rules (which options define a run, how a model is built, what a report holds)
-live there.
+This module parses (:mod:`pyro_vae.cli_parser`), calls :mod:`pyro_vae.runs`'s recipes and
+prints; the rules (which options make a run, how a model is built, what a report holds) are there.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from pathlib import Path
 from pyro_vae.cli_parser import build_parser, given_options
 from pyro_vae.infer.evidence.ais import AISSettings
 from pyro_vae.infer.runtime.devices import resolve_device, set_threads
-from pyro_vae.infer.runtime.distributed import barrier, join
+from pyro_vae.infer.runtime.distributed import barrier, join, leave
 from pyro_vae.runs import (
     ONE_LINE_ERRORS,
     RunProgress,
@@ -393,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, TrainingInterrupted) as err:  # 130 = 128 + SIGINT
         print(f"pyro-vae {args.command}: {_one_line(err) or 'interrupted'}", file=sys.stderr)
         return 130
+    finally:
+        leave()  # under torchrun: rank 1 may finish first, while rank 0 still writes
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ describes in the environment (gloo on CPU, NCCL on CUDA). Then:
   put back in order with :func:`gather_strided`;
 - a rank that stops (an error, ``kill``, a lost machine) makes the others fail in their next
   collective; they raise :class:`PeerLostError`, one line, instead of gloo's "Connection closed
-  by peer" traceback.
+  by peer" traceback;
+- every process leaves the group before the interpreter shuts down (:func:`leave`, also run at
+  exit): gloo's worker threads left alive into the interpreter's finalization can abort the
+  process (SIGABRT) after its work is done.
 
 Without torchrun (no ``WORLD_SIZE`` above 1 in the environment, no process group) everything
 here is the identity on one process, rank 0 of 1.
@@ -23,6 +26,7 @@ here is the identity on one process, rank 0 of 1.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import re
@@ -46,6 +50,7 @@ __all__ = [
     "gather_strided",
     "init_from_env",
     "join",
+    "leave",
 ]
 
 # a rank that waits longer than this for the others gives up with an error instead of hanging
@@ -141,7 +146,19 @@ def init_from_env(device: torch.device) -> Ranks:
         )
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=TIMEOUT)
+    atexit.register(leave)  # a script that never calls leave() still leaves before shutdown
     return current()
+
+
+def leave() -> None:
+    """Leave the process group, if this process is in one (nothing otherwise; idempotent).
+
+    Every rank calls it when its work is done, the others need not have finished: the group's
+    threads then stop while the interpreter is whole. Without it gloo's threads can outlive the
+    interpreter's finalization and abort a process that has finished its work (SIGABRT).
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def join(device: torch.device) -> tuple[Ranks, torch.device]:
