@@ -98,6 +98,7 @@ def test_every_chain_weight_is_exact_with_the_exact_posterior_of_factor_analysis
 
 
 # --- a poor guide ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_with_a_poor_guide_ais_is_within_its_errors_and_improves_with_steps(float64):
     fa = FactorAnalysis()
     x = fa.sample(30)
@@ -130,6 +131,7 @@ def test_at_equal_compute_ais_beats_importance_sampling_where_khat_is_high(float
     assert ais_error < 0.5 * is_error, (ais_error, is_error)
 
 
+@pytest.mark.slow
 def test_the_vectorized_estimator_agrees_with_a_loop_over_datapoints(float64):
     fa = FactorAnalysis()
     x, fast = fa.sample(4), {**FAST, "num_steps": 50}
@@ -174,6 +176,7 @@ def test_hmc_leaves_the_annealed_gaussian_invariant(float64):
 
 
 # --- bidirectional Monte Carlo ----------------------------------------------------------------
+@pytest.mark.slow
 def test_bdmc_brackets_the_exact_evidence_and_its_gap_shrinks(float64):
     fa = FactorAnalysis()
     simulated = simulate_data(fa.model, torch.zeros(30, 8))
@@ -252,6 +255,7 @@ def test_a_model_latent_the_guide_does_not_sample_is_refused():
 
 # --- compiled --------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["factor-analysis", "log-normal"])  # + a support transform
+@pytest.mark.slow
 def test_the_compiled_transition_draws_what_the_eager_one_draws(name, float64):
     from pairs import case
 

@@ -65,6 +65,7 @@ def test_train_leaves_checkpoint_history_config_and_figures(run_dir):
     assert all((run_dir / "figures" / name).stat().st_size > 1000 for name in expected)
 
 
+@pytest.mark.slow
 def test_a_seed_repeats_a_run_exactly(tmp_path):
     assert _train(tmp_path / "a", "--seed", "3") == 0
     assert _train(tmp_path / "b", "--seed", "3") == 0
@@ -77,6 +78,7 @@ def test_a_seed_repeats_a_run_exactly(tmp_path):
     assert not all(torch.equal(pa[k], pc[k]) for k in pa)
 
 
+@pytest.mark.slow
 def test_resume_continues_bit_identically_and_records_itself(run_copy, tmp_path, capsys):
     assert main(["train", "--out", str(run_copy), "--resume", "--epochs", "3", "--quiet"]) == 0
     printed = capsys.readouterr()
@@ -151,6 +153,7 @@ def test_default_iwae_ks_stop_at_the_number_of_samples(run_copy):
     assert list(json.loads((run_copy / "evaluation.json").read_text())["iwae"]) == ["1", "10"]
 
 
+@pytest.mark.slow
 def test_diagnose_writes_report_and_figures(run_copy, capsys):
     argv = ["diagnose", str(run_copy), "--num-points", "200", "--gap-points", "5"]
     argv += ["--gap-steps", "30", "--nuts-points", "1", "--chains", "2", "--warmup", "30"]
@@ -163,6 +166,7 @@ def test_diagnose_writes_report_and_figures(run_copy, capsys):
     assert "active units" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_dynamic_runs_are_evaluated_on_one_fixed_binarization(tmp_path):
     out = tmp_path / "dynamic"
     assert main(["train", "--epochs", "1", *TINY, "--binarize", "dynamic", "--out", str(out)]) == 0
@@ -207,6 +211,7 @@ def test_version(capsys):
     )
 
 
+@pytest.mark.slow
 def test_flow_annealing_and_free_bits_are_stored_and_rebuilt(tmp_path, capsys):
     out = tmp_path / "run"
     extra = ["--flows", "2", "--anneal-epochs", "2", "--free-bits", "0.1"]
@@ -630,6 +635,7 @@ def test_a_pyro_error_is_one_line_without_the_trace_table(run_copy, capsys, monk
 # --- the conditional VAE and M2 through train, evaluate, diagnose, resume ------------------------
 
 
+@pytest.mark.slow
 def test_cvae_run_is_scored_with_the_test_labels_and_draws_class_figures(tmp_path, capsys):
     out = tmp_path / "cvae"
     assert _train(out, "--model", "cvae") == 0
@@ -661,6 +667,7 @@ def test_cvae_run_is_scored_with_the_test_labels_and_draws_class_figures(tmp_pat
     assert json.loads((out / "diagnostics.json").read_text())["latent_dim"] == 2
 
 
+@pytest.mark.slow
 def test_m2_run_trains_evaluates_diagnoses_and_resumes(tmp_path, capsys):
     out = tmp_path / "m2"
     assert _train(out, "--model", "m2", "--labels-per-class", "3") == 0
@@ -686,6 +693,7 @@ def test_m2_run_trains_evaluates_diagnoses_and_resumes(tmp_path, capsys):
     assert [r["epoch"] for r in history] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_m2_resume_equals_an_uninterrupted_run(tmp_path):
     assert _train(tmp_path / "full", "--model", "m2", "--labels-per-class", "2") == 0
     argv = ["train", "--epochs", "1", *TINY, "--model", "m2", "--labels-per-class", "2"]

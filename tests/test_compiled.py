@@ -140,6 +140,7 @@ def m2_steps(step_cls, steps=3, **options):
         return out, {n: p.detach().clone() for n, p in svi.params.items()}, svi
 
 
+@pytest.mark.slow
 def test_m2_alternate_steps_compile_and_match_eager(float64):
     # y is summed out by TraceEnum_ELBO, not drawn: the enumerated step is captured too; the
     # labelled batch's two parts (-ELBO given y, the classification term) are a graph each.
@@ -164,6 +165,7 @@ def test_m2_joint_steps_fall_back_with_the_policy_reason():
     assert svi.fallback_reason == JOINT_BLOCKER and svi.num_compiles == 0
 
 
+@pytest.mark.slow
 def test_a_semi_supervised_run_trains_compiled_and_resumes_bit_for_bit(
     tmp_path, float64, monkeypatch
 ):
@@ -378,6 +380,7 @@ def test_resumed_compiled_run_is_bit_identical(tmp_path, float64):
     assert all(torch.equal(resumed[n], final[n]) for n in final)
 
 
+@pytest.mark.slow
 def test_a_resumed_annealed_compiled_run_is_bit_identical(tmp_path, float64):
     # the schedule is a function of t only: a resumed graph reads the same beta at each step
     def fresh():

