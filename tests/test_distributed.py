@@ -28,6 +28,7 @@ from pyro_vae.infer.runtime.distributed import (
     broadcast_params,
     epoch_shard,
     init_from_env,
+    leave,
 )
 from pyro_vae.infer.training.compiled_step import CompiledSVIStep
 from pyro_vae.infer.training.svi import SVIStep
@@ -51,7 +52,9 @@ def _rank_main(rank, world_size, port, fn):
     try:
         fn(ranks)
     finally:
-        torch_dist.destroy_process_group()
+        leave()
+    leave()  # a second call (the exit handler's) finds no group and does nothing
+    assert not torch_dist.is_initialized()
 
 
 def spawn(fn, world_size=2):
