@@ -12,9 +12,9 @@ accuracy of its classifier q(y|x)).
 
 Every log-likelihood, ELBO and NLL printed is per datapoint, in nats, and names its split.
 Every failure is one line on stderr and exit status 2; nothing already on disk is changed by a
-command that fails before it starts training, and a new run that fails or is interrupted
-(Ctrl-C: one line, exit status 130) before its first epoch is saved is removed. A run stopped
-later keeps its last complete epoch, and the line says how to continue it.
+command that fails before it starts training, and a new run that fails or is interrupted (Ctrl-C
+or SIGTERM: one line, exit status 130 or 143) before its first epoch is saved is removed. A run
+stopped later keeps its last complete epoch, and the line says how to continue it.
 
 This module parses (:mod:`pyro_vae.cli_parser`), calls :mod:`pyro_vae.runs`'s recipes and
 prints; the rules (which options make a run, how a model is built, what a report holds) are there.
@@ -58,6 +58,7 @@ from pyro_vae.runs import (
     run_data,
     run_figures,
     save_diagnosis,
+    sigterm_as_interrupt,
     training_recipe,
     write_config,
     write_text_atomic,
@@ -96,7 +97,7 @@ def cmd_train(args) -> int:
         Each becomes one line on stderr and exit status 2 (:func:`main`); one that comes
         after the folder was written says what became of the run (:class:`RunProgress`).
     TrainingInterrupted
-        On Ctrl-C: one line, exit status 130.
+        On Ctrl-C or SIGTERM: one line, exit status 130 or 143.
     """
     out = Path(args.out)
     options, config, done = _checked_options(args, out)
@@ -175,11 +176,8 @@ def _say_start(say, recipe, data, out: Path, done: int) -> None:
         f"{options['likelihood']} {MODEL_NAMES[options['model']]} {data.train.data_dim}-"
         f"{'-'.join(map(str, options['hidden']))}-"
     )
-    labels_note = ""
-    if recipe.num_labelled is not None:
-        labels_note = (
-            f", {recipe.num_labelled:,} of them labelled ({options['labels_per_class']} per class)"
-        )
+    labelled, per_class = recipe.num_labelled, options["labels_per_class"]
+    labels_note = f", {labelled:,} of them labelled ({per_class} per class)" if labelled else ""
     say(
         f"{'resuming' if done else 'training'} a {what}{options['latent']} on "
         f"{options['dataset']} ({data.sizes()}{labels_note}) -> {out}"
@@ -195,9 +193,8 @@ def _result_line(recipe, data, result) -> str:
     scores = final_scores(recipe.model, data, kind)
     test_loss = scores["test_loss"]
     bits = data.train.data_dim * math.log(2)
-    val_text = (
-        f"validation -ELBO {final['val_loss']:.2f}, " if final.get("val_loss") is not None else ""
-    )
+    val_loss = final.get("val_loss")
+    val_text = f"validation -ELBO {val_loss:.2f}, " if val_loss is not None else ""
     accuracy = ""
     if scores["accuracy"] is not None:
         accuracy = f"; test accuracy of q(y|x) {scores['accuracy']:.4f}"
@@ -378,20 +375,21 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit status: 0, 2 after a one-line error on stderr, or 130 after Ctrl-C (one
-        line: for ``train``, the epoch it stopped after and the command that continues it).
+        The exit status: 0, 2 after a one-line error on stderr, 130 after Ctrl-C or 143 after
+        SIGTERM (one line: for ``train``, the epoch it stopped after and how to continue it).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.given = given_options(args, argv)
     try:
-        return COMMANDS[args.command](args)
+        with sigterm_as_interrupt():  # kill, a scheduler, torchrun stopping the other ranks
+            return COMMANDS[args.command](args)
     except ONE_LINE_ERRORS as err:
         print(f"pyro-vae {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, TrainingInterrupted) as err:  # 130 = 128 + SIGINT
+    except (KeyboardInterrupt, TrainingInterrupted) as err:  # 128 + SIGINT, or + SIGTERM
         print(f"pyro-vae {args.command}: {_one_line(err) or 'interrupted'}", file=sys.stderr)
-        return 130
+        return getattr(err, "status", 130)
     finally:
         leave()  # under torchrun: rank 1 may finish first, while rank 0 still writes
 

@@ -5,6 +5,10 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pyro
 import pytest
@@ -576,6 +580,74 @@ def test_ctrl_c_before_the_first_epoch_removes_the_new_run(tmp_path, capsys, mon
         f"removed {tmp_path / 'new'}, which this command had created\n"
     )
     assert not any(tmp_path.iterdir())
+
+
+def _sigterm_in_epoch(monkeypatch, epoch):
+    """Send this process SIGTERM, as ``kill`` would, in the middle of epoch ``epoch``."""
+    run_epoch = pyro_vae.infer.training.loop.run_epoch
+
+    def terminated(svi, stream, stream_l, batching, number):
+        if number == epoch:
+            signal.raise_signal(signal.SIGTERM)  # Python runs the handler before returning
+        return run_epoch(svi, stream, stream_l, batching, number)
+
+    monkeypatch.setattr("pyro_vae.infer.training.loop.run_epoch", terminated)
+
+
+@pytest.mark.parametrize("epoch", [1, 2])
+def test_sigterm_stops_train_as_ctrl_c_does_and_restores_the_handler(
+    epoch, tmp_path, capsys, monkeypatch
+):
+    # a handler of the test's own: were the command's not installed, SIGTERM lands here
+    # instead of killing the test process, and the test fails on ``unhandled``
+    unhandled = []
+    previous = signal.signal(signal.SIGTERM, lambda *frame: unhandled.append(frame))
+    out = tmp_path / "new" / "run"
+    _sigterm_in_epoch(monkeypatch, epoch)
+    try:
+        status = _train(out)
+    finally:
+        ours = signal.signal(signal.SIGTERM, previous)
+    assert not unhandled and ours is not previous and ours.__name__ == "<lambda>"  # restored
+    assert status == 143  # 128 + SIGTERM, the shell's status of a process it terminated
+    err = capsys.readouterr().err
+    if epoch == 1:  # a new run that saved no epoch is removed, as after Ctrl-C
+        assert err == (
+            "pyro-vae train: terminated (SIGTERM) before the first epoch finished; "
+            f"removed {tmp_path / 'new'}, which this command had created\n"
+        )
+        assert not any(tmp_path.iterdir())
+        return
+    assert err == (
+        f"pyro-vae train: terminated (SIGTERM) after epoch 1; continue with: pyro-vae train "
+        f"--out {out} --resume\n"
+    )
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_a_killed_train_says_what_it_kept_and_continues(tmp_path):
+    # a real ``kill`` from outside, in whatever the process is doing after its first epoch
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "pyro_vae.cli", "train", *TINY, "--epochs", "1000"]
+    command += ["--compile", "off", "--out", str(out)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "history.json").exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "no epoch saved in 120 s"
+        time.sleep(0.05)
+    process.terminate()  # SIGTERM
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    epoch = load_checkpoint(out / "checkpoint.pt")["epoch"]
+    assert err.splitlines()[-1] == (  # after torch's warnings, if any
+        f"pyro-vae train: terminated (SIGTERM) after epoch {epoch}; continue with: "
+        f"pyro-vae train --out {out} --resume"
+    )
+    argv = ["train", "--out", str(out), "--resume", "--epochs", str(epoch + 1), "--quiet"]
+    assert main(argv) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history] == list(range(1, epoch + 2))
 
 
 def test_ctrl_c_on_a_resume_leaves_the_run_as_it_was(run_copy, capsys, monkeypatch):

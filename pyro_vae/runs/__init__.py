@@ -62,7 +62,13 @@ from pyro_vae.runs.folders import (
     remove_leftovers,
     test_images,
 )
-from pyro_vae.runs.progress import ONE_LINE_ERRORS, RunProgress, TrainingInterrupted, missing_root
+from pyro_vae.runs.progress import (
+    ONE_LINE_ERRORS,
+    RunProgress,
+    TrainingInterrupted,
+    missing_root,
+    sigterm_as_interrupt,
+)
 from pyro_vae.runs.recipes import (
     MODELS,
     TrainingStreams,
@@ -144,6 +150,7 @@ __all__ = [
     "run_data",
     "run_figures",
     "save_diagnosis",
+    "sigterm_as_interrupt",
     "stored_options",
     "stored_value",
     "test_images",

@@ -1,16 +1,22 @@
-"""What a ``pyro-vae train`` command has on disk, and what a failure or Ctrl-C leaves of it.
+"""What a ``pyro-vae train`` command has on disk, and what a failure, Ctrl-C or SIGTERM leaves.
 
 A run is saved whole after every epoch (an atomic checkpoint, then the history), so a command
 that stops at any moment leaves either the last complete epoch or, for a new run that finished
 none, nothing: :meth:`RunProgress.guard` removes what such a command created (the folder, or
 the run's files in a folder that was there before) and names what became of the run in the
 one line it fails with. A resume keeps its folder as it was: its last complete epoch stays.
+
+SIGTERM (``kill``, a batch scheduler's stop, torchrun stopping the other ranks when one dies)
+stops a command the way Ctrl-C does, inside :func:`sigterm_as_interrupt`: without it Python
+dies at once, leaving a new run that saved no epoch on disk and saying nothing.
 """
 
 from __future__ import annotations
 
 import shlex
 import shutil
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,17 +27,63 @@ from pyro_vae.infer.training.checkpoint import CheckpointError
 from pyro_vae.infer.training.svi import TrainingDivergedError
 from pyro_vae.runs.folders import clear_run
 
-__all__ = ["ONE_LINE_ERRORS", "RunProgress", "TrainingInterrupted", "missing_root"]
+__all__ = [
+    "ONE_LINE_ERRORS",
+    "RunProgress",
+    "Terminated",
+    "TrainingInterrupted",
+    "missing_root",
+    "sigterm_as_interrupt",
+]
 
 ONE_LINE_ERRORS = (OSError, ValueError, CheckpointError, TrainingDivergedError, PeerLostError)
 """The failures the command line reports in one line (exit status 2), not as a traceback."""
 
 
-class TrainingInterrupted(Exception):
-    """Ctrl-C during ``pyro-vae train``; the message says what was kept and how to go on.
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by :func:`sigterm_as_interrupt`.
 
-    The command exits with status 130 (128 + SIGINT, the shell's convention for Ctrl-C).
+    A ``KeyboardInterrupt``, so that whatever undoes or names the work of a Ctrl-C does the
+    same for it; the command exits with ``status`` 143 (128 + SIGTERM).
     """
+
+    status = 128 + signal.SIGTERM
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM during ``pyro-vae train``; the message says what was kept and how to
+    go on.
+
+    The command exits with ``status``: 130 after Ctrl-C (128 + SIGINT, the shell's convention),
+    143 after SIGTERM.
+    """
+
+    def __init__(self, message: str, status: int = 128 + signal.SIGINT):
+        super().__init__(message)
+        self.status = status
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within: SIGTERM raises :class:`Terminated` in the main thread, as Ctrl-C raises
+    ``KeyboardInterrupt``; the previous handler is back afterwards, and at once after the first
+    SIGTERM, so that a second one stops the process as it would have (nothing changes in
+    another thread, where Python cannot set a handler).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, previous)
+        raise Terminated("terminated (SIGTERM)")
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def missing_root(folder: str | Path) -> Path | None:
@@ -91,14 +143,16 @@ class RunProgress:
         Raises
         ------
         TrainingInterrupted
-            On Ctrl-C (``KeyboardInterrupt``).
+            On Ctrl-C (``KeyboardInterrupt``) or SIGTERM (:class:`Terminated`).
         OSError, ValueError, CheckpointError, TrainingDivergedError, PeerLostError
             The failure, its message followed by what became of the run folder.
         """
         try:
             yield self
-        except KeyboardInterrupt:
-            raise TrainingInterrupted(self._interrupted()) from None
+        except KeyboardInterrupt as err:
+            how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+            status = getattr(err, "status", 128 + signal.SIGINT)
+            raise TrainingInterrupted(self._interrupted(how), status) from None
         except ONE_LINE_ERRORS as err:
             # resuming a diverged run repeats it bit for bit: no "continue with" after one
             note = self._settle(resumable=not isinstance(err, TrainingDivergedError))
@@ -112,15 +166,15 @@ class RunProgress:
     def _continue(self) -> str:
         return f"continue with: pyro-vae train --out {shlex.quote(str(self.run_dir))} --resume"
 
-    def _interrupted(self) -> str:
+    def _interrupted(self, how: str) -> str:
         note = self._settle()
         if note is None:  # not the writing rank: rank 0 says what became of the run
-            return "interrupted"
+            return how
         if self.new and self.epoch == 0:
-            return f"interrupted before the first epoch finished; {note}"
+            return f"{how} before the first epoch finished; {note}"
         if self.trained:
-            return f"interrupted after the last epoch, while scoring and drawing; {note}"
-        return f"interrupted after epoch {self.epoch}; {self._continue()}"
+            return f"{how} after the last epoch, while scoring and drawing; {note}"
+        return f"{how} after epoch {self.epoch}; {self._continue()}"
 
     def _settle(self, resumable: bool = True) -> str | None:
         """Remove a new run that saved no epoch; what became of the folder (None: not ours)."""
