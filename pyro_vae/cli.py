@@ -383,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     args.given = given_options(args, argv)
     try:
         with sigterm_as_interrupt():  # kill, a scheduler, torchrun stopping the other ranks
-            return COMMANDS[args.command](args)
+            status = COMMANDS[args.command](args)
+            leave(wait=True)  # under torchrun rank 1 may finish first, while rank 0 writes
+        return status
     except ONE_LINE_ERRORS as err:
         print(f"pyro-vae {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
@@ -391,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pyro-vae {args.command}: {_one_line(err) or 'interrupted'}", file=sys.stderr)
         return getattr(err, "status", 130)
     finally:
-        leave()  # under torchrun: rank 1 may finish first, while rank 0 still writes
+        leave()  # after a failure (nothing once left above)
 
 
 if __name__ == "__main__":

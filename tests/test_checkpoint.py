@@ -165,6 +165,24 @@ def test_a_run_removes_the_temporary_files_of_writes_killed_mid_way(tmp_path):
     assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
 
 
+def test_on_epoch_end_comes_as_soon_as_the_checkpoint_is_written(tmp_path):
+    # before the history files: what a caller records there (the epoch a SIGTERM names) can
+    # never lag the checkpoint a signal could stop the run after
+    seen = []
+
+    def on_epoch_end(record):
+        history = tmp_path / "history.json"
+        written = json.loads(history.read_text()) if history.exists() else []
+        checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")["epoch"]
+        seen.append((record["epoch"], checkpoint, len(written)))
+
+    pair = LinearGaussian()
+    train(pair.model, pair.guide, torch.randn(50), epochs=2, out_dir=tmp_path, progress=False,
+          on_epoch_end=on_epoch_end)  # fmt: skip
+    assert seen == [(1, 1, 0), (2, 2, 1)]
+    assert len(json.loads((tmp_path / "history.json").read_text())) == 2
+
+
 def test_a_checkpoint_has_the_permissions_of_any_new_file(tmp_path):
     # not the 0600 of the temporary file it is written to first
     umask = os.umask(0o022)

@@ -625,6 +625,29 @@ def test_sigterm_stops_train_as_ctrl_c_does_and_restores_the_handler(
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
 
 
+def test_a_second_sigterm_does_not_cut_the_removal_of_a_new_run(tmp_path, capsys, monkeypatch):
+    # torchrun sends SIGTERM to a rank that is already stopping; the folder goes whole
+    rmtree = shutil.rmtree
+
+    def signalled_rmtree(path, *args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)  # ignored while the run is being removed
+        rmtree(path, *args, **kwargs)
+
+    unhandled = []
+    previous = signal.signal(signal.SIGTERM, lambda *frame: unhandled.append(frame))
+    monkeypatch.setattr("pyro_vae.runs.progress.shutil.rmtree", signalled_rmtree)
+    _sigterm_in_epoch(monkeypatch, 1)
+    try:
+        assert _train(tmp_path / "new" / "run") == 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not unhandled
+    assert capsys.readouterr().err.endswith(
+        f"removed {tmp_path / 'new'}, which this command had created\n"
+    )
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_a_killed_train_says_what_it_kept_and_continues(tmp_path):
     # a real ``kill`` from outside, in whatever the process is doing after its first epoch

@@ -52,7 +52,7 @@ def _rank_main(rank, world_size, port, fn):
     try:
         fn(ranks)
     finally:
-        leave()
+        leave()  # as after a failure; nothing when ``fn`` left already
     leave()  # a second call (the exit handler's) finds no group and does nothing
     assert not torch_dist.is_initialized()
 
@@ -126,6 +126,8 @@ def _gradients_and_evidence(ranks):
     result = dataset_nll(ppca.model, ppca.guide, xs, num_samples=7, batch_size=4, progress=False)
     torch.testing.assert_close(result.log_px, ppca.log_marginal(xs), rtol=0, atol=1e-8)
     assert result.khat.shape == (11,)
+    leave(wait=True)  # as the command line does after a command that succeeded everywhere
+    assert not torch_dist.is_initialized()
 
 
 @pytest.mark.slow
@@ -222,8 +224,7 @@ def _torchrun(*argv, processes=2):
 
 
 def _ranks_said(done: subprocess.CompletedProcess) -> str:
-    """What the ranks printed on stderr, without torchrun's summary of which failed (that
-    summary only names the signal; the reason comes before it)."""
+    """What the ranks printed on stderr, before torchrun's summary (that names only a signal)."""
     said = done.stderr.split('Traceback (most recent call last):\n  File "<frozen runpy>"')[0]
     return said[-4000:] or done.stderr[-2000:]
 

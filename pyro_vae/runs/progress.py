@@ -51,8 +51,7 @@ class Terminated(KeyboardInterrupt):
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C or SIGTERM during ``pyro-vae train``; the message says what was kept and how to
-    go on.
+    """Ctrl-C or SIGTERM during ``pyro-vae train``, with what was kept and how to go on.
 
     The command exits with ``status``: 130 after Ctrl-C (128 + SIGINT, the shell's convention),
     143 after SIGTERM.
@@ -65,15 +64,18 @@ class TrainingInterrupted(Exception):
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within: SIGTERM raises :class:`Terminated` in the main thread, as Ctrl-C raises
-    ``KeyboardInterrupt``; the previous handler is back afterwards, and at once after the first
-    SIGTERM, so that a second one stops the process as it would have (nothing changes in
-    another thread, where Python cannot set a handler).
+    """Within: SIGTERM raises :class:`Terminated`, as Ctrl-C raises ``KeyboardInterrupt``.
+
+    The previous handler is back afterwards, and at once after the first SIGTERM, so that a
+    second one stops the process as it would have. Python runs the handler in the main thread
+    between bytecodes: a SIGTERM that comes during a long call into C++ (a collective waiting
+    for its peers) acts when the call returns. Nothing changes in another thread, where Python
+    cannot set a handler, nor over a handler installed from C (``getsignal`` gives None).
     """
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
         yield
         return
-    previous = signal.getsignal(signal.SIGTERM)
 
     def terminate(signum, frame):
         signal.signal(signal.SIGTERM, previous)
@@ -178,6 +180,10 @@ class RunProgress:
 
     def _settle(self, resumable: bool = True) -> str | None:
         """Remove a new run that saved no epoch; what became of the folder (None: not ours)."""
+        with _sigterm_ignored():  # the command stops already: a SIGTERM would cut the removal
+            return self._settle_now(resumable)
+
+    def _settle_now(self, resumable: bool) -> str | None:
         if not self.writes:
             return None
         if self.new and self.epoch == 0:
@@ -196,6 +202,20 @@ class RunProgress:
         except OSError as err:
             return f"could not remove what this command wrote in {self.run_dir} ({err})"
         return f"removed the run files this command wrote in {self.run_dir}"
+
+
+@contextmanager
+def _sigterm_ignored() -> Iterator[None]:
+    """Within: SIGTERM is ignored (in the main thread; see :func:`sigterm_as_interrupt`)."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _with_note(err: BaseException, note: str) -> BaseException:

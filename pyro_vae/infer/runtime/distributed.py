@@ -16,9 +16,9 @@ describes in the environment (gloo on CPU, NCCL on CUDA). Then:
 - a rank that stops (an error, ``kill``, a lost machine) makes the others fail in their next
   collective; they raise :class:`PeerLostError`, one line, instead of gloo's "Connection closed
   by peer" traceback;
-- every process leaves the group before the interpreter shuts down (:func:`leave`, also run at
-  exit): gloo's worker threads left alive into the interpreter's finalization can abort the
-  process (SIGABRT) after its work is done.
+- every process leaves the group before the interpreter shuts down (:func:`leave`; a gloo
+  group also at exit): gloo's worker threads left alive into the interpreter's finalization
+  can abort the process (SIGABRT) after its work is done.
 
 Without torchrun (no ``WORLD_SIZE`` above 1 in the environment, no process group) everything
 here is the identity on one process, rank 0 of 1.
@@ -30,7 +30,7 @@ import atexit
 import math
 import os
 import re
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -146,19 +146,32 @@ def init_from_env(device: torch.device) -> Ranks:
         )
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=TIMEOUT)
-    atexit.register(leave)  # a script that never calls leave() still leaves before shutdown
+    atexit.register(leave)  # a script that never calls leave() still leaves a gloo group
     return current()
 
 
-def leave() -> None:
+def leave(wait: bool = False) -> None:
     """Leave the process group, if this process is in one (nothing otherwise; idempotent).
 
-    Every rank calls it when its work is done, the others need not have finished: the group's
-    threads then stop while the interpreter is whole. Without it gloo's threads can outlive the
-    interpreter's finalization and abort a process that has finished its work (SIGABRT).
+    The group's threads then stop while the interpreter is whole: left alive into its
+    finalization, gloo's can abort a process that has finished its work (SIGABRT).
+
+    Parameters
+    ----------
+    wait : bool
+        Every rank has succeeded: wait at a barrier for all of them, then leave together
+        (NCCL's shutdown is a collective call in some versions of NCCL). Without it (after a
+        failure, when the others may be gone) only a gloo group is left, without waiting,
+        and an error of its teardown is dropped: the failure has been reported already.
     """
-    if dist.is_available() and dist.is_initialized():
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if wait:
+        barrier()
         dist.destroy_process_group()
+    elif dist.get_backend() == "gloo":
+        with suppress(RuntimeError):
+            dist.destroy_process_group()
 
 
 def join(device: torch.device) -> tuple[Ranks, torch.device]:

@@ -98,7 +98,8 @@ def train(
         Continue from ``out_dir/checkpoint.pt`` when it exists (else start afresh; the command
         line refuses ``--resume`` without a checkpoint).
     on_epoch_end : callable, optional
-        Called with each epoch's history record, after the epoch's checkpoint is written.
+        Called with each epoch's history record as soon as the epoch's checkpoint is written
+        (before the history files).
     options : TrainOptions, optional
         The loop's settings (epochs, batch size, learning rate, loss, device, seed, compile,
         ...: see :class:`~pyro_vae.infer.training.options.TrainOptions`).
@@ -193,8 +194,11 @@ def train(
             _end_epoch(record, state, scheduler, options, batching)
             if ranks.is_main:  # one writer; every rank holds the same
                 checkpointer.save(svi, scheduler, state)
-                if on_epoch_end is not None:  # after the save: it is on disk
+                # as soon as the checkpoint is on disk, before the history files: what a caller
+                # records (the epoch a Ctrl-C or SIGTERM names) never lags the checkpoint
+                if on_epoch_end is not None:
                     on_epoch_end(record)
+                checkpointer.save_history(state)
             if options.patience is not None and state.bad_epochs >= options.patience:
                 stopped_early = True
                 break

@@ -100,7 +100,7 @@ class Checkpointer:
         )
 
     def save(self, svi: SVIStep, scheduler, state: RunState) -> None:
-        """Write the checkpoint (atomic) and the history; nothing without ``out_dir``."""
+        """Write the checkpoint (atomic); nothing without ``out_dir``. The history follows."""
         if self.out_dir is None:
             return
         checkpoint = {
@@ -113,7 +113,11 @@ class Checkpointer:
             "bad_epochs": state.bad_epochs,
         }
         save_checkpoint(self.path, checkpoint)
-        _write_history(self.out_dir, state.history)
+
+    def save_history(self, state: RunState) -> None:
+        """Write history.json and history.csv (each atomic); nothing without ``out_dir``."""
+        if self.out_dir is not None:
+            _write_history(self.out_dir, state.history)
 
     def note(self) -> str:
         """Where the last good state is, for a divergence message."""
