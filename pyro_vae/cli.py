@@ -126,9 +126,9 @@ def cmd_train(args) -> int:
         segment = len(config["resumes"])
 
         def on_epoch_end(record: dict) -> None:
+            progress.epoch = record["epoch"]  # its checkpoint is on disk: first, then the rest
             if record["epoch"] == done + 1 and segment > 0:
                 write_config(out, config)
-            progress.epoch = record["epoch"]  # its checkpoint and the config are on disk
 
         _say_start(say, recipe, data, out, done)
         tags = {"segment": segment}
