@@ -62,8 +62,7 @@ class TrainingInterrupted(Exception):
         self.status = status
 
 
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt():
     """Within: SIGTERM raises :class:`Terminated`, as Ctrl-C raises ``KeyboardInterrupt``.
 
     The previous handler is back afterwards, and at once after the first SIGTERM, so that a
@@ -72,16 +71,29 @@ def sigterm_as_interrupt() -> Iterator[None]:
     for its peers) acts when the call returns. Nothing changes in another thread, where Python
     cannot set a handler, nor over a handler installed from C (``getsignal`` gives None).
     """
-    previous = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is not threading.main_thread() or previous is None:
-        yield
-        return
+    return _sigterm_handled_by(_terminate_after)
+
+
+def _terminate_after(previous):
+    """The handler that puts ``previous`` back (a second SIGTERM acts as it would have) and
+    raises :class:`Terminated`."""
 
     def terminate(signum, frame):
         signal.signal(signal.SIGTERM, previous)
         raise Terminated("terminated (SIGTERM)")
 
-    signal.signal(signal.SIGTERM, terminate)
+    return terminate
+
+
+@contextmanager
+def _sigterm_handled_by(handler_for) -> Iterator[None]:
+    """Within: SIGTERM goes to ``handler_for(previous)``, the previous handler back afterwards;
+    nothing changes outside the main thread or over a handler installed from C."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    signal.signal(signal.SIGTERM, handler_for(previous))
     try:
         yield
     finally:
@@ -152,7 +164,7 @@ class RunProgress:
         try:
             yield self
         except KeyboardInterrupt as err:
-            how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+            how = str(err) or "interrupted"  # Terminated says so; Ctrl-C's is empty
             status = getattr(err, "status", 128 + signal.SIGINT)
             raise TrainingInterrupted(self._interrupted(how), status) from None
         except ONE_LINE_ERRORS as err:
@@ -204,18 +216,9 @@ class RunProgress:
         return f"removed the run files this command wrote in {self.run_dir}"
 
 
-@contextmanager
-def _sigterm_ignored() -> Iterator[None]:
+def _sigterm_ignored():
     """Within: SIGTERM is ignored (in the main thread; see :func:`sigterm_as_interrupt`)."""
-    previous = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is not threading.main_thread() or previous is None:
-        yield
-        return
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return _sigterm_handled_by(lambda previous: signal.SIG_IGN)
 
 
 def _with_note(err: BaseException, note: str) -> BaseException:
