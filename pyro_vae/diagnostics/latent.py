@@ -27,7 +27,7 @@ from torch.distributions import Independent, MultivariateNormal, Normal, kl_dive
 
 from pyro_vae.diagnostics.amortization import amortization_gap
 from pyro_vae.diagnostics.posterior import guide_draws, to_draws_layout
-from pyro_vae.infer.pair.doctor import check_traces
+from pyro_vae.infer.pair.doctor import check_traces, trace_pair
 from pyro_vae.infer.pair.layout import inspect_pair
 from pyro_vae.infer.pair.particles import trace_log_prob
 from pyro_vae.infer.pair.sites import DATA_PLATE, check_data, latent_sites
@@ -200,9 +200,8 @@ def kl_per_dimension(
     """
     num_n = check_data(x).shape[0]
     with torch.no_grad():
-        guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            x, *args, **kwargs
+        model_trace, guide_trace = trace_pair(
+            model, guide, x, *args, data_plate=data_plate, **kwargs
         )
     check_traces(model_trace, guide_trace, num_n, data_plate)  # the pair doctor
     sites = latent_sites(guide_trace, data_plate)

@@ -20,7 +20,7 @@ import torch
 from pyro.infer import config_enumerate
 from pyro.infer.mcmc import MCMC, NUTS
 
-from pyro_vae.infer.pair.doctor import check_traces
+from pyro_vae.infer.pair.doctor import check_traces, trace_pair
 from pyro_vae.infer.pair.sites import (
     DATA_PLATE,
     check_data,
@@ -201,7 +201,7 @@ def nuts_reference(
         )
     check_data(x)
     with torch.no_grad():
-        trace = poutine.trace(model).get_trace(x, *args, **kwargs)
+        trace, _ = trace_pair(model, None, x, *args, data_plate=data_plate, **kwargs)
         # the pair doctor on the model alone (plate sizes, observed values in their supports);
         # an observation outside the data plate is global too: p(z_n | x) is not per datapoint
         check_traces(trace, None, x.shape[0], data_plate, per_datapoint=True)

@@ -32,10 +32,9 @@ matched.
 
 from __future__ import annotations
 
-import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.distributions import constraints
+from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.infer.pair.sites import (
     DATA_PLATE,
@@ -46,14 +45,18 @@ from pyro_vae.infer.pair.sites import (
     sample_sites,
     without_enumeration,
 )
+from pyro_vae.infer.pair.values import (
+    check_dtype,
+    check_observed_shape,
+    check_scored,
+    check_support,
+)
 from pyro_vae.infer.runtime.devices import forked_rng
 
-__all__ = ["FROM_PRIOR", "check_pair", "check_traces"]
+__all__ = ["FROM_PRIOR", "check_pair", "check_traces", "trace_pair"]
 
 FROM_PRIOR = "from_prior"
 """The ``infer`` key that marks a model latent the guide deliberately does not sample."""
-
-_WRAPPERS = (dist.Independent, dist.MaskedDistribution, dist.ExpandedDistribution)
 
 
 def check_pair(model, guide, x, *args, data_plate: str = DATA_PLATE, **kwargs) -> None:
@@ -93,9 +96,8 @@ def check_pair(model, guide, x, *args, data_plate: str = DATA_PLATE, **kwargs) -
     """
     check_data(x)
     with forked_rng(x), torch.no_grad():
-        guide_trace = poutine.trace(without_enumeration(guide)).get_trace(x, *args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            x, *args, **kwargs
+        model_trace, guide_trace = trace_pair(
+            model, without_enumeration(guide), x, *args, data_plate=data_plate, **kwargs
         )
     check_traces(model_trace, guide_trace, x.shape[0], data_plate)
 
@@ -136,30 +138,170 @@ def check_traces(
     """
     traces = [("guide", guide_trace), ("model", model_trace)]
     sites = [(role, n, s) for role, t in traces if t is not None for n, s in sample_sites(t)]
+    _check_plate_sizes(sites, num_data, data_plate, per_datapoint)
+    if guide_trace is not None:
+        _check_plates_match(model_trace, guide_trace, data_plate, num_data)
+    plate = check_data_plate(sites, data_plate, num_data) if per_datapoint else None
+    _check_plate_names(sites, data_plate, num_data)
+    if guide_trace is not None:
+        _check_latents_match(model_trace, guide_trace)
+    for name, site in sample_sites(model_trace):
+        proposed = guide_trace is not None and name in guide_trace.nodes
+        if site["is_observed"]:
+            check_observed_shape(name, site, data_plate)
+        if site["is_observed"] or proposed:
+            check_support(name, site)
+        if site["is_observed"]:
+            check_scored(name, site)
+    return plate
+
+
+def trace_pair(model, guide, x, *args, data_plate: str = DATA_PLATE, **kwargs) -> tuple:
+    """Trace the guide and the model replayed at its draws, once; diagnose a run that fails.
+
+    When the pair raises while it runs, the sites it recorded so far are read for the mistakes
+    that make it fail: a data plate whose size is not N (Pyro's many-line "Shape mismatch"
+    dump of the site that follows), or data of another dtype than the pair's parameters
+    (torch's "mat1 and mat2 must have the same dtype"); either is raised as the doctor's one
+    line, from the original error. Any other failure is raised as it is.
+
+    Parameters
+    ----------
+    model : callable or None
+        The model, called as ``model(x, *args, **kwargs)``; None to trace the guide alone.
+    guide : callable or None
+        The guide (wrapped as the caller needs, e.g. by ``without_enumeration``); None to
+        trace the model alone (NUTS).
+    x : torch.Tensor of shape (N, ...)
+        A batch of data.
+    *args, **kwargs
+        Passed on to the pair.
+    data_plate : str
+        Name of the data plate.
+
+    Returns
+    -------
+    model_trace : pyro.poutine.Trace or None
+        The model, replayed at the guide's draws (None without a model).
+    guide_trace : pyro.poutine.Trace or None
+        The guide (None without one).
+
+    Raises
+    ------
+    ValueError
+        One line, for a data plate of the wrong size or data of the wrong dtype found in a
+        failed run; anything else the pair raises.
+    """
+    tracers, model_trace, guide_trace = [], None, None
+    try:
+        if guide is not None:
+            tracers.append(("guide", poutine.trace(guide)))
+            guide_trace = tracers[-1][1].get_trace(x, *args, **kwargs)
+        if model is not None:
+            replayed = model if guide is None else poutine.replay(model, trace=guide_trace)
+            tracers.append(("model", poutine.trace(replayed)))
+            model_trace = tracers[-1][1].get_trace(x, *args, **kwargs)
+    except (ValueError, RuntimeError) as failure:
+        recorded = [(role, n, s) for role, t in tracers for n, s in t.trace.nodes.items()]
+        try:
+            samples = [site for site in recorded if site[2]["type"] == "sample"]
+            _check_plate_sizes(samples, x.shape[0], data_plate)
+            if isinstance(failure, RuntimeError):  # torch's dtype errors are RuntimeErrors
+                check_dtype(x, [s for _, _, s in recorded if s["type"] == "param"])
+        except ValueError as mistake:
+            raise mistake from failure
+        raise
+    return model_trace, guide_trace
+
+
+def _check_plate_sizes(sites, num_data: int, data_plate: str, per_datapoint=False) -> None:
+    """Refuse a site in a data plate whose size is not N, or (``per_datapoint``) that
+    subsamples, or whose full size differs between model and guide (replayed, the model's
+    plate takes the guide's indices); a plate's own subsample-index site too (in the partial
+    trace of a failed run)."""
+    full_sizes, other = {}, {"model": "guide", "guide": "model"}
     for role, name, site in sites:
+        if site_is_subsample(site):  # recorded as the plate is made, before its sites
+            if name == data_plate and len(site["value"]) != num_data:
+                raise ValueError(
+                    f"the {role}'s data plate {data_plate!r} has size {len(site['value'])} but "
+                    f"x holds {num_data} datapoints; the plate must range over the first "
+                    f"dimension of x: pyro.plate({data_plate!r}, x.shape[0])"
+                )
+            continue
         frame = data_frame(site, data_plate)
-        if frame is not None and frame.size != num_data:
+        if frame is None:
+            continue
+        full = frame.full_size or frame.size
+        full_sizes.setdefault(role, full)
+        theirs = full_sizes.get(other[role], full)
+        if theirs != full and full != num_data:  # replayed at the other's indices: subsampled
+            raise ValueError(
+                f"{role} site {name!r}: the data plate {data_plate!r} has size {full} but x "
+                f"holds {num_data} datapoints (the {other[role]}'s plate has {theirs}); the "
+                f"plate must range over the first dimension of x: "
+                f"pyro.plate({data_plate!r}, x.shape[0])"
+            )
+        if frame.size != num_data:
             raise ValueError(
                 f"{role} site {name!r}: the data plate {data_plate!r} has size {frame.size} but "
                 f"x holds {num_data} datapoints; the plate must range over the first dimension "
                 f"of x: pyro.plate({data_plate!r}, x.shape[0])"
             )
-        full = frame.full_size if frame is not None else None
-        if per_datapoint and full not in (None, num_data):  # fine for a trainer's minibatch
+        if per_datapoint and full != num_data:  # fine for a trainer's minibatch
             raise ValueError(
                 f"{role} site {name!r}: the data plate {data_plate!r} subsamples {num_data} of "
                 f"{full} datapoints, which scales every log-density by {full}/{num_data}; a "
                 f"per-datapoint tool scores the rows of x as they are: pyro.plate({data_plate!r}, "
                 "x.shape[0]) without subsampling"
             )
-    plate = check_data_plate(sites, data_plate, num_data) if per_datapoint else None
-    if guide_trace is not None:
-        _check_latents_match(model_trace, guide_trace)
-    for name, site in sample_sites(model_trace):
-        proposed = guide_trace is not None and name in guide_trace.nodes
-        if site["is_observed"] or proposed:
-            _check_support(name, site)
-    return plate
+
+
+def _plates_of_size(site: dict, size: int, data_plate: str) -> list[str]:
+    """Names of the site's other plates of ``size``: a data plate under another name?"""
+    return [f.name for f in site["cond_indep_stack"] if f.size == size and f.name != data_plate]
+
+
+def _check_plates_match(model_trace, guide_trace, data_plate: str, num_data: int) -> None:
+    """Refuse a latent site inside the data plate in one of the pair and outside it in the
+    other: a minibatch would scale one's term and not the other's (a wrong objective)."""
+    model_sites = dict(sample_sites(model_trace))
+    for name, q_site in sample_sites(guide_trace):
+        p_site = model_sites.get(name)
+        if q_site["is_observed"] or p_site is None or p_site["is_observed"]:
+            continue
+        p_inside = data_frame(p_site, data_plate) is not None
+        if p_inside == (data_frame(q_site, data_plate) is not None):
+            continue
+        role, other, outside = (
+            ("guide", "model", q_site) if p_inside else ("model", "guide", p_site)
+        )
+        others = _plates_of_size(outside, num_data, data_plate)
+        if others:
+            fix = f"name the {role}'s plate {data_plate!r}, as the {other}'s"
+            where = f"is in plate {others[0]!r}, not in the data plate {data_plate!r}"
+        else:
+            fix = f"sample it inside `with pyro.plate({data_plate!r}, x.shape[0]):`"
+            where = f"lies outside the data plate {data_plate!r}"
+        raise ValueError(
+            f"{role} latent site {name!r} {where}, while the {other}'s {name!r} lies inside it "
+            f"(a minibatch would scale one term and not the other): {fix}"
+        )
+
+
+def _check_plate_names(sites, data_plate: str, num_data: int) -> None:
+    """Refuse an observed site outside the data plate but in a plate of size N: the data
+    plate under another name (the trainer would take it for a global site, unscaled)."""
+    for role, name, site in sites:
+        if not site["is_observed"] or data_frame(site, data_plate) is not None:
+            continue
+        others = _plates_of_size(site, num_data, data_plate)
+        if others:
+            raise ValueError(
+                f"observed site {name!r} of the {role} is in plate {others[0]!r} of size "
+                f"{num_data}, not in the data plate {data_plate!r}: name that plate "
+                f"{data_plate!r}, or pass data_plate={others[0]!r}"
+            )
 
 
 def _drawn_from_prior(site: dict) -> bool:
@@ -216,60 +358,3 @@ def _check_latents_match(model_trace, guide_trace) -> None:
             f"sites are {_quoted(model_latents) or 'none'}); rename it to the model site it "
             "proposes, or remove it"
         )
-
-
-def _support_of(site: dict):
-    """``(constraint, text)`` to check a site's value against, or None when it cannot be.
-
-    Independent wrappers are unwrapped (the check is per element); for an observed site a
-    boolean support is relaxed to [0, 1]: grey levels score as the Bernoulli cross-entropy.
-    """
-    try:
-        support = site["fn"].support
-    except NotImplementedError:  # a distribution without a declared support
-        return None
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    if constraints.is_dependent(support):
-        return None
-    if site["is_observed"] and support is constraints.boolean:
-        return constraints.unit_interval, "boolean, or grey levels in [0, 1]"
-    return support, repr(support)
-
-
-def _check_support(name: str, site: dict) -> None:
-    """Refuse a site whose value lies outside its distribution's support, naming both."""
-    found, mask = _support_of(site), site["mask"]
-    if found is None or mask is False:
-        return
-    support, text = found
-    value = torch.as_tensor(site["value"])
-    bad = ~support.check(value)
-    if torch.is_tensor(mask):  # masked-out entries are not scored: any value is fine there
-        batch_ndim = value.dim() - site["fn"].event_dim
-        mask = mask.reshape(mask.shape + (1,) * max(bad.dim() - batch_ndim, 0))
-        try:
-            bad = bad & mask
-        except RuntimeError:  # a mask that does not line up with the check: check it all
-            pass
-    count = int(bad.sum())
-    if not count:
-        return
-    fn = site["fn"]
-    while isinstance(fn, _WRAPPERS):  # name the distribution, not its wrapping
-        fn = fn.base_dist
-    example = f", e.g. {value[bad][0].item():g}" if bad.shape == value.shape else ""
-    if site["is_observed"]:
-        what = f"observed site {name!r} has values"
-        hint = (
-            "are the data scaled to [0, 1]?"
-            if support is constraints.unit_interval
-            else "check the data's range and dtype against the model's distribution there"
-        )
-    else:
-        what = f"model latent site {name!r} gets values from the guide"
-        hint = "give the guide's site a distribution with the model's support"
-    raise ValueError(
-        f"{what} outside the support of {type(fn).__name__} ({text}): {count} of "
-        f"{bad.numel()}{example}; {hint}"
-    )

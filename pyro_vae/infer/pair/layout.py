@@ -13,9 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from pyro import poutine
 
-from pyro_vae.infer.pair.doctor import check_traces
+from pyro_vae.infer.pair.doctor import check_traces, trace_pair
 from pyro_vae.infer.pair.sites import (
     DATA_PLATE,
     check_data,
@@ -84,9 +83,8 @@ def inspect_pair(model, guide, x, *args, data_plate=DATA_PLATE, **kwargs) -> Pai
         matched, values in their supports).
     """
     check_data(x)  # before the pair runs: NaN in x would fail inside it, in many lines
-    guide_trace = poutine.trace(without_enumeration(guide)).get_trace(x, *args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-        x, *args, **kwargs
+    model_trace, guide_trace = trace_pair(
+        model, without_enumeration(guide), x, *args, data_plate=data_plate, **kwargs
     )
     # the pair doctor on these traces: plate sizes, the convention, latent sites, supports
     plate = check_traces(model_trace, guide_trace, x.shape[0], data_plate, per_datapoint=True)
@@ -122,7 +120,7 @@ def is_fully_reparameterized(
         that follow.
     """
     with forked_rng(x), torch.no_grad():
-        guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
+        _, guide_trace = trace_pair(None, guide, x, *args, **kwargs)
     return all(
         allow_enumerated if site["infer"].get("enumerate") else site["fn"].has_rsample
         for site in guide_trace.nodes.values()
@@ -153,10 +151,7 @@ def max_plate_nesting(model, guide, x, *args, **kwargs) -> int:
         At least 1 for a pair with a data plate.
     """
     with forked_rng(x), torch.no_grad():
-        guide_trace = poutine.trace(without_enumeration(guide)).get_trace(x, *args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            x, *args, **kwargs
-        )
+        model_trace, guide_trace = trace_pair(model, without_enumeration(guide), x, *args, **kwargs)
     return plate_nesting(s for t in (guide_trace, model_trace) for _, s in sample_sites(t))
 
 

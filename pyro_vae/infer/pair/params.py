@@ -15,7 +15,7 @@ import torch
 from pyro import poutine
 from pyro.util import check_model_guide_match
 
-from pyro_vae.infer.pair.doctor import check_traces
+from pyro_vae.infer.pair.doctor import check_traces, trace_pair
 from pyro_vae.infer.pair.sites import DATA_PLATE, check_data
 from pyro_vae.infer.runtime.devices import forked_rng
 
@@ -98,9 +98,8 @@ def validated_traces(model, guide, x, *args, data_plate=DATA_PLATE, **kwargs) ->
     """
     check_data(x)  # before the pair runs: NaN in x would fail inside it, in many lines
     with pyro.validation_enabled(True):
-        guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            x, *args, **kwargs
+        model_trace, guide_trace = trace_pair(
+            model, guide, x, *args, data_plate=data_plate, **kwargs
         )
         check_traces(model_trace, guide_trace, x.shape[0], data_plate)
         with warnings.catch_warnings():  # the doctor has matched the latent sites already:

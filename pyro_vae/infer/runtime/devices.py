@@ -98,8 +98,9 @@ def as_tensor(data) -> tuple[torch.Tensor, Callable]:
     Returns
     -------
     x : torch.Tensor of shape (N, ...)
-        Floating point (integer data are cast to torch's default dtype); not copied when
-        already a floating tensor.
+        The data as they are, never cast: the pair doctor names data of a dtype the pair
+        cannot take (:func:`~pyro_vae.infer.pair.doctor.trace_pair`), where every other tool
+        would meet them too.
     transform : callable
         ``transform(batch) -> batch``, e.g. dynamic binarization; the identity if ``data``
         has none.
@@ -126,8 +127,6 @@ def as_tensor(data) -> tuple[torch.Tensor, Callable]:
         raise TypeError(f"data must be a tensor or a torch Dataset, not {type(data).__name__}")
     if x.ndim < 1 or x.shape[0] < 1:
         raise ValueError(f"data holds no datapoints (shape {tuple(x.shape)})")
-    if not torch.is_floating_point(x):
-        x = x.to(torch.get_default_dtype())
     return x, transform
 
 
