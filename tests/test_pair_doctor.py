@@ -1,10 +1,13 @@
 """The pair doctor (pyro_vae/infer/pair/doctor.py): every mistake is one line naming the site.
 
 Each mistake of a tiny pair written here (a guide site under another name, a guide latent the
-model lacks, a data plate wider than x, Bernoulli data equal to 2, a NaN batch) is refused in
-the same one line by ``check_pair``, ``train``, ``SVIStep.step``, ``log_evidence`` and a
-diagnostic; the opt-out for a model latent drawn from its prior works; every pair of the test
-catalogue and every shipped model passes the doctor.
+model lacks, a data plate wider than x in the pair or in the model alone, a guide that forgets
+its data plate or names it otherwise, an observed value of another shape than its
+distribution, integer data, Bernoulli data equal to 2, a NaN batch) is refused in the same one
+line by ``check_pair``, ``train`` (before any step), ``SVIStep.step``, ``log_evidence`` and two
+diagnostics; the opt-out for a model latent drawn from its prior works; a global latent is
+trained and refused by the per-datapoint tools; every pair of the test catalogue and every
+shipped model passes the doctor.
 """
 
 import math
@@ -13,13 +16,20 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pairs import CATALOGUE, GaussianMixture
+from pairs import CATALOGUE, GaussianMixture, GlobalMean
 from pyro import poutine
 from pyro.infer import config_enumerate
 
 from pyro_vae.diagnostics.latent import kl_per_dimension, latent_kl
 from pyro_vae.diagnostics.posterior import nuts_reference
-from pyro_vae.infer import FROM_PRIOR, SVIStep, check_pair, log_evidence, train
+from pyro_vae.infer import (
+    FROM_PRIOR,
+    GlobalLatentError,
+    SVIStep,
+    check_pair,
+    log_evidence,
+    train,
+)
 from pyro_vae.models import CVAE, M2, VAE
 
 X = torch.tensor([0.5, -1.0, 1.5, 0.2, -0.3])  # N = 5 datapoints
@@ -73,6 +83,83 @@ def bernoulli_model(x):
         pyro.sample("x", dist.Bernoulli(logits=w * z), obs=x)
 
 
+def guide_outside_plate(x):
+    """``guide`` without its data plate: z has the right shape, but a minibatch would scale the
+    model's term of z and not the guide's (it used to train a wrong objective without a word)."""
+    c = pyro.param("c", torch.tensor(0.1))
+    pyro.sample("z", dist.Normal(c * x, 1.0))
+
+
+def guide_in_plate(name):
+    """``guide`` with its data plate called ``name``."""
+
+    def guide(x):
+        c = pyro.param("c", torch.tensor(0.1))
+        with pyro.plate(name, x.shape[0]):
+            pyro.sample("z", dist.Normal(c * x, 1.0))
+
+    return guide
+
+
+def batch_model(x):
+    """``model`` with its data plate called "batch", as the guide's of ``guide_in_plate``."""
+    w = pyro.param("w", torch.tensor(0.5))
+    with pyro.plate("batch", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(w * z, 1.0), obs=x)
+
+
+def model_wider_than_guide(x):
+    """``model`` with a data plate of N + 3 under a right guide: replayed, the model's plate
+    takes the guide's 5 indices and silently subsamples 5 of 8 (a NUTS run of the model alone
+    met Pyro's many-line "Shape mismatch ... Trace Shapes:" dump instead)."""
+    w = pyro.param("w", torch.tensor(0.5))
+    with pyro.plate("data", x.shape[0] + 3):
+        z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0]), 1.0))
+        pyro.sample("x", dist.Normal(w * z, 1.0), obs=x)
+
+
+def three_feature_model(x):
+    """A likelihood over 3 features for data of 4 (torch's broadcasting error, in many lines)."""
+    w = pyro.param("w", torch.tensor(0.5))
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        loc = w * z.unsqueeze(-1).expand(-1, 3)
+        pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+
+def sum_guide(x):
+    c = pyro.param("c", torch.tensor(0.1))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(c * x.sum(-1), 1.0))
+
+
+ENCODER, DECODER = torch.nn.Linear(4, 2), torch.nn.Linear(1, 4)  # a user's networks
+
+
+def net_model(x):
+    """z ~ N(0, 1), x | z ~ Bernoulli(logits=DECODER(z)), four 0/1 features."""
+    pyro.module("decoder", DECODER)
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Bernoulli(logits=DECODER(z.unsqueeze(-1))).to_event(1), obs=x)
+
+
+def net_guide(x):
+    """q(z|x) = N(ENCODER(x)): mat1 and mat2 must have the same dtype."""
+    pyro.module("encoder", ENCODER)
+    with pyro.plate("data", x.shape[0]):
+        loc, log_scale = ENCODER(x).unbind(-1)
+        pyro.sample("z", dist.Normal(loc, log_scale.exp()))
+
+
+def casting_guide(x):
+    """``net_guide`` that casts x itself: only the model's Bernoulli meets the integers."""
+    net_guide(x.float())
+
+
+X_INT = torch.tensor([[0, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 1], [1, 0, 1, 0], [1, 1, 1, 1]])
+
 MISTAKES = {
     "renamed-guide-site": (
         model,
@@ -102,6 +189,56 @@ MISTAKES = {
         r"levels in \[0, 1\]\): 1 of 5, e\.g\. 2; are the data scaled to \[0, 1\]\?$",
     ),
     "nan-batch": (model, guide, X_NAN, r"holds 1 NaN or inf values$"),
+    "guide-outside-data-plate": (
+        model,
+        guide_outside_plate,
+        X,
+        r"^guide latent site 'z' lies outside the data plate 'data', while the model's 'z' lies "
+        r"inside it \(a minibatch would scale one term and not the other\): sample it inside "
+        r"`with pyro.plate\('data', x.shape\[0\]\):`$",
+    ),
+    "guide-plate-named-batch": (
+        model,
+        guide_in_plate("batch"),
+        X,
+        r"^guide latent site 'z' is in plate 'batch', not in the data plate 'data', while the "
+        r"model's 'z' lies inside it .*: name the guide's plate 'data', as the model's$",
+    ),
+    "data-plate-named-batch": (
+        batch_model,
+        guide_in_plate("batch"),
+        X,
+        r"^observed site 'x' of the model is in plate 'batch' of size 5, not in the data plate "
+        r"'data': name that plate 'data', or pass data_plate='batch'$",
+    ),
+    "model-plate-wider": (
+        model_wider_than_guide,
+        guide,
+        X,
+        r"^model site 'z': the data plate 'data' has size 8 but x holds 5 datapoints \(the "
+        r"guide's plate has 5\); the plate must range over the first dimension of x",
+    ),
+    "observed-shape": (
+        three_feature_model,
+        sum_guide,
+        torch.zeros(5, 4),
+        r"^observed site 'x' has a value of shape \(5, 4\) but its distribution Normal has shape "
+        r"\(5, 3\) \(batch \(5,\), event \(3,\)\); give the distribution the shape of the data",
+    ),
+    "int64-data": (
+        net_model,
+        net_guide,
+        X_INT,
+        r"^x is int64 but the pair's parameters are float32, and the pair fails on it: pass "
+        r"x\.float\(\)$",
+    ),
+    "int64-observed": (
+        net_model,
+        casting_guide,
+        X_INT,
+        r"^observed site 'x': Bernoulli cannot score its int64 values \(result type Float can't "
+        r"be cast to the desired output type Long\); pass floating-point data, e.g. x.float\(\)$",
+    ),
 }
 
 TOOLS = {
@@ -147,6 +284,97 @@ def test_nuts_checks_the_model_alone(mistake):
     bad_model, _, x, match = MISTAKES[mistake]
     with pytest.raises(ValueError, match=match.replace("site 'z'", "model site 'z'")):
         nuts_reference(bad_model, x, num_chains=1, num_warmup=2, num_samples=2)
+
+
+@pytest.mark.parametrize(
+    "bad_model, match",
+    [
+        (  # alone, the model fails at z: Pyro's "Shape mismatch" and its Trace Shapes dump
+            model_wider_than_guide,
+            r"^the model's data plate 'data' has size 8 but x holds 5 datapoints; the plate must "
+            r"range over the first dimension of x",
+        ),
+        (
+            batch_model,
+            r"^observed site 'x' of the model is in plate 'batch' of size 5, not in the data "
+            r"plate 'data'",
+        ),
+    ],
+    ids=["model-plate-wider", "data-plate-named-batch"],
+)
+def test_nuts_names_the_model_alone_s_plate_mistakes(bad_model, match):
+    with pytest.raises(ValueError, match=match) as err:
+        nuts_reference(bad_model, X, num_chains=1, num_warmup=2, num_samples=2)
+    assert len(str(err.value).splitlines()) == 1, str(err.value)
+
+
+def _parameters() -> dict[str, torch.Tensor]:
+    """The values a step would change: the pairs' params, registered first as the pairs make
+    them (so a pair that refuses finds them in the store), and the user's networks."""
+    pyro.param("w", torch.tensor(0.5))
+    pyro.param("c", torch.tensor(0.1))
+    store = {name: p.detach().clone() for name, p in pyro.get_param_store().items()}
+    nets = {"encoder": ENCODER, "decoder": DECODER}
+    for net_name, net in nets.items():
+        store.update({f"{net_name}.{n}": p.detach().clone() for n, p in net.named_parameters()})
+    return store
+
+
+def _changed(before: dict) -> list[str]:
+    after = _parameters()
+    return [name for name, value in before.items() if not torch.equal(after[name], value)]
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
+def test_train_refuses_a_mistake_before_any_step(mistake):
+    bad_model, bad_guide, x, match = MISTAKES[mistake]
+    before = _parameters()
+    with pytest.raises(ValueError, match=match):
+        train(bad_model, bad_guide, x, epochs=2, batch_size=5, progress=False)
+    assert not _changed(before)
+
+
+def test_the_parameter_check_sees_a_step():
+    """The power of the test above: one epoch of the right pairs changes every parameter."""
+    before = _parameters()
+    train(model, guide, X, epochs=1, batch_size=2, progress=False)
+    train(net_model, net_guide, X_INT.float(), epochs=1, batch_size=2, progress=False)
+    assert set(_changed(before)) == set(before)
+
+
+def test_integer_data_that_the_pair_takes_pass_everywhere():
+    """The dtype rule is "the pair fails on x", not "x is not floating": no false alarm on a
+    pair that casts the data itself."""
+
+    def casting_model(x):
+        net_model(x.float())
+
+    check_pair(casting_model, casting_guide, X_INT)
+    assert math.isfinite(SVIStep(casting_model, casting_guide).step(X_INT))
+    assert torch.isfinite(
+        log_evidence(casting_model, casting_guide, X_INT, num_samples=2).log_px
+    ).all()
+
+
+def test_data_of_another_float_dtype_is_named_with_the_cast():
+    with pytest.raises(ValueError) as err:
+        check_pair(net_model, net_guide, X_INT.double())
+    assert str(err.value) == (
+        "x is float64 but the pair's parameters are float32, and the pair fails on it: pass "
+        "x.float()"
+    )
+    assert "same dtype" in str(err.value.__cause__)  # torch's own words stay in the traceback
+
+
+def test_a_global_latent_is_trained_and_refused_by_the_per_datapoint_tools():
+    """As documented (docs/design.md): minibatch scaling keeps a global site's ELBO term right,
+    but log p(x_n) is not defined for it."""
+    pair = GlobalMean()
+    check_pair(pair.model, pair.guide, X)
+    history = train(pair.model, pair.guide, X, epochs=1, batch_size=2, progress=False).history
+    assert math.isfinite(history[0]["train_loss"])
+    with pytest.raises(GlobalLatentError, match="^latent site 'w' of the guide lies outside"):
+        log_evidence(pair.model, pair.guide, X, num_samples=2)
 
 
 def test_a_nan_batch_after_the_first_step_is_one_line_too():

@@ -141,8 +141,8 @@ def check_traces(
     _check_plate_sizes(sites, num_data, data_plate, per_datapoint)
     if guide_trace is not None:
         _check_plates_match(model_trace, guide_trace, data_plate, num_data)
-    plate = check_data_plate(sites, data_plate, num_data) if per_datapoint else None
     _check_plate_names(sites, data_plate, num_data)
+    plate = check_data_plate(sites, data_plate, num_data) if per_datapoint else None
     if guide_trace is not None:
         _check_latents_match(model_trace, guide_trace)
     for name, site in sample_sites(model_trace):
