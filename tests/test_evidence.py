@@ -382,7 +382,10 @@ def test_missing_data_plate_is_a_clear_error():
     assert issubclass(GlobalLatentError, ValueError)
     with pytest.raises(GlobalLatentError, match="no site at all is inside a plate named 'data'"):
         log_evidence(plateless_model, lambda x: None, x, num_samples=10)
-    with pytest.raises(GlobalLatentError, match="inside a plate named 'batch'"):
+    named_otherwise = (
+        "observed site 'x' of the model is in plate 'data' of size 3, not in the data plate 'batch'"
+    )
+    with pytest.raises(ValueError, match=named_otherwise):
         log_evidence(lg_model, lg_guide, x, num_samples=10, data_plate="batch")
 
 

@@ -121,7 +121,7 @@ def guide_draws(
         raise ValueError(f"num_chains and num_draws must be >= 1, got {num_chains}, {num_draws}")
     num_n = check_data(x).shape[0]
     guide = without_enumeration(guide)  # a site enumerated in training is drawn here
-    first = poutine.trace(guide).get_trace(x, *args, **kwargs)
+    _, first = trace_pair(None, guide, x, *args, data_plate=data_plate, **kwargs)
     sites = latent_sites(first, data_plate)
     num = num_chains * num_draws
     with pyro.plate("_particles", num, dim=-(plate_nesting(sites.values()) + 1)):

@@ -3,26 +3,42 @@
 Every tool checks a pair once, on the first batch, before its first step or estimate, on the
 traces it takes anyway (:func:`~pyro_vae.infer.pair.layout.inspect_pair` for the evidence
 tools, the IWAE objective and the diagnostics; ``SVIStep.setup`` through
-:func:`~pyro_vae.infer.pair.params.validated_traces` for the trainer), so each mistake below is
-the same one-line ``ValueError`` everywhere, naming the site and what to change:
+:func:`~pyro_vae.infer.pair.params.validated_traces` for the trainer), each taken by
+:func:`trace_pair`, so each mistake below is the same one-line ``ValueError`` everywhere,
+naming the site and what to change:
 
 1. **The data**: ``x`` is a tensor of N >= 1 datapoints without NaN or inf
    (:func:`~pyro_vae.infer.pair.sites.check_data`), checked before the pair runs (a NaN batch
    would otherwise surface as torch's many-line constraint error of the encoder's output).
 2. **The data plate's size**: every site inside ``pyro.plate(data_plate, n)`` has n = N =
-   ``x.shape[0]``; a plate of another size broadcasts silently into a wrong number.
-3. **The latent sites match**: every latent site of the guide is a latent site of the model,
+   ``x.shape[0]``; a plate of another size broadcasts silently into a wrong number. The full
+   size agrees between model and guide too: replayed at the guide's indices, a model plate of
+   N + 3 would silently subsample 5 of 8 and scale its terms by 8/5.
+3. **The data plate is the same on both sides**: a latent site inside it in the model is inside
+   it in the guide, and the reverse (a guide that forgets its plate trains a wrongly weighted
+   objective: a minibatch scales the model's term and not the guide's); one in a plate of size
+   N under another name is told to rename it. An observed site outside the data plate but in a
+   plate of size N is the data plate under another name (or pass ``data_plate=``).
+4. **The latent sites match**: every latent site of the guide is a latent site of the model,
    and every latent site of the model is sampled by the guide, unless the model draws it from
    its prior on purpose: marked ``infer={"from_prior": True}`` (:data:`FROM_PRIOR`), or marked
    for enumeration in the model (summed out by ``TraceEnum_ELBO``). Every tool then proposes
    such a site from the prior, so its p/q ratio is one (the particle tools leave it out of the
    log weights). A model you cannot edit is marked from outside with
    ``poutine.infer_config(model, lambda msg: {"from_prior": True})``.
-4. **The support**: every observed value lies in the support of the model's distribution at
+5. **Observed shapes**: an observed value in the data plate has its distribution's shape,
+   ``batch_shape + event_shape`` (:func:`~pyro_vae.infer.pair.values.check_observed_shape`).
+6. **The support**: every observed value lies in the support of the model's distribution at
    its site (``fn.support.check``), and so does every latent value the guide proposes. One
    relaxation, for data only: a boolean (Bernoulli) support accepts grey levels in [0, 1], the
    negative cross-entropy of :class:`~pyro_vae.models.likelihoods.BernoulliLikelihood` (as in
    Pyro's VAE example). Masked-out entries and dependent supports are not checked.
+7. **Dtypes**: an observed value its distribution cannot score (integers in a Bernoulli) is
+   named; a run of the pair that fails with a torch error while ``x`` has another dtype than
+   the pair's floating parameters is named with the cast ("pass x.float()"), read by
+   :func:`trace_pair` from the sites recorded before the failure, as is a data plate of the
+   wrong size there (instead of Pyro's many-line "Shape mismatch ... Trace Shapes:" dump).
+   The rule is "the pair fails on x", never "x is not floating": data are never cast.
 
 Global sites (outside the data plate) are the site convention's business
 (:func:`~pyro_vae.infer.pair.sites.check_data_plate`): the trainer accepts them, the
@@ -85,10 +101,12 @@ def check_pair(model, guide, x, *args, data_plate: str = DATA_PLATE, **kwargs) -
     ------
     ValueError
         One line naming the first mistake found (see the module docstring): data that are not
-        N datapoints or hold NaN or inf; a site in a data plate whose size is not N; a model
-        latent the guide does not sample (and that is not marked :data:`FROM_PRIOR`); a guide
-        latent the model does not have; an observed or proposed value outside the support of
-        the model's distribution.
+        N datapoints or hold NaN or inf; a site in a data plate whose size is not N; a latent
+        site inside the data plate on one side of the pair only; a data plate under another
+        name; a model latent the guide does not sample (and that is not marked
+        :data:`FROM_PRIOR`); a guide latent the model does not have; an observed value of
+        another shape than its distribution; an observed or proposed value outside the support
+        of the model's distribution; data of a dtype the pair fails on.
 
     Examples
     --------
