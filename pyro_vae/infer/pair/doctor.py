@@ -140,7 +140,7 @@ def check_traces(
         Also apply the site convention of the per-datapoint tools: a data plate that does not
         subsample (its minibatch scale would scale log p(x_n)), and
         :func:`~pyro_vae.infer.pair.sites.check_data_plate` (no site outside the data plate,
-        one vectorized plate), after the plate sizes and before the latent sites.
+        one vectorized plate), after the plate sizes and names and before the latent sites.
 
     Returns
     -------
@@ -164,13 +164,12 @@ def check_traces(
     if guide_trace is not None:
         _check_latents_match(model_trace, guide_trace)
     for name, site in sample_sites(model_trace):
-        proposed = guide_trace is not None and name in guide_trace.nodes
-        if site["is_observed"]:
+        if site["is_observed"]:  # its shape first: a support check broadcasts a wrong one
             check_observed_shape(name, site, data_plate)
-        if site["is_observed"] or proposed:
             check_support(name, site)
-        if site["is_observed"]:
             check_scored(name, site)
+        elif guide_trace is not None and name in guide_trace.nodes:  # the guide's proposal
+            check_support(name, site)
     return plate
 
 

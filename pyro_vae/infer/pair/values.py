@@ -115,7 +115,7 @@ def check_scored(name: str, site: dict) -> None:
     """
     value = torch.as_tensor(site["value"])
     try:
-        site["fn"].log_prob(value)
+        site["fn"].log_prob(value, *site.get("args", ()), **site.get("kwargs", {}))
     except ValueError:  # Pyro's validation of the value: the support is checked apart
         return
     except RuntimeError as failure:
