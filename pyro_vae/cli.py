@@ -22,15 +22,16 @@ prints; the rules (which options make a run, how a model is built, what a report
 
 from __future__ import annotations
 
-import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from pyro_vae.cli_parser import build_parser, given_options
 from pyro_vae.infer.evidence.ais import AISSettings
 from pyro_vae.infer.runtime.devices import resolve_device, set_threads
 from pyro_vae.infer.runtime.distributed import barrier, join, leave
+from pyro_vae.infer.runtime.files import write_json
 from pyro_vae.runs import (
     ONE_LINE_ERRORS,
     RunProgress,
@@ -61,7 +62,15 @@ from pyro_vae.runs import (
     sigterm_as_interrupt,
     training_recipe,
     write_config,
-    write_text_atomic,
+)
+from pyro_vae.runs.archive import (
+    certification_name,
+    diagnosis_name,
+    evaluation_name,
+    keeping,
+    kept_folder,
+    kept_in,
+    show_latest,
 )
 from pyro_vae.runs.certified import certification_table, certify_run
 from pyro_vae.runs.figures import certification_figure
@@ -232,8 +241,16 @@ def cmd_evaluate(args) -> int:
     ranks, device = join(resolve_device(args.device))  # under torchrun: sharded evaluation
     ks = iwae_ks(args.iwae_k, args.num_samples)
     run = load_run(args.run_dir, device=device)
-    figures = Path(run.run_dir) / "figures"
-    check_writable(figures)  # before the work, not after it
+    name = evaluation_name(
+        args.estimator,
+        num_samples=args.num_samples,
+        num_points=args.num_points,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        ks=args.iwae_k,
+        ais=ais_settings(args),
+    )
+    _check_kept_writable(run.run_dir, "evaluate", name)  # before the work, not after it
     evaluation = evaluate_run(
         run,
         num_samples=args.num_samples,
@@ -249,13 +266,25 @@ def cmd_evaluate(args) -> int:
     if not ranks.is_main:  # every rank holds the gathered result; rank 0 reports it
         return 0
     print(evaluation_table(evaluation.report))  # first: nothing computed is lost if a write fails
-    report = json.dumps({**evaluation.report, "points": evaluation.rows}, indent=1)
-    write_text_atomic(Path(run.run_dir) / "evaluation.json", report)
-    written = evaluation_figures(evaluation, figures)
+    with keeping(run.run_dir, "evaluate", name) as folder:
+        where = kept_in("evaluate", name)
+        report = {**evaluation.report, "kept_in": where, "points": evaluation.rows}
+        write_json(folder / "evaluation.json", report)
+        written = evaluation_figures(evaluation, folder)
+    show_latest(folder, run.run_dir, "evaluate")
     if not args.quiet:
-        names = ", ".join(f"figures/{p.name}" for p in written)
-        print(f"wrote {run.run_dir}/evaluation.json (a row per test point), {names}")
+        names = ", ".join(p.name for p in written)
+        print(
+            f"wrote {folder}/: evaluation.json (a row per test point), {names}; the latest "
+            f"evaluation, copied to {run.run_dir}/evaluation.json and figures/"
+        )
     return 0
+
+
+def _check_kept_writable(run_dir, command: str, name: str) -> None:
+    """Refuse, before the work, a run folder where a report or its latest copy cannot go."""
+    check_writable(kept_folder(run_dir, command, name))
+    check_writable(Path(run_dir) / "figures")
 
 
 def ais_settings(args) -> AISSettings:
@@ -284,22 +313,30 @@ def cmd_certify(args) -> int:
     set_threads(args.threads)
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device=device)
-    figures = Path(run.run_dir) / "figures"
-    check_writable(figures)
+    settings = ais_settings(args)
+    name = certification_name(
+        num_points=args.num_points, steps=args.steps, seed=args.seed, ais=settings
+    )
+    _check_kept_writable(run.run_dir, "certify", name)
     report = certify_run(
         run,
         num_points=args.num_points,
-        steps=sorted(set(args.steps)),
-        settings=ais_settings(args),
+        steps=args.steps,  # the parser refuses a repeated or decreasing T
+        settings=settings,
         seed=args.seed,
         device=device,
         progress=not args.quiet,
     )
     print(certification_table(report))
-    write_text_atomic(Path(run.run_dir) / "certification.json", json.dumps(report, indent=1))
-    path = certification_figure(report, figures)
+    with keeping(run.run_dir, "certify", name) as folder:
+        write_json(folder / "certification.json", {**report, "kept_in": kept_in("certify", name)})
+        path = certification_figure(report, folder)
+    show_latest(folder, run.run_dir, "certify")
     if not args.quiet:
-        print(f"wrote {run.run_dir}/certification.json, figures/{path.name}")
+        print(
+            f"wrote {folder}/: certification.json, {path.name}; the latest certification, "
+            f"copied to {run.run_dir}/certification.json and figures/"
+        )
     return 0
 
 
@@ -323,8 +360,17 @@ def cmd_diagnose(args) -> int:
     """
     set_threads(args.threads)
     run = load_run(args.run_dir)
-    out = Path(run.run_dir) / "figures"
-    check_writable(out)
+    name = diagnosis_name(
+        num_points=args.num_points,
+        gap_points=args.gap_points,
+        gap_steps=args.gap_steps,
+        nuts_points=args.nuts_points,
+        chains=args.chains,
+        warmup=args.warmup,
+        draws=args.draws,
+        seed=args.seed,
+    )
+    _check_kept_writable(run.run_dir, "diagnose", name)
     diagnosis = diagnose_run(
         run,
         num_points=args.num_points,
@@ -338,13 +384,17 @@ def cmd_diagnose(args) -> int:
         progress=not args.quiet,
     )
     print(diagnosis_text(diagnosis))  # first: nothing computed is lost if a write fails
-    save_diagnosis(diagnosis, run.run_dir)
-    diagnosis_figures(diagnosis.idatas, diagnosis.kl, diagnosis.variances, out)
+    with keeping(run.run_dir, "diagnose", name) as folder:
+        report = {**diagnosis.report, "kept_in": kept_in("diagnose", name)}
+        save_diagnosis(replace(diagnosis, report=report), folder)
+        diagnosis_figures(diagnosis.idatas, diagnosis.kl, diagnosis.variances, folder)
+    show_latest(folder, run.run_dir, "diagnose")
     if not args.quiet:
-        kl_figure = " and figures/kl_per_dimension.png" if diagnosis.kl is not None else ""
+        kl_figure = ", kl_per_dimension.png" if diagnosis.kl is not None else ""
         print(
-            f"wrote {run.run_dir}/diagnostics.json, posterior_summary_*.csv, figures/"
-            "{forest,pair}_guide_vs_nuts.png" + kl_figure
+            f"wrote {folder}/: diagnostics.json, posterior_summary_*.csv, "
+            "{forest,pair}_guide_vs_nuts.png" + kl_figure + "; the latest diagnosis, copied "
+            f"to {run.run_dir}/ and figures/"
         )
     return 0
 
