@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from pyro_vae.cli_parser import build_parser, given_options
@@ -63,15 +62,7 @@ from pyro_vae.runs import (
     training_recipe,
     write_config,
 )
-from pyro_vae.runs.archive import (
-    certification_name,
-    diagnosis_name,
-    evaluation_name,
-    keeping,
-    kept_folder,
-    kept_in,
-    show_latest,
-)
+from pyro_vae.runs.archive import check_keepable, keep_report, kept_in
 from pyro_vae.runs.certified import certification_table, certify_run
 from pyro_vae.runs.figures import certification_figure
 
@@ -220,7 +211,7 @@ def _result_line(recipe, data, result) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    """``pyro-vae evaluate``: score a run on its test split, print the tables, write the report.
+    """``pyro-vae evaluate``: score a run on its test split, print the tables, keep the report.
 
     Parameters
     ----------
@@ -241,20 +232,11 @@ def cmd_evaluate(args) -> int:
     ranks, device = join(resolve_device(args.device))  # under torchrun: sharded evaluation
     ks = iwae_ks(args.iwae_k, args.num_samples)
     run = load_run(args.run_dir, device=device)
-    name = evaluation_name(
-        args.estimator,
-        num_samples=args.num_samples,
-        num_points=args.num_points,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        ks=args.iwae_k,
-        ais=ais_settings(args),
-    )
-    _check_kept_writable(run.run_dir, "evaluate", name)  # before the work, not after it
+    name = check_keepable(run.run_dir, "evaluate", vars(args))  # before the work, not after
     evaluation = evaluate_run(
         run,
-        num_samples=args.num_samples,
         ks=ks,
+        num_samples=args.num_samples,
         num_points=args.num_points,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -266,25 +248,14 @@ def cmd_evaluate(args) -> int:
     if not ranks.is_main:  # every rank holds the gathered result; rank 0 reports it
         return 0
     print(evaluation_table(evaluation.report))  # first: nothing computed is lost if a write fails
-    with keeping(run.run_dir, "evaluate", name) as folder:
-        where = kept_in("evaluate", name)
-        report = {**evaluation.report, "kept_in": where, "points": evaluation.rows}
-        write_json(folder / "evaluation.json", report)
-        written = evaluation_figures(evaluation, folder)
-    show_latest(folder, run.run_dir, "evaluate")
-    if not args.quiet:
-        names = ", ".join(p.name for p in written)
-        print(
-            f"wrote {folder}/: evaluation.json (a row per test point), {names}; the latest "
-            f"evaluation, copied to {run.run_dir}/evaluation.json and figures/"
-        )
+    report = {**evaluation.report, "kept_in": kept_in("evaluate", name), "points": evaluation.rows}
+
+    def write(folder: Path) -> list[Path]:  # a row per test point, then the figures
+        written = write_json(folder / "evaluation.json", report)
+        return [written, *evaluation_figures(evaluation, folder)]
+
+    (_silent if args.quiet else print)(keep_report(run.run_dir, "evaluate", name, write)[1])
     return 0
-
-
-def _check_kept_writable(run_dir, command: str, name: str) -> None:
-    """Refuse, before the work, a run folder where a report or its latest copy cannot go."""
-    check_writable(kept_folder(run_dir, command, name))
-    check_writable(Path(run_dir) / "figures")
 
 
 def ais_settings(args) -> AISSettings:
@@ -313,35 +284,29 @@ def cmd_certify(args) -> int:
     set_threads(args.threads)
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device=device)
-    settings = ais_settings(args)
-    name = certification_name(
-        num_points=args.num_points, steps=args.steps, seed=args.seed, ais=settings
-    )
-    _check_kept_writable(run.run_dir, "certify", name)
+    name = check_keepable(run.run_dir, "certify", vars(args))  # certifications/NAME/
     report = certify_run(
         run,
         num_points=args.num_points,
         steps=args.steps,  # the parser refuses a repeated or decreasing T
-        settings=settings,
+        settings=ais_settings(args),
         seed=args.seed,
         device=device,
         progress=not args.quiet,
     )
     print(certification_table(report))
-    with keeping(run.run_dir, "certify", name) as folder:
-        write_json(folder / "certification.json", {**report, "kept_in": kept_in("certify", name)})
-        path = certification_figure(report, folder)
-    show_latest(folder, run.run_dir, "certify")
-    if not args.quiet:
-        print(
-            f"wrote {folder}/: certification.json, {path.name}; the latest certification, "
-            f"copied to {run.run_dir}/certification.json and figures/"
-        )
+    report = {**report, "kept_in": kept_in("certify", name)}
+
+    def write(folder: Path) -> list[Path]:
+        written = write_json(folder / "certification.json", report)
+        return [written, certification_figure(report, folder)]
+
+    (_silent if args.quiet else print)(keep_report(run.run_dir, "certify", name, write)[1])
     return 0
 
 
 def cmd_diagnose(args) -> int:
-    """``pyro-vae diagnose``: posterior diagnostics of a run; prints, then writes the report.
+    """``pyro-vae diagnose``: posterior diagnostics of a run; prints, then keeps the report.
 
     Parameters
     ----------
@@ -360,17 +325,7 @@ def cmd_diagnose(args) -> int:
     """
     set_threads(args.threads)
     run = load_run(args.run_dir)
-    name = diagnosis_name(
-        num_points=args.num_points,
-        gap_points=args.gap_points,
-        gap_steps=args.gap_steps,
-        nuts_points=args.nuts_points,
-        chains=args.chains,
-        warmup=args.warmup,
-        draws=args.draws,
-        seed=args.seed,
-    )
-    _check_kept_writable(run.run_dir, "diagnose", name)
+    name = check_keepable(run.run_dir, "diagnose", vars(args))  # diagnoses/NAME/
     diagnosis = diagnose_run(
         run,
         num_points=args.num_points,
@@ -384,18 +339,12 @@ def cmd_diagnose(args) -> int:
         progress=not args.quiet,
     )
     print(diagnosis_text(diagnosis))  # first: nothing computed is lost if a write fails
-    with keeping(run.run_dir, "diagnose", name) as folder:
-        report = {**diagnosis.report, "kept_in": kept_in("diagnose", name)}
-        save_diagnosis(replace(diagnosis, report=report), folder)
-        diagnosis_figures(diagnosis.idatas, diagnosis.kl, diagnosis.variances, folder)
-    show_latest(folder, run.run_dir, "diagnose")
-    if not args.quiet:
-        kl_figure = ", kl_per_dimension.png" if diagnosis.kl is not None else ""
-        print(
-            f"wrote {folder}/: diagnostics.json, posterior_summary_*.csv, "
-            "{forest,pair}_guide_vs_nuts.png" + kl_figure + "; the latest diagnosis, copied "
-            f"to {run.run_dir}/ and figures/"
-        )
+
+    def write(folder: Path) -> list[Path]:  # the report, the ArviZ summaries, the figures
+        figures = diagnosis_figures(diagnosis.idatas, diagnosis.kl, diagnosis.variances, folder)
+        return [*save_diagnosis(diagnosis, folder, kept_in("diagnose", name)), *figures]
+
+    (_silent if args.quiet else print)(keep_report(run.run_dir, "diagnose", name, write)[1])
     return 0
 
 

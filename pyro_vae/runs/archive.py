@@ -12,26 +12,27 @@ settings, a 10-point check after a 1,000-point AIS run, writes another.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from pyro_vae.infer.runtime.files import atomic_write
+from pyro_vae.runs.folders import KEPT_IN, check_writable
 
 __all__ = [
-    "KEPT_IN",
     "LATEST_FIGURES",
+    "REPORT_NAMES",
     "certification_name",
+    "check_keepable",
     "diagnosis_name",
     "evaluation_name",
+    "keep_report",
     "kept_folder",
     "kept_in",
     "keeping",
+    "report_name",
     "show_latest",
 ]
-
-KEPT_IN = {"evaluate": "evaluations", "certify": "certifications", "diagnose": "diagnoses"}
-"""The folder of the run folder where each command keeps its reports, one subfolder each."""
 
 LATEST_FIGURES = {
     "evaluate": ("khat.png", "elbo_vs_logpx.png", "ais_vs_is.png"),
@@ -41,95 +42,97 @@ LATEST_FIGURES = {
 """The figures each command may draw: in ``figures/``, those of its latest report only."""
 
 
-def evaluation_name(
-    estimator: str,
-    *,
-    num_samples: int,
-    num_points: int | None,
-    batch_size: int,
-    seed: int,
-    ks: list[int] | None = None,
-    ais=None,
-) -> str:
+def evaluation_name(options: Mapping) -> str:
     """The folder name of an ``evaluate`` report: its estimator and every setting it depends on.
 
     Parameters
     ----------
-    estimator : {"is", "ais", "auto"}
-        The estimator trusted.
-    num_samples, num_points, batch_size, seed
-        ``--num-samples`` (L), ``--num-points`` (None: all), ``--batch-size`` (the chunks the
-        draws are made in), ``--seed``.
-    ks : list of int, optional
-        ``--iwae-k`` when given.
-    ais : AISSettings, optional
-        The AIS settings (named unless ``estimator`` is "is").
+    options : Mapping
+        ``evaluate``'s options by name: ``estimator``, ``num_samples`` (L), ``num_points``
+        (None: all), ``batch_size`` (the chunks the draws are made in), ``seed``, ``iwae_k``
+        (None: the default k) and, unless the estimator is "is", ``ais_chains``,
+        ``ais_steps``, ``ais_leapfrog``, ``ais_schedule``.
 
     Returns
     -------
     str
         E.g. ``is-L1000-n1000-b100-seed0`` or ``auto-L5000-all-b100-seed0-S16-T100-K10-sigmoid``.
     """
-    points = "all" if num_points is None else f"n{num_points}"
-    parts = [estimator, f"L{num_samples}", points, f"b{batch_size}", f"seed{seed}"]
-    if ks is not None:
-        parts.append("k" + ",".join(map(str, ks)))
-    if estimator != "is":
-        parts += _ais_parts(ais)
+    o = options
+    points = "all" if o["num_points"] is None else f"n{o['num_points']}"
+    parts = [o["estimator"], f"L{o['num_samples']}", points, f"b{o['batch_size']}"]
+    parts.append(f"seed{o['seed']}")
+    if o["iwae_k"] is not None:
+        parts.append("k" + ",".join(map(str, o["iwae_k"])))
+    if o["estimator"] != "is":
+        parts += [f"S{o['ais_chains']}", f"T{o['ais_steps']}", f"K{o['ais_leapfrog']}"]
+        parts.append(o["ais_schedule"])
     return "-".join(parts)
 
 
-def certification_name(*, num_points: int, steps: list[int], seed: int, ais) -> str:
+def certification_name(options: Mapping) -> str:
     """The folder name of a ``certify`` report, e.g. ``n100-T10,100,1000-seed0-S16-K10-sigmoid``.
 
     Parameters
     ----------
-    num_points, steps, seed
-        ``--num-points``, ``--steps`` (the T, in order), ``--seed``.
-    ais : AISSettings
-        The other AIS settings (its ``num_steps`` is not used).
+    options : Mapping
+        ``certify``'s options by name: ``num_points``, ``steps`` (the T, in order), ``seed``,
+        ``ais_chains``, ``ais_leapfrog``, ``ais_schedule``.
 
     Returns
     -------
     str
     """
-    parts = [f"n{num_points}", "T" + ",".join(map(str, steps)), f"seed{seed}"]
-    return "-".join(parts + _ais_parts(ais, with_steps=False))
+    o = options
+    steps = "T" + ",".join(map(str, o["steps"]))
+    parts = [f"n{o['num_points']}", steps, f"seed{o['seed']}", f"S{o['ais_chains']}"]
+    return "-".join([*parts, f"K{o['ais_leapfrog']}", o["ais_schedule"]])
 
 
-def diagnosis_name(
-    *,
-    num_points: int | None,
-    gap_points: int,
-    gap_steps: int,
-    nuts_points: int,
-    chains: int,
-    warmup: int,
-    draws: int,
-    seed: int,
-) -> str:
+def diagnosis_name(options: Mapping) -> str:
     """The folder name of a ``diagnose`` report, e.g. ``n1000-gap20x300-nuts2-c2-w200-d300-seed0``.
 
     Parameters
     ----------
-    num_points, gap_points, gap_steps, nuts_points, chains, warmup, draws, seed
-        ``diagnose``'s options of the same names.
+    options : Mapping
+        ``diagnose``'s options by name: ``num_points``, ``gap_points``, ``gap_steps``,
+        ``nuts_points``, ``chains``, ``warmup``, ``draws``, ``seed``.
 
     Returns
     -------
     str
     """
-    points = "all" if num_points is None else f"n{num_points}"
+    o = options
+    points = "all" if o["num_points"] is None else f"n{o['num_points']}"
     return (
-        f"{points}-gap{gap_points}x{gap_steps}-nuts{nuts_points}-c{chains}-w{warmup}-d{draws}"
-        f"-seed{seed}"
+        f"{points}-gap{o['gap_points']}x{o['gap_steps']}-nuts{o['nuts_points']}-c{o['chains']}"
+        f"-w{o['warmup']}-d{o['draws']}-seed{o['seed']}"
     )
 
 
-def _ais_parts(ais, with_steps: bool = True) -> list[str]:
-    """S chains, T steps, K leapfrog steps, the schedule: the parts of a name AIS adds."""
-    steps = [f"T{ais.num_steps}"] if with_steps else []
-    return [f"S{ais.num_chains}", *steps, f"K{ais.num_leapfrog}", ais.schedule]
+REPORT_NAMES = {
+    "evaluate": evaluation_name,
+    "certify": certification_name,
+    "diagnose": diagnosis_name,
+}
+"""Each command's name of a report, from its options."""
+
+
+def report_name(command: str, options: Mapping) -> str:
+    """The folder name of ``command``'s report (:data:`REPORT_NAMES`).
+
+    Parameters
+    ----------
+    command : {"evaluate", "certify", "diagnose"}
+        The command.
+    options : Mapping
+        Its options by name (``vars(args)``).
+
+    Returns
+    -------
+    str
+    """
+    return REPORT_NAMES[command](options)
 
 
 def kept_in(command: str, name: str) -> str:
@@ -168,6 +171,62 @@ def kept_folder(run_dir: str | Path, command: str, name: str) -> Path:
         ``run_dir / kept_in(command, name)`` (it need not exist).
     """
     return Path(run_dir) / kept_in(command, name)
+
+
+def check_keepable(run_dir: str | Path, command: str, options: Mapping) -> str:
+    """The name of ``command``'s report; refused, before the work, where it cannot be written.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        The run folder.
+    command : {"evaluate", "certify", "diagnose"}
+        The command.
+    options : Mapping
+        Its options by name (``vars(args)``).
+
+    Returns
+    -------
+    str
+        :func:`report_name`.
+
+    Raises
+    ------
+    OSError
+        One line naming the folder where the report or its latest copy cannot go
+        (:func:`pyro_vae.runs.folders.check_writable`).
+    """
+    name = report_name(command, options)
+    check_writable(kept_folder(run_dir, command, name))
+    check_writable(Path(run_dir) / "figures")
+    return name
+
+
+def keep_report(
+    run_dir: str | Path, command: str, name: str, write: Callable[[Path], list[Path]]
+) -> tuple[Path, str]:
+    """Write a report into its own folder (:func:`keeping`), then show it on top (latest).
+
+    Parameters
+    ----------
+    run_dir, command, name
+        As :func:`kept_folder`.
+    write : callable
+        ``write(folder)`` writes the report's files into ``folder`` and returns their paths.
+
+    Returns
+    -------
+    folder : Path
+        Where the report is kept.
+    line : str
+        The line that says so: ``wrote FOLDER/: FILES; the latest, copied to RUN_DIR/ and
+        figures/``.
+    """
+    with keeping(run_dir, command, name) as folder:
+        written = write(folder)
+    show_latest(folder, run_dir, command)
+    names = ", ".join(p.name for p in written)
+    return folder, f"wrote {folder}/: {names}; the latest, copied to {run_dir}/ and figures/"
 
 
 @contextmanager

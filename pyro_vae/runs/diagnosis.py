@@ -203,7 +203,7 @@ def diagnosis_text(diagnosis: Diagnosis) -> str:
     return "\n".join(lines)
 
 
-def save_diagnosis(diagnosis: Diagnosis, run_dir: str | Path) -> list[Path]:
+def save_diagnosis(diagnosis: Diagnosis, run_dir: str | Path, kept_in: str = "") -> list[Path]:
     """Write ``diagnostics.json`` and ``posterior_summary_{guide,nuts}.csv`` into ``run_dir``.
 
     Parameters
@@ -212,6 +212,8 @@ def save_diagnosis(diagnosis: Diagnosis, run_dir: str | Path) -> list[Path]:
         From :func:`diagnose_run`.
     run_dir : str or Path
         The folder (``diagnose`` gives the report's own, :mod:`pyro_vae.runs.archive`).
+    kept_in : str
+        That folder, relative to the run folder, recorded in ``diagnostics.json`` (if given).
 
     Returns
     -------
@@ -224,7 +226,8 @@ def save_diagnosis(diagnosis: Diagnosis, run_dir: str | Path) -> list[Path]:
         One line naming the file that could not be written.
     """
     run_dir = Path(run_dir)
-    paths = [write_json(run_dir / "diagnostics.json", diagnosis.report)]
+    report = {**diagnosis.report, **({"kept_in": kept_in} if kept_in else {})}
+    paths = [write_json(run_dir / "diagnostics.json", report)]
     for name, table in diagnosis.summaries.items():
         path = run_dir / f"posterior_summary_{name.lower()}.csv"
         table.to_csv(path)

@@ -24,11 +24,11 @@ from pyro_vae.infer.training.run_state import CHECKPOINT_NAME
 from pyro_vae.models.conditional import CVAE
 from pyro_vae.models.m2 import M2
 from pyro_vae.models.vae import VAE
-from pyro_vae.runs.archive import KEPT_IN
 from pyro_vae.runs.config import CONFIG_NAME, read_config
 from pyro_vae.runs.recipes import MODELS, build_model, run_data
 
 __all__ = [
+    "KEPT_IN",
     "RUN_FILES",
     "Run",
     "check_writable",
@@ -51,7 +51,11 @@ RUN_FILES = (
     "certification.json",
 )
 """What a training run leaves, and the latest reports that describe it: replaced together by
-``--overwrite`` (with every kept report, :mod:`pyro_vae.runs.archive`)."""
+``--overwrite`` (with every kept report, :data:`KEPT_IN`)."""
+
+KEPT_IN = {"evaluate": "evaluations", "certify": "certifications", "diagnose": "diagnoses"}
+"""Where in a run folder each command keeps its reports, one subfolder per report, named by
+its settings (:mod:`pyro_vae.runs.archive`)."""
 
 
 @dataclass
