@@ -232,7 +232,7 @@ def cmd_evaluate(args) -> int:
     ranks, device = join(resolve_device(args.device))  # under torchrun: sharded evaluation
     ks = iwae_ks(args.iwae_k, args.num_samples)
     run = load_run(args.run_dir, device=device)
-    name = check_keepable(run.run_dir, "evaluate", vars(args))  # before the work, not after
+    name = check_keepable(run, "evaluate", vars(args))  # before the work, not after
     evaluation = evaluate_run(
         run,
         ks=ks,
@@ -284,7 +284,7 @@ def cmd_certify(args) -> int:
     set_threads(args.threads)
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device=device)
-    name = check_keepable(run.run_dir, "certify", vars(args))  # certifications/NAME/
+    name = check_keepable(run, "certify", vars(args))  # certifications/NAME/
     report = certify_run(
         run,
         num_points=args.num_points,
@@ -325,7 +325,7 @@ def cmd_diagnose(args) -> int:
     """
     set_threads(args.threads)
     run = load_run(args.run_dir)
-    name = check_keepable(run.run_dir, "diagnose", vars(args))  # diagnoses/NAME/
+    name = check_keepable(run, "diagnose", vars(args))  # diagnoses/NAME/
     diagnosis = diagnose_run(
         run,
         num_points=args.num_points,

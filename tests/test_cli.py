@@ -430,8 +430,8 @@ FAILURES = {
     ),
     "disk full writing the report": (
         ["evaluate", "{run}", "--num-samples", "10", "--num-points", "5", "--quiet"],
-        "no space left on device writing {run}/evaluations/is-L10-n5-b100-seed0/evaluation.json;"
-        " none was written",
+        "no space left on device writing {run}/evaluations/is-L10-n5-b100-seed0-epoch2/"
+        "evaluation.json; none was written",
         {"pyro_vae.infer.runtime.files.os.replace": _enospc},
     ),
     "free bits negative": (["train", "--free-bits", "-1"], "--free-bits: expected a number", {}),
@@ -848,12 +848,12 @@ def _files(folder):
 def test_a_smaller_evaluate_keeps_the_larger_one(run_copy, capsys):
     evaluate = ["evaluate", str(run_copy), "--iwae-k", "1"]
     assert main([*evaluate, "--num-samples", "100", "--num-points", "40"]) == 0
-    large = run_copy / "evaluations" / "is-L100-n40-b100-seed0-k1"
+    large = run_copy / "evaluations" / "is-L100-n40-b100-seed0-k1-epoch2"
     kept = _files(large)
     assert {p.name for p in kept} == {"evaluation.json", "khat.png", "elbo_vs_logpx.png"}
     assert main([*evaluate, "--num-samples", "10", "--num-points", "10"]) == 0
     printed = capsys.readouterr().out
-    small = run_copy / "evaluations" / "is-L10-n10-b100-seed0-k1"
+    small = run_copy / "evaluations" / "is-L10-n10-b100-seed0-k1-epoch2"
     assert f"wrote {small}/: evaluation.json" in printed, printed
     assert _files(large) == kept  # the larger evaluation, bit for bit
     # the top of the run folder shows the latest, and says where it is kept
@@ -872,10 +872,24 @@ def test_the_same_evaluate_twice_is_bit_identical(run_copy):
     assert _files(run_copy / "evaluations") == first and len({p.parts[0] for p in first}) == 1
 
 
+def test_an_evaluation_after_a_resume_keeps_the_earlier_models(run_copy):
+    evaluate = ["evaluate", str(run_copy), "--num-samples", "10", "--num-points", "4", "--quiet"]
+    assert main(evaluate) == 0
+    earlier = _files(run_copy / "evaluations")
+    assert _train(run_copy, "--resume", "--epochs", "3") == 0  # another model: epoch 3
+    assert main(evaluate) == 0
+    now = _files(run_copy / "evaluations")
+    assert {p: now[p] for p in earlier} == earlier
+    assert sorted({p.parts[0] for p in now}) == [
+        "is-L10-n4-b100-seed0-epoch2",
+        "is-L10-n4-b100-seed0-epoch3",
+    ]
+
+
 def test_a_later_estimator_leaves_no_stale_figure_on_top(run_copy):
     evaluate = ["evaluate", str(run_copy), "--num-samples", "10", "--num-points", "3", "--quiet"]
     assert main([*evaluate, "--estimator", "ais", *AIS_FAST]) == 0
-    ais = run_copy / "evaluations" / "ais-L10-n3-b100-seed0-S4-T5-K2-sigmoid"
+    ais = run_copy / "evaluations" / "ais-L10-n3-b100-seed0-S4-T5-K2-sigmoid-epoch2"
     assert (ais / "ais_vs_is.png").exists() and (run_copy / "figures" / "ais_vs_is.png").exists()
     assert main(evaluate) == 0  # an IS evaluation draws no ais_vs_is.png: none shows on top
     assert not (run_copy / "figures" / "ais_vs_is.png").exists()
@@ -891,7 +905,7 @@ def _without_seconds(report):
 def test_certify_keeps_each_setting_and_repeats_itself(run_copy):
     certify = ["certify", str(run_copy), "--num-points", "3", *AIS_FAST[:2], "--ais-leapfrog", "2"]
     assert main([*certify, "--steps", "3,6", "--quiet"]) == 0
-    first = run_copy / "certifications" / "n3-T3,6-seed0-S4-K2-sigmoid"
+    first = run_copy / "certifications" / "n3-T3,6-seed0-S4-K2-sigmoid-epoch2"
     kept = _files(first)
     assert main([*certify, "--steps", "4", "--quiet"]) == 0
     assert _files(first) == kept  # a later certify keeps the first
@@ -909,11 +923,13 @@ def test_diagnose_keeps_each_setting_and_repeats_itself(run_copy):
     diagnose += ["--gap-steps", "3", "--nuts-points", "1", "--chains", "1", "--warmup", "5"]
     diagnose += ["--draws", "5", "--quiet"]
     assert main(diagnose) == 0
-    folder = run_copy / "diagnoses" / "n20-gap2x3-nuts1-c1-w5-d5-seed0"
+    folder = run_copy / "diagnoses" / "n20-gap2x3-nuts1-c1-w5-d5-seed0-epoch2"
     kept = _files(folder)
     assert main([*diagnose, "--seed", "1"]) == 0
     assert _files(folder) == kept  # a later diagnose keeps the first
-    assert json.loads((run_copy / "diagnostics.json").read_text())["kept_in"].endswith("seed1")
+    assert json.loads((run_copy / "diagnostics.json").read_text())["kept_in"].endswith(
+        "seed1-epoch2"
+    )
     assert main(diagnose) == 0
     assert _files(folder) == kept  # the same command: the same files, bit for bit
 

@@ -2,7 +2,8 @@
 
 Each command writes its report and figures into a folder of its own, named by the command's
 estimator and settings (:func:`evaluation_name`, :func:`certification_name`,
-:func:`diagnosis_name`), e.g. ``evaluations/is-L5000-all-b100-seed0/`` in the run folder. Then
+:func:`diagnosis_name`) and the epoch of the model, e.g.
+``evaluations/is-L5000-all-b100-seed0-epoch50/`` in the run folder. Then
 :func:`show_latest` copies them to where the latest report has always been (``evaluation.json``,
 ``certification.json``, ``diagnostics.json`` and ``figures/``), so what reads those files keeps
 working; the copy names its folder (``kept_in``). The same command again rewrites its own
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pyro_vae.infer.runtime.files import atomic_write
-from pyro_vae.runs.folders import KEPT_IN, check_writable
+from pyro_vae.runs.folders import KEPT_IN, Run, check_writable
 
 __all__ = [
     "LATEST_FIGURES",
@@ -118,8 +119,8 @@ REPORT_NAMES = {
 """Each command's name of a report, from its options."""
 
 
-def report_name(command: str, options: Mapping) -> str:
-    """The folder name of ``command``'s report (:data:`REPORT_NAMES`).
+def report_name(command: str, options: Mapping, epoch: int | None = None) -> str:
+    """The folder name of ``command``'s report (:data:`REPORT_NAMES`), and the model's epoch.
 
     Parameters
     ----------
@@ -127,12 +128,17 @@ def report_name(command: str, options: Mapping) -> str:
         The command.
     options : Mapping
         Its options by name (``vars(args)``).
+    epoch : int, optional
+        The epoch the run's checkpoint holds: a resumed run is another model, whose reports
+        do not replace the earlier ones (None: not named).
 
     Returns
     -------
     str
+        E.g. ``is-L1000-n1000-b100-seed0-epoch50``.
     """
-    return REPORT_NAMES[command](options)
+    name = REPORT_NAMES[command](options)
+    return name if epoch is None else f"{name}-epoch{epoch}"
 
 
 def kept_in(command: str, name: str) -> str:
@@ -143,7 +149,7 @@ def kept_in(command: str, name: str) -> str:
     command : {"evaluate", "certify", "diagnose"}
         The command.
     name : str
-        From :func:`evaluation_name` and its kin.
+        :func:`report_name`.
 
     Returns
     -------
@@ -160,10 +166,8 @@ def kept_folder(run_dir: str | Path, command: str, name: str) -> Path:
     ----------
     run_dir : str or Path
         The run folder.
-    command : {"evaluate", "certify", "diagnose"}
-        The command.
-    name : str
-        From :func:`evaluation_name` and its kin.
+    command, name
+        As :func:`kept_in`.
 
     Returns
     -------
@@ -173,13 +177,13 @@ def kept_folder(run_dir: str | Path, command: str, name: str) -> Path:
     return Path(run_dir) / kept_in(command, name)
 
 
-def check_keepable(run_dir: str | Path, command: str, options: Mapping) -> str:
+def check_keepable(run: Run, command: str, options: Mapping) -> str:
     """The name of ``command``'s report; refused, before the work, where it cannot be written.
 
     Parameters
     ----------
-    run_dir : str or Path
-        The run folder.
+    run : Run
+        The loaded run (its folder, and the epoch its checkpoint holds).
     command : {"evaluate", "certify", "diagnose"}
         The command.
     options : Mapping
@@ -196,9 +200,10 @@ def check_keepable(run_dir: str | Path, command: str, options: Mapping) -> str:
         One line naming the folder where the report or its latest copy cannot go
         (:func:`pyro_vae.runs.folders.check_writable`).
     """
-    name = report_name(command, options)
-    check_writable(kept_folder(run_dir, command, name))
-    check_writable(Path(run_dir) / "figures")
+    epoch = run.history[-1]["epoch"] if run.history else 0
+    name = report_name(command, options, epoch)
+    check_writable(kept_folder(run.run_dir, command, name))
+    check_writable(Path(run.run_dir) / "figures")
     return name
 
 
