@@ -872,6 +872,7 @@ def test_the_same_evaluate_twice_is_bit_identical(run_copy):
     assert _files(run_copy / "evaluations") == first and len({p.parts[0] for p in first}) == 1
 
 
+@pytest.mark.slow
 def test_an_evaluation_after_a_resume_keeps_the_earlier_models(run_copy):
     evaluate = ["evaluate", str(run_copy), "--num-samples", "10", "--num-points", "4", "--quiet"]
     assert main(evaluate) == 0
@@ -902,6 +903,7 @@ def _without_seconds(report):
     return {**report, "runs": runs}
 
 
+@pytest.mark.slow
 def test_certify_keeps_each_setting_and_repeats_itself(run_copy):
     certify = ["certify", str(run_copy), "--num-points", "3", *AIS_FAST[:2], "--ais-leapfrog", "2"]
     assert main([*certify, "--steps", "3,6", "--quiet"]) == 0
@@ -938,9 +940,8 @@ def _refuse_constant(name):
     raise ValueError(f"{name} is not JSON")
 
 
-def test_every_json_a_run_writes_is_strict(tmp_path):
-    out = tmp_path / "run"
-    assert _train(out) == 0
+def test_every_json_a_run_writes_is_strict(run_copy):
+    out = run_copy  # a tiny train's folder: config.json, history.json
     # one point: its standard errors are NaN, and its IS row has no AIS k-hat (NaN)
     evaluate = ["evaluate", str(out), "--num-samples", "10", "--num-points", "1", "--quiet"]
     assert main(evaluate) == 0
