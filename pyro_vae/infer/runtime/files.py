@@ -86,26 +86,10 @@ def json_text(value) -> str:
 
 
 def write_json(path: str | os.PathLike, value, *, what: str = "") -> Path:
-    """Write ``value`` to ``path`` as strict JSON (:func:`json_text`), atomically.
+    """Write ``value`` to ``path`` as strict JSON (:func:`json_text`) by :func:`atomic_write`.
 
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Destination file; its folder must exist.
-    value : JSON-ready object
-        What to write.
-    what : str
-        What the file is, for the error message.
-
-    Returns
-    -------
-    pathlib.Path
-        ``path``.
-
-    Raises
-    ------
-    OSError
-        One line naming ``path`` (:func:`atomic_write`); the previous file is unchanged.
+    ``path`` and ``what`` are as there, and so are the return value (``path``) and the
+    one-line ``OSError`` of a failed write; ``value`` is any JSON-ready object.
     """
     text = json_text(value)  # before the file is touched: a value JSON cannot hold changes nothing
     return atomic_write(path, lambda f: f.write(text), binary=False, what=what)
