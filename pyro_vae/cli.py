@@ -232,7 +232,8 @@ def cmd_evaluate(args) -> int:
     ranks, device = join(resolve_device(args.device))  # under torchrun: sharded evaluation
     ks = iwae_ks(args.iwae_k, args.num_samples)
     run = load_run(args.run_dir, device=device)
-    name = check_keepable(run, "evaluate", vars(args))  # before the work, not after
+    # before the work, not after; the draws depend on the processes that share the points
+    name = check_keepable(run, "evaluate", {**vars(args), "processes": ranks.world_size})
     evaluation = evaluate_run(
         run,
         ks=ks,

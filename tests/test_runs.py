@@ -308,3 +308,7 @@ def test_a_report_is_named_by_every_setting_that_changes_it(command):
                 command, vars(parser.parse_args(ais))
             )
     assert "/" not in default and " " not in default
+    if command == "evaluate":  # torchrun's processes each draw their own: a report of its own
+        options = vars(parser.parse_args([command, "r"]))
+        assert report_name(command, {**options, "processes": 2}) == default + "-P2"
+        assert report_name(command, {**options, "processes": 1}) == default

@@ -52,7 +52,8 @@ def evaluation_name(options: Mapping) -> str:
         ``evaluate``'s options by name: ``estimator``, ``num_samples`` (L), ``num_points``
         (None: all), ``batch_size`` (the chunks the draws are made in), ``seed``, ``iwae_k``
         (None: the default k) and, unless the estimator is "is", ``ais_chains``,
-        ``ais_steps``, ``ais_leapfrog``, ``ais_schedule``.
+        ``ais_steps``, ``ais_leapfrog``, ``ais_schedule``; ``processes``, the torchrun
+        processes that shared the points (named when above 1: each draws its own).
 
     Returns
     -------
@@ -68,6 +69,8 @@ def evaluation_name(options: Mapping) -> str:
     if o["estimator"] != "is":
         parts += [f"S{o['ais_chains']}", f"T{o['ais_steps']}", f"K{o['ais_leapfrog']}"]
         parts.append(o["ais_schedule"])
+    if o.get("processes", 1) > 1:
+        parts.append(f"P{o['processes']}")
     return "-".join(parts)
 
 
