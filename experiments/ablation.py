@@ -36,6 +36,7 @@ import torch
 from pyro_vae.data import load_dataset
 from pyro_vae.diagnostics.latent import active_units, latent_kl
 from pyro_vae.infer.evidence.dataset import dataset_nll
+from pyro_vae.infer.runtime.files import write_json
 from pyro_vae.infer.training.loop import train
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs import training_objective
@@ -240,7 +241,7 @@ def main(argv=None) -> list[dict]:
             "num_points": min(args.num_points, data.test.x.shape[0]),
             "threads": args.threads,
         }
-        store.write_text(json.dumps(saved, indent=1))  # row by row: a crash keeps the rest
+        write_json(store, saved)  # row by row: a crash keeps the rest
         print(markdown_table([saved[name]], args.preset, args).splitlines()[-1], flush=True)
     rows = [saved[name] for name in names]
     table = markdown_table(rows, args.preset, args)

@@ -19,7 +19,6 @@ samples from the fitted model.
 """
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from sklearn.decomposition import PCA
 
 from pyro_vae.data import load_dataset
+from pyro_vae.infer.runtime.files import write_json
 from pyro_vae.infer.training.loop import train
 from pyro_vae.models.ppca import PPCA, CollapsedPPCA
 
@@ -210,7 +210,7 @@ def main(argv=None):
     note = BITS_NOTE.format(solver=args.sklearn_solver)
     print(note)
     (args.out / "table.md").write_text(f"{table}\n\n{note}\n")
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    write_json(args.out / "results.json", rows)
     if args.svi_check != "none":
         x = load_dataset(args.svi_check).train.x.double()
         svi = svi_check(x)
@@ -220,7 +220,7 @@ def main(argv=None):
             f"{svi['svi_ll']:.4f} nats/datapoint; closed-form MLE {svi['mle_ll']:.4f} "
             f"(relative gap {svi['relative_gap']:.3%})"
         )
-        (args.out / "svi_check.json").write_text(json.dumps(svi, indent=1))
+        write_json(args.out / "svi_check.json", svi)
     for path in figures:
         print(f"figure: {path}")
     print(f"table: {args.out / 'table.md'}")

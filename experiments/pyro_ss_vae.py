@@ -47,6 +47,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from torch import nn
 
 from pyro_vae.data import labelled_split, load_dataset
+from pyro_vae.infer.runtime.files import write_json
 
 __all__ = ["SSVAE", "main", "summarize"]
 
@@ -257,7 +258,7 @@ def main(argv=None) -> list[dict]:
     report(rows)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"setting": setting, "rows": rows}, indent=1))
+        write_json(args.out, {"setting": setting, "rows": rows})
     return rows
 
 

@@ -56,6 +56,7 @@ import torch
 from pyro_vae import cli
 from pyro_vae.data import labelled_split
 from pyro_vae.infer.evidence.dataset import dataset_nll
+from pyro_vae.infer.runtime.files import write_json
 from pyro_vae.runs import build_model, conditional_figures, load_run, test_images
 
 __all__ = ["PRESETS", "main", "spread"]
@@ -214,7 +215,7 @@ def main(argv=None) -> dict:
         summary["m2_log_px"] = spread([s["m2_log_px"] for s in seeds])
     setup = {k: v for k, v in vars(args).items() if k not in ("out", "runs", "root", "reuse")}
     result = {"setup": setup, "summary": summary, "seeds": seeds}
-    (args.out / f"{args.preset}.json").write_text(json.dumps(result, indent=1))
+    write_json(args.out / f"{args.preset}.json", result)
     table = markdown_table(summary, len(seeds))
     (args.out / f"{args.preset}.md").write_text(table)
     print(table, end="")

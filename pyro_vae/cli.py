@@ -22,7 +22,6 @@ prints; the rules (which options make a run, how a model is built, what a report
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from pyro_vae.cli_parser import build_parser, given_options
 from pyro_vae.infer.evidence.ais import AISSettings
 from pyro_vae.infer.runtime.devices import resolve_device, set_threads
 from pyro_vae.infer.runtime.distributed import barrier, join, leave
+from pyro_vae.infer.runtime.files import write_json
 from pyro_vae.runs import (
     ONE_LINE_ERRORS,
     RunProgress,
@@ -61,8 +61,8 @@ from pyro_vae.runs import (
     sigterm_as_interrupt,
     training_recipe,
     write_config,
-    write_text_atomic,
 )
+from pyro_vae.runs.archive import check_keepable, keep_report, kept_in
 from pyro_vae.runs.certified import certification_table, certify_run
 from pyro_vae.runs.figures import certification_figure
 
@@ -211,7 +211,7 @@ def _result_line(recipe, data, result) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    """``pyro-vae evaluate``: score a run on its test split, print the tables, write the report.
+    """``pyro-vae evaluate``: score a run on its test split, print the tables, keep the report.
 
     Parameters
     ----------
@@ -232,12 +232,12 @@ def cmd_evaluate(args) -> int:
     ranks, device = join(resolve_device(args.device))  # under torchrun: sharded evaluation
     ks = iwae_ks(args.iwae_k, args.num_samples)
     run = load_run(args.run_dir, device=device)
-    figures = Path(run.run_dir) / "figures"
-    check_writable(figures)  # before the work, not after it
+    # before the work, not after; the draws depend on the processes that share the points
+    name = check_keepable(run, "evaluate", {**vars(args), "processes": ranks.world_size})
     evaluation = evaluate_run(
         run,
-        num_samples=args.num_samples,
         ks=ks,
+        num_samples=args.num_samples,
         num_points=args.num_points,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -249,12 +249,13 @@ def cmd_evaluate(args) -> int:
     if not ranks.is_main:  # every rank holds the gathered result; rank 0 reports it
         return 0
     print(evaluation_table(evaluation.report))  # first: nothing computed is lost if a write fails
-    report = json.dumps({**evaluation.report, "points": evaluation.rows}, indent=1)
-    write_text_atomic(Path(run.run_dir) / "evaluation.json", report)
-    written = evaluation_figures(evaluation, figures)
-    if not args.quiet:
-        names = ", ".join(f"figures/{p.name}" for p in written)
-        print(f"wrote {run.run_dir}/evaluation.json (a row per test point), {names}")
+    report = {**evaluation.report, "kept_in": kept_in("evaluate", name), "points": evaluation.rows}
+
+    def write(folder: Path) -> list[Path]:  # a row per test point, then the figures
+        written = write_json(folder / "evaluation.json", report)
+        return [written, *evaluation_figures(evaluation, folder)]
+
+    (_silent if args.quiet else print)(keep_report(run.run_dir, "evaluate", name, write)[1])
     return 0
 
 
@@ -284,27 +285,29 @@ def cmd_certify(args) -> int:
     set_threads(args.threads)
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device=device)
-    figures = Path(run.run_dir) / "figures"
-    check_writable(figures)
+    name = check_keepable(run, "certify", vars(args))  # certifications/NAME/
     report = certify_run(
         run,
         num_points=args.num_points,
-        steps=sorted(set(args.steps)),
+        steps=args.steps,  # the parser refuses a repeated or decreasing T
         settings=ais_settings(args),
         seed=args.seed,
         device=device,
         progress=not args.quiet,
     )
     print(certification_table(report))
-    write_text_atomic(Path(run.run_dir) / "certification.json", json.dumps(report, indent=1))
-    path = certification_figure(report, figures)
-    if not args.quiet:
-        print(f"wrote {run.run_dir}/certification.json, figures/{path.name}")
+    report = {**report, "kept_in": kept_in("certify", name)}
+
+    def write(folder: Path) -> list[Path]:
+        written = write_json(folder / "certification.json", report)
+        return [written, certification_figure(report, folder)]
+
+    (_silent if args.quiet else print)(keep_report(run.run_dir, "certify", name, write)[1])
     return 0
 
 
 def cmd_diagnose(args) -> int:
-    """``pyro-vae diagnose``: posterior diagnostics of a run; prints, then writes the report.
+    """``pyro-vae diagnose``: posterior diagnostics of a run; prints, then keeps the report.
 
     Parameters
     ----------
@@ -323,8 +326,7 @@ def cmd_diagnose(args) -> int:
     """
     set_threads(args.threads)
     run = load_run(args.run_dir)
-    out = Path(run.run_dir) / "figures"
-    check_writable(out)
+    name = check_keepable(run, "diagnose", vars(args))  # diagnoses/NAME/
     diagnosis = diagnose_run(
         run,
         num_points=args.num_points,
@@ -338,14 +340,12 @@ def cmd_diagnose(args) -> int:
         progress=not args.quiet,
     )
     print(diagnosis_text(diagnosis))  # first: nothing computed is lost if a write fails
-    save_diagnosis(diagnosis, run.run_dir)
-    diagnosis_figures(diagnosis.idatas, diagnosis.kl, diagnosis.variances, out)
-    if not args.quiet:
-        kl_figure = " and figures/kl_per_dimension.png" if diagnosis.kl is not None else ""
-        print(
-            f"wrote {run.run_dir}/diagnostics.json, posterior_summary_*.csv, figures/"
-            "{forest,pair}_guide_vs_nuts.png" + kl_figure
-        )
+
+    def write(folder: Path) -> list[Path]:  # the report, the ArviZ summaries, the figures
+        figures = diagnosis_figures(diagnosis.idatas, diagnosis.kl, diagnosis.variances, folder)
+        return [*save_diagnosis(diagnosis, folder, kept_in("diagnose", name)), *figures]
+
+    (_silent if args.quiet else print)(keep_report(run.run_dir, "diagnose", name, write)[1])
     return 0
 
 

@@ -87,13 +87,35 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 
 def _ks(text: str) -> list[int]:
+    items = text.split(",")
+    if len(items) > 1 and not all(s.strip() for s in items):  # refused, never dropped: a typo
+        raise argparse.ArgumentTypeError(f"an empty item in {text!r}: positive integers like 1,10")
     try:
-        ks = [int(s) for s in text.split(",") if s.strip()]
+        ks = [int(s) for s in items]
     except ValueError:
         ks = []
     if not ks or min(ks) < 1:
         raise argparse.ArgumentTypeError(f"positive integers like 1,10,100, not {text!r}")
     return ks
+
+
+def _steps(text: str) -> list[int]:
+    """``certify --steps``: distinct T in increasing order, run and reported in that order.
+
+    A repeat or a decrease is refused rather than silently sorted or dropped: the table and
+    the figure read T as a ladder of increasing effort, and ``certify`` runs what was written.
+    """
+    steps = _ks(text)
+    repeated = sorted({t for t in steps if steps.count(t) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(
+            f"T {','.join(map(str, repeated))} is repeated in {text!r}: give each T once"
+        )
+    if steps != sorted(steps):
+        raise argparse.ArgumentTypeError(
+            f"give T in increasing order, like {','.join(map(str, sorted(steps)))}, not {text!r}"
+        )
+    return steps
 
 
 # --- the subcommands ---------------------------------------------------------------------------
@@ -396,7 +418,11 @@ def _certify_parser(sub) -> None:
         "--num-points", type=_positive_int, default=100, help="datapoints drawn from the model"
     )
     c.add_argument(
-        "--steps", type=_ks, default=[10, 100, 1000], help="the AIS steps T to run, e.g. 10,100"
+        "--steps",
+        type=_steps,
+        default="10,100,1000",  # a string: argparse parses it, and --help shows it as typed
+        metavar="T1,T2,...",
+        help="the AIS steps T to run, in increasing order",
     )
     _ais_options(c, steps=False)
     c.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")

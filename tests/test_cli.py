@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyro
 import pytest
@@ -184,9 +185,12 @@ def test_dynamic_runs_are_evaluated_on_one_fixed_binarization(tmp_path):
 
 def test_overwrite_replaces_a_run(run_copy):
     (run_copy / "evaluation.json").write_text("{}")  # a report of the run being replaced
+    (run_copy / "evaluations" / "is-L10").mkdir(parents=True)  # and one kept by its settings
+    (run_copy / "evaluations" / "is-L10" / "evaluation.json").write_text("{}")
     argv = ["train", "--epochs", "1", "--latent", "3", "--hidden", "16", "--quiet"]
     assert main([*argv, "--out", str(run_copy), "--overwrite"]) == 0
     assert not (run_copy / "evaluation.json").exists()
+    assert not (run_copy / "evaluations").exists()
     assert len(json.loads((run_copy / "history.json").read_text())) == 1
     assert json.loads((run_copy / "config.json").read_text())["vae"]["latent_dim"] == 3
 
@@ -426,7 +430,8 @@ FAILURES = {
     ),
     "disk full writing the report": (
         ["evaluate", "{run}", "--num-samples", "10", "--num-points", "5", "--quiet"],
-        "no space left on device writing {run}/evaluation.json; none was written",
+        "no space left on device writing {run}/evaluations/is-L10-n5-b100-seed0-epoch2/"
+        "evaluation.json; none was written",
         {"pyro_vae.infer.runtime.files.os.replace": _enospc},
     ),
     "free bits negative": (["train", "--free-bits", "-1"], "--free-bits: expected a number", {}),
@@ -487,6 +492,21 @@ FAILURES = {
     "resume changes the model": (
         ["train", "--out", "{run}", "--resume", "--epochs", "3", "--model", "cvae"],
         "--model cvae (the run has vae)",
+        {},
+    ),
+    "certify steps with an empty item": (
+        ["certify", "{run}", "--steps", "10,,20"],
+        "argument --steps: an empty item in '10,,20'",
+        {},
+    ),
+    "certify steps decreasing": (
+        ["certify", "{run}", "--steps", "50,5"],
+        "argument --steps: give T in increasing order, like 5,50, not '50,5'",
+        {},
+    ),
+    "certify steps repeated": (
+        ["certify", "{run}", "--steps", "5,5"],
+        "argument --steps: T 5 is repeated in '5,5': give each T once",
         {},
     ),
     "diagnose gap points": (
@@ -799,6 +819,13 @@ def test_m2_resume_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(value, split["params"][name]), f"{name} differs after resuming"
 
 
+def test_certify_help_shows_its_default_steps_as_typed(capsys):
+    with pytest.raises(SystemExit):
+        main(["certify", "--help"])
+    flat = " ".join(capsys.readouterr().out.split())
+    assert "(default: 10,100,1000)" in flat and "[10," not in flat, flat
+
+
 def test_help_states_each_default_once():
     from pyro_vae.cli_parser import build_parser
 
@@ -808,3 +835,121 @@ def test_help_states_each_default_once():
         assert "(default: None)" not in flat, command
         # a help text that states its default ("(default 10)") gets no second one
         assert not re.search(r"\(default [^)]*\) \(default:", flat), f"{command}: said twice"
+
+
+# --- nothing lost to a later command; strict JSON -------------------------------------------------
+
+
+def _files(folder):
+    """Every file under ``folder`` with its bytes."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_smaller_evaluate_keeps_the_larger_one(run_copy, capsys):
+    evaluate = ["evaluate", str(run_copy), "--iwae-k", "1"]
+    assert main([*evaluate, "--num-samples", "100", "--num-points", "40"]) == 0
+    large = run_copy / "evaluations" / "is-L100-n40-b100-seed0-k1-epoch2"
+    kept = _files(large)
+    assert {p.name for p in kept} == {"evaluation.json", "khat.png", "elbo_vs_logpx.png"}
+    assert main([*evaluate, "--num-samples", "10", "--num-points", "10"]) == 0
+    printed = capsys.readouterr().out
+    small = run_copy / "evaluations" / "is-L10-n10-b100-seed0-k1-epoch2"
+    assert f"wrote {small}/: evaluation.json" in printed, printed
+    assert _files(large) == kept  # the larger evaluation, bit for bit
+    # the top of the run folder shows the latest, and says where it is kept
+    latest = json.loads((run_copy / "evaluation.json").read_text())
+    assert latest["num_points"] == 10 and latest["kept_in"] == "evaluations/" + small.name
+    assert (run_copy / "evaluation.json").read_bytes() == (small / "evaluation.json").read_bytes()
+    for name in ("khat.png", "elbo_vs_logpx.png"):
+        assert (run_copy / "figures" / name).read_bytes() == (small / name).read_bytes()
+
+
+def test_the_same_evaluate_twice_is_bit_identical(run_copy):
+    evaluate = ["evaluate", str(run_copy), "--num-samples", "20", "--num-points", "8", "--quiet"]
+    assert main(evaluate) == 0
+    first = _files(run_copy / "evaluations")
+    assert main(evaluate) == 0
+    assert _files(run_copy / "evaluations") == first and len({p.parts[0] for p in first}) == 1
+
+
+@pytest.mark.slow
+def test_an_evaluation_after_a_resume_keeps_the_earlier_models(run_copy):
+    evaluate = ["evaluate", str(run_copy), "--num-samples", "10", "--num-points", "4", "--quiet"]
+    assert main(evaluate) == 0
+    earlier = _files(run_copy / "evaluations")
+    assert _train(run_copy, "--resume", "--epochs", "3") == 0  # another model: epoch 3
+    assert main(evaluate) == 0
+    now = _files(run_copy / "evaluations")
+    assert {p: now[p] for p in earlier} == earlier
+    assert sorted({p.parts[0] for p in now}) == [
+        "is-L10-n4-b100-seed0-epoch2",
+        "is-L10-n4-b100-seed0-epoch3",
+    ]
+
+
+def test_a_later_estimator_leaves_no_stale_figure_on_top(run_copy):
+    evaluate = ["evaluate", str(run_copy), "--num-samples", "10", "--num-points", "3", "--quiet"]
+    assert main([*evaluate, "--estimator", "ais", *AIS_FAST]) == 0
+    ais = run_copy / "evaluations" / "ais-L10-n3-b100-seed0-S4-T5-K2-sigmoid-epoch2"
+    assert (ais / "ais_vs_is.png").exists() and (run_copy / "figures" / "ais_vs_is.png").exists()
+    assert main(evaluate) == 0  # an IS evaluation draws no ais_vs_is.png: none shows on top
+    assert not (run_copy / "figures" / "ais_vs_is.png").exists()
+    assert (ais / "ais_vs_is.png").exists()
+
+
+def _without_seconds(report):
+    """A certify report without the seconds each T took, the only field that may differ."""
+    runs = [{k: v for k, v in r.items() if k != "seconds"} for r in report["runs"]]
+    return {**report, "runs": runs}
+
+
+@pytest.mark.slow
+def test_certify_keeps_each_setting_and_repeats_itself(run_copy):
+    certify = ["certify", str(run_copy), "--num-points", "3", *AIS_FAST[:2], "--ais-leapfrog", "2"]
+    assert main([*certify, "--steps", "3,6", "--quiet"]) == 0
+    first = run_copy / "certifications" / "n3-T3,6-seed0-S4-K2-sigmoid-epoch2"
+    kept = _files(first)
+    assert main([*certify, "--steps", "4", "--quiet"]) == 0
+    assert _files(first) == kept  # a later certify keeps the first
+    assert json.loads((run_copy / "certification.json").read_text())["runs"][0]["num_steps"] == 4
+    assert main([*certify, "--steps", "3,6", "--quiet"]) == 0  # the first command again
+    again = _files(first)
+    assert again[Path("bdmc.png")] == kept[Path("bdmc.png")]
+    reports = [json.loads(files[Path("certification.json")]) for files in (kept, again)]
+    assert _without_seconds(reports[0]) == _without_seconds(reports[1])
+
+
+@pytest.mark.slow
+def test_diagnose_keeps_each_setting_and_repeats_itself(run_copy):
+    diagnose = ["diagnose", str(run_copy), "--num-points", "20", "--gap-points", "2"]
+    diagnose += ["--gap-steps", "3", "--nuts-points", "1", "--chains", "1", "--warmup", "5"]
+    diagnose += ["--draws", "5", "--quiet"]
+    assert main(diagnose) == 0
+    folder = run_copy / "diagnoses" / "n20-gap2x3-nuts1-c1-w5-d5-seed0-epoch2"
+    kept = _files(folder)
+    assert main([*diagnose, "--seed", "1"]) == 0
+    assert _files(folder) == kept  # a later diagnose keeps the first
+    assert json.loads((run_copy / "diagnostics.json").read_text())["kept_in"].endswith(
+        "seed1-epoch2"
+    )
+    assert main(diagnose) == 0
+    assert _files(folder) == kept  # the same command: the same files, bit for bit
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def test_every_json_a_run_writes_is_strict(run_copy):
+    out = run_copy  # a tiny train's folder: config.json, history.json
+    # one point: its standard errors are NaN, and its IS row has no AIS k-hat (NaN)
+    evaluate = ["evaluate", str(out), "--num-samples", "10", "--num-points", "1", "--quiet"]
+    assert main(evaluate) == 0
+    certify = ["certify", str(out), "--num-points", "1", "--steps", "2", "--quiet"]
+    assert main([*certify, *AIS_FAST[:2], "--ais-leapfrog", "1"]) == 0
+    written = sorted(out.rglob("*.json"))
+    assert len(written) == 6, written  # config, history, 2 reports each kept and on top
+    for path in written:
+        json.loads(path.read_text(), parse_constant=_refuse_constant)
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["nll_stderr"] is None and report["points"][0]["ais_khat"] is None

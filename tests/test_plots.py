@@ -1,5 +1,6 @@
 """Every plot function writes a valid PNG with the expected geometry, without touching pyplot."""
 
+import math
 import os
 import subprocess
 import sys
@@ -237,3 +238,25 @@ def test_kl_per_dimension_greys_inactive_units(tmp_path):
     assert _count(px, TAB_BLUE) > bar and _count(px, LIGHT_GREY) > bar
     with pytest.raises(ValueError, match="variances"):
         plots.save_kl_per_dimension(kl, tmp_path / "bad.png", variances=variances[:3])
+
+
+@pytest.mark.parametrize("steps", [[3, 6], [10, 100, 1000], [10, 20, 30, 50, 100, 200, 1000]])
+def test_bdmc_sandwich_labels_each_t_once_without_overlap(tmp_path, monkeypatch, steps):
+    drawn = []
+    save = plots.save_figure
+
+    def keep(fig, path, **kwargs):
+        drawn.append(fig)
+        return save(fig, path, **kwargs)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    lower = [-100.0 + math.log(t) for t in steps]
+    upper = [-97.0 - math.log(t) / 2 for t in steps]
+    _read(plots.save_bdmc_sandwich(steps, lower, upper, tmp_path / "bdmc.png"))
+    (ax,) = drawn[0].axes
+    labels = [t for t in ax.get_xticklabels(which="both") if t.get_visible() and t.get_text()]
+    # one label per T run, as an integer: not the log axis's minor labels (2x10^1, 3x10^1...)
+    assert [t.get_text() for t in labels] == [str(t) for t in steps]
+    boxes = [t.get_window_extent() for t in labels]  # the renderer of the saved PNG
+    for left, right in zip(boxes[:-1], boxes[1:], strict=True):
+        assert left.x1 <= right.x0, (steps, left, right)  # no two labels overlap

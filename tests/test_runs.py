@@ -258,3 +258,57 @@ def test_iwae_ks():
     assert runs.iwae_ks([10, 1, 10], 50) == [1, 10]
     with pytest.raises(ValueError, match="--iwae-k 100 exceeds --num-samples 50"):
         runs.iwae_ks([1, 100], 50)
+
+
+# --- kept reports, strict JSON ------------------------------------------------------------------
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def test_json_text_writes_non_finite_numbers_as_null(tmp_path):
+    from pyro_vae.infer.runtime.files import json_text, write_json
+
+    value = {"nan": float("nan"), "row": [float("inf"), -float("inf"), 1.5], "pair": (2, "x")}
+    expected = {"nan": None, "row": [None, None, 1.5], "pair": [2, "x"]}
+    assert json.loads(json_text(value), parse_constant=_refuse_constant) == expected
+    path = write_json(tmp_path / "a.json", value)
+    assert json.loads(path.read_text(), parse_constant=_refuse_constant) == expected
+    assert "NaN" in json.dumps(value)  # what the plain dump would have written
+
+
+@pytest.mark.parametrize("command", ["evaluate", "certify", "diagnose"])
+def test_a_report_is_named_by_every_setting_that_changes_it(command):
+    from pyro_vae.runs.archive import report_name
+
+    parser = build_parser()
+    changed = {  # one setting each, as a user would change it
+        "evaluate": [["--num-samples", "7"], ["--num-points", "9"], ["--batch-size", "3"],
+                     ["--seed", "2"], ["--iwae-k", "1,5"], ["--estimator", "ais"],
+                     ["--estimator", "auto"]],
+        "certify": [["--num-points", "9"], ["--steps", "5,50"], ["--seed", "2"],
+                    ["--ais-chains", "3"], ["--ais-leapfrog", "2"], ["--ais-schedule", "linear"]],
+        "diagnose": [["--num-points", "9"], ["--gap-points", "3"], ["--gap-steps", "4"],
+                     ["--nuts-points", "1"], ["--chains", "3"], ["--warmup", "5"],
+                     ["--draws", "6"], ["--seed", "2"]],
+    }[command]  # fmt: skip
+    names = [report_name(command, vars(parser.parse_args([command, "r", *c]))) for c in changed]
+    default = report_name(command, vars(parser.parse_args([command, "r"])))
+    assert len({default, *names}) == len(names) + 1, (default, names)
+    # settings that change no number (threads, quiet) leave the name as it is
+    assert report_name(command, vars(parser.parse_args([command, "r", "--threads", "2"]))) == (
+        default
+    )
+    ais = [command, "r", "--estimator", "ais"] if command == "evaluate" else [command, "r"]
+    for option in ("--ais-chains", "--ais-leapfrog"):  # AIS settings name an AIS report
+        if command != "diagnose":
+            with_ais = vars(parser.parse_args([*ais, option, "3"]))
+            assert report_name(command, with_ais) != report_name(
+                command, vars(parser.parse_args(ais))
+            )
+    assert "/" not in default and " " not in default
+    if command == "evaluate":  # torchrun's processes each draw their own: a report of its own
+        options = vars(parser.parse_args([command, "r"]))
+        assert report_name(command, {**options, "processes": 2}) == default + "-P2"
+        assert report_name(command, {**options, "processes": 1}) == default

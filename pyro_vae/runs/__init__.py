@@ -18,7 +18,9 @@ knows both the data sets and the models; ``infer`` and ``diagnostics`` stay gene
   fails or is interrupted;
 - :mod:`~pyro_vae.runs.figures`: the figures of training, evaluation and diagnosis;
 - :mod:`~pyro_vae.runs.reports`: the final scores of ``train``, ``evaluate``'s report and table;
-- :mod:`~pyro_vae.runs.diagnosis`: ``diagnose``'s report.
+- :mod:`~pyro_vae.runs.diagnosis`: ``diagnose``'s report;
+- :mod:`~pyro_vae.runs.archive`: every report kept in a folder named by its settings, the
+  latest copied to the top of the run folder.
 """
 
 from pyro_vae.runs.checks import check_options, check_resume

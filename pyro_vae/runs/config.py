@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from pyro_vae.infer.runtime.files import atomic_write
+from pyro_vae.infer.runtime.files import atomic_write, write_json
 
 __all__ = [
     "ADDED_RUN_OPTIONS",
@@ -219,7 +219,7 @@ def write_config(run_dir: str | Path, config: dict) -> Path:
     OSError
         One line naming the file; the previous one is unchanged.
     """
-    return write_text_atomic(Path(run_dir) / CONFIG_NAME, json.dumps(config, indent=1))
+    return write_json(Path(run_dir) / CONFIG_NAME, config)
 
 
 def read_config(run_dir: str | Path) -> dict:

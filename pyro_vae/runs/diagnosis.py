@@ -8,14 +8,13 @@ ArviZ summaries (the figures: :func:`pyro_vae.runs.figures.diagnosis_figures`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
 import torch
 
-from pyro_vae.runs.config import write_text_atomic
+from pyro_vae.infer.runtime.files import write_json
 from pyro_vae.runs.folders import Run, evaluation_data, evaluation_labels
 
 __all__ = ["Diagnosis", "diagnose_run", "diagnosis_text", "save_diagnosis"]
@@ -204,7 +203,7 @@ def diagnosis_text(diagnosis: Diagnosis) -> str:
     return "\n".join(lines)
 
 
-def save_diagnosis(diagnosis: Diagnosis, run_dir: str | Path) -> list[Path]:
+def save_diagnosis(diagnosis: Diagnosis, run_dir: str | Path, kept_in: str = "") -> list[Path]:
     """Write ``diagnostics.json`` and ``posterior_summary_{guide,nuts}.csv`` into ``run_dir``.
 
     Parameters
@@ -212,7 +211,9 @@ def save_diagnosis(diagnosis: Diagnosis, run_dir: str | Path) -> list[Path]:
     diagnosis : Diagnosis
         From :func:`diagnose_run`.
     run_dir : str or Path
-        The run folder.
+        The folder (``diagnose`` gives the report's own, :mod:`pyro_vae.runs.archive`).
+    kept_in : str
+        That folder, relative to the run folder, recorded in ``diagnostics.json`` (if given).
 
     Returns
     -------
@@ -225,9 +226,8 @@ def save_diagnosis(diagnosis: Diagnosis, run_dir: str | Path) -> list[Path]:
         One line naming the file that could not be written.
     """
     run_dir = Path(run_dir)
-    paths = [
-        write_text_atomic(run_dir / "diagnostics.json", json.dumps(diagnosis.report, indent=1))
-    ]
+    report = {**diagnosis.report, **({"kept_in": kept_in} if kept_in else {})}
+    paths = [write_json(run_dir / "diagnostics.json", report)]
     for name, table in diagnosis.summaries.items():
         path = run_dir / f"posterior_summary_{name.lower()}.csv"
         table.to_csv(path)

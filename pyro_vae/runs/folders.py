@@ -9,6 +9,7 @@ model through the same path as ``train`` (:func:`pyro_vae.runs.recipes.build_mod
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from pyro_vae.runs.config import CONFIG_NAME, read_config
 from pyro_vae.runs.recipes import MODELS, build_model, run_data
 
 __all__ = [
+    "KEPT_IN",
     "RUN_FILES",
     "Run",
     "check_writable",
@@ -46,9 +48,14 @@ RUN_FILES = (
     "history.csv",
     "evaluation.json",
     "diagnostics.json",
+    "certification.json",
 )
-"""What a training run leaves, and the reports that describe it: replaced together by
-``--overwrite``."""
+"""What a training run leaves, and the latest reports that describe it: replaced together by
+``--overwrite`` (with every kept report, :data:`KEPT_IN`)."""
+
+KEPT_IN = {"evaluate": "evaluations", "certify": "certifications", "diagnose": "diagnoses"}
+"""Where in a run folder each command keeps its reports, one subfolder per report, named by
+its settings (:mod:`pyro_vae.runs.archive`)."""
 
 
 @dataclass
@@ -125,7 +132,10 @@ def existing_run_files(run_dir: str | Path) -> list[str]:
 
 
 def clear_run(run_dir: str | Path) -> None:
-    """Create ``run_dir`` and remove the run in it: its :data:`RUN_FILES` and figures.
+    """Create ``run_dir`` and remove the run in it: its :data:`RUN_FILES`, figures and reports.
+
+    The reports kept in their own folders (``evaluations/`` ..., :data:`KEPT_IN`) describe the
+    run being replaced, so they go with it.
 
     Parameters
     ----------
@@ -143,6 +153,9 @@ def clear_run(run_dir: str | Path) -> None:
     names = existing_run_files(run_dir)
     for path in [*(run_dir / n for n in names), *run_dir.glob("figures/*.png")]:
         path.unlink()
+    for folder in KEPT_IN.values():
+        if (run_dir / folder).is_dir():
+            shutil.rmtree(run_dir / folder)
 
 
 def remove_leftovers(run_dir: str | Path) -> list[Path]:

@@ -10,12 +10,14 @@ mid-write (``kill -9``, a power cut) leaves its temporary file, ``.NAME.*.tmp``,
 from __future__ import annotations
 
 import errno
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "first_line", "remove_leftovers"]
+__all__ = ["atomic_write", "first_line", "json_text", "remove_leftovers", "write_json"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable, *, binary: bool, what: str = "") -> Path:
@@ -64,6 +66,44 @@ def atomic_write(path: str | os.PathLike, write: Callable, *, binary: bool, what
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def json_text(value) -> str:
+    """``value`` as strict JSON text: every non-finite float (NaN, +-inf) becomes ``null``.
+
+    Parameters
+    ----------
+    value : dict, list, tuple, str, int, float, bool or None
+        Nested as JSON allows (tuples become lists).
+
+    Returns
+    -------
+    str
+        Indented by one space, as every JSON file of a run folder; no ``NaN`` or ``Infinity``
+        token, so any strict parser (``JSON.parse``, ``jq``) reads it.
+    """
+    return json.dumps(_finite_or_null(value), indent=1, allow_nan=False)
+
+
+def write_json(path: str | os.PathLike, value, *, what: str = "") -> Path:
+    """Write ``value`` to ``path`` as strict JSON (:func:`json_text`) by :func:`atomic_write`.
+
+    ``path`` and ``what`` are as there, and so are the return value (``path``) and the
+    one-line ``OSError`` of a failed write; ``value`` is any JSON-ready object.
+    """
+    text = json_text(value)  # before the file is touched: a value JSON cannot hold changes nothing
+    return atomic_write(path, lambda f: f.write(text), binary=False, what=what)
+
+
+def _finite_or_null(value):
+    """``value`` with every non-finite float replaced by None, containers copied."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 def remove_leftovers(folder: str | os.PathLike, names) -> list[Path]:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyro_vae.infer.runtime.files import atomic_write, remove_leftovers
+from pyro_vae.infer.runtime.files import atomic_write, json_text, remove_leftovers
 from pyro_vae.infer.training.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -134,6 +133,6 @@ def _write_history(out_dir: Path, history: list[dict]) -> None:
     writer = csv.DictWriter(table, fieldnames=list(history[-1]), restval="")
     writer.writeheader()
     writer.writerows(history)
-    texts = (json.dumps(history, indent=1), table.getvalue())
+    texts = (json_text(history), table.getvalue())  # strict JSON: no NaN token
     for name, text in zip(HISTORY_NAMES, texts, strict=True):
         atomic_write(out_dir / name, lambda f, text=text: f.write(text.encode()), binary=True)
