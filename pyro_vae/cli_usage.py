@@ -35,6 +35,17 @@ def _open_run(args):
     return load_run(args.run_dir, device=device), device
 
 
+def _chunked(args, device) -> dict:
+    """The settings ``encode`` and ``sample`` share: label, chunk size, device, seed, bar."""
+    return dict(
+        label=args.label,
+        batch_size=args.batch_size,
+        device=device,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+
+
 def cmd_score_file(args, ais: AISSettings) -> int:
     """``pyro-vae evaluate RUN --data PATH``: per-point log p(x), scores CSV and histogram.
 
@@ -102,15 +113,7 @@ def cmd_encode(args) -> int:
     """
     out = check_out(args.out)
     run, device = _open_run(args)
-    mean, sd = encode_file(
-        run,
-        args.data,
-        label=args.label,
-        batch_size=args.batch_size,
-        device=device,
-        progress=not args.quiet,
-        seed=args.seed,
-    )
+    mean, sd = encode_file(run, args.data, **_chunked(args, device))
     m = mean.shape[1]
     header = [f"z{j + 1}_mean" for j in range(m)] + [f"z{j + 1}_sd" for j in range(m)]
     write_columns(out, {"mean": mean, "sd": sd}, header)
@@ -134,16 +137,7 @@ def cmd_sample(args) -> int:
     """
     out = check_out(args.out)
     run, device = _open_run(args)
-    x = sample_run(
-        run,
-        args.num,
-        mean=args.mean,
-        label=args.label,
-        batch_size=args.batch_size,
-        device=device,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
+    x = sample_run(run, args.num, mean=args.mean, **_chunked(args, device))
     header = [f"x{j + 1}" for j in range(x[0].numel())]
     write_columns(out, {"x": x}, header)
     written = [out]

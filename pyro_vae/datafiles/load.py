@@ -461,7 +461,7 @@ def load_file(
         if (test.y is None) != (train.y is None):
             raise DataFileError(f"{train.path} and {test.path}: one has labels, the other not")
         x_tr, y_tr, x_te, y_te = train.x, train.y, test.x, test.y
-        held = {"path": str(test.path), "shape": list(test.x.shape), "sha256": test.sha256}
+        held = {"path": str(test.path), "shape": [len(test.x), *test.shape], "sha256": test.sha256}
     else:
         n_test = round(test_fraction * n)
         if not 0 < n_test < n:
@@ -484,7 +484,7 @@ def load_file(
             part.x = torch.bernoulli(part.x, generator=generator)
     source = {
         "path": str(train.path),
-        "shape": list(train.x.shape),
+        "shape": [n, *train.shape],  # the file's: N, then one datapoint's
         "sha256": train.sha256,
         "kind": train.kind,
         "labelled": train.y is not None,

@@ -76,6 +76,8 @@ class Scores:
 
 def _labels_for(run: Run, y, label, n: int, device, what: str):
     """The labels a conditional model needs: ``--label``, else the file's, else a refusal."""
+    if run.kind == "vae":  # a VAE takes no labels, whatever the file holds
+        return None
     if label is not None:
         return torch.full((n,), int(label), dtype=torch.long, device=device)
     if y is not None:
