@@ -81,7 +81,7 @@ def data_config(options: Mapping) -> dict:
     if options.get("data") is not None:  # your own file: decided once it is read
         return file_data_config(options)
     binarize = options["binarize"]
-    if binarize == "auto" and options["likelihood"] == "bernoulli":
+    if binarize == "auto" and options["likelihood"] in ("bernoulli", "auto"):  # sets: images
         # M2's classifier learns from fresh draws: one fixed draw cost it 7.8 points of test
         # accuracy on MNIST-5k, seed 0 (README, "Semi-supervised")
         binarize = "dynamic" if options.get("model") == "m2" else "static"
@@ -167,7 +167,8 @@ def model_arguments(options: Mapping, data: DatasetSplits) -> dict:
     arguments = dict(
         latent_dim=options["latent"],
         hidden=options["hidden"],
-        likelihood=options["likelihood"],
+        # "auto" is a file's decision (made before this); a built-in set's images: Bernoulli
+        likelihood="bernoulli" if options["likelihood"] == "auto" else options["likelihood"],
         activation=options["activation"],
     )
     if options["model"] == "vae":
