@@ -81,6 +81,10 @@ def test_evaluate_scores_a_file_in_order_and_keeps_earlier_scores(table_run, tmp
     assert main([*args, "--quiet"]) == 0  # a second evaluation is written beside the first
     assert (run / "scores_new_2.csv").is_file() and (run / "scores_new.csv").is_file()
     assert (run / "figures" / "scores_new_2.png").is_file()
+    # --overwrite replaces the run: the scores of the old model go with it
+    train = ["train", "--data", str(table_run.parent / "train.csv"), *TINY, "--epochs", "1"]
+    assert main([*train, "--out", str(run), "--overwrite"]) == 0
+    assert not list(run.glob("scores_*.csv")) and not list(run.glob("figures/scores_*"))
 
 
 @pytest.mark.slow
@@ -316,3 +320,25 @@ def test_resume_with_other_data_is_refused_naming_the_difference(table_run, tmp_
     err = capsys.readouterr().err
     assert "has changed since the run was trained on it (sha256" in err, err
     assert _snapshot(run) == before
+
+
+@pytest.mark.slow
+def test_a_built_in_sets_run_scores_and_encodes_a_file_of_its_images(tmp_path, capsys):
+    from pyro_vae.data import load_dataset
+
+    out = tmp_path / "digits"
+    assert main(["train", "--dataset", "digits", *TINY, "--out", str(out)]) == 0
+    images = load_dataset("digits", seed=0).test.x[:20]
+    np.save(tmp_path / "grid.npy", images.reshape(20, 8, 8).numpy())  # images, as (N, H, W)
+    np.save(tmp_path / "flat.npy", images.numpy())  # or flattened rows, as the run holds them
+    for name in ("grid", "flat"):
+        args = ["evaluate", str(out), "--data", str(tmp_path / f"{name}.npy")]
+        assert main([*args, "--num-samples", "10", "--quiet"]) == 0
+        scores = pd.read_csv(out / f"scores_{name}.csv")
+        assert len(scores) == 20 and np.isfinite(scores["log_px"]).all()
+        # binarized pixels under a Bernoulli: every log p(x) is below 0 and above 64 log(1/2)
+        # times a margin of 3 for a 2-epoch decoder
+        assert (scores["log_px"] < 0).all() and (scores["log_px"] > -3 * 64 * np.log(2)).all()
+    np.save(tmp_path / "big.npy", np.zeros((3, 9, 9), np.float32))
+    assert main(["evaluate", str(out), "--data", str(tmp_path / "big.npy")]) == 2
+    assert "the run was trained on datapoints of shape 8x8" in capsys.readouterr().err

@@ -162,3 +162,14 @@ def test_a_npz_without_x_names_what_it_holds(tmp_path):
     np.savez(tmp_path / "a.npz", data=np.zeros((3, 2)))
     with pytest.raises(DataFileError, match="no array 'x' \\(it holds: data\\)"):
         read_file(tmp_path / "a.npz")
+
+
+def test_a_test_file_unlike_the_training_file_is_named(tmp_path):
+    np.save(tmp_path / "train.npy", np.zeros((10, 30), np.float32))
+    np.save(tmp_path / "test.npy", np.zeros((4, 29), np.float32))
+    with pytest.raises(DataFileError, match=r"train.npy has 30 features; .*test.npy has 29"):
+        load_file(tmp_path / "train.npy", test_path=tmp_path / "test.npy")
+    np.save(tmp_path / "test.npy", np.ones((4, 30), np.float32))
+    data = load_file(tmp_path / "train.npy", test_path=tmp_path / "test.npy")
+    assert (len(data.train), len(data.test)) == (10, 4)  # nothing held out of train.npy
+    assert data.source["test"]["shape"] == [4, 30] and len(data.source["test"]["sha256"]) == 64

@@ -125,7 +125,7 @@ def existing_run_files(run_dir: str | Path) -> list[str]:
 
 
 def clear_run(run_dir: str | Path) -> None:
-    """Create ``run_dir`` and remove the run in it: its :data:`RUN_FILES` and figures.
+    """Create ``run_dir`` and remove the run in it: its :data:`RUN_FILES`, figures and scores.
 
     Parameters
     ----------
@@ -141,7 +141,8 @@ def clear_run(run_dir: str | Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(run_dir)
     names = existing_run_files(run_dir)
-    for path in [*(run_dir / n for n in names), *run_dir.glob("figures/*.png")]:
+    scores = run_dir.glob("scores_*.csv")  # evaluate --data's, of the run being replaced
+    for path in [*(run_dir / n for n in names), *run_dir.glob("figures/*.png"), *scores]:
         path.unlink()
 
 
