@@ -342,3 +342,25 @@ def test_a_built_in_sets_run_scores_and_encodes_a_file_of_its_images(tmp_path, c
     np.save(tmp_path / "big.npy", np.zeros((3, 9, 9), np.float32))
     assert main(["evaluate", str(out), "--data", str(tmp_path / "big.npy")]) == 2
     assert "the run was trained on datapoints of shape 8x8" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_runs_label_column_is_read_where_a_new_file_has_it(tmp_path, capsys):
+    _table(tmp_path / "t.csv", n=60, labels=True)
+    out = tmp_path / "run"
+    data = ["--data", str(tmp_path / "t.csv"), "--label-column", "kind"]
+    assert main(["train", *data, *TINY, "--out", str(out)]) == 0
+    pd.read_csv(tmp_path / "t.csv").drop(columns="kind").to_csv(tmp_path / "bare.csv", index=False)
+    for name in ("t", "bare"):  # with the label column (dropped for a VAE) or without it
+        codes = tmp_path / f"{name}.npy"
+        args = ["encode", str(out), "--data", str(tmp_path / f"{name}.csv"), "--out", str(codes)]
+        assert main([*args, "--quiet"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "t.npy"), np.load(tmp_path / "bare.npy"))
+    # a Gaussian run's values are anything; a Bernoulli run's must lie in [0, 1]
+    grey = tmp_path / "grey.npy"
+    np.save(grey, np.random.default_rng(0).random((40, 3)).astype(np.float32))
+    assert main(["train", "--data", str(grey), *TINY, "--out", str(tmp_path / "b")]) == 0
+    np.save(tmp_path / "far.npy", np.full((2, 3), 5.0, np.float32))
+    args = ["evaluate", str(tmp_path / "b"), "--data", str(tmp_path / "far.npy")]
+    assert main(args) == 2
+    assert "Bernoulli likelihood needs values in [0, 1]" in capsys.readouterr().err

@@ -118,7 +118,7 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_file(path, *, label_column=None, image_size=None) -> FileArrays:
+def read_file(path, *, label_column=None, image_size=None, label_optional=False) -> FileArrays:
     """Read a data file (module docstring) into checked tensors.
 
     Parameters
@@ -129,6 +129,8 @@ def read_file(path, *, label_column=None, image_size=None) -> FileArrays:
         The CSV column of integer labels (a name, or a 0-based number without a header).
     image_size : tuple of (int, int), optional
         (H, W): every image is resized to it (images of mixed sizes need it).
+    label_optional : bool
+        ``label_column`` is a run's: a file without it (or not a .csv) has no labels.
 
     Returns
     -------
@@ -143,6 +145,8 @@ def read_file(path, *, label_column=None, image_size=None) -> FileArrays:
     path = Path(path).expanduser().absolute()
     if not path.exists():
         raise DataFileError(f"{path}: no such file or folder")
+    if label_optional and path.suffix.lower() != ".csv":
+        label_column = None
     if label_column is not None and path.suffix.lower() != ".csv":
         raise DataFileError(f"{path}: --label-column applies to a .csv file")
     if image_size is not None and not path.is_dir():
@@ -151,7 +155,7 @@ def read_file(path, *, label_column=None, image_size=None) -> FileArrays:
         x, y, shape, classes = read_image_folder(path, image_size)
         kind = "image"
     else:
-        x, y, classes = *_read_array_file(path, label_column), []
+        x, y, classes = *_read_array_file(path, label_column, label_optional), []
         shape = tuple(x.shape[1:])
         kind = "table" if len(shape) == 1 else "image"
         if kind == "image" and x.dtype == np.uint8:
@@ -199,7 +203,7 @@ def _labels(path: Path, y, n: int) -> torch.Tensor | None:
     return torch.from_numpy(y.astype(np.int64))
 
 
-def _read_array_file(path: Path, label_column):
+def _read_array_file(path: Path, label_column, label_optional):
     """(x, y) of a .npy, .npz, .pt or .csv file as numpy arrays (x may be memory-mapped)."""
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
@@ -208,7 +212,7 @@ def _read_array_file(path: Path, label_column):
             f"{', '.join(SUFFIXES)} or a folder of images"
         )
     if suffix == ".csv":
-        return read_csv(path, label_column)
+        return read_csv(path, label_column, label_optional)
     try:
         if suffix == ".npy":
             content = np.load(path, mmap_mode="r", allow_pickle=False)

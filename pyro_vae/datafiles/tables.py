@@ -21,7 +21,9 @@ _NUMERIC_KINDS = "iufb"
 _MISSING_TEXT = {"", "nan", "na", "n/a", "null", "none", "inf", "-inf", "+inf", "infinity"}
 
 
-def read_csv(path: Path, label_column=None) -> tuple[np.ndarray, np.ndarray | None]:
+def read_csv(
+    path: Path, label_column=None, label_optional: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The values (N, D) and labels (N,) of a CSV file, with or without a header line.
 
     A first line with a cell that is not a number is the header.
@@ -32,6 +34,8 @@ def read_csv(path: Path, label_column=None) -> tuple[np.ndarray, np.ndarray | No
         The file.
     label_column : str or int, optional
         The column of labels: a header name, or a 0-based number for a file without a header.
+    label_optional : bool
+        A file without that column is read without labels (a run's column, on new data).
 
     Returns
     -------
@@ -61,6 +65,8 @@ def read_csv(path: Path, label_column=None) -> tuple[np.ndarray, np.ndarray | No
     if table.shape[0] == 0:
         raise DataFileError(f"{path} holds no data (a header and no rows)")
     y = None
+    if label_optional and label_column is not None and _find(table, label_column) is None:
+        label_column = None
     if label_column is not None:
         name = _column(path, table, label_column)
         y = table.pop(name).to_numpy()
@@ -87,13 +93,22 @@ def _parser_reason(err) -> str:
     return text.split("C error: ")[-1]
 
 
-def _column(path: Path, table, label_column):
-    """The name of the label column in ``table``, or a one-line refusal listing the columns."""
+def _find(table, label_column):
+    """The name of the label column in ``table``, or None."""
     names = list(table.columns)
     if label_column in names:
         return label_column
     if isinstance(label_column, str) and label_column.isdigit() and int(label_column) in names:
         return int(label_column)  # a file without a header: columns are numbered
+    return None
+
+
+def _column(path: Path, table, label_column):
+    """The name of the label column in ``table``, or a one-line refusal listing the columns."""
+    name = _find(table, label_column)
+    if name is not None:
+        return name
+    names = list(table.columns)
     shown = ", ".join(map(str, names[:10])) + (", ..." if len(names) > 10 else "")
     raise DataFileError(f"{path} has no label column {label_column!r} (columns: {shown})")
 

@@ -242,7 +242,7 @@ def read_like_run(config: Mapping, path, *, label_column=None, seed: int = 0):
     path : str or Path
         The new file.
     label_column : str, optional
-        Its label column (default: the run's).
+        Its label column (default: the run's, when the file has it: else no labels).
     seed : int
         Seeds the binarization of a "static" or "dynamic" run's images.
 
@@ -269,11 +269,13 @@ def read_like_run(config: Mapping, path, *, label_column=None, seed: int = 0):
     else:
         transforms = Transforms.from_json(record["transforms"])
         shape, size = tuple(record["shape"][1:]), record.get("image_size")
-        if label_column is None:
-            label_column = record.get("label_column")
+    optional = label_column is None and record is not None  # the run's column, if it is there
+    if optional:
+        label_column = record.get("label_column")
     arrays = read_file(
         path,
         label_column=label_column,
+        label_optional=optional,
         image_size=None if size is None or not _is_folder(path) else tuple(size),
     )
     flat = len(arrays.shape) == 1 and arrays.shape[0] == math.prod(shape or (0,))
@@ -282,9 +284,13 @@ def read_like_run(config: Mapping, path, *, label_column=None, seed: int = 0):
     elif not shape and arrays.x.shape[1] != config["vae"]["data_dim"]:
         check_like(arrays, (config["vae"]["data_dim"],))
     x = transforms.apply(arrays.x)
+    low, high = float(x.min()), float(x.max())
+    if transforms.likelihood == "bernoulli" and not 0 <= low <= high <= 1:
+        raise DataFileError(
+            f"the run's Bernoulli likelihood needs values in [0, 1]; {arrays.path} has values "
+            f"in [{low:.3g}, {high:.3g}]"
+        )
     if transforms.binarize is not None:
-        if float(x.min()) < 0 or float(x.max()) > 1:
-            raise DataFileError(f"{arrays.path}: the run's images are in [0, 1]; these are not")
         x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
     return x, arrays.y, transforms
 
