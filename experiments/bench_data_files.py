@@ -9,7 +9,7 @@ Times, in this process (median of ``--rounds``):
 - ``pyro-vae encode`` of the N points by a VAE trained one epoch on them
   (:func:`pyro_vae.runs.usage.encode_file`, chunks of 10,000); target a few seconds.
 
-    python experiments/bench_data_files.py            # 60,000 x 784; about a minute on 2 cores
+    python experiments/bench_data_files.py            # 60,000 x 784; a few minutes on 2 cores
     python experiments/bench_data_files.py --rows 6000 --csv-columns 100
 """
 
