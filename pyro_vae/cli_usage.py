@@ -15,8 +15,9 @@ from pathlib import Path
 
 from pyro_vae.infer.evidence.ais import AISSettings
 from pyro_vae.infer.runtime.devices import resolve_device, set_threads
-from pyro_vae.runs import check_writable, load_run
+from pyro_vae.runs import check_writable, load_run, read_config
 from pyro_vae.runs.outputs import check_out, save_png_grid, write_columns, write_scores
+from pyro_vae.runs.own_data import stand_in_data
 from pyro_vae.runs.usage import (
     encode_file,
     free_name,
@@ -28,10 +29,16 @@ from pyro_vae.runs.usage import (
 __all__ = ["cmd_encode", "cmd_sample", "cmd_score_file"]
 
 
-def _open_run(args):
-    """The threads set, the device resolved, the run loaded onto it: (run, device)."""
+def _open_run(args, stand_in: bool = False):
+    """The threads set, the device resolved, the run loaded onto it: (run, device).
+
+    ``stand_in``: the run holds :func:`~pyro_vae.runs.own_data.stand_in_data`, not its data.
+    """
     set_threads(args.threads)
     device = resolve_device(args.device)
+    if stand_in:  # the model is all that is needed: the training data are not read again
+        data = stand_in_data(read_config(args.run_dir))
+        return load_run(args.run_dir, device=device, data=data), device
     return load_run(args.run_dir, device=device), device
 
 
@@ -112,7 +119,7 @@ def cmd_encode(args) -> int:
         0.
     """
     out = check_out(args.out)
-    run, device = _open_run(args)
+    run, device = _open_run(args, stand_in=True)
     mean, sd = encode_file(run, args.data, **_chunked(args, device))
     m = mean.shape[1]
     header = [f"z{j + 1}_mean" for j in range(m)] + [f"z{j + 1}_sd" for j in range(m)]
@@ -136,7 +143,7 @@ def cmd_sample(args) -> int:
         0.
     """
     out = check_out(args.out)
-    run, device = _open_run(args)
+    run, device = _open_run(args, stand_in=True)
     x = sample_run(run, args.num, mean=args.mean, **_chunked(args, device))
     header = [f"x{j + 1}" for j in range(x[0].numel())]
     write_columns(out, {"x": x}, header)

@@ -197,22 +197,11 @@ def test_m2_and_iaf_runs_encode_and_sample(tmp_path):
         == 0
     )
     assert main(["train", *data, "--flows", "1", *TINY, "--out", str(iaf)]) == 0
+    (tmp_path / "t.csv").rename(tmp_path / "moved.csv")  # encode and sample need the model only
+    moved = ["--data", str(tmp_path / "moved.csv"), "--quiet"]
     for run in (m2, iaf):
         out = tmp_path / f"{run.name}.npy"
-        assert (
-            main(
-                [
-                    "encode",
-                    str(run),
-                    "--data",
-                    str(tmp_path / "t.csv"),
-                    "--out",
-                    str(out),
-                    "--quiet",
-                ]
-            )
-            == 0
-        )
+        assert main(["encode", str(run), *moved, "--out", str(out)]) == 0
         codes = np.load(out)
         assert codes.shape == (100, 4) and np.isfinite(codes).all() and (codes[:, 2:] > 0).all()
         samples = tmp_path / f"{run.name}_s.npy"

@@ -165,7 +165,9 @@ def remove_leftovers(run_dir: str | Path) -> list[Path]:
     return remove_temporary_files(run_dir, RUN_FILES)
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+def load_run(
+    run_dir: str | Path, device: str | torch.device = "cpu", data: DatasetSplits | None = None
+) -> Run:
     """Rebuild the data and the trained model of a ``pyro-vae train`` run folder.
 
     Parameters
@@ -174,6 +176,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
         The folder given to ``pyro-vae train --out``.
     device : str or torch.device
         Where the model is put.
+    data : DatasetSplits, optional
+        Data to hold instead of the run's own (which are read again when None): a stand-in
+        for a command that needs only the model (:func:`pyro_vae.runs.own_data.stand_in_data`).
 
     Returns
     -------
@@ -188,7 +193,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    data = run_data(config)
+    data = run_data(config) if data is None else data
     kind = config.get("model", "vae")  # runs written before the CVAE and M2 are VAEs
     if kind not in MODELS:
         raise ValueError(f"{run_dir / CONFIG_NAME} names an unknown model {kind!r}")

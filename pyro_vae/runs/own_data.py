@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.data import DatasetSplits
+from pyro_vae.data import DatasetSplits, ImageData
 from pyro_vae.datafiles import DataFileError, Transforms, check_like, load_file, read_file, sha256
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "load_run_file",
     "model_image_shape",
     "read_like_run",
+    "stand_in_data",
 ]
 
 FILE_DATASET = "file"
@@ -293,6 +294,31 @@ def read_like_run(config: Mapping, path, *, label_column=None, seed: int = 0):
     if transforms.binarize is not None:
         x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
     return x, arrays.y, transforms
+
+
+def stand_in_data(config: Mapping) -> DatasetSplits:
+    """Two zero datapoints of a run's shape: what ``encode`` and ``sample`` load a run with.
+
+    They need the model only, not the training data (a training file may have moved, and a
+    large one would be read and hashed again for nothing).
+
+    Parameters
+    ----------
+    config : Mapping
+        The run's config.
+
+    Returns
+    -------
+    DatasetSplits
+        ``train`` and ``test`` of two zeros each, labelled 0; the run's datapoint shape.
+    """
+    record, dim = config.get("data_file"), config["vae"]["data_dim"]
+    if record is not None:
+        shape = tuple(record["shape"][1:])
+    else:
+        shape = tuple(config["vae"].get("image_shape") or (dim,))
+    part = ImageData(torch.zeros(2, dim), torch.zeros(2, dtype=torch.long), shape)
+    return DatasetSplits(str(config.get("dataset")), part, part, shape, source=record)
 
 
 def _is_folder(path) -> bool:
