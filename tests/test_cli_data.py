@@ -178,24 +178,8 @@ def test_m2_and_iaf_runs_encode_and_sample(tmp_path):
     _table(tmp_path / "t.csv", n=100, labels=True)
     data = ["--data", str(tmp_path / "t.csv"), "--label-column", "kind"]
     m2, iaf = tmp_path / "m2", tmp_path / "iaf"
-    assert (
-        main(
-            [
-                "train",
-                *data,
-                "--model",
-                "m2",
-                "--labels-per-class",
-                "5",
-                *TINY,
-                "--batch-size",
-                "20",
-                "--out",
-                str(m2),
-            ]
-        )
-        == 0
-    )
+    m2_options = ["--model", "m2", "--labels-per-class", "5", "--batch-size", "20"]
+    assert main(["train", *data, *m2_options, *TINY, "--out", str(m2)]) == 0
     assert main(["train", *data, "--flows", "1", *TINY, "--out", str(iaf)]) == 0
     (tmp_path / "t.csv").rename(tmp_path / "moved.csv")  # encode and sample need the model only
     moved = ["--data", str(tmp_path / "moved.csv"), "--quiet"]
