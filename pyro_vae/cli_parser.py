@@ -414,7 +414,7 @@ def _usage_options(p: argparse.ArgumentParser) -> None:
         type=_count,
         default=None,
         help="--model cvae or m2: the label y of every point (encode: default the file's "
-        "labels, or M2's prediction; sample: default drawn uniformly)",
+        "labels; M2 without them: z's moments under q(y|x); sample: default y ~ uniform)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=10000, help="datapoints per chunk")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
