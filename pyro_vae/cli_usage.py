@@ -11,6 +11,7 @@ is written; a failure is one line and exit status 2 (:func:`pyro_vae.cli.main`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pyro_vae.infer.evidence.ais import AISSettings
@@ -34,6 +35,8 @@ def _open_run(args, stand_in: bool = False):
 
     ``stand_in``: the run holds :func:`~pyro_vae.runs.own_data.stand_in_data`, not its data.
     """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would write the same files
+        raise ValueError(f"{args.command} runs as one process; start it without torchrun")
     set_threads(args.threads)
     device = resolve_device(args.device)
     if stand_in:  # the model is all that is needed: the training data are not read again

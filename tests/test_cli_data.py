@@ -337,3 +337,11 @@ def test_a_runs_label_column_is_read_where_a_new_file_has_it(tmp_path, capsys):
     args = ["evaluate", str(tmp_path / "b"), "--data", str(tmp_path / "far.npy")]
     assert main(args) == 2
     assert "Bernoulli likelihood needs values in [0, 1]" in capsys.readouterr().err
+
+
+def test_the_usage_commands_refuse_torchrun(table_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = str(tmp_path / "s.npy")
+    assert main(["sample", str(table_run), "--num", "2", "--out", out]) == 2
+    assert "sample runs as one process; start it without torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "s.npy").exists()
