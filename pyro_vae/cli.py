@@ -18,6 +18,10 @@ stopped later keeps its last complete epoch, and the line says how to continue i
 
 This module parses (:mod:`pyro_vae.cli_parser`), calls :mod:`pyro_vae.runs`'s recipes and
 prints; the rules (which options make a run, how a model is built, what a report holds) are there.
+
+Size: one function per command with its docstring, and the one-line error handling they share;
+the commands that use a trained run (``encode``, ``sample``, ``evaluate --data``) are in
+:mod:`pyro_vae.cli_usage`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import sys
 from pathlib import Path
 
 from pyro_vae.cli_parser import build_parser, given_options
+from pyro_vae.cli_usage import cmd_encode, cmd_sample, cmd_score_file
 from pyro_vae.infer.evidence.ais import AISSettings
 from pyro_vae.infer.runtime.devices import resolve_device, set_threads
 from pyro_vae.infer.runtime.distributed import barrier, join, leave
@@ -65,6 +70,7 @@ from pyro_vae.runs import (
 from pyro_vae.runs.archive import check_keepable, keep_report, kept_in
 from pyro_vae.runs.certified import certification_table, certify_run
 from pyro_vae.runs.figures import certification_figure
+from pyro_vae.runs.own_data import adopt_decisions, data_line
 
 __all__ = ["build_parser", "cmd_certify", "cmd_diagnose", "cmd_evaluate", "cmd_train", "main"]
 
@@ -108,6 +114,9 @@ def cmd_train(args) -> int:
     barrier()  # every rank has checked the folder before rank 0 changes it
     data_options = data_config(options)  # the recipe below changes no data option
     data = run_data(data_options, download=options["download"], flags=True)
+    options, data_options = adopt_decisions(options, data_options, data)  # a file's, said once
+    if data_line(data):
+        say(data_line(data))
     recipe = training_recipe(options, data)  # refuses too many labels per class
     options = recipe.options  # M2's alpha filled in
     # a failure or Ctrl-C from here on removes a new run that saved no epoch, else names it
@@ -180,7 +189,7 @@ def _say_start(say, recipe, data, out: Path, done: int) -> None:
     labels_note = f", {labelled:,} of them labelled ({per_class} per class)" if labelled else ""
     say(
         f"{'resuming' if done else 'training'} a {what}{options['latent']} on "
-        f"{options['dataset']} ({data.sizes()}{labels_note}) -> {out}"
+        f"{data.name} ({data.sizes()}{labels_note}) -> {out}"
         + (f", from epoch {done} to {options['epochs']}" if done else "")
     )
     if not isinstance(recipe.loss, str):
@@ -228,6 +237,8 @@ def cmd_evaluate(args) -> int:
     OSError, ValueError, CheckpointError
         Each becomes one line on stderr and exit status 2 (:func:`main`).
     """
+    if args.data is not None:  # a file of your own, scored point by point
+        return cmd_score_file(args, ais_settings(args))
     set_threads(args.threads)
     ranks, device = join(resolve_device(args.device))  # under torchrun: sharded evaluation
     ks = iwae_ks(args.iwae_k, args.num_samples)
@@ -356,6 +367,8 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "certify": cmd_certify,
     "diagnose": cmd_diagnose,
+    "encode": cmd_encode,
+    "sample": cmd_sample,
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from pyro_vae.data import DATASETS, DEFAULT_DATASET
 from pyro_vae.infer.compile.policy import AUTO_MIN_STEPS
@@ -231,6 +232,7 @@ VAE_DEFAULTS = dict(latent=20, hidden=(400,), activation="relu", batch_size=128)
 
 def _data_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--dataset", default=DEFAULT_DATASET, choices=DATASETS, help="data set")
+    _file_options(t)
     t.add_argument("--root", default=None, help="folder of the mnist/fashion-mnist files")
     t.add_argument("--download", action="store_true", help="let torchvision download into --root")
     t.add_argument(
@@ -250,7 +252,13 @@ def _data_options(t: argparse.ArgumentParser) -> None:
 
 
 def _model_options(t: argparse.ArgumentParser) -> None:
-    t.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS, help="p(x|z)")
+    t.add_argument(
+        "--likelihood",
+        default="auto",
+        choices=["auto", *LIKELIHOODS],
+        help="p(x|z); auto: bernoulli for binary values or values in [0, 1], gaussian for "
+        "other reals (a built-in data set: bernoulli)",
+    )
     t.add_argument(
         "--latent",
         type=_positive_int,
@@ -352,6 +360,89 @@ def _run_options(t: argparse.ArgumentParser) -> None:
     )
 
 
+def _path(text: str) -> str:
+    """A file or folder as an absolute path, so a run records where its data are."""
+    return str(Path(text).expanduser().absolute())
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    sizes = _hidden(text)
+    if len(sizes) != 2:
+        raise argparse.ArgumentTypeError(f"expected H,W such as 28,28, got {text!r}")
+    return sizes
+
+
+def _file_options(t: argparse.ArgumentParser) -> None:
+    """``train``'s options for your own data (:mod:`pyro_vae.datafiles`)."""
+    t.add_argument(
+        "--data",
+        type=_path,
+        default=None,
+        help="your own training data instead of --dataset: .npy, .npz (x, y), .pt, .csv or a "
+        "folder of images (one subfolder per class)",
+    )
+    t.add_argument(
+        "--test-data",
+        type=_path,
+        default=None,
+        help="--data's test part (default: a seeded 20%% of --data held out)",
+    )
+    t.add_argument(
+        "--label-column",
+        default=None,
+        help="the .csv column of integer labels (a name, or a number without a header line)",
+    )
+    t.add_argument(
+        "--image-size",
+        type=_image_size,
+        default=None,
+        help="H,W: resize every image of a --data folder to it (default: their one size)",
+    )
+
+
+def _usage_parsers(sub) -> None:
+    """``encode`` and ``sample``; ``evaluate --data`` is declared with ``evaluate``."""
+    c = sub.add_parser(
+        "encode",
+        help="the posterior mean and sd of z for every point of a file",
+        description="The guide's posterior mean and standard deviation of z per datapoint of "
+        "--data, in its order, transformed as the run's data; written to --out (.npy, .csv or "
+        ".pt by the suffix).",
+        formatter_class=FORMAT,
+        allow_abbrev=False,
+    )
+    c.add_argument("run_dir", help="a folder written by pyro-vae train")
+    c.add_argument("--data", type=_path, required=True, help="the data file to encode")
+    c.add_argument("--out", required=True, help="the file to write: .npy, .csv or .pt")
+    _usage_options(c)
+    s = sub.add_parser(
+        "sample",
+        help="draws from the prior through the decoder, as an array (and a PNG grid)",
+        description="N draws z ~ p(z) decoded by p(x|z): the mean E[x|z] with --mean, else a "
+        "draw of x; written to --out (.npy, .csv or .pt), and for image data a PNG grid beside.",
+        formatter_class=FORMAT,
+        allow_abbrev=False,
+    )
+    s.add_argument("run_dir", help="a folder written by pyro-vae train")
+    s.add_argument("--num", type=_positive_int, required=True, help="how many draws")
+    s.add_argument("--out", required=True, help="the file to write: .npy, .csv or .pt")
+    s.add_argument("--mean", action="store_true", help="the mean E[x|z] instead of a draw of x")
+    _usage_options(s)
+
+
+def _usage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--label",
+        type=_count,
+        default=None,
+        help="--model cvae or m2: the label y of every point (encode: default the file's "
+        "labels; M2 without them: z's moments under q(y|x); sample: default y ~ uniform)",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=10000, help="datapoints per chunk")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    _common(p)
+
+
 def _evaluate_parser(sub) -> None:
     e = sub.add_parser(
         "evaluate",
@@ -383,6 +474,13 @@ def _evaluate_parser(sub) -> None:
         f"the IS k-hat is above {KHAT_OK:g})",
     )
     _ais_options(e)
+    e.add_argument(
+        "--data",
+        type=_path,
+        default=None,
+        help="score this file instead of the test split: log p(x) per point, in its order, "
+        "written to scores_NAME.csv beside evaluation.json",
+    )
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     _common(e)
 
@@ -475,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluate_parser(sub)
     _certify_parser(sub)
     _diagnose_parser(sub)
+    _usage_parsers(sub)
     return parser
 
 

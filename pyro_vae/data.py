@@ -45,6 +45,7 @@ __all__ = [
     "DatasetSplits",
     "labelled_split",
     "load_dataset",
+    "validation_split",
 ]
 
 DATASETS = ("mnist5k", "digits", "mnist", "fashion-mnist")
@@ -92,6 +93,8 @@ class ImageData(Dataset):
     binarize : {None, "static", "dynamic"}
         "static": ``x`` already holds one fixed draw; "dynamic": a fresh ``torch.bernoulli``
         draw, from the global torch RNG, each time data is served.
+    bounded : bool
+        Refuse values outside [0, 1] (False: any finite reals, a standardized table).
 
     Raises
     ------
@@ -99,7 +102,7 @@ class ImageData(Dataset):
         Shapes that do not match, pixels outside [0, 1] or not finite, negative labels.
     """
 
-    def __init__(self, x, y, image_shape, binarize=None):
+    def __init__(self, x, y, image_shape, binarize=None, *, bounded=True):
         _check_binarize(binarize)
         x = torch.as_tensor(x, dtype=torch.float32)
         y = torch.as_tensor(y, dtype=torch.long)
@@ -115,9 +118,10 @@ class ImageData(Dataset):
             raise ValueError(f"labels y must be non-negative, got {int(y.min())}")
         if int(np.prod(image_shape)) != x.shape[1]:
             raise ValueError(f"image_shape {image_shape} does not hold D={x.shape[1]} pixels")
-        if x.numel() and (x.min() < 0 or x.max() > 1):
+        if bounded and x.numel() and (x.min() < 0 or x.max() > 1):
             raise ValueError(f"pixels must lie in [0, 1], got [{x.min():g}, {x.max():g}]")
         self.x, self.y, self.image_shape, self.binarize = x, y, image_shape, binarize
+        self.bounded = bounded
 
     @property
     def data_dim(self) -> int:
@@ -129,7 +133,9 @@ class ImageData(Dataset):
 
     def subset(self, index: torch.Tensor) -> ImageData:
         """The datapoints at ``index`` (a 1-D index tensor), with the same binarization."""
-        return ImageData(self.x[index], self.y[index], self.image_shape, self.binarize)
+        return ImageData(
+            self.x[index], self.y[index], self.image_shape, self.binarize, bounded=self.bounded
+        )
 
     def __getitem__(self, i):
         return self.batch_transform(self.x[i]), self.y[i]
@@ -148,7 +154,8 @@ class ImageData(Dataset):
 class DatasetSplits:
     """A named dataset's train, validation and test parts; ``image_shape`` is (H, W).
 
-    ``val`` is None when the dataset was loaded with ``val_fraction=0``.
+    ``val`` is None when the dataset was loaded with ``val_fraction=0``. ``source`` is the
+    record of a data file (:func:`pyro_vae.datafiles.load_file`), None for a built-in set.
     """
 
     name: str
@@ -156,6 +163,7 @@ class DatasetSplits:
     test: ImageData
     image_shape: tuple[int, int]
     val: ImageData | None = None
+    source: dict | None = None
 
     def sizes(self) -> str:
         """E.g. ``"3,600 train / 400 validation / 1,000 test"``."""
@@ -220,15 +228,44 @@ def load_dataset(
         )
     train = ImageData(x_tr, y_tr, shape, binarize)
     test = ImageData(x_te, y_te, shape, binarize)
+    val, train = validation_split(train, val_fraction, seed)
+    return DatasetSplits(name, train, test, shape, val=val)
+
+
+def validation_split(
+    train: ImageData, val_fraction: float, seed: int
+) -> tuple[ImageData | None, ImageData]:
+    """Carve ``round(val_fraction * N)`` seeded datapoints out of ``train`` for validation.
+
+    Parameters
+    ----------
+    train : ImageData
+        The training part.
+    val_fraction : float
+        In [0, 1).
+    seed : int
+        The permutation's generator is seeded by ``seed + 1``, its own, so that the split does
+        not depend on the binarization draw.
+
+    Returns
+    -------
+    val : ImageData or None
+        None when the fraction rounds to no datapoint.
+    train : ImageData
+        The rest.
+
+    Raises
+    ------
+    ValueError
+        When no training data would be left.
+    """
     n_val = round(val_fraction * len(train))
     if n_val == 0:
-        return DatasetSplits(name, train, test, shape)
+        return None, train
     if n_val >= len(train):
         raise ValueError(f"val_fraction={val_fraction} leaves no training data of {len(train)}")
-    # a generator of its own, so that the split does not depend on the binarization draw
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))
-    val, train = train.subset(perm[:n_val]), train.subset(perm[n_val:])
-    return DatasetSplits(name, train, test, shape, val=val)
+    return train.subset(perm[:n_val]), train.subset(perm[n_val:])
 
 
 def labelled_split(data: ImageData, per_class: int, seed: int = 0) -> tuple[ImageData, ImageData]:

@@ -6,6 +6,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
@@ -24,6 +25,7 @@ def test_every_script_is_smoke_tested():
     expected |= {"semi_supervised", "bench_distributed"}
     expected |= {"bench_startup", "bench_ais", "pyro_ss_vae", "bench_steps", "bench_main_job"}
     expected |= {"numpyro_main_job", "numpyro_data_parallel"}  # need the bench extra
+    expected |= {"outliers", "bench_data_files"}
     assert scripts == expected, scripts
 
 
@@ -197,3 +199,32 @@ def test_bench_startup(capsys):
     # loading digits reads load_digits' file: scikit-learn (and SciPy) never start
     assert not {"sklearn", "scipy"} & set(result["heavy_modules"]), result
     assert "heavy modules the tiny run imported" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_outliers(tmp_path, capsys):
+    result = load("outliers").main(
+        ["--out", str(tmp_path), "--epochs", "3", "--num-samples", "20", "--shift", "8"]
+    )
+    assert result["rows"] == 114 and result["outliers"] == 11
+    # outliers 8 sd off on 3 of 30 columns: even a 3-epoch VAE ranks them far above chance
+    # (0.5); 0.75 is a loose floor for so short a run
+    assert result["auc_vae"] > 0.75 and 0 <= result["auc_gaussian"] <= 1, result
+    assert "ROC AUC of -log p(x)" in capsys.readouterr().out
+
+
+def test_roc_auc_counts_pairs():
+    auc = load("outliers").roc_auc
+    labels = np.array([True, False, False, True])
+    assert auc(np.array([3.0, 1.0, 2.0, 4.0]), labels) == 1.0
+    assert auc(np.array([0.0, 1.0, 2.0, 0.5]), labels) == 0.0
+    assert auc(np.array([1.0, 1.0, 1.0, 1.0]), labels) == 0.5  # ties count 1/2
+
+
+@pytest.mark.slow
+def test_bench_data_files(capsys):
+    seconds = load("bench_data_files").main(
+        ["--rows", "300", "--columns", "20", "--csv-columns", "20", "--rounds", "1"]
+    )
+    assert len(seconds) == 4 and all(v > 0 for v in seconds.values())
+    assert "| read_file .npy 300 x 20 |" in capsys.readouterr().out

@@ -65,6 +65,7 @@ ALLOWED = {
     "diagnostics": {"diagnostics", "infer"},
     "nets": {"nets"},
     "data": {"data"},
+    "datafiles": {"datafiles", "data"},
     "runs": EVERYTHING,
     "cli": EVERYTHING,
     "pyro_vae": EVERYTHING,  # the facade pyro_vae/__init__.py

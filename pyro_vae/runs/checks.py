@@ -24,8 +24,9 @@ from pyro_vae.runs.config import (
     stored_value,
     with_added_options,
 )
+from pyro_vae.runs.own_data import FILE_DATASET, check_same_data
 
-__all__ = ["check_options", "check_resume"]
+__all__ = ["check_data_options", "check_options", "check_resume"]
 
 
 def check_resume(
@@ -93,6 +94,9 @@ def check_resume(
     for name in ("epochs", "patience"):  # the target and the stopping rule carry over
         if name not in given:
             options[name] = stored[name]
+    if "data_file" in config:  # the same file, with the same content
+        record = config["data_file"]
+        check_same_data(record, options["data"], record["test"].get("path"))
     done = int(load_checkpoint(checkpoint_path)["epoch"])  # also refuses a damaged checkpoint
     if options["epochs"] <= done:
         raise ValueError(
@@ -125,7 +129,8 @@ def check_options(options: Mapping, given: Iterable[str]) -> dict:
         ``--patience`` without validation data (``--val-fraction 0``).
     """
     given = set(given)
-    options = _check_model_options(dict(options), given)
+    options = check_data_options(dict(options), given)
+    options = _check_model_options(options, given)
     _check_objective_options(options, given)
     if "patience" in given and not options["val_fraction"]:  # a resume has the stored fraction
         raise ValueError(
@@ -137,6 +142,41 @@ def check_options(options: Mapping, given: Iterable[str]) -> dict:
         raise ValueError(
             f"--download needs --root, the folder torchvision downloads {options['dataset']} into"
         )
+    return options
+
+
+def check_data_options(options: dict, given: set[str]) -> dict:
+    """``--data`` or ``--dataset``, the options each takes; ``--likelihood auto`` of a set.
+
+    Parameters
+    ----------
+    options : dict
+        The options of ``train``.
+    given : set of str
+        The options written.
+
+    Returns
+    -------
+    dict
+        ``dataset`` ``"file"`` with ``--data``; a built-in set's ``likelihood`` ``"auto"`` is
+        ``"bernoulli"`` (a file's is decided from its values once it is read).
+
+    Raises
+    ------
+    ValueError
+        Options of a data file without ``--data``, or of a built-in set with it.
+    """
+    if options.get("data") is None:
+        for name in ("test_data", "label_column", "image_size"):
+            if options.get(name) is not None:
+                raise ValueError(f"{option_flag(name)} applies to --data PATH, your own data")
+        if options["likelihood"] == "auto":
+            options["likelihood"] = "bernoulli"  # the built-in sets are images in [0, 1]
+        return options
+    for name in ("dataset", "root", "download"):
+        if name in given and options.get(name) not in (None, False, FILE_DATASET):
+            raise ValueError(f"{option_flag(name)} names a built-in data set; --data replaces it")
+    options["dataset"] = FILE_DATASET
     return options
 
 

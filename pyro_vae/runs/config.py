@@ -71,6 +71,10 @@ RUN_OPTIONS = (
     "labelled_schedule",
     "init",
     "labelled_passes",
+    "data",
+    "test_data",
+    "label_column",
+    "image_size",
 )
 """Options that define a run: a resumed run must keep them (the stored values are used)."""
 
@@ -88,6 +92,10 @@ ADDED_RUN_OPTIONS = dict(
     labelled_schedule="joint",
     init="torch",
     labelled_passes=1,
+    data=None,
+    test_data=None,
+    label_column=None,
+    image_size=None,
 )
 """Run-defining options added after runs were first written: the values an older run had."""
 

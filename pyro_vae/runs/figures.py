@@ -21,6 +21,7 @@ __all__ = [
     "certification_figure",
     "evaluation_figures",
     "run_figures",
+    "table_figures",
     "training_figures",
 ]
 
@@ -160,9 +161,64 @@ def run_figures(
     list of Path
         The files written.
     """
+    if len(data.image_shape) != 2:  # a table (or colour images): no grey image grids
+        return table_figures(model, kind, data, history, out)
     if kind == "vae":
         return training_figures(model, data, history, out)
     return conditional_figures(model, data, history, out)
+
+
+@torch.no_grad()
+def table_figures(model, kind: str, data: DatasetSplits, history, out: Path) -> list[Path]:
+    """ELBO curves, the latent map and observed-vs-reconstructed values of data not images.
+
+    ``latent_map.png``: the test points' codes, the first two latent dimensions (their first
+    two principal components when M > 2), coloured by label when the data have labels;
+    ``reconstructions.png``: each feature's observed value against its reconstruction
+    E[x | z = code], on the test points (the first 12 features).
+
+    Parameters
+    ----------
+    model : VAE, CVAE or M2
+    kind : {"vae", "cvae", "m2"}
+    data : DatasetSplits
+    history : list of dict or None
+    out : Path
+        The figures folder (created).
+
+    Returns
+    -------
+    list of Path
+    """
+    from pyro_vae.diagnostics import plots, table_plots  # matplotlib only when drawn
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    x, y = data.test.x[:2000].to(device), data.test.y[:2000].to(device)
+    labels = (y,) if kind != "vae" else ()
+    codes = model.code(x, *labels)
+    plane = table_plots.principal_components(codes)
+    what = "first two principal components of" if codes.shape[1] > 2 else ""
+    labelled = data.source is None or data.source.get("labelled")
+    paths = [plots.save_history_plot(history, out / "elbo_curves.png")] if history else []
+    paths.append(
+        plots.save_latent_map(
+            plane,
+            y if labelled else None,
+            out / "latent_map.png",
+            title=f"test points: {what} the codes".replace(":  ", ": "),
+        )
+    )
+    paths.append(
+        table_plots.save_reconstruction_scatter(
+            x,
+            model.reconstruct(x, *labels),
+            out / "reconstructions.png",
+            title="test points: observed against reconstructed, per feature",
+        )
+    )
+    return paths
 
 
 def evaluation_figures(evaluation, out: Path) -> list[Path]:

@@ -132,10 +132,10 @@ def existing_run_files(run_dir: str | Path) -> list[str]:
 
 
 def clear_run(run_dir: str | Path) -> None:
-    """Create ``run_dir`` and remove the run in it: its :data:`RUN_FILES`, figures and reports.
+    """Create ``run_dir`` and remove the run in it: its :data:`RUN_FILES`, figures, scores and reports.
 
-    The reports kept in their own folders (``evaluations/`` ..., :data:`KEPT_IN`) describe the
-    run being replaced, so they go with it.
+    The reports kept in their own folders (``evaluations/`` ..., :data:`KEPT_IN`) and the
+    ``scores_*.csv`` of ``evaluate --data`` describe the run being replaced, so they go with it.
 
     Parameters
     ----------
@@ -151,7 +151,8 @@ def clear_run(run_dir: str | Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(run_dir)
     names = existing_run_files(run_dir)
-    for path in [*(run_dir / n for n in names), *run_dir.glob("figures/*.png")]:
+    scores = run_dir.glob("scores_*.csv")  # evaluate --data's, of the run being replaced
+    for path in [*(run_dir / n for n in names), *run_dir.glob("figures/*.png"), *scores]:
         path.unlink()
     for folder in KEPT_IN.values():
         if (run_dir / folder).is_dir():
@@ -177,7 +178,9 @@ def remove_leftovers(run_dir: str | Path) -> list[Path]:
     return remove_temporary_files(run_dir, RUN_FILES)
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+def load_run(
+    run_dir: str | Path, device: str | torch.device = "cpu", data: DatasetSplits | None = None
+) -> Run:
     """Rebuild the data and the trained model of a ``pyro-vae train`` run folder.
 
     Parameters
@@ -186,6 +189,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
         The folder given to ``pyro-vae train --out``.
     device : str or torch.device
         Where the model is put.
+    data : DatasetSplits, optional
+        Data to hold instead of the run's own (which are read again when None): a stand-in
+        for a command that needs only the model (:func:`pyro_vae.runs.own_data.stand_in_data`).
 
     Returns
     -------
@@ -200,7 +206,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    data = run_data(config)
+    data = run_data(config) if data is None else data
     kind = config.get("model", "vae")  # runs written before the CVAE and M2 are VAEs
     if kind not in MODELS:
         raise ValueError(f"{run_dir / CONFIG_NAME} names an unknown model {kind!r}")

@@ -36,6 +36,12 @@ from pyro_vae.models.conditional import CVAE
 from pyro_vae.models.m2 import M2
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.config import M2_ALPHA_PER_LABEL, with_added_options
+from pyro_vae.runs.own_data import (
+    FILE_DATASET,
+    file_data_config,
+    load_run_file,
+    model_image_shape,
+)
 
 __all__ = [
     "TrainingStreams",
@@ -72,8 +78,10 @@ def data_config(options: Mapping) -> dict:
         which need binary data, ``"dynamic"`` for M2's, None for a Gaussian, which keeps
         intensities; ``"none"``: None), ``seed``, ``val_fraction``.
     """
+    if options.get("data") is not None:  # your own file: decided once it is read
+        return file_data_config(options)
     binarize = options["binarize"]
-    if binarize == "auto" and options["likelihood"] == "bernoulli":
+    if binarize == "auto" and options["likelihood"] in ("bernoulli", "auto"):  # sets: images
         # M2's classifier learns from fresh draws: one fixed draw cost it 7.8 points of test
         # accuracy on MNIST-5k, seed 0 (README, "Semi-supervised")
         binarize = "dynamic" if options.get("model") == "m2" else "static"
@@ -111,6 +119,8 @@ def run_data(config: Mapping, download: bool = False, *, flags: bool = False) ->
     ValueError, pyro_vae.data.DatasetNotFoundError
         As :func:`pyro_vae.data.load_dataset`.
     """
+    if config["dataset"] == FILE_DATASET:
+        return load_run_file(config)
     try:
         return load_dataset(
             config["dataset"],
@@ -157,7 +167,8 @@ def model_arguments(options: Mapping, data: DatasetSplits) -> dict:
     arguments = dict(
         latent_dim=options["latent"],
         hidden=options["hidden"],
-        likelihood=options["likelihood"],
+        # "auto" is a file's decision (made before this); a built-in set's images: Bernoulli
+        likelihood="bernoulli" if options["likelihood"] == "auto" else options["likelihood"],
         activation=options["activation"],
     )
     if options["model"] == "vae":
@@ -165,7 +176,7 @@ def model_arguments(options: Mapping, data: DatasetSplits) -> dict:
             data_dim=data.train.data_dim,
             **arguments,
             arch=options["arch"],
-            image_shape=data.image_shape,
+            image_shape=model_image_shape(data),
             flows=options["flows"],
         )
     num_classes = int(max(data.train.y.max(), data.test.y.max())) + 1
@@ -173,7 +184,7 @@ def model_arguments(options: Mapping, data: DatasetSplits) -> dict:
         data_dim=data.train.data_dim,
         num_classes=num_classes,
         **arguments,
-        image_shape=data.image_shape,
+        image_shape=model_image_shape(data),
     )
     if options["model"] == "m2":
         labelled["init"] = options["init"]
