@@ -132,7 +132,7 @@ def existing_run_files(run_dir: str | Path) -> list[str]:
 
 
 def clear_run(run_dir: str | Path) -> None:
-    """Create ``run_dir`` and remove the run in it: its :data:`RUN_FILES`, figures, scores and reports.
+    """Create ``run_dir`` and remove the run in it: its :data:`RUN_FILES`, figures and reports.
 
     The reports kept in their own folders (``evaluations/`` ..., :data:`KEPT_IN`) and the
     ``scores_*.csv`` of ``evaluate --data`` describe the run being replaced, so they go with it.
