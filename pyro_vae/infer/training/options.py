@@ -40,7 +40,7 @@ class TrainOptions:
     lr : float
         Adam's learning rate.
     loss : str, pyro.infer.ELBO or callable
-        The objective, see :func:`pyro_vae.infer.objectives.elbo.make_objective`; e.g.
+        The objective, see :func:`pyro_vae.infer.objectives.registry.make_objective`; e.g.
         ``"iwae"``, an :class:`~pyro_vae.infer.objectives.iwae.IWAEObjective` or a
         :class:`~pyro_vae.infer.objectives.kl_control.KLControlledELBO` (KL annealing, free
         bits). Its schedule gets t, the epochs done (fractional), before every step; a resumed
