@@ -53,7 +53,10 @@ LOSSES = {name: (lambda name=name: name) for name in REGISTERED_LOSSES if name !
 # largest error over the 20 seeds was 0.0061 and 0.011. The tolerances are 5.5 standard
 # deviations: a loss whose optimum moves a by 3% (IWAE: 6%) fails them; a KL weighted by 0.8,
 # say, moves a from 1/2 to 0.56 and c by 0.06 (Bishop 2006, eq. 2.116 with s^2 -> 0.8 s^2).
-OPTIMUM_TOL = {"iwae": 0.03}
+# DReG and STL, whose guide gradients vanish at the posterior (zero variance there: Roeder et
+# al. 2017, tests/test_path_gradients.py), stop much closer: measured over 20 seeds, sd <= 2e-5
+# and largest error 1.9e-4 (their bias, from the averaging window); 2e-3 is 10x the largest.
+OPTIMUM_TOL = {"iwae": 0.03, "iwae-dreg": 2e-3, "stl": 2e-3}
 OPTIMUM_TOL_DEFAULT = 0.015
 # At the optimum every log weight log p(x, z) - log q(z|x) equals log p(x) (q is the
 # posterior), so the ELBO of the averaged parameters (100 draws per datapoint) is log p(x) per

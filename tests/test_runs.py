@@ -216,6 +216,12 @@ def test_check_options_refuses_what_does_not_apply():
         _options(model="cvae", flows=2)
     with pytest.raises(ValueError, match="--free-bits reshapes"):
         _options(loss="iwae", free_bits=0.5)
+    # which loss takes which option: the registry's settings (runs/losses.py)
+    with pytest.raises(ValueError, match="--iwae-k sets the particles of --loss iwae or iwae-dreg"):
+        _options(loss="stl", iwae_k=7)
+    assert _options(loss="iwae-dreg", iwae_k=7)["iwae_k"] == 7
+    with pytest.raises(ValueError, match="--anneal-epochs reshapes the single-sample ELBO"):
+        _options(loss="iwae-dreg", anneal_epochs=2.0)
     with pytest.raises(ValueError, match="--download needs --root"):
         _options(dataset="mnist", download=True)
     assert _options(download=True)["download"]  # digits ships with scikit-learn: nothing to fetch
