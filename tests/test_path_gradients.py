@@ -15,13 +15,13 @@ What is pinned, and the source of each tolerance:
   for every z, so the path derivative is zero for every draw (Roeder et al. 2017, sec. 3):
   measured <= 5e-16 in float64; 1e-10 leaves a margin of 10^5 for the linear algebra of other
   platforms, while the plain estimators' guide gradients there are O(0.1) (checked too);
-- the compiled step takes both with no fallback and steps as the eager one does.
+- the compiled step takes both with no fallback (and the captured step steps as the eager
+  one does: tests/test_compiled.py).
 
 Both train the conjugate Gaussian pair to its analytic posterior in the sweep of every loss
 (tests/test_objectives.py); the SNR against k: experiments/bench_dreg.py.
 """
 
-import copy
 import math
 import warnings
 
@@ -42,7 +42,6 @@ from pyro_vae.infer.pair.particles import (
     trace_model,
 )
 from pyro_vae.infer.training.compiled_step import CompiledSVIStep
-from pyro_vae.infer.training.svi import SVIStep
 from pyro_vae.models.vae import VAE
 
 ROUND_OFF = 1e-12  # float64, sums of a few O(1) terms
@@ -179,40 +178,15 @@ def test_path_gradients_vanish_at_the_exact_posterior(exact, float64):
 
 
 # --- the compiled step takes them ----------------------------------------------------------------
-def _captured_only(graph, inputs, device):
-    return graph  # the captured graph run without inductor: the same capture, quickly
-
-
-def _steps(step_cls, loss, flows=0, **options):
-    with pyro.get_param_store().scope():
-        torch.manual_seed(0)
-        vae = VAE(12, latent_dim=3, hidden=(8,), flows=flows)
-        x = torch.bernoulli(torch.full((10, 12), 0.4))
-        svi = step_cls(vae.model, vae.guide, copy.deepcopy(loss), lr=0.01, **options)
-        torch.manual_seed(1)
-        losses = [svi.step(x[rows], num_data=10) for rows in (slice(0, 4), slice(4, 8))]
-        return losses, {n: p.detach().clone() for n, p in svi.params.items()}, svi
-
-
-@pytest.mark.slow  # capturing the step graph: seconds each
-@pytest.mark.parametrize(
-    "loss, flows",
-    [(DReGObjective(3), 0), (STLObjective(), 0), (DReGObjective(3), 2)],
-    ids=["dreg", "stl", "dreg-iaf"],
-)
-def test_the_captured_step_steps_as_the_eager_one(loss, flows, float64):
-    eager = _steps(SVIStep, loss, flows)
-    fast = _steps(CompiledSVIStep, loss, flows, compile_fn=_captured_only)
-    assert fast[2].fallback_reason is None
-    # the same ATen operations in the same order: float64 round-off of the replayed graph
-    torch.testing.assert_close(fast[:2], eager[:2], rtol=1e-9, atol=1e-12)
-
-
+# (the captured step against the eager one, step by step: tests/test_compiled.py)
 @pytest.mark.slow  # inductor compiles the step graph (tens of seconds)
 @pytest.mark.parametrize("loss", ["iwae-dreg", "stl"])
 def test_the_compiled_step_builds_without_a_fallback(loss):
+    vae = VAE(12, latent_dim=3, hidden=(8,))
+    x = torch.bernoulli(torch.full((10, 12), 0.4))
+    svi = CompiledSVIStep(vae.model, vae.guide, loss, lr=0.01)
     with warnings.catch_warnings():
         warnings.simplefilter("error", CompileFallbackWarning)
-        _, params, svi = _steps(CompiledSVIStep, loss)
-    assert svi.fallback_reason is None
-    assert all(torch.isfinite(p).all() for p in params.values())
+        svi.setup(x)
+        losses = [svi.step(x, num_data=10) for _ in range(2)]
+    assert svi.fallback_reason is None and all(math.isfinite(v) for v in losses), losses
