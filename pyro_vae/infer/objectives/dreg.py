@@ -60,11 +60,14 @@ class DReGObjective(IWAEObjective):
             return super().per_datapoint(pair)
         k = self.num_particles
         guide_trace = trace_guide(pair, k)
+        model_trace = trace_model(pair, k, guide_trace)
         log_q = guide_log_prob(pair, k, guide_trace)
-        log_p = model_log_prob(pair, k, trace_model(pair, k, guide_trace), guide_trace)
+        log_p = model_log_prob(pair, k, model_trace, guide_trace)
         fixed = detach_draws(guide_trace)
         log_q_fixed = guide_log_prob(pair, k, trace_guide(pair, k, at=fixed))
-        log_p_fixed = model_log_prob(pair, k, trace_model(pair, k, fixed), fixed)
+        # the model replayed at its own draws: a latent it drew from the prior keeps its value
+        model_fixed = trace_model(pair, k, detach_draws(model_trace))
+        log_p_fixed = model_log_prob(pair, k, model_fixed, fixed)
         log_w = (log_p - log_q).detach()
         self.neg_elbo = -log_w.mean()
         weights = torch.softmax(log_w, dim=0)  # w~_i, (k, B)
