@@ -24,6 +24,7 @@ Both train the conjugate Gaussian pair to its analytic posterior in the sweep of
 
 import math
 import warnings
+from types import SimpleNamespace
 
 import pyro
 import pyro.distributions as dist
@@ -31,7 +32,7 @@ import pytest
 import torch
 from pairs import ConjugateGaussian, LinearGaussian, make_ppca
 
-from pyro_vae.infer import DReGObjective, IWAEObjective, STLObjective
+from pyro_vae.infer import FROM_PRIOR, DReGObjective, IWAEObjective, STLObjective
 from pyro_vae.infer.compile.capture import CompileFallbackWarning
 from pyro_vae.infer.objectives.elbo import FastTraceELBO
 from pyro_vae.infer.pair.particles import (
@@ -98,6 +99,27 @@ def test_dreg_with_one_particle_is_stl(float64):
         _, dreg = _loss_and_grads(DReGObjective(1), pair, x, seed, "acs")
         _, stl = _loss_and_grads(STLObjective(1), pair, x, seed, "acs")
         torch.testing.assert_close(dreg, stl, rtol=0, atol=ROUND_OFF)
+
+
+def test_a_latent_drawn_from_the_prior_keeps_its_draw_in_the_replay(float64):
+    # the replays at detached draws must see the same value of a model latent the guide does
+    # not sample (marked FROM_PRIOR), else DReG's model gradient would not be the IWAE's
+    def model(x):
+        a = pyro.param("a", torch.tensor(0.7))
+        with pyro.plate("data", x.shape[0]):
+            u = pyro.sample("u", dist.Normal(0.0, 1.0), infer={FROM_PRIOR: True})
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(a * z + 0.3 * u, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(pyro.param("c", torch.tensor(0.2)) * x, 1.0))
+
+    pair, x = SimpleNamespace(model=model, guide=guide), torch.randn(4)
+    for seed in range(3):
+        iwae = _loss_and_grads(IWAEObjective(3), pair, x, seed, "a")
+        dreg = _loss_and_grads(DReGObjective(3), pair, x, seed, "a")
+        torch.testing.assert_close(dreg, iwae, rtol=0, atol=ROUND_OFF)
 
 
 # --- unbiased for the IWAE bound's gradient -----------------------------------------------------
