@@ -17,13 +17,14 @@ from pyro_vae.data import DATASETS, DEFAULT_DATASET
 from pyro_vae.infer.compile.policy import AUTO_MIN_STEPS
 from pyro_vae.infer.evidence.ais import SCHEDULES, AISSettings
 from pyro_vae.infer.evidence.psis import KHAT_OK
-from pyro_vae.infer.objectives.elbo import LOSSES
+from pyro_vae.infer.objectives.registry import LOSSES, losses_taking
 from pyro_vae.infer.runtime.devices import DEFAULT_THREADS
 from pyro_vae.infer.training.options import SCHEDULES as LABELLED_SCHEDULES
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.nets import ACTIVATIONS, ARCHS, INITS
 from pyro_vae.runs.certified import ESTIMATORS
 from pyro_vae.runs.config import M2_ALPHA_PER_LABEL, M2_DEFAULTS, M2_LABELS_PER_CLASS, option_flag
+from pyro_vae.runs.losses import loss_help
 from pyro_vae.runs.recipes import MODELS
 from pyro_vae.runs.training import COMPILE_CHOICES
 
@@ -293,11 +294,13 @@ def _training_options(t: argparse.ArgumentParser) -> None:
         "--loss",
         default="trace",
         choices=LOSSES,
-        help="the objective: trace (our fast Trace_ELBO), Pyro's pyro-trace, meanfield or "
-        "jit, or iwae (the importance-weighted bound, --iwae-k particles)",
+        help=loss_help(),
     )
     t.add_argument(
-        "--iwae-k", type=_positive_int, default=5, help="particles k of --loss iwae (Burda et al.)"
+        "--iwae-k",
+        type=_positive_int,
+        default=5,
+        help=f"particles k of --loss {' or '.join(losses_taking('num_particles'))}",
     )
     t.add_argument(
         "--flows",

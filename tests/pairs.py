@@ -10,7 +10,8 @@ the default dtype of the moment) and comes with what is known about it in closed
   convention (docs/design.md) refuses the pair (e.g. a global latent);
 - the facts the tools' own refusals follow from: ``reparameterized`` (every guide site has
   ``rsample``), ``trainable`` (the pair registers a parameter), ``latent`` (the guide samples a
-  latent site), ``factorized`` (the guide's density splits by latent dimension),
+  latent site), ``guide_factorized`` and ``prior_factorized`` (the guide's, the prior's
+  density at ``site`` splits by latent dimension: what a per-dimension KL needs of both),
   ``enumerated`` (a guide site is marked for parallel enumeration), ``continuous`` (the model
   has a continuous latent, which NUTS draws), and ``site``, the latent site that the per-site
   diagnostics (active units, KL per dimension) read.
@@ -47,6 +48,7 @@ __all__ = [
     "BernoulliLatent",
     "Case",
     "ConjugateGaussian",
+    "CorrelatedPrior",
     "DeterministicSites",
     "GaussianMixture",
     "GlobalAndLocal",
@@ -100,7 +102,8 @@ class Case:
     reparameterized: bool = True
     trainable: bool = True
     latent: bool = True
-    factorized: bool = True
+    guide_factorized: bool = True
+    prior_factorized: bool = True
     enumerated: bool = False
     continuous: bool = True
     site: str = "z"
@@ -283,6 +286,39 @@ class SparseLoadings:
         cov = torch.linalg.inv(torch.eye(self.M, dtype=x.dtype) + W.T @ W)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.MultivariateNormal(x @ W @ cov, covariance_matrix=cov))
+
+
+class CorrelatedPrior:
+    """z ~ N(0, S) with S = [[1, r], [r, 1]], x | z ~ N(z, I_2); guide q(z|x) = N(c x + m, s),
+    factorized. The prior does not factorize (a per-dimension KL has no meaning for it), the
+    guide does. Closed forms: p(x) = N(0, S + I); p(z|x) = N(A x, (S^-1 + I)^-1) with
+    A = S (S + I)^-1 (Bishop 2006, eq. 2.116)."""
+
+    r = 0.6
+
+    def _S(self, x):
+        return torch.tensor([[1.0, self.r], [self.r, 1.0]], dtype=x.dtype)
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.MultivariateNormal(x.new_zeros(2), self._S(x)))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        c, m = pyro.param("c", torch.tensor(0.4)), pyro.param("m", torch.zeros(2))
+        s = pyro.param("s", torch.full((2,), 0.8), constraint=dist.constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(c * x + m, s).to_event(1))
+
+    def exact_log_px(self, x):
+        S = self._S(x)
+        return dist.MultivariateNormal(x.new_zeros(2), S + torch.eye(2, dtype=x.dtype)).log_prob(x)
+
+    def exact_guide(self, x):
+        S, eye = self._S(x), torch.eye(2, dtype=x.dtype)
+        A, cov = S @ torch.linalg.inv(S + eye), torch.linalg.inv(torch.linalg.inv(S) + eye)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(x @ A.T, covariance_matrix=cov))
 
 
 class TwoSite:
@@ -650,9 +686,9 @@ def case(name: str) -> Case:
 CATALOGUE = [
     # closed forms: exact log p(x) and an exact guide
     Case("ppca", _seeded(_ppca), lambda p: p.owner.log_marginal(p.x), _own_guide,
-         trainable=False, factorized=False),
+         trainable=False, guide_factorized=False),
     Case("ppca-params", _seeded(lambda: _pair(ParamPPCA(make_ppca()), torch.randn(8, 5))),
-         _log_px, _own_guide, factorized=False),
+         _log_px, _own_guide, guide_factorized=False),
     Case("collapsed-ppca", _seeded(lambda: _pair(CollapsedPPCA(5, 2), torch.randn(10, 5))),
          _collapsed_log_px, _own_guide, latent=False),
     Case("linear-gaussian", _seeded(lambda: _pair(LinearGaussian(a=0.5, c=0.1), torch.randn(6))),
@@ -663,6 +699,8 @@ CATALOGUE = [
          _log_px, _own_guide, trainable=False),
     Case("sparse-loadings", _seeded(lambda: _pair(SparseLoadings(), torch.randn(6, 2))),
          _log_px, _owner("exact_guide")),
+    Case("correlated-prior", _seeded(lambda: _pair(CorrelatedPrior(), torch.randn(6, 2))),
+         _log_px, _owner("exact_guide"), prior_factorized=False),
     Case("two-site", _seeded(lambda: _pair(TwoSite(), torch.rand(10) + 0.1)),
          _log_px, _owner("exact_guide"), site="z1"),
     Case("deterministic-sites", _seeded(lambda: _pair(DeterministicSites(), torch.randn(6))),
@@ -681,7 +719,8 @@ CATALOGUE = [
     Case("vae-gaussian",
          _seeded(_vae(lambda: torch.rand(6, 16), 16, 3, (8,), likelihood="gaussian"))),
     Case("vae-conv", _seeded(_vae(_binary(6, 784), 784, 3, (8,), arch="conv"))),
-    Case("vae-iaf", _seeded(_vae(_binary(6, 16), 16, 3, (8,), flows=2)), factorized=False),
+    Case("vae-iaf", _seeded(_vae(_binary(6, 16), 16, 3, (8,), flows=2)),
+         guide_factorized=False),
     Case("positive-features", _seeded(lambda: _pair(PositiveFeatures(), torch.rand(6, 3)))),
     Case("cvae", _seeded(_labelled(CVAE, labels=True))),
     Case("m2-labelled", _seeded(_labelled(M2, labels=True))),  # y observed

@@ -19,6 +19,7 @@ import pyro_vae.infer.training.loop
 from pyro_vae import __version__
 from pyro_vae.cli import build_parser, main
 from pyro_vae.infer.evidence.dataset import dataset_nll
+from pyro_vae.infer.objectives.registry import losses_taking
 from pyro_vae.infer.runtime.distributed import PeerLostError
 from pyro_vae.infer.training.checkpoint import load_checkpoint
 from pyro_vae.runs import evaluation_data, load_run
@@ -263,8 +264,9 @@ def test_download_reaches_the_data_loader(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "a").exists()  # nothing written: the data come before the folder
 
 
-def test_iwae_loss_trains_from_the_command_line(tmp_path):
-    assert _train(tmp_path / "run", "--loss", "iwae", "--iwae-k", "3") == 0
+@pytest.mark.parametrize("loss", losses_taking("num_particles"))  # iwae, iwae-dreg
+def test_iwae_loss_trains_from_the_command_line(tmp_path, loss):
+    assert _train(tmp_path / "run", "--loss", loss, "--iwae-k", "3") == 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     # the bound L_3 lies above the ELBO of the same draws: the objective is below -ELBO
     assert all(r["train_objective"] < r["train_loss"] for r in history), history

@@ -22,8 +22,10 @@ from pyro_vae.infer.evidence import compiled as log_weights_module
 from pyro_vae.infer.evidence.dataset import dataset_nll
 from pyro_vae.infer.evidence.importance import elbo_per_datapoint, iwae_bound, log_evidence
 from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
+from pyro_vae.infer.objectives.dreg import DReGObjective
 from pyro_vae.infer.objectives.iwae import IWAEObjective
 from pyro_vae.infer.objectives.kl_control import KLAnnealing, KLControlledELBO
+from pyro_vae.infer.objectives.stl import STLObjective
 from pyro_vae.infer.training import compiled_step as step_module
 from pyro_vae.infer.training.compiled_step import CompiledSVIStep
 from pyro_vae.infer.training.loop import train
@@ -101,8 +103,12 @@ def test_compiled_step_matches_eager(name, compile_fn, float64):
 
 @pytest.mark.parametrize(
     "loss, flows",
-    [(IWAEObjective(3), 0), ("meanfield", 0), (KLControlledELBO(free_bits=0.1), 0), ("trace", 2)],
-    ids=["iwae", "meanfield", "free-bits", "iaf-buffers"],
+    [(IWAEObjective(3), 0), ("meanfield", 0), (KLControlledELBO(free_bits=0.1), 0), ("trace", 2)]
+    + [
+        pytest.param(loss, flows, marks=pytest.mark.slow)  # a replay at detached draws: seconds
+        for loss, flows in ((DReGObjective(3), 0), (STLObjective(), 0), (DReGObjective(3), 2))
+    ],
+    ids=["iwae", "meanfield", "free-bits", "iaf-buffers", "dreg", "stl", "dreg-iaf"],
 )
 def test_other_objectives_and_module_buffers_match_eager(loss, flows, float64):
     def steps(step_cls, **options):

@@ -43,13 +43,16 @@ def test_the_catalogue_states_what_the_library_reads_off_each_pair(case):
     enumerated = any(s["infer"].get("enumerate") for s in latents.values())
     assert enumerated == case.enumerated, f"{case}: enumerated {enumerated}"
     assert case.site in latents, f"{case}: site {case.site!r} not in {list(latents)}"
-    fn = latents[case.site]["fn"]
-    while isinstance(fn, torch.distributions.Independent):
-        fn = fn.base_dist
-    assert (fn.event_shape == ()) == case.factorized, f"{case}: {type(fn).__name__}"
     model_trace = poutine.trace(poutine.replay(pair.model, trace=trace)).get_trace(
         pair.x, *pair.args
     )
+    for who, fn, fact in (
+        ("guide", latents[case.site]["fn"], case.guide_factorized),
+        ("prior", model_trace.nodes[case.site]["fn"], case.prior_factorized),
+    ):
+        while isinstance(fn, torch.distributions.Independent):
+            fn = fn.base_dist
+        assert (fn.event_shape == ()) == fact, f"{case}: {who} {type(fn).__name__}"
     model_latents = [s for _, s in sample_sites(model_trace) if not s["is_observed"]]
     continuous = any(not s["fn"].support.is_discrete for s in model_latents)
     assert continuous == case.continuous, f"{case}: continuous latents {continuous}"
@@ -142,8 +145,8 @@ def expected_refusal(case, tool):
     if tool == "active_units" and not case.continuous and case.enumerated:
         # the catalogue's enumerated discrete sites are Categorical: E_q[y|x] has no meaning
         return (ValueError, "has no mean")
-    if tool == "kl_per_dimension" and not case.factorized:
-        # a full-covariance or flow guide has no per-dimension KL
+    if tool == "kl_per_dimension" and not (case.guide_factorized and case.prior_factorized):
+        # a full-covariance or flow guide, or a correlated prior, has no per-dimension KL
         return (ValueError, "factorized")
     return None
 

@@ -26,6 +26,7 @@ def test_every_script_is_smoke_tested():
     expected |= {"bench_startup", "bench_ais", "pyro_ss_vae", "bench_steps", "bench_main_job"}
     expected |= {"numpyro_main_job", "numpyro_data_parallel"}  # need the bench extra
     expected |= {"outliers", "bench_data_files"}
+    expected |= {"bench_dreg"}
     assert scripts == expected, scripts
 
 
@@ -55,6 +56,37 @@ def test_bench_train(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "| pyro_vae.train |" in out and "NumPyro rows skipped" in out
     assert math.isfinite(result["iwae_ratio"]) and result["iwae_ratio"] > 0, result
+
+
+def test_bench_dreg_snr(capsys):
+    argv = ["--ks", "1", "3", "--draws", "4", "--batch", "4", "--train-epochs", "1"]
+    rows = load("bench_dreg").main([*argv, "--latent", "2", "--hidden", "8"])
+    assert [(r["loss"], r["k"]) for r in rows] == [
+        ("iwae", 1),
+        ("iwae-dreg", 1),
+        ("iwae", 3),
+        ("iwae-dreg", 3),
+    ]
+    assert all(r["encoder_snr"] >= 0 and r["decoder_snr"] >= 0 for r in rows), rows
+    # the model gradient is one estimator for both (tests/test_path_gradients.py): the same
+    # draws give the same decoder SNR
+    assert rows[0]["decoder_snr"] == rows[1]["decoder_snr"], rows
+    assert "| iwae-dreg | 3 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_dreg_nll(tmp_path):
+    argv = ["--part", "nll", "--nll-ks", "2", "--seeds", "0", "1", "--epochs", "1"]
+    argv += ["--train-points", "200", "--num-points", "2", "--chains", "2", "--ais-steps", "5"]
+    rows = load("bench_dreg").main([*argv, "--out", str(tmp_path), "--quiet"])
+    assert [(r["loss"], r["seed"]) for r in rows] == [
+        ("iwae", 0),
+        ("iwae", 1),
+        ("iwae-dreg", 0),
+        ("iwae-dreg", 1),
+    ]
+    assert all(0 < r["nll"] < 784 * math.log(2) for r in rows), rows  # below a coin per pixel
+    assert (tmp_path / "nll.md").read_text().count("\n") == 2 + 2
 
 
 @pytest.mark.slow

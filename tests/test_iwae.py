@@ -13,8 +13,9 @@ import torch
 from pairs import BernoulliLatent, GlobalMean, LinearGaussian
 from pyro.infer import RenyiELBO
 
-from pyro_vae.infer.objectives.elbo import FastTraceELBO, make_objective
+from pyro_vae.infer.objectives.elbo import FastTraceELBO
 from pyro_vae.infer.objectives.iwae import IWAEObjective
+from pyro_vae.infer.objectives.registry import make_objective
 from pyro_vae.infer.pair.sites import GlobalLatentError
 
 

@@ -14,7 +14,7 @@ from pyro import poutine
 
 from pyro_vae.infer.evidence.importance import log_evidence
 from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
-from pyro_vae.infer.objectives.elbo import make_objective
+from pyro_vae.infer.objectives.registry import make_objective
 from pyro_vae.infer.training.svi import SVIStep
 from pyro_vae.models.m2 import M2
 from pyro_vae.nets import MLP

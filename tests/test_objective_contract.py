@@ -13,7 +13,9 @@ import pytest
 import torch
 from pyro.infer import JitTrace_ELBO, Trace_ELBO
 
+from pyro_vae.cli_parser import build_parser
 from pyro_vae.infer import (
+    LOSSES,
     AuxiliaryTerm,
     IWAEObjective,
     KLAnnealing,
@@ -37,7 +39,10 @@ from pyro_vae.infer.compile.warm import (
     step_signature,
 )
 from pyro_vae.infer.objectives.base import CallableObjective, as_objective
+from pyro_vae.infer.objectives.dreg import DReGObjective
 from pyro_vae.infer.objectives.elbo import FastTraceELBO, PyroELBO
+from pyro_vae.infer.objectives.registry import LOSS_REGISTRY, LossChoice, losses_taking
+from pyro_vae.infer.objectives.stl import STLObjective
 from pyro_vae.infer.training.compiled_step import CompiledSVIStep
 from pyro_vae.models.vae import VAE
 
@@ -55,10 +60,31 @@ def _plain_loss(model, guide, x, *args, num_data=None, **kwargs):
 
 def test_every_built_in_objective_is_an_objective():
     vae, x = _vae_and_batch()
-    for loss in ("trace", "pyro-trace", "meanfield", "jit", "iwae", "enum", Trace_ELBO()):
+    for loss in (*LOSSES, Trace_ELBO()):  # every registered loss
         assert isinstance(make_objective(loss, vae.model, vae.guide, x), Objective), loss
     for objective in (KLControlledELBO(), IWAEObjective(3), AuxiliaryTerm("trace", len)):
         assert make_objective(objective, vae.model, vae.guide, x) is objective
+
+
+def test_the_registry_is_the_one_list_of_losses():
+    # the command line takes every registered loss, and nothing else
+    parser = build_parser()
+    for name in LOSSES:
+        assert parser.parse_args(["train", "--loss", name]).loss == name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--loss", "elbo"])
+    assert LOSSES == tuple(LOSS_REGISTRY)
+    assert all(loss.help and "\n" not in loss.help for loss in LOSS_REGISTRY.values())
+    assert losses_taking("num_particles") == ("iwae", "iwae-dreg")
+    assert losses_taking("free_bits") == losses_taking("annealing") == ("trace",)
+    vae, x = _vae_and_batch()
+    built = make_objective(LossChoice("iwae-dreg", {"num_particles": 7}), vae.model, vae.guide, x)
+    assert type(built) is DReGObjective and built.num_particles == 7
+    assert type(make_objective("stl", vae.model, vae.guide, x)) is STLObjective
+    with pytest.raises(ValueError, match="unknown loss 'elbo'; choose one of"):
+        make_objective("elbo", vae.model, vae.guide, x)
+    with pytest.raises(ValueError, match="loss 'stl' takes no setting 'num_particles'"):
+        LossChoice("stl", {"num_particles": 3})
 
 
 def test_a_plain_callable_is_a_plain_objective():

@@ -19,8 +19,10 @@ from pairs import ConjugateGaussian, GaussianMixture, GlobalMean
 
 from pyro_vae.infer.evidence.importance import elbo_per_datapoint
 from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
-from pyro_vae.infer.objectives.elbo import FastTraceELBO, make_objective
+from pyro_vae.infer.objectives.elbo import FastTraceELBO
 from pyro_vae.infer.objectives.kl_control import KLControlledELBO
+from pyro_vae.infer.objectives.registry import LOSSES as REGISTERED_LOSSES
+from pyro_vae.infer.objectives.registry import make_objective
 from pyro_vae.infer.training.loop import train
 from pyro_vae.infer.training.svi import SVIStep
 
@@ -33,14 +35,11 @@ def _zero_term(x):
     return torch.zeros_like(x)  # one value per datapoint
 
 
-# Fresh objectives per test (an objective may keep state between calls). All of them estimate
-# the same ELBO, or (IWAE) a bound that is tight exactly at the posterior, so all share its optimum.
-LOSSES = {
-    "trace": lambda: "trace",
-    "pyro-trace": lambda: "pyro-trace",
-    "meanfield": lambda: "meanfield",
-    "jit": lambda: "jit",
-    "iwae": lambda: "iwae",
+# Fresh objectives per test (an objective may keep state between calls): every registered loss
+# (the registry's names; "enum" sums a discrete latent out: the mixture test below), and wrappers.
+# All of them estimate the same ELBO, or (IWAE, IWAE-DReG) a bound that is tight exactly at the
+# posterior, so all share its optimum.
+LOSSES = {name: (lambda name=name: name) for name in REGISTERED_LOSSES if name != "enum"} | {
     "KLControlledELBO-free-bits-0": lambda: KLControlledELBO(free_bits=0.0),
     "AuxiliaryTerm-weight-0": lambda: AuxiliaryTerm("trace", _zero_term, weight=0.0),
 }
@@ -54,7 +53,10 @@ LOSSES = {
 # largest error over the 20 seeds was 0.0061 and 0.011. The tolerances are 5.5 standard
 # deviations: a loss whose optimum moves a by 3% (IWAE: 6%) fails them; a KL weighted by 0.8,
 # say, moves a from 1/2 to 0.56 and c by 0.06 (Bishop 2006, eq. 2.116 with s^2 -> 0.8 s^2).
-OPTIMUM_TOL = {"iwae": 0.03}
+# DReG and STL, whose guide gradients vanish at the posterior (zero variance there: Roeder et
+# al. 2017, tests/test_path_gradients.py), stop much closer: measured over 20 seeds, sd <= 2e-5
+# and largest error 1.9e-4 (their bias, from the averaging window); 2e-3 is 10x the largest.
+OPTIMUM_TOL = {"iwae": 0.03, "iwae-dreg": 2e-3, "stl": 2e-3}
 OPTIMUM_TOL_DEFAULT = 0.015
 # At the optimum every log weight log p(x, z) - log q(z|x) equals log p(x) (q is the
 # posterior), so the ELBO of the averaged parameters (100 draws per datapoint) is log p(x) per

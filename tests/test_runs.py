@@ -10,10 +10,13 @@ import pyro_vae.runs as runs
 from pyro_vae.cli_parser import build_parser, given_options
 from pyro_vae.data import load_dataset
 from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
+from pyro_vae.infer.objectives.dreg import DReGObjective
 from pyro_vae.infer.objectives.iwae import IWAEObjective
 from pyro_vae.infer.objectives.kl_control import KLAnnealing, KLControlledELBO
+from pyro_vae.infer.objectives.registry import LOSS_REGISTRY, LOSSES, LossChoice, make_objective
 from pyro_vae.infer.training.checkpoint import load_checkpoint
 from pyro_vae.models.m2 import M2
+from pyro_vae.models.vae import VAE
 
 # the options of a tiny run, as pyro-vae train's parser gives them (its defaults elsewhere)
 TINY_RUN = ["--dataset", "digits", "--latent", "2", "--hidden", "16", "--epochs", "1",
@@ -91,15 +94,26 @@ def test_a_seed_repeats_the_networks(digits):
 # --- the objective recipe ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("loss", ["trace", "pyro-trace", "meanfield", "jit", "enum"])
+# every registered loss that takes no setting from the options (the registry says which)
+@pytest.mark.parametrize(
+    "loss", [n for n in LOSSES if "num_particles" not in LOSS_REGISTRY[n].settings]
+)
 def test_a_plain_loss_is_its_name(loss):
     assert runs.training_objective({**OPTIONS, "loss": loss}) == loss
 
 
+def _built(loss):
+    vae = VAE(6, latent_dim=2, hidden=(4,))
+    return make_objective(loss, vae.model, vae.guide, torch.bernoulli(torch.full((5, 6), 0.5)))
+
+
 def test_the_objective_recipe_for_every_combination():
     assert runs.training_objective({}) == "trace"  # absent options are off
-    iwae = runs.training_objective({**OPTIONS, "loss": "iwae", "iwae_k": 7})
-    assert isinstance(iwae, IWAEObjective) and iwae.num_particles == 7
+    for loss, cls in (("iwae", IWAEObjective), ("iwae-dreg", DReGObjective)):
+        choice = runs.training_objective({**OPTIONS, "loss": loss, "iwae_k": 7})
+        assert choice == LossChoice(loss, {"num_particles": 7})
+        built = _built(choice)
+        assert type(built) is cls and built.num_particles == 7
     cases = {
         # (anneal_epochs, anneal_start, anneal_cycles, free_bits) -> the objective's repr
         (2.0, 0.0, 1, 0.0): repr(KLControlledELBO(KLAnnealing(2.0), 0.0)),
@@ -109,7 +123,7 @@ def test_the_objective_recipe_for_every_combination():
     }
     for (epochs, start, cycles, free_bits), expected in cases.items():
         options = dict(anneal_epochs=epochs, anneal_start=start, anneal_cycles=cycles)
-        objective = runs.training_objective({**OPTIONS, **options, "free_bits": free_bits})
+        objective = _built(runs.training_objective({**OPTIONS, **options, "free_bits": free_bits}))
         assert isinstance(objective, KLControlledELBO) and repr(objective) == expected
 
 
@@ -202,6 +216,12 @@ def test_check_options_refuses_what_does_not_apply():
         _options(model="cvae", flows=2)
     with pytest.raises(ValueError, match="--free-bits reshapes"):
         _options(loss="iwae", free_bits=0.5)
+    # which loss takes which option: the registry's settings (runs/losses.py)
+    with pytest.raises(ValueError, match="--iwae-k sets the particles of --loss iwae or iwae-dreg"):
+        _options(loss="stl", iwae_k=7)
+    assert _options(loss="iwae-dreg", iwae_k=7)["iwae_k"] == 7
+    with pytest.raises(ValueError, match="--anneal-epochs reshapes the single-sample ELBO"):
+        _options(loss="iwae-dreg", anneal_epochs=2.0)
     with pytest.raises(ValueError, match="--download needs --root"):
         _options(dataset="mnist", download=True)
     assert _options(download=True)["download"]  # digits ships with scikit-learn: nothing to fetch

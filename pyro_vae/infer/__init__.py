@@ -20,9 +20,11 @@ from pyro_vae.infer.evidence.importance import (
 from pyro_vae.infer.evidence.psis import pareto_khat
 from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
 from pyro_vae.infer.objectives.base import Objective
-from pyro_vae.infer.objectives.elbo import make_objective
+from pyro_vae.infer.objectives.dreg import DReGObjective
 from pyro_vae.infer.objectives.iwae import IWAEObjective
 from pyro_vae.infer.objectives.kl_control import KLAnnealing, KLControlledELBO
+from pyro_vae.infer.objectives.registry import LOSSES, LossChoice, make_objective
+from pyro_vae.infer.objectives.stl import STLObjective
 from pyro_vae.infer.pair import FROM_PRIOR, GlobalLatentError, check_pair
 from pyro_vae.infer.training.loop import TrainResult, train
 from pyro_vae.infer.training.options import LabelledStream, TrainOptions
@@ -33,13 +35,17 @@ __all__ = [
     "AISSettings",
     "AuxiliaryTerm",
     "BDMCResult",
+    "DReGObjective",
     "FROM_PRIOR",
     "GlobalLatentError",
     "IWAEObjective",
     "KLAnnealing",
     "KLControlledELBO",
+    "LOSSES",
     "LabelledStream",
+    "LossChoice",
     "Objective",
+    "STLObjective",
     "SVIStep",
     "TrainOptions",
     "TrainResult",

@@ -10,6 +10,7 @@ knows both the data sets and the models; ``infer`` and ``diagnostics`` stay gene
 - :mod:`~pyro_vae.runs.config`: which options define a run, which a resume may change, the
   migration of old runs, reading and writing ``config.json``;
 - :mod:`~pyro_vae.runs.checks`: the checks of the options, and of a resume against the run;
+- :mod:`~pyro_vae.runs.losses`: the options -> the settings of a registered loss;
 - :mod:`~pyro_vae.runs.recipes`: data, model (one building path for ``train`` and
   :func:`load_run`), objective, M2's losses and the training streams, from the options;
 - :mod:`~pyro_vae.runs.training`: all of them made, in order, and trained;

@@ -24,6 +24,7 @@ from pyro_vae.runs.config import (
     stored_value,
     with_added_options,
 )
+from pyro_vae.runs.losses import check_loss_options
 from pyro_vae.runs.own_data import FILE_DATASET, check_same_data
 
 __all__ = ["check_data_options", "check_options", "check_resume"]
@@ -215,20 +216,10 @@ def _check_model_options(options: dict, given: set[str]) -> dict:
 
 
 def _check_objective_options(options: Mapping, given: set[str]) -> None:
-    loss = options["loss"]
     if "anneal_epochs" not in given and options["anneal_epochs"] is None:
         orphans = [n for n in ("anneal_start", "anneal_cycles") if n in given]
         if orphans:
             raise ValueError(
                 f"{option_flag(orphans[0])} needs --anneal-epochs (the length of the rise)"
             )
-    if "iwae_k" in given and loss != "iwae":
-        raise ValueError(f"--iwae-k sets the particles of --loss iwae, not of --loss {loss}")
-    reshaped = [
-        name for name, off in (("anneal_epochs", None), ("free_bits", 0.0)) if options[name] != off
-    ]
-    if reshaped and loss != "trace":
-        raise ValueError(
-            f"{option_flag(reshaped[0])} reshapes the single-sample ELBO of --loss trace; it "
-            f"cannot apply to --loss {loss}"
-        )
+    check_loss_options(options, given)

@@ -7,7 +7,7 @@ The one place that turns the options of ``pyro-vae train`` (as ``config.json`` s
 - :func:`model_arguments` and :func:`build_model`: the one model-building path, used by
   ``train`` (from the options) and by :func:`pyro_vae.runs.folders.load_run` (from the stored
   ``config["vae"]``, which :func:`architecture` writes);
-- :func:`training_objective`: the loss, or the objective object (IWAE, KL annealing, free bits);
+- :func:`training_objective`: the loss, with the settings its options turn on;
 - the M2 losses of Kingma et al. (2014): :func:`m2_alpha` (default 0.1 N) and
   :func:`m2_classification_term` / :func:`m2_labelled_stream` (the classification term on the
   labelled stream);
@@ -29,13 +29,13 @@ from pyro_vae.data import (
     load_dataset,
 )
 from pyro_vae.infer.objectives.auxiliary import AuxiliaryTerm
-from pyro_vae.infer.objectives.iwae import IWAEObjective
-from pyro_vae.infer.objectives.kl_control import KLAnnealing, KLControlledELBO
+from pyro_vae.infer.objectives.registry import LossChoice
 from pyro_vae.infer.training.options import LabelledStream
 from pyro_vae.models.conditional import CVAE
 from pyro_vae.models.m2 import M2
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.config import M2_ALPHA_PER_LABEL, with_added_options
+from pyro_vae.runs.losses import loss_settings
 from pyro_vae.runs.own_data import (
     FILE_DATASET,
     file_data_config,
@@ -249,22 +249,15 @@ def training_objective(options: Mapping):
 
     Returns
     -------
-    str or Objective
-        ``IWAEObjective(iwae_k)`` for ``loss = "iwae"``; a
-        :class:`~pyro_vae.infer.objectives.kl_control.KLControlledELBO` when annealing or free
-        bits are on; else the loss name.
+    str or LossChoice
+        The loss name, with the settings its options turn on
+        (:func:`~pyro_vae.runs.losses.loss_settings`: ``num_particles`` from ``iwae_k``;
+        annealing and free bits for ``"trace"``) as a
+        :class:`~pyro_vae.infer.objectives.registry.LossChoice` when there are any.
     """
     options = with_added_options({"loss": "trace", **options})
-    if options["loss"] == "iwae":
-        return IWAEObjective(options["iwae_k"])
-    if options["anneal_epochs"] is None and options["free_bits"] == 0:
-        return options["loss"]
-    annealing = None
-    if options["anneal_epochs"] is not None:
-        annealing = KLAnnealing(
-            options["anneal_epochs"], options["anneal_start"], options["anneal_cycles"]
-        )
-    return KLControlledELBO(annealing, options["free_bits"])
+    settings = loss_settings(options)
+    return LossChoice(options["loss"], settings) if settings else options["loss"]
 
 
 def m2_alpha(num_labelled: int, alpha: float | None = None) -> float:

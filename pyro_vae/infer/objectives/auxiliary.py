@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from pyro_vae.infer.objectives.base import CallableObjective, Objective
-from pyro_vae.infer.objectives.elbo import make_objective
+from pyro_vae.infer.objectives.registry import make_objective
 from pyro_vae.infer.pair.sites import DATA_PLATE
 
 __all__ = ["AuxiliaryTerm"]

@@ -75,7 +75,7 @@ class Objective:
     def setup(self, model, guide, x, *args, **kwargs) -> None:
         """Finish what needs the pair, on a first batch, before any call (default: nothing).
 
-        :func:`~pyro_vae.infer.objectives.elbo.make_objective` calls it, inside a forked RNG, so
+        :func:`~pyro_vae.infer.objectives.registry.make_objective` calls it, inside a forked RNG, so
         a check that traces the pair changes no later draw. It must be idempotent: ``train``
         builds the objectives once to resolve ``compile`` and the step's set-up builds them
         again (a check repeated, an inner objective rebuilt; once per run, never per step). A

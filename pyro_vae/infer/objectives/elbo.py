@@ -1,10 +1,10 @@
-"""The ELBO objectives: -ELBO per datapoint for any model/guide pair, and ``make_objective``.
+"""The ELBO objectives: -ELBO per datapoint for any model/guide pair.
 
 Every objective follows the contract of :mod:`pyro_vae.infer.objectives.base`: called as
 ``objective(model, guide, x, *args, num_data=None, **kwargs)``, it returns a differentiable
 estimate of -ELBO per datapoint (nats) of the batch ``x``, where ``num_data`` is the size N of
-the whole training set. :func:`make_objective` builds the built-in ones by name or from a
-``pyro.infer.ELBO``.
+the whole training set. :func:`~pyro_vae.infer.objectives.registry.make_objective` builds the
+built-in ones by name (the registry) or from a ``pyro.infer.ELBO``.
 
 The fast path, :class:`FastTraceELBO`, computes exactly the single-particle Trace_ELBO estimate
 
@@ -14,7 +14,7 @@ but records log-densities as the sites run (:func:`pyro_vae.infer.pair.record.ru
 instead of building two full ``Trace`` objects, so a step costs little more than the networks
 themselves (Pyro's ``SVI`` with ``Trace_ELBO`` runs at 0.73x of a hand-written loop,
 ``SVIStep`` with this objective at 1.0x: ``experiments/bench_train.py``). It requires every
-guide site to be reparameterized; :func:`make_objective` falls back to Pyro's own
+guide site to be reparameterized; ``"trace"`` falls back to Pyro's own
 ``Trace_ELBO`` otherwise.
 
 Discrete latents: ``"enum"`` is Pyro's ``TraceEnum_ELBO``, which sums every guide site marked
@@ -32,24 +32,20 @@ divided by N: -ELBO per datapoint, in nats.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 
 import torch
-from pyro.infer import ELBO, JitTrace_ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, JitTrace_ELBO, TraceEnum_ELBO
 from pyro.infer.trace_mean_field_elbo import JitTraceMeanField_ELBO
 from pyro.infer.traceenum_elbo import JitTraceEnum_ELBO
 from pyro.infer.tracegraph_elbo import JitTraceGraph_ELBO
 from pyro.poutine.messenger import Messenger
 
-from pyro_vae.infer.objectives.base import Objective, as_objective
-from pyro_vae.infer.objectives.iwae import IWAEObjective
-from pyro_vae.infer.pair.layout import is_fully_reparameterized, max_plate_nesting
+from pyro_vae.infer.objectives.base import Objective
 from pyro_vae.infer.pair.record import run_pair
 from pyro_vae.infer.pair.sites import DATA_PLATE, data_scale
 
-__all__ = ["LOSSES", "FastTraceELBO", "PyroELBO", "make_objective"]
+__all__ = ["FastTraceELBO", "PyroELBO"]
 
-LOSSES = ("trace", "pyro-trace", "meanfield", "jit", "iwae", "enum")
 # Pyro's ELBOs that trace one batch shape with torch.jit (and cannot be captured again)
 _JIT_ELBOS = (JitTrace_ELBO, JitTraceGraph_ELBO, JitTraceEnum_ELBO, JitTraceMeanField_ELBO)
 
@@ -174,65 +170,3 @@ class PyroELBO(Objective):
             else:
                 loss = self.elbo.differentiable_loss(scale(model), scale(guide), x, *args, **kwargs)
         return loss / n
-
-
-def make_objective(
-    loss: str | ELBO | Callable, model, guide, x, *args, data_plate: str = DATA_PLATE, **kwargs
-) -> Objective:
-    """The objective for ``loss``, with the signature in the module docstring.
-
-    Parameters
-    ----------
-    loss : str, pyro.infer.ELBO or callable
-        ``"trace"`` is :class:`FastTraceELBO` when the guide is fully reparameterized (checked
-        by tracing the guide once on ``x``), else Pyro's ``Trace_ELBO`` (score-function
-        gradients); ``"pyro-trace"``, ``"meanfield"`` (``TraceMeanField_ELBO``, analytic KL)
-        and ``"jit"`` (``JitTrace_ELBO``) are Pyro's; ``"iwae"`` is
-        :class:`~pyro_vae.infer.objectives.iwae.IWAEObjective` with k = 5 particles (pass an
-        ``IWAEObjective(k)`` for another k); ``"enum"`` is ``TraceEnum_ELBO`` with
-        ``max_plate_nesting`` from :func:`max_plate_nesting` (discrete guide sites marked for
-        enumeration are summed out). A ``pyro.infer.ELBO`` instance is
-        wrapped in :class:`PyroELBO`; an :class:`~pyro_vae.infer.objectives.base.Objective`
-        is set up on ``x`` (:meth:`~pyro_vae.infer.objectives.base.Objective.setup`) and
-        returned; any other callable is wrapped by
-        :func:`~pyro_vae.infer.objectives.base.as_objective`.
-    model, guide : callable
-        The pair.
-    x : torch.Tensor of shape (N, ...)
-        A batch, used only to check reparameterization for ``"trace"`` and to find the plate
-        nesting for ``"enum"``.
-    *args, **kwargs
-        Passed on to the pair for those checks.
-    data_plate : str
-        Name of the data plate.
-
-    Returns
-    -------
-    Objective
-        ``objective(model, guide, x, *args, num_data=None, **kwargs) -> 0-dim tensor``,
-        -ELBO (or a surrogate's loss) per datapoint in nats.
-
-    Raises
-    ------
-    ValueError
-        When ``loss`` is a string other than those in :data:`LOSSES`.
-    """
-    if isinstance(loss, ELBO):
-        return PyroELBO(loss, data_plate)
-    if callable(loss):
-        objective = as_objective(loss)
-        objective.setup(model, guide, x, *args, **kwargs)
-        return objective
-    if loss == "iwae":
-        return IWAEObjective(data_plate=data_plate)
-    if loss == "enum":
-        nesting = max_plate_nesting(model, guide, x, *args, **kwargs)
-        return PyroELBO(TraceEnum_ELBO(max_plate_nesting=nesting), data_plate)
-    if loss == "trace":
-        fast = is_fully_reparameterized(model, guide, x, *args, **kwargs)
-        return FastTraceELBO(data_plate) if fast else PyroELBO(Trace_ELBO(), data_plate)
-    elbos = {"pyro-trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "jit": JitTrace_ELBO}
-    if loss not in elbos:
-        raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES} or pass a pyro ELBO")
-    settings = {"ignore_jit_warnings": True} if loss == "jit" else {}
-    return PyroELBO(elbos[loss](**settings), data_plate)

@@ -23,16 +23,14 @@ import math
 
 import torch
 
-from pyro_vae.infer.objectives.base import Objective
-from pyro_vae.infer.pair.layout import inspect_pair, require_reparameterized
+from pyro_vae.infer.objectives.particle import ParticleObjective
 from pyro_vae.infer.pair.particles import PairBatch, draw_log_weights
 from pyro_vae.infer.pair.sites import DATA_PLATE
-from pyro_vae.infer.runtime.devices import forked_rng
 
 __all__ = ["IWAEObjective"]
 
 
-class IWAEObjective(Objective):
+class IWAEObjective(ParticleObjective):
     """-L_k per datapoint (nats): the importance-weighted bound, negated, as a loss.
 
     Minibatches: the bound is a sum over datapoints, so the batch mean of -L_k(x_n) is an
@@ -51,64 +49,20 @@ class IWAEObjective(Objective):
         -ELBO per datapoint of the latest draw (the mean of -log w over the k particles),
         detached: what the trainer records so curves compare with plain ELBO runs.
 
-    Raises
-    ------
-    ValueError
-        For k that is not a positive int; when called, for a guide with a latent site that is
-        not reparameterized.
-    GlobalLatentError
-        When called on a pair with a site outside the data plate.
+    Errors: those of :class:`~pyro_vae.infer.objectives.particle.ParticleObjective` (k not a
+    positive int; a guide site not reparameterized; a site outside the data plate).
     """
 
     surrogate = True  # the loss is not -ELBO: validation scores the plain ELBO
+    what = "the IWAE"
 
     def __init__(self, num_particles: int = 5, data_plate: str = DATA_PLATE):
-        if (
-            isinstance(num_particles, bool)
-            or not isinstance(num_particles, int)
-            or num_particles < 1
-        ):
-            raise ValueError(f"the IWAE needs k >= 1 particles, got {num_particles!r}")
-        self.num_particles, self.data_plate = num_particles, data_plate
+        super().__init__(num_particles, data_plate)
         self.neg_elbo = None
-        self._layouts = {}  # batch size -> PairLayout (the last batch may be shorter)
 
-    def _layout(self, model, guide, x, args, kwargs):
-        layout = self._layouts.get(x.shape[0])
-        if layout is None:
-            require_reparameterized("the IWAE objective", model, guide, x, *args, **kwargs)
-            # a forked RNG: finding the layout must not change the draws that follow
-            with forked_rng(x), torch.no_grad():
-                layout = inspect_pair(model, guide, x, *args, data_plate=self.data_plate, **kwargs)
-            self._layouts[x.shape[0]] = layout
-        return layout
-
-    def __call__(self, model, guide, x, *args, num_data: int | None = None, **kwargs):
-        """-L_k per datapoint of the batch ``x``, differentiable in every parameter.
-
-        Parameters
-        ----------
-        model, guide : callable
-            A pair following the site convention, with a reparameterized guide.
-        x : torch.Tensor of shape (B, ...)
-            A minibatch of B datapoints.
-        *args, **kwargs
-            Passed on to ``model`` and ``guide``.
-        num_data : int, optional
-            Accepted for the objective signature; the batch mean needs no scaling.
-
-        Returns
-        -------
-        torch.Tensor of shape ()
-            -(1/B) sum_n L_k(x_n), nats per datapoint.
-        """
-        layout = self._layout(model, guide, x, args, kwargs)
+    def per_datapoint(self, pair: PairBatch) -> torch.Tensor:
+        """L_k(x_n) of each datapoint, shape (B,), differentiable in every parameter."""
         k = self.num_particles
-        pair = PairBatch(model, guide, x, args, kwargs, layout, self.data_plate)
         log_w = draw_log_weights(pair, k)
         self.neg_elbo = -log_w.detach().mean()
-        bound = torch.logsumexp(log_w, dim=0) - math.log(k)  # (B,)
-        return -bound.mean()
-
-    def __repr__(self) -> str:
-        return f"IWAEObjective(num_particles={self.num_particles})"
+        return torch.logsumexp(log_w, dim=0) - math.log(k)

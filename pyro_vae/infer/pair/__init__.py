@@ -10,7 +10,17 @@ from pyro_vae.infer.pair.layout import (
     require_reparameterized,
 )
 from pyro_vae.infer.pair.params import collect_params, restore_params
-from pyro_vae.infer.pair.particles import PairBatch, bind_pair, draw_log_weights, trace_log_prob
+from pyro_vae.infer.pair.particles import (
+    PairBatch,
+    bind_pair,
+    detach_draws,
+    draw_log_weights,
+    guide_log_prob,
+    model_log_prob,
+    trace_guide,
+    trace_log_prob,
+    trace_model,
+)
 from pyro_vae.infer.pair.record import SiteTerm, run_pair
 from pyro_vae.infer.pair.sites import DATA_PLATE, GlobalLatentError
 
@@ -24,12 +34,17 @@ __all__ = [
     "bind_pair",
     "check_pair",
     "collect_params",
+    "detach_draws",
     "draw_log_weights",
+    "guide_log_prob",
     "inspect_pair",
     "is_fully_reparameterized",
     "max_plate_nesting",
+    "model_log_prob",
     "require_reparameterized",
     "restore_params",
     "run_pair",
+    "trace_guide",
     "trace_log_prob",
+    "trace_model",
 ]

@@ -6,6 +6,19 @@ vectorized draw under an outer ``pyro.plate`` placed left of every plate of the 
 :func:`trace_log_prob` reduces it to (S, N) by summing every plate other than particles and
 data, and :func:`draw_log_weights` returns log p(x, z_s) - log q(z_s | x), shape (S, N).
 
+Its parts are public, for objectives that need more than the weights (the path-derivative
+estimators of :mod:`~pyro_vae.infer.objectives.stl` and :mod:`~pyro_vae.infer.objectives.dreg`):
+:func:`trace_guide` (the guide's draw under the particle plate, or the guide replayed at given
+draws), :func:`trace_model` (the model replayed at the guide's draws), :func:`guide_log_prob`
+and :func:`model_log_prob` (log q and log p per particle and datapoint) and
+:func:`detach_draws` (the same draws cut from the graph, for a replay whose gradient reaches the
+parameters of the densities but not the draws)::
+
+    guide = trace_guide(pair, S)                      # z_s ~ q(z | x), reparameterized
+    model = trace_model(pair, S, guide)               # p(x, z_s) at the same z_s
+    log_w = model_log_prob(pair, S, model, guide) - guide_log_prob(pair, S, guide)
+    score = guide_log_prob(pair, S, trace_guide(pair, S, at=detach_draws(guide)))
+
 A model latent that the guide does not sample (allowed only when marked so, see
 :mod:`~pyro_vae.infer.pair.doctor`) is drawn from the prior, so its p/q ratio is one
 and it does not enter the weight. A discrete guide site marked for enumeration is *sampled*
@@ -29,10 +42,15 @@ __all__ = [
     "PARTICLE_PLATE",
     "PairBatch",
     "bind_pair",
+    "detach_draws",
     "draw_log_weights",
+    "guide_log_prob",
+    "model_log_prob",
     "reduce_to_datapoints",
     "site_log_prob",
+    "trace_guide",
     "trace_log_prob",
+    "trace_model",
     "trace_under_particles",
 ]
 
@@ -186,6 +204,84 @@ def trace_under_particles(pair: PairBatch, num_particles: int, fn):
         return pair.call(poutine.trace(fn).get_trace)
 
 
+def trace_guide(pair: PairBatch, num_particles: int, at: poutine.Trace | None = None):
+    """The guide's trace under the particle plate: S draws z_s ~ q(z | x), or a replay.
+
+    Parameters
+    ----------
+    pair : PairBatch
+        The pair bound to its batch, with its layout (:func:`bind_pair`).
+    num_particles : int
+        S.
+    at : pyro.poutine.Trace, optional
+        A guide trace of S particles whose draws the guide replays instead of drawing (with
+        :func:`detach_draws`: log q at fixed draws, differentiable in the guide's parameters
+        only). A site marked for enumeration is sampled (``without_enumeration``).
+
+    Returns
+    -------
+    pyro.poutine.Trace
+    """
+    guide = without_enumeration(pair.guide)
+    if at is not None:
+        guide = poutine.replay(guide, trace=at)
+    return trace_under_particles(pair, num_particles, guide)
+
+
+def trace_model(pair: PairBatch, num_particles: int, at: poutine.Trace):
+    """The model's trace under the particle plate, replayed at a guide trace's draws.
+
+    A model latent that the guide does not sample is drawn from the prior (its p/q ratio is
+    one: :func:`model_log_prob` leaves it out).
+
+    Parameters
+    ----------
+    pair : PairBatch
+        The pair bound to its batch, with its layout.
+    num_particles : int
+        S.
+    at : pyro.poutine.Trace
+        The guide trace (from :func:`trace_guide`, maybe through :func:`detach_draws`).
+
+    Returns
+    -------
+    pyro.poutine.Trace
+    """
+    return trace_under_particles(pair, num_particles, poutine.replay(pair.model, trace=at))
+
+
+def detach_draws(trace: poutine.Trace) -> poutine.Trace:
+    """A copy of ``trace`` whose sample values are cut from the autograd graph.
+
+    Replaying a model or guide at it gives densities at the same draws whose gradient reaches
+    the parameters of the densities, not the draws' reparameterization path.
+
+    Parameters
+    ----------
+    trace : pyro.poutine.Trace
+
+    Returns
+    -------
+    pyro.poutine.Trace
+        A shallow copy; ``trace`` is unchanged.
+    """
+    copy = trace.copy()
+    for name, site in sample_sites(trace):
+        copy.nodes[name] = {**site, "value": site["value"].detach()}
+    return copy
+
+
+def guide_log_prob(pair: PairBatch, num_particles: int, guide_trace) -> torch.Tensor:
+    """log q(z_s | x) per particle and datapoint: shape (S, N), nats."""
+    return trace_log_prob(guide_trace, pair.layout, num_particles, pair.data_plate)
+
+
+def model_log_prob(pair: PairBatch, num_particles: int, model_trace, guide_trace) -> torch.Tensor:
+    """log p(x, z_s) per particle and datapoint, shape (S, N), nats, over the observed sites
+    and the latents the guide drew (a latent drawn from the prior has p/q = 1)."""
+    return trace_log_prob(model_trace, pair.layout, num_particles, pair.data_plate, guide_trace)
+
+
 def draw_log_weights(pair: PairBatch, num_particles: int) -> torch.Tensor:
     """One vectorized draw of S log weights log p(x, z_s) - log q(z_s | x) per datapoint.
 
@@ -203,9 +299,8 @@ def draw_log_weights(pair: PairBatch, num_particles: int) -> torch.Tensor:
     torch.Tensor of shape (S, N)
         Log weights, nats.
     """
-    layout, data_plate = pair.layout, pair.data_plate
-    guide_trace = trace_under_particles(pair, num_particles, without_enumeration(pair.guide))
-    replayed = poutine.replay(pair.model, trace=guide_trace)
-    model_trace = trace_under_particles(pair, num_particles, replayed)
-    log_p = trace_log_prob(model_trace, layout, num_particles, data_plate, guide_trace)
-    return log_p - trace_log_prob(guide_trace, layout, num_particles, data_plate)
+    guide = trace_guide(pair, num_particles)
+    model = trace_model(pair, num_particles, guide)
+    return model_log_prob(pair, num_particles, model, guide) - guide_log_prob(
+        pair, num_particles, guide
+    )

@@ -32,7 +32,7 @@ from pyro_vae.infer.compile.policy import (
     step_blocker,
 )
 from pyro_vae.infer.compile.warm import recorded_costs, remember_costs, step_signature
-from pyro_vae.infer.objectives.elbo import make_objective
+from pyro_vae.infer.objectives.registry import make_objective
 from pyro_vae.infer.runtime.devices import forked_rng, move_owners, resolve_device
 from pyro_vae.infer.runtime.distributed import Ranks, average_gradients, broadcast_params, join
 from pyro_vae.infer.training.compiled_step import CompiledSVIStep

@@ -39,9 +39,10 @@ class TrainOptions:
         works on one batch shape only).
     lr : float
         Adam's learning rate.
-    loss : str, pyro.infer.ELBO or callable
-        The objective, see :func:`pyro_vae.infer.objectives.elbo.make_objective`; e.g.
-        ``"iwae"``, an :class:`~pyro_vae.infer.objectives.iwae.IWAEObjective` or a
+    loss : str, LossChoice, pyro.infer.ELBO or callable
+        The objective, see :func:`pyro_vae.infer.objectives.registry.make_objective`; e.g.
+        ``"iwae"``, ``LossChoice("iwae-dreg", {"num_particles": 50})``, an
+        :class:`~pyro_vae.infer.objectives.iwae.IWAEObjective` or a
         :class:`~pyro_vae.infer.objectives.kl_control.KLControlledELBO` (KL annealing, free
         bits). Its schedule gets t, the epochs done (fractional), before every step; a resumed
         run recomputes t from its epoch, so the schedule continues exactly.

@@ -30,7 +30,7 @@ import pyro
 import torch
 
 from pyro_vae.infer.objectives.base import Objective
-from pyro_vae.infer.objectives.elbo import make_objective
+from pyro_vae.infer.objectives.registry import make_objective
 from pyro_vae.infer.pair.params import (
     check_owned_params,
     collect_params,
@@ -110,7 +110,7 @@ class SVIStep:
         ``f(x, *args, **kwargs)``. Bound methods of an ``nn.Module`` are checked to have all
         their parameters optimized.
     loss : str, pyro.infer.ELBO or callable
-        The objective, see :func:`pyro_vae.infer.objectives.elbo.make_objective`.
+        The objective, see :func:`pyro_vae.infer.objectives.registry.make_objective`.
     lr : float
         Learning rate of the default optimizer, :func:`make_adam`.
     optimizer : callable, optional
