@@ -29,12 +29,19 @@ from pyro_vae.runs.recipes import (
 
 __all__ = [
     "COMPILE_CHOICES",
+    "TRAINING_STEP",
     "TrainingRecipe",
     "training_recipe",
+    "training_step_line",
+    "training_step_record",
 ]
 
 COMPILE_CHOICES = {"auto": "auto", "on": True, "off": False}
 """``--compile`` -> the ``compile`` setting of :func:`~pyro_vae.infer.train`."""
+
+TRAINING_STEP = "training_step"
+"""The key of ``config.json`` that records the path the training step took: ``{"path":
+"compiled" or "eager", "reason": ...}`` (:func:`training_step_record`)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,9 @@ class TrainingRecipe:
         labelled = self.streams.labelled
         return None if labelled is None else len(labelled.data[0])
 
-    def train(self, out_dir, *, resume: bool = False, on_epoch_end=None, tags=None) -> TrainResult:
+    def train(
+        self, out_dir, *, resume=False, on_epoch_end=None, tags=None, on_start=None, kept=None
+    ) -> TrainResult:
         """Train the model with the options' settings, writing into ``out_dir``.
 
         Parameters
@@ -77,6 +86,11 @@ class TrainingRecipe:
             Called with each epoch's record (see :func:`~pyro_vae.infer.train`).
         tags : dict, optional
             Constant columns of every history record.
+        on_start : callable, optional
+            Called with the path the training step takes (see :func:`~pyro_vae.infer.train`).
+        kept : dict, optional
+            The :data:`TRAINING_STEP` record of the run being resumed: its path is taken again
+            instead of ``--compile``'s, so that a resume never decides differently.
 
         Returns
         -------
@@ -88,6 +102,7 @@ class TrainingRecipe:
             As :func:`~pyro_vae.infer.train`.
         """
         options = self.options
+        kept_path = kept is not None and kept["path"] == "compiled"
         pyro.clear_param_store()  # the model's parameters are registered afresh by train
         return train(
             self.model.model,
@@ -108,8 +123,46 @@ class TrainingRecipe:
             progress=not options["quiet"],
             on_epoch_end=on_epoch_end,
             tags=tags,
-            compile=COMPILE_CHOICES[options["compile"]],
+            compile=COMPILE_CHOICES[options["compile"]] if kept is None else kept_path,
+            on_start=on_start,
         )
+
+
+def training_step_record(decision, options: Mapping, done: int) -> dict:
+    """The :data:`TRAINING_STEP` record of the path a run's training step took.
+
+    Parameters
+    ----------
+    decision : CompileDecision
+        The path :func:`~pyro_vae.infer.train` took (its ``on_start`` argument).
+    options : Mapping
+        The run's options (``compile`` as given: "auto", "on" or "off").
+    done : int
+        The epochs done before (a resume of a run whose ``config.json`` has no record: the
+        path is decided now, by the same rule, and the record says so).
+
+    Returns
+    -------
+    dict
+        ``{"path": "compiled" or "eager", "reason": ...}``, e.g. ``{"path": "eager",
+        "reason": "auto: 1,170 steps < 2,000"}``.
+    """
+    reason, given = decision.reason, options["compile"]
+    if given != "auto":  # "compile=True" -> "--compile on", a fallback's reason kept
+        reason = f"--compile {given}" + reason.removeprefix(f"compile={COMPILE_CHOICES[given]}")
+    elif done:
+        reason += (
+            f"; decided at the resume from epoch {done} (config.json did not record the path "
+            "taken before)"
+        )
+    return {"path": "compiled" if decision.compile else "eager", "reason": reason}
+
+
+def training_step_line(record: dict, kept: bool) -> str:
+    """The line ``pyro-vae train`` says the path with: "training step: eager (auto: 1,170
+    steps < 2,000)"; ``kept``: a resume took the path its run recorded."""
+    reason = f"kept from the run's start: {record['reason']}" if kept else record["reason"]
+    return f"training step: {record['path']} ({reason})"
 
 
 def training_recipe(options: Mapping, data: DatasetSplits) -> TrainingRecipe:
