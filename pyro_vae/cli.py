@@ -65,7 +65,6 @@ from pyro_vae.runs import (
 )
 from pyro_vae.runs.certified import certification_table, certify_run
 from pyro_vae.runs.figures import certification_figure
-from pyro_vae.runs.training import TRAINING_STEP, training_step_line, training_step_record
 
 __all__ = ["build_parser", "cmd_certify", "cmd_diagnose", "cmd_evaluate", "cmd_train", "main"]
 
@@ -131,21 +130,9 @@ def cmd_train(args) -> int:
             if record["epoch"] == done + 1 and segment > 0:
                 write_config(out, config)
 
-        kept = config.get(TRAINING_STEP) if done else None  # a resume takes its run's path
-
-        def on_start(decision) -> None:
-            if kept is None:  # a new run writes it now, a resume with its record (above)
-                config[TRAINING_STEP] = training_step_record(decision, options, done)
-                if not done and ranks.is_main:
-                    write_config(out, config)
-            say(training_step_line(config[TRAINING_STEP], kept=kept is not None))
-
         _say_start(say, recipe, data, out, done)
-        tags = {"segment": segment}
-        result = recipe.train(
-            out, resume=options["resume"], on_epoch_end=on_epoch_end, tags=tags,
-            on_start=on_start, kept=kept,
-        )  # fmt: skip
+        path = recipe.step_path(config, done, say, out if ranks.is_main else None)  # said, kept
+        result = recipe.train(out, options["resume"], on_epoch_end, {"segment": segment}, path)
         progress.trained = True
         if not ranks.is_main:
             return 0

@@ -7,8 +7,9 @@ a :class:`TrainingRecipe` (the recipes of :mod:`pyro_vae.runs.recipes`), whose
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pyro
 
@@ -17,6 +18,7 @@ from pyro_vae.infer.training.loop import TrainResult, train
 from pyro_vae.models.conditional import CVAE
 from pyro_vae.models.m2 import M2
 from pyro_vae.models.vae import VAE
+from pyro_vae.runs.config import write_config
 from pyro_vae.runs.recipes import (
     TrainingStreams,
     build_model,
@@ -30,6 +32,7 @@ from pyro_vae.runs.recipes import (
 __all__ = [
     "COMPILE_CHOICES",
     "TRAINING_STEP",
+    "StepPath",
     "TrainingRecipe",
     "training_recipe",
     "training_step_line",
@@ -42,6 +45,48 @@ COMPILE_CHOICES = {"auto": "auto", "on": True, "off": False}
 TRAINING_STEP = "training_step"
 """The key of ``config.json`` that records the path the training step took: ``{"path":
 "compiled" or "eager", "reason": ...}`` (:func:`training_step_record`)."""
+
+
+@dataclass(frozen=True)
+class StepPath:
+    """The path of a run's training step, compiled or eager: said, recorded, kept by a resume.
+
+    A new run (or a resume of a run whose ``config.json`` has no record) records the path
+    :func:`~pyro_vae.infer.train` decides in ``config[TRAINING_STEP]`` (a new run writes it at
+    once; a resume with its resume record, at its first epoch); a resume of a run that has one
+    takes that path again (:attr:`kept`), whatever ``--compile auto`` would decide now.
+
+    Attributes
+    ----------
+    config : dict
+        The run's config, as the command will write it.
+    done : int
+        The epochs done before (0 for a new run).
+    say : callable
+        ``print``, or one that prints nothing (``--quiet``, other ranks).
+    write_to : Path or None
+        The run folder, where this process writes ``config.json`` (None: another rank does).
+    """
+
+    config: dict
+    done: int
+    say: Callable
+    write_to: Path | None
+
+    @property
+    def kept(self) -> dict | None:
+        """The record of the run being resumed, whose path the resume takes; else None."""
+        return self.config.get(TRAINING_STEP) if self.done else None
+
+    def on_start(self, decision) -> None:
+        """``train``'s ``on_start``: record the decision (unless kept) and say the path."""
+        kept = self.kept
+        if kept is None:
+            record = training_step_record(decision, self.config["options"], self.done)
+            self.config[TRAINING_STEP] = record
+            if not self.done and self.write_to is not None:
+                write_config(self.write_to, self.config)
+        self.say(training_step_line(self.config[TRAINING_STEP], kept=kept is not None))
 
 
 @dataclass(frozen=True)
@@ -65,15 +110,17 @@ class TrainingRecipe:
     streams: TrainingStreams
     options: dict
 
+    def step_path(self, config: dict, done: int, say: Callable, write_to) -> StepPath:
+        """The :class:`StepPath` of this run, for :meth:`train` (see its attributes)."""
+        return StepPath(config, done, say, write_to)
+
     @property
     def num_labelled(self) -> int | None:
         """N_l, the number of images of the labelled stream (None without one)."""
         labelled = self.streams.labelled
         return None if labelled is None else len(labelled.data[0])
 
-    def train(
-        self, out_dir, *, resume=False, on_epoch_end=None, tags=None, on_start=None, kept=None
-    ) -> TrainResult:
+    def train(self, out_dir, resume=False, on_epoch_end=None, tags=None, path=None) -> TrainResult:
         """Train the model with the options' settings, writing into ``out_dir``.
 
         Parameters
@@ -86,11 +133,9 @@ class TrainingRecipe:
             Called with each epoch's record (see :func:`~pyro_vae.infer.train`).
         tags : dict, optional
             Constant columns of every history record.
-        on_start : callable, optional
-            Called with the path the training step takes (see :func:`~pyro_vae.infer.train`).
-        kept : dict, optional
-            The :data:`TRAINING_STEP` record of the run being resumed: its path is taken again
-            instead of ``--compile``'s, so that a resume never decides differently.
+        path : StepPath, optional
+            Says and records the path the training step takes; a resume of a run that
+            recorded one takes it again instead of deciding ``--compile`` anew.
 
         Returns
         -------
@@ -102,6 +147,7 @@ class TrainingRecipe:
             As :func:`~pyro_vae.infer.train`.
         """
         options = self.options
+        kept = path.kept if path is not None else None
         kept_path = kept is not None and kept["path"] == "compiled"
         pyro.clear_param_store()  # the model's parameters are registered afresh by train
         return train(
@@ -124,7 +170,7 @@ class TrainingRecipe:
             on_epoch_end=on_epoch_end,
             tags=tags,
             compile=COMPILE_CHOICES[options["compile"]] if kept is None else kept_path,
-            on_start=on_start,
+            on_start=path.on_start if path is not None else None,
         )
 
 
