@@ -190,6 +190,8 @@ def test_what_the_machine_measured_only_advises(steps, costs, advice):
         # and names the request that takes the other path
         assert ("compile=True" if not decision else "compile=False") in said, said
     assert compile_advice(resolve_training(False, steps=steps), steps=steps, costs=costs) is None
+    blocked = resolve_training("auto", steps=steps, blocker=BLOCKER)  # no other path to take
+    assert compile_advice(blocked, steps=steps, costs=costs, blocker=BLOCKER) is None
 
 
 def test_resolve_refuses_other_requests():

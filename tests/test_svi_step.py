@@ -10,7 +10,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from common import small_vae
+from common import requires_cuda, small_vae
 from pairs import LinearGaussian
 
 from pyro_vae.infer.objectives.elbo import FastTraceELBO
@@ -144,11 +144,11 @@ print(result.epochs_run, "torch._dynamo" in sys.modules, before == after, patche
     assert done.stdout.split() == ["2", "False", "True", "True"], done.stdout + done.stderr
 
 
-def _adam_pair(dtype=torch.float32):
+def _adam_pair(dtype=torch.float32, device="cpu"):
     """Two copies of the same parameters, with the same gradients to come."""
     torch.manual_seed(0)
-    ours = [torch.randn(5, 3, dtype=dtype, requires_grad=True), torch.randn(4, dtype=dtype)]
-    ours[1].requires_grad_()
+    ours = [torch.randn(5, 3, dtype=dtype), torch.randn(4, dtype=dtype)]
+    ours = [p.to(device).requires_grad_() for p in ours]
     return ours, [p.detach().clone().requires_grad_() for p in ours]
 
 
@@ -158,9 +158,16 @@ def _same_gradients(ours, theirs):
         q.grad = p.grad.clone()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_our_adam_steps_and_saves_exactly_as_torchs_fused_adam(dtype):
-    ours, theirs = _adam_pair(dtype)
+@pytest.mark.parametrize(
+    "dtype, device",
+    [
+        (torch.float32, "cpu"),
+        (torch.float64, "cpu"),
+        pytest.param(torch.float32, "cuda", marks=requires_cuda),
+    ],
+)
+def test_our_adam_steps_and_saves_exactly_as_torchs_fused_adam(dtype, device):
+    ours, theirs = _adam_pair(dtype, device)
     adam, reference = make_adam(ours, 0.01), torch.optim.Adam(theirs, lr=0.01, fused=True)
     assert not isinstance(adam, torch.optim.Adam) and isinstance(adam, torch.optim.Optimizer)
     # a learning-rate schedule takes it (a torch Optimizer), and moves both alike

@@ -201,7 +201,9 @@ def resolve_training(compile, *, steps: int, blocker: str | None = None) -> Comp
     return CompileDecision(decision.compile, f"auto: {steps:,} steps {sign} {AUTO_MIN_STEPS:,}")
 
 
-def compile_advice(decision: CompileDecision, *, steps: int, costs: StepCosts) -> str | None:
+def compile_advice(
+    decision: CompileDecision, *, steps: int, costs: StepCosts, blocker: str | None = None
+) -> str | None:
     """What this machine's measurements say of an "auto" decision, or None: advice only.
 
     When the recorded costs of this step (complete: compiled, eager and the compile) say that
@@ -218,12 +220,14 @@ def compile_advice(decision: CompileDecision, *, steps: int, costs: StepCosts) -
     costs : StepCosts
         What earlier runs measured on this machine
         (:func:`~pyro_vae.infer.compile.warm.recorded_costs`).
+    blocker : str, optional
+        Why the step cannot be captured (then there is no other path to advise).
 
     Returns
     -------
     str or None
     """
-    if not decision.reason.startswith("auto: ") or not costs.complete:
+    if not decision.reason.startswith("auto: ") or blocker is not None or not costs.complete:
         return None
     saved = steps * (costs.eager_step_seconds - costs.compiled_step_seconds)
     gain = saved - costs.compile_seconds

@@ -283,13 +283,14 @@ def _make_step(model, guide, options, batching, stream, stream_l, labelled, on_s
     svi.setup(*first, labelled=first_l)
     compiling = isinstance(svi, CompiledSVIStep) and svi.fallback_reason is None
     if decision and not compiling:  # the capture is refused at set-up: the run is eager
-        decision = CompileDecision(False, f"{decision.reason}; fell back: {svi.fallback_reason}")
+        blocker = svi.fallback_reason
+        decision = CompileDecision(False, f"{decision.reason}; fell back: {blocker}")
     if on_start is not None:
         on_start(decision)
     world_size = batching.ranks.world_size
     signature = step_signature("training step", (model, guide), objective, first[0], world_size)
     costs = recorded_costs(signature)
-    advice = compile_advice(decision, steps=steps, costs=costs)
+    advice = compile_advice(decision, steps=steps, costs=costs, blocker=blocker)
     if advice is not None and batching.progress:
         tqdm.write(advice)
     if compiling and batching.progress:  # the first step compiles: how long it took before
