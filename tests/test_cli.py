@@ -87,6 +87,43 @@ def test_a_seed_repeats_a_run_exactly(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("records_say", ["compiling pays", "compiling does not pay"])
+def test_the_same_command_after_another_runs_records_gives_the_same_run(
+    records_say, tmp_path, monkeypatch
+):
+    # the flip, both ways, on the command itself: 11 steps (digits, 1 epoch) run eagerly
+    # by the rule, whatever the records say; with the rule at 5 steps, compiled (the captured
+    # graph as it is, no inductor), whatever they say
+    monkeypatch.setattr(
+        "pyro_vae.infer.training.compiled_step.compile_graph", lambda graph, inputs, device: graph
+    )
+    costs = dict(compile_seconds=1e-3, compiled_step_seconds=0.0, eager_step_seconds=1.0)
+    if records_say == "compiling does not pay":
+        monkeypatch.setattr("pyro_vae.infer.compile.policy.AUTO_MIN_STEPS", 5)
+        costs = dict(compile_seconds=1e3, compiled_step_seconds=1.0, eager_step_seconds=1.0)
+    command = ["train", "--dataset", "digits", "--epochs", "1", *TINY, "--out"]
+    records, fresh = tmp_path / "records", tmp_path / "fresh"
+    records.mkdir(), fresh.mkdir()
+    monkeypatch.setenv("PYRO_VAE_STEP_COSTS", str(records))
+    assert main([*command, str(tmp_path / "first"), "--compile", "off"]) == 0  # leaves a record
+    (record,) = records.iterdir()
+    record.write_text(json.dumps(costs))  # another run's history: it says the other path pays
+    assert main([*command, str(tmp_path / "after")]) == 0
+    monkeypatch.setenv("PYRO_VAE_STEP_COSTS", str(fresh))
+    assert main([*command, str(tmp_path / "alone")]) == 0
+    after, alone = (
+        json.loads((tmp_path / r / "history.json").read_text()) for r in ("after", "alone")
+    )
+    assert _timeless(after) == _timeless(alone)
+    pa, pb = (load_checkpoint(tmp_path / r / "checkpoint.pt")["params"] for r in ("after", "alone"))
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+    path = "eager" if records_say == "compiling pays" else "compiled"
+    for run in ("after", "alone"):
+        config = json.loads((tmp_path / run / "config.json").read_text())
+        assert config["training_step"]["path"] == path, config["training_step"]
+
+
+@pytest.mark.slow
 def test_a_resume_takes_the_path_its_run_recorded(run_copy, capsys, monkeypatch):
     # were the rule decided again, 3 epochs (87 steps) would now compile: the run's path holds
     monkeypatch.setattr("pyro_vae.infer.compile.policy.AUTO_MIN_STEPS", 80)
