@@ -54,7 +54,7 @@ class StepPath:
     A new run (or a resume of a run whose ``config.json`` has no record) records the path
     :func:`~pyro_vae.infer.train` decides in ``config[TRAINING_STEP]`` (a new run writes it at
     once; a resume with its resume record, at its first epoch); a resume of a run that has one
-    takes that path again (:attr:`kept`), whatever ``--compile auto`` would decide now.
+    takes that path again (``kept``), whatever ``--compile auto`` would decide now.
 
     Attributes
     ----------
@@ -66,27 +66,29 @@ class StepPath:
         ``print``, or one that prints nothing (``--quiet``, other ranks).
     write_to : Path or None
         The run folder, where this process writes ``config.json`` (None: another rank does).
+    kept : dict or None
+        The record of the run being resumed, whose path the resume takes (:meth:`of`).
     """
 
     config: dict
     done: int
     say: Callable
     write_to: Path | None
+    kept: dict | None = None
 
-    @property
-    def kept(self) -> dict | None:
-        """The record of the run being resumed, whose path the resume takes; else None."""
-        return self.config.get(TRAINING_STEP) if self.done else None
+    @classmethod
+    def of(cls, config: dict, done: int, say: Callable, write_to: Path | None) -> StepPath:
+        """The path of a run with this ``config``: a resume (``done`` > 0) keeps its record."""
+        return cls(config, done, say, write_to, config.get(TRAINING_STEP) if done else None)
 
     def on_start(self, decision) -> None:
         """``train``'s ``on_start``: record the decision (unless kept) and say the path."""
-        kept = self.kept
-        if kept is None:
+        if self.kept is None:
             record = training_step_record(decision, self.config["options"], self.done)
             self.config[TRAINING_STEP] = record
             if not self.done and self.write_to is not None:
                 write_config(self.write_to, self.config)
-        self.say(training_step_line(self.config[TRAINING_STEP], kept=kept is not None))
+        self.say(training_step_line(self.config[TRAINING_STEP], kept=self.kept is not None))
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,8 @@ class TrainingRecipe:
     options: dict
 
     def step_path(self, config: dict, done: int, say: Callable, write_to) -> StepPath:
-        """The :class:`StepPath` of this run, for :meth:`train` (see its attributes)."""
-        return StepPath(config, done, say, write_to)
+        """The :class:`StepPath` of this run, for :meth:`train` (:meth:`StepPath.of`)."""
+        return StepPath.of(config, done, say, write_to)
 
     @property
     def num_labelled(self) -> int | None:
