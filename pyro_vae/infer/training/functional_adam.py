@@ -4,7 +4,7 @@
 graph (:func:`adam_update_`, the arithmetic of Kingma & Ba 2015, Alg. 1, as ``torch.optim.Adam``
 computes it); :class:`~pyro_vae.infer.training.adam.Adam`'s eager step runs
 :func:`eager_adam_update_`: torch's fused Adam kernel, one pass over each tensor where the
-written-out update takes eight (measured about 10x faster on the main job's VAE), and
+written-out update takes eight run eagerly (``experiments/bench_adam.py`` times both), and
 :func:`adam_update_` where that kernel is missing. Both work on the same state tensors (those
 of ``torch.optim.Adam``), so checkpoints of the eager and the compiled step load into each other;
 the two paths agree to round-off.
