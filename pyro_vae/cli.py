@@ -140,8 +140,8 @@ def cmd_train(args) -> int:
                 write_config(out, config)
 
         _say_start(say, recipe, data, out, done)
-        tags = {"segment": segment}
-        result = recipe.train(out, resume=options["resume"], on_epoch_end=on_epoch_end, tags=tags)
+        path = recipe.step_path(config, done, say, out if ranks.is_main else None)  # said, kept
+        result = recipe.train(out, options["resume"], on_epoch_end, {"segment": segment}, path)
         progress.trained = True
         if not ranks.is_main:
             return 0

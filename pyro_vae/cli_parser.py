@@ -341,9 +341,8 @@ def _run_options(t: argparse.ArgumentParser) -> None:
         default="auto",
         choices=sorted(COMPILE_CHOICES),
         help="run each step as one compiled graph; auto: when the step can be captured and "
-        "the run is long enough to repay the compile, judged from this machine's measured "
-        f"compile and step times once it has run the step both ways, else from {AUTO_MIN_STEPS} "
-        "steps on",
+        f"the run has at least {AUTO_MIN_STEPS} steps (decided from the run alone, so a command "
+        "repeats bit for bit; the path is printed and kept by --resume)",
     )
     t.add_argument("--clip-norm", type=_positive_float, default=None, help="clip the gradient norm")
     t.add_argument(

@@ -20,7 +20,8 @@ def fresh_pyro():
 @pytest.fixture(autouse=True)
 def step_costs(tmp_path_factory, monkeypatch):
     """Every test remembers its training steps' costs in a folder of its own (compile/warm.py),
-    so that what another test measured never changes what compile="auto" decides; outside
+    so that what another test measured never changes the advice and notices a run prints
+    (compile="auto" itself never reads them: tests/test_train.py pins it); outside
     ``tmp_path``, which tests compare before and after a command."""
     folder = tmp_path_factory.mktemp("step_costs")
     monkeypatch.setenv("PYRO_VAE_STEP_COSTS", str(folder))

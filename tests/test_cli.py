@@ -18,6 +18,7 @@ import torch
 import pyro_vae.infer.training.loop
 from pyro_vae import __version__
 from pyro_vae.cli import build_parser, main
+from pyro_vae.infer.compile.policy import AUTO_MIN_STEPS
 from pyro_vae.infer.evidence.dataset import dataset_nll
 from pyro_vae.infer.objectives.registry import losses_taking
 from pyro_vae.infer.runtime.distributed import PeerLostError
@@ -63,6 +64,9 @@ def test_train_leaves_checkpoint_history_config_and_figures(run_dir):
     assert history[1]["val_loss"] < history[0]["val_loss"] < 543, history
     config = json.loads((run_dir / "config.json").read_text())
     assert config["val_fraction"] == 0.1 and config["resumes"] == []
+    # the path the step took, beside the "auto" asked for: 2 epochs of ceil(3,600 / 128) steps
+    assert config["options"]["compile"] == "auto"
+    assert config["training_step"] == {"path": "eager", "reason": "auto: 58 steps < 2,000"}
     assert config["options"]["latent"] == 2 and config["options"]["hidden"] == [32]
     figures = {p.name for p in (run_dir / "figures").iterdir()}
     expected = {"elbo_curves.png", "reconstructions.png", "samples.png", "latent_map.png"}
@@ -82,6 +86,69 @@ def test_a_seed_repeats_a_run_exactly(tmp_path):
     assert _train(tmp_path / "c", "--seed", "4") == 0
     pc = load_checkpoint(tmp_path / "c" / "checkpoint.pt")["params"]
     assert not all(torch.equal(pa[k], pc[k]) for k in pa)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("records_say", ["compiling pays", "compiling does not pay"])
+def test_the_same_command_after_another_runs_records_gives_the_same_run(
+    records_say, tmp_path, monkeypatch
+):
+    # the flip, both ways, on the command itself: 11 steps (digits, 1 epoch) run eagerly
+    # by the rule, whatever the records say; with the rule at 5 steps, compiled (the captured
+    # graph as it is, no inductor), whatever they say
+    monkeypatch.setattr(
+        "pyro_vae.infer.training.compiled_step.compile_graph", lambda graph, inputs, device: graph
+    )
+    costs = dict(compile_seconds=1e-3, compiled_step_seconds=0.0, eager_step_seconds=1.0)
+    if records_say == "compiling does not pay":
+        monkeypatch.setattr("pyro_vae.infer.compile.policy.AUTO_MIN_STEPS", 5)
+        costs = dict(compile_seconds=1e3, compiled_step_seconds=1.0, eager_step_seconds=1.0)
+    command = ["train", "--dataset", "digits", "--epochs", "1", *TINY, "--out"]
+    records, fresh = tmp_path / "records", tmp_path / "fresh"
+    records.mkdir(), fresh.mkdir()
+    monkeypatch.setenv("PYRO_VAE_STEP_COSTS", str(records))
+    assert main([*command, str(tmp_path / "first"), "--compile", "off"]) == 0  # leaves a record
+    (record,) = records.iterdir()
+    record.write_text(json.dumps(costs))  # another run's history: it says the other path pays
+    assert main([*command, str(tmp_path / "after")]) == 0
+    monkeypatch.setenv("PYRO_VAE_STEP_COSTS", str(fresh))
+    assert main([*command, str(tmp_path / "alone")]) == 0
+    after, alone = (
+        json.loads((tmp_path / r / "history.json").read_text()) for r in ("after", "alone")
+    )
+    assert _timeless(after) == _timeless(alone)
+    pa, pb = (load_checkpoint(tmp_path / r / "checkpoint.pt")["params"] for r in ("after", "alone"))
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+    path = "eager" if records_say == "compiling pays" else "compiled"
+    for run in ("after", "alone"):
+        config = json.loads((tmp_path / run / "config.json").read_text())
+        assert config["training_step"]["path"] == path, config["training_step"]
+
+
+@pytest.mark.slow
+def test_a_resume_takes_the_path_its_run_recorded(run_copy, capsys, monkeypatch):
+    # were the rule decided again, 3 epochs (87 steps) would now compile: the run's path holds
+    monkeypatch.setattr("pyro_vae.infer.compile.policy.AUTO_MIN_STEPS", 80)
+    monkeypatch.setattr(  # were it compiled after all, cheaply (no inductor)
+        "pyro_vae.infer.training.compiled_step.compile_graph", lambda graph, inputs, device: graph
+    )
+    assert main(["train", "--out", str(run_copy), "--resume", "--epochs", "3"]) == 0
+    said = "training step: eager (kept from the run's start: auto: 58 steps < 2,000)"
+    assert said in capsys.readouterr().out.splitlines()
+    config = json.loads((run_copy / "config.json").read_text())
+    assert config["training_step"] == {"path": "eager", "reason": "auto: 58 steps < 2,000"}
+    # a run written before the record: the rule decides now, and says so, once
+    monkeypatch.setattr("pyro_vae.infer.compile.policy.AUTO_MIN_STEPS", AUTO_MIN_STEPS)
+    del config["training_step"]
+    (run_copy / "config.json").write_text(json.dumps(config))
+    assert main(["train", "--out", str(run_copy), "--resume", "--epochs", "4"]) == 0
+    reason = (
+        "auto: 116 steps < 2,000; decided at the resume from epoch 3 (config.json did not "
+        "record the path taken before)"
+    )
+    assert f"training step: eager ({reason})" in capsys.readouterr().out.splitlines()
+    config = json.loads((run_copy / "config.json").read_text())
+    assert config["training_step"] == {"path": "eager", "reason": reason}
 
 
 @pytest.mark.slow

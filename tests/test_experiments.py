@@ -27,7 +27,16 @@ def test_every_script_is_smoke_tested():
     expected |= {"numpyro_main_job", "numpyro_data_parallel"}  # need the bench extra
     expected |= {"outliers", "bench_data_files"}
     expected |= {"bench_dreg"}
+    expected |= {"bench_adam"}
     assert scripts == expected, scripts
+
+
+@pytest.mark.slow  # torch.optim.Adam's first step imports torch._dynamo (2 s)
+def test_bench_adam(capsys):
+    result = load("bench_adam").main(["--rounds", "1", "--steps", "2", "--threads", "1"])
+    assert set(result) == {"pyro_vae Adam", "torch.optim.Adam(fused=True)", "written-out update"}
+    assert all(math.isfinite(us) and us > 0 for us in result.values()), result
+    assert "| pyro_vae Adam |" in capsys.readouterr().out
 
 
 def test_ppca_baseline(tmp_path):

@@ -27,6 +27,8 @@ from pyro_vae.infer import (
 from pyro_vae.infer.compile.policy import (
     AUTO_MIN_STEPS,
     AUTO_MIN_WEIGHTS,
+    CompileDecision,
+    compile_advice,
     resolve,
     resolve_training,
     step_blocker,
@@ -174,29 +176,48 @@ def test_resolve(request_, work, blocker, expected):
         assert blocker in decision.reason
 
 
+@pytest.mark.parametrize(
+    "request_, steps, blocker, expected, reason",
+    [
+        ("auto", AUTO_MIN_STEPS, None, True, "auto: 2,000 steps >= 2,000"),
+        ("auto", 1170, None, False, "auto: 1,170 steps < 2,000"),
+        ("auto", 10**6, BLOCKER, False, f"auto: {BLOCKER}"),
+        (False, 10**6, None, False, "compile=False"),
+        (True, 1, None, True, "compile=True"),
+    ],
+)
+def test_resolve_training_decides_from_the_run_alone(request_, steps, blocker, expected, reason):
+    # no argument can carry another run's history: the signature is the proof
+    decision = resolve_training(request_, steps=steps, blocker=blocker)
+    assert decision == CompileDecision(expected, reason)
+
+
 # a step measured at 5 ms eager and 3 ms compiled, its compile at 4 s: break-even 2,000 steps
 MEASURED = StepCosts(compile_seconds=4.0, compiled_step_seconds=0.003, eager_step_seconds=0.005)
 
 
 @pytest.mark.parametrize(
-    "request_, steps, costs, blocker, expected",
+    "steps, costs, advice",
     [
-        ("auto", 2001, MEASURED, None, True),
-        ("auto", 1999, MEASURED, None, False),
-        ("auto", 1999, StepCosts(compile_seconds=1.0), None, False),  # incomplete: threshold
-        ("auto", AUTO_MIN_STEPS, StepCosts(eager_step_seconds=1.0), None, True),
-        ("auto", 10**6, MEASURED, BLOCKER, False),
-        (False, 10**6, MEASURED, None, False),
-        (True, 1, MEASURED, None, True),
+        (1_000, MEASURED, None),  # eager, and the measurements agree
+        (1_999, MEASURED, None),
+        (1_999, StepCosts(4.0, 0.001, 0.005), "compiling would save about 4 s"),  # 8 s - 4 s
+        (3_000, MEASURED, None),  # compiled, and it pays (6 s against 4 s)
+        (3_000, StepCosts(10.0, 0.003, 0.005), "compiling costs about 4 s more than it saves"),
+        (3_000, StepCosts(compile_seconds=100.0), None),  # incomplete: nothing to say
     ],
 )
-def test_resolve_training_decides_from_what_this_machine_measured(
-    request_, steps, costs, blocker, expected
-):
-    decision = resolve_training(request_, steps=steps, costs=costs, blocker=blocker)
-    assert decision.compile is expected, decision
-    if request_ == "auto" and costs.complete and blocker is None:
-        assert "measured on this machine" in decision.reason
+def test_what_the_machine_measured_only_advises(steps, costs, advice):
+    decision = resolve_training("auto", steps=steps)
+    said = compile_advice(decision, steps=steps, costs=costs)
+    assert (said is None) is (advice is None), said
+    if advice is not None:
+        assert said.startswith(advice) and "(measured by earlier runs)" in said, said
+        # and names the request that takes the other path
+        assert ("compile=True" if not decision else "compile=False") in said, said
+    assert compile_advice(resolve_training(False, steps=steps), steps=steps, costs=costs) is None
+    blocked = resolve_training("auto", steps=steps, blocker=BLOCKER)  # no other path to take
+    assert compile_advice(blocked, steps=steps, costs=costs, blocker=BLOCKER) is None
 
 
 def test_resolve_refuses_other_requests():

@@ -138,6 +138,66 @@ def test_a_compiled_run_says_it_is_compiling_before_it_does(capsys, monkeypatch,
     assert costs["eager_step_seconds"] > 0, costs
 
 
+# --- a run is a function of its command: compile="auto" never reads other runs' records -------
+
+
+def _run_in(records, monkeypatch, compile="auto"):
+    """A 6-step run of a tiny VAE from seed 0 with ``records`` as the step-cost folder: its
+    history without wall-clock columns, its parameters, its decision."""
+    monkeypatch.setenv("PYRO_VAE_STEP_COSTS", str(records))
+    pyro.clear_param_store()
+    vae = small_vae(hidden=(16,), latent_dim=2)
+    x = torch.bernoulli(torch.rand(20, 784, generator=torch.Generator().manual_seed(0)))
+    result = train(vae.model, vae.guide, x, epochs=3, batch_size=10, seed=0, compile=compile)
+    drop = ("seconds", "examples_per_s")
+    history = [{k: v for k, v in r.items() if k not in drop} for r in result.history]
+    params = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    return history, params, result.compile_decision
+
+
+def _history_saying(records, monkeypatch, **costs):
+    """Fill ``records`` with this run's step-cost record (its signature found by a real run),
+    rewritten to say ``costs``: another run's history on this machine."""
+    _run_in(records, monkeypatch, compile=False)
+    (record,) = records.iterdir()
+    record.write_text(json.dumps(costs))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("records_say", ["compiling pays", "compiling does not pay"])
+def test_the_same_run_with_and_without_another_runs_records_is_bit_identical(
+    records_say, tmp_path, monkeypatch, capsys
+):
+    # both directions of the flip: the rule says eager (6 steps < 2,000) and the records say
+    # compiling pays; the rule says compile (6 >= 5 here) and the records say it does not.
+    # The captured graph runs as it is (no inductor): the compiled path's arithmetic, cheaply
+    monkeypatch.setattr(
+        "pyro_vae.infer.training.compiled_step.compile_graph", lambda graph, inputs, device: graph
+    )
+    if records_say == "compiling pays":
+        costs = dict(compile_seconds=0.001, compiled_step_seconds=0.0, eager_step_seconds=1.0)
+        rule_compiles, advice = False, "compiling would save about 6 s"
+    else:
+        monkeypatch.setattr("pyro_vae.infer.compile.policy.AUTO_MIN_STEPS", 5)
+        costs = dict(compile_seconds=1e3, compiled_step_seconds=1.0, eager_step_seconds=1.0)
+        rule_compiles, advice = True, "compiling costs about 1000 s more than it saves"
+    fresh, records = tmp_path / "fresh", tmp_path / "records"
+    fresh.mkdir(), records.mkdir()
+    _history_saying(records, monkeypatch, **costs)
+    capsys.readouterr()
+    history, params, decision = _run_in(fresh, monkeypatch)
+    assert advice not in capsys.readouterr().out  # a fresh machine has nothing to advise
+    history_r, params_r, decision_r = _run_in(records, monkeypatch)
+    assert advice in capsys.readouterr().out  # the records were read, and only advised
+    assert decision.compile is decision_r.compile is rule_compiles, (decision, decision_r)
+    assert history == history_r  # every number of every epoch
+    assert params.keys() == params_r.keys()
+    assert all(torch.equal(params[k], params_r[k]) for k in params)  # bit for bit
+    # the two paths differ in the last digits: a flip would show in the parameters
+    _, other, _ = _run_in(fresh, monkeypatch, compile=not rule_compiles)
+    assert not all(torch.equal(params[k], other[k]) for k in params)
+
+
 def test_patience_without_validation_data_warns_and_watches_the_training_loss():
     with pytest.warns(UserWarning, match="patience=2 without val_data stops on the training"):
         result = train(mean_model, empty_guide, torch.ones(10), epochs=2, patience=2,

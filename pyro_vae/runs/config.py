@@ -6,7 +6,9 @@
 :data:`RUN_OPTIONS` and :data:`RESUME_OPTIONS`, as stored) and ``resumes`` (one record per
 ``--resume``). Runs written before an option existed are read as if they had used
 :data:`ADDED_RUN_OPTIONS` (the migration of old runs); :mod:`pyro_vae.runs.checks` checks the
-options, and a resume against the stored run, before anything is written.
+options, and a resume against the stored run, before anything is written. Beside the requested
+``options["compile"]``, ``training_step`` records the path the step took, compiled or eager,
+and why (:data:`pyro_vae.runs.training.TRAINING_STEP`): a resume takes it again.
 
 The messages name the options as ``pyro-vae train`` spells them (``--latent``): this package is
 the library behind that command.

@@ -7,8 +7,9 @@ a :class:`TrainingRecipe` (the recipes of :mod:`pyro_vae.runs.recipes`), whose
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pyro
 
@@ -17,6 +18,7 @@ from pyro_vae.infer.training.loop import TrainResult, train
 from pyro_vae.models.conditional import CVAE
 from pyro_vae.models.m2 import M2
 from pyro_vae.models.vae import VAE
+from pyro_vae.runs.config import write_config
 from pyro_vae.runs.recipes import (
     TrainingStreams,
     build_model,
@@ -29,12 +31,64 @@ from pyro_vae.runs.recipes import (
 
 __all__ = [
     "COMPILE_CHOICES",
+    "TRAINING_STEP",
+    "StepPath",
     "TrainingRecipe",
     "training_recipe",
+    "training_step_line",
+    "training_step_record",
 ]
 
 COMPILE_CHOICES = {"auto": "auto", "on": True, "off": False}
 """``--compile`` -> the ``compile`` setting of :func:`~pyro_vae.infer.train`."""
+
+TRAINING_STEP = "training_step"
+"""The key of ``config.json`` that records the path the training step took: ``{"path":
+"compiled" or "eager", "reason": ...}`` (:func:`training_step_record`)."""
+
+
+@dataclass(frozen=True)
+class StepPath:
+    """The path of a run's training step, compiled or eager: said, recorded, kept by a resume.
+
+    A new run (or a resume of a run whose ``config.json`` has no record) records the path
+    :func:`~pyro_vae.infer.train` decides in ``config[TRAINING_STEP]`` (a new run writes it at
+    once; a resume with its resume record, at its first epoch); a resume of a run that has one
+    takes that path again (``kept``), whatever ``--compile auto`` would decide now.
+
+    Attributes
+    ----------
+    config : dict
+        The run's config, as the command will write it.
+    done : int
+        The epochs done before (0 for a new run).
+    say : callable
+        ``print``, or one that prints nothing (``--quiet``, other ranks).
+    write_to : Path or None
+        The run folder, where this process writes ``config.json`` (None: another rank does).
+    kept : dict or None
+        The record of the run being resumed, whose path the resume takes (:meth:`of`).
+    """
+
+    config: dict
+    done: int
+    say: Callable
+    write_to: Path | None
+    kept: dict | None = None
+
+    @classmethod
+    def of(cls, config: dict, done: int, say: Callable, write_to: Path | None) -> StepPath:
+        """The path of a run with this ``config``: a resume (``done`` > 0) keeps its record."""
+        return cls(config, done, say, write_to, config.get(TRAINING_STEP) if done else None)
+
+    def on_start(self, decision) -> None:
+        """``train``'s ``on_start``: record the decision (unless kept) and say the path."""
+        if self.kept is None:
+            record = training_step_record(decision, self.config["options"], self.done)
+            self.config[TRAINING_STEP] = record
+            if not self.done and self.write_to is not None:
+                write_config(self.write_to, self.config)
+        self.say(training_step_line(self.config[TRAINING_STEP], kept=self.kept is not None))
 
 
 @dataclass(frozen=True)
@@ -58,13 +112,17 @@ class TrainingRecipe:
     streams: TrainingStreams
     options: dict
 
+    def step_path(self, config: dict, done: int, say: Callable, write_to) -> StepPath:
+        """The :class:`StepPath` of this run, for :meth:`train` (:meth:`StepPath.of`)."""
+        return StepPath.of(config, done, say, write_to)
+
     @property
     def num_labelled(self) -> int | None:
         """N_l, the number of images of the labelled stream (None without one)."""
         labelled = self.streams.labelled
         return None if labelled is None else len(labelled.data[0])
 
-    def train(self, out_dir, *, resume: bool = False, on_epoch_end=None, tags=None) -> TrainResult:
+    def train(self, out_dir, resume=False, on_epoch_end=None, tags=None, path=None) -> TrainResult:
         """Train the model with the options' settings, writing into ``out_dir``.
 
         Parameters
@@ -77,6 +135,9 @@ class TrainingRecipe:
             Called with each epoch's record (see :func:`~pyro_vae.infer.train`).
         tags : dict, optional
             Constant columns of every history record.
+        path : StepPath, optional
+            Says and records the path the training step takes; a resume of a run that
+            recorded one takes it again instead of deciding ``--compile`` anew.
 
         Returns
         -------
@@ -88,6 +149,8 @@ class TrainingRecipe:
             As :func:`~pyro_vae.infer.train`.
         """
         options = self.options
+        kept = path.kept if path is not None else None
+        kept_path = kept is not None and kept["path"] == "compiled"
         pyro.clear_param_store()  # the model's parameters are registered afresh by train
         return train(
             self.model.model,
@@ -108,8 +171,46 @@ class TrainingRecipe:
             progress=not options["quiet"],
             on_epoch_end=on_epoch_end,
             tags=tags,
-            compile=COMPILE_CHOICES[options["compile"]],
+            compile=COMPILE_CHOICES[options["compile"]] if kept is None else kept_path,
+            on_start=path.on_start if path is not None else None,
         )
+
+
+def training_step_record(decision, options: Mapping, done: int) -> dict:
+    """The :data:`TRAINING_STEP` record of the path a run's training step took.
+
+    Parameters
+    ----------
+    decision : CompileDecision
+        The path :func:`~pyro_vae.infer.train` took (its ``on_start`` argument).
+    options : Mapping
+        The run's options (``compile`` as given: "auto", "on" or "off").
+    done : int
+        The epochs done before (a resume of a run whose ``config.json`` has no record: the
+        path is decided now, by the same rule, and the record says so).
+
+    Returns
+    -------
+    dict
+        ``{"path": "compiled" or "eager", "reason": ...}``, e.g. ``{"path": "eager",
+        "reason": "auto: 1,170 steps < 2,000"}``.
+    """
+    reason, given = decision.reason, options["compile"]
+    if given != "auto":  # "compile=True" -> "--compile on", a fallback's reason kept
+        reason = f"--compile {given}" + reason.removeprefix(f"compile={COMPILE_CHOICES[given]}")
+    elif done:
+        reason += (
+            f"; decided at the resume from epoch {done} (config.json did not record the path "
+            "taken before)"
+        )
+    return {"path": "compiled" if decision.compile else "eager", "reason": reason}
+
+
+def training_step_line(record: dict, kept: bool) -> str:
+    """The line ``pyro-vae train`` says the path with: "training step: eager (auto: 1,170
+    steps < 2,000)"; ``kept``: a resume took the path its run recorded."""
+    reason = f"kept from the run's start: {record['reason']}" if kept else record["reason"]
+    return f"training step: {record['path']} ({reason})"
 
 
 def training_recipe(options: Mapping, data: DatasetSplits) -> TrainingRecipe:

@@ -11,11 +11,16 @@ scikit-learn's PCA resolves ``svd_solver="auto"`` once in ``_fit`` and then disp
   importance weights N * L of an estimate. A blocked "auto" runs eagerly without a warning.
   The validation batches of a compiled training run are compiled from
   :data:`AUTO_MIN_EVALUATIONS` of them on (with ``True`` too: forcing the step's compile does
-  not force a validation compile that cannot pay). A training run whose step this machine has
-  measured both ways (compiled and eager, and what
-  the compile took: :class:`~pyro_vae.infer.compile.warm.StepCosts`) is decided from those
-  numbers instead (:func:`resolve_training`): it compiles when its steps save more than the
-  compile costs.
+  not force a validation compile that cannot pay).
+
+"auto" is decided from the job alone (its size, its pair, its objective: :func:`resolve`,
+:func:`resolve_training`), never from the machine's history, so the same command, data and
+seed take the same path, and give the same numbers bit for bit, on every run. The compiled
+and the eager path agree to float round-off only (a different order of the same operations),
+so a decision that moved with what other runs left would change the numbers. What this machine
+measured of a training step (:class:`~pyro_vae.infer.compile.warm.StepCosts`) only advises:
+:func:`compile_advice` says when compiling would save time ("auto" chose eager) or cost time
+("auto" chose to compile), and the user passes ``compile=True`` or ``False`` to follow it.
 
 What blocks a compiled training step is written once too (:func:`step_blocker`): a labelled
 second stream inside every step (the "joint" schedule) and whatever the objectives themselves
@@ -42,6 +47,7 @@ __all__ = [
     "JOINT_BLOCKER",
     "CompileDecision",
     "check_request",
+    "compile_advice",
     "compile_notice",
     "resolve",
     "resolve_training",
@@ -56,8 +62,9 @@ __all__ = [
 # that length gains from the second run on a machine and loses at most the one cold compile.
 # The GPU break-even was not measured; the same rule applies there. On another day (README,
 # "Compiled steps") the warm compile took 14-15 s and saved 5 ms per step, break-even ~2,900:
-# the compile cost moves between days, which a fixed threshold cannot follow, so this is the
-# rule only until the machine has measured the step both ways (resolve_training)
+# the compile cost moves between days, which a fixed threshold cannot follow; it is still the
+# rule, so that a run is a function of its command (what the machine measured only advises:
+# compile_advice)
 AUTO_MIN_STEPS = 2000
 # "auto" compiles the validation of a compiled run from this many full validation batches
 # (epochs x batches): measured on the main job's VAE (experiments/bench_steps.py --rows
@@ -167,16 +174,11 @@ def resolve(compile, *, work: int, min_work: int, blocker: str | None = None) ->
     return CompileDecision(True, f"auto: {work:,} >= {min_work:,}")
 
 
-def resolve_training(
-    compile, *, steps: int, costs: StepCosts, blocker: str | None = None
-) -> CompileDecision:
+def resolve_training(compile, *, steps: int, blocker: str | None = None) -> CompileDecision:
     """Resolve ``compile`` for a training run of ``steps`` optimizer steps.
 
-    "auto" with a complete record of this step on this machine compiles when the run's steps
-    save more time than the compile costs, ``steps * (eager - compiled) > compile seconds``:
-    the break-even moves with the machine and the day (module comment of
-    :data:`AUTO_MIN_STEPS`), and the record follows it. Otherwise :func:`resolve` with
-    :data:`AUTO_MIN_STEPS`.
+    "auto" compiles from :data:`AUTO_MIN_STEPS` steps on when nothing blocks the capture: a
+    function of the run alone, never of what other runs measured (:func:`compile_advice`).
 
     Parameters
     ----------
@@ -184,24 +186,60 @@ def resolve_training(
         The request.
     steps : int
         The run's optimizer steps (epochs x steps per epoch).
-    costs : StepCosts
-        What this machine measured for the step (:func:`~pyro_vae.infer.compile.warm.
-        recorded_costs`); incomplete for a step it has not run both ways.
     blocker : str, optional
         As for :func:`resolve`.
 
     Returns
     -------
     CompileDecision
+        Its reason reads e.g. "auto: 1,170 steps < 2,000".
     """
-    if compile != "auto" or blocker is not None or not costs.complete:
-        return resolve(compile, work=steps, min_work=AUTO_MIN_STEPS, blocker=blocker)
+    decision = resolve(compile, work=steps, min_work=AUTO_MIN_STEPS, blocker=blocker)
+    if compile != "auto" or blocker is not None:
+        return decision
+    sign = ">=" if decision.compile else "<"
+    return CompileDecision(decision.compile, f"auto: {steps:,} steps {sign} {AUTO_MIN_STEPS:,}")
+
+
+def compile_advice(
+    decision: CompileDecision, *, steps: int, costs: StepCosts, blocker: str | None = None
+) -> str | None:
+    """What this machine's measurements say of an "auto" decision, or None: advice only.
+
+    When the recorded costs of this step (complete: compiled, eager and the compile) say that
+    the ``steps`` would save more than the compile costs, ``steps * (eager - compiled) >
+    compile seconds``, and "auto" chose eager, or the reverse, one line says so and how to take
+    the other path. The decision itself never changes: the run stays a function of its command.
+
+    Parameters
+    ----------
+    decision : CompileDecision
+        What :func:`resolve_training` decided for "auto" (other requests get no advice).
+    steps : int
+        The run's optimizer steps.
+    costs : StepCosts
+        What earlier runs measured on this machine
+        (:func:`~pyro_vae.infer.compile.warm.recorded_costs`).
+    blocker : str, optional
+        Why the step cannot be captured (then there is no other path to advise).
+
+    Returns
+    -------
+    str or None
+    """
+    if not decision.reason.startswith("auto: ") or blocker is not None or not costs.complete:
+        return None
     saved = steps * (costs.eager_step_seconds - costs.compiled_step_seconds)
-    measured = (
-        f"{steps:,} steps save {saved:.1f} s against a {costs.compile_seconds:.1f} s compile "
-        "(measured on this machine)"
-    )
-    return CompileDecision(saved > costs.compile_seconds, f"auto: {measured}")
+    gain = saved - costs.compile_seconds
+    measured = "on this machine (measured by earlier runs)"
+    if gain > 0 and not decision.compile:
+        return f"compiling would save about {gain:.0f} s {measured}: compile=True (--compile on)"
+    if gain <= 0 and decision.compile:
+        return (
+            f"compiling costs about {-gain:.0f} s more than it saves {measured}: compile=False "
+            "(--compile off) runs eagerly"
+        )
+    return None
 
 
 def step_blocker(

@@ -8,14 +8,14 @@ steps"). So a run remembers what it measured (:class:`StepCosts`: the compile's 
 the seconds per step of the compiled or the eager step), in one small file named by a signature
 of what was trained (:func:`step_signature`: the pair's module parameters and their shapes, the
 objective, the batch's shape, dtype and device, the number of processes, the torch version), in
-inductor's cache folder, so that clearing that cache clears the record too. ``compile="auto"``
-decides from that record once it holds all three numbers
-(:func:`~pyro_vae.infer.compile.policy.resolve_training`), and a compiled run's opening line
-says what the same compile took last time here.
+inductor's cache folder, so that clearing that cache clears the record too. The record only
+advises (:func:`~pyro_vae.infer.compile.policy.compile_advice`: "compiling would save about X s
+on this machine"), and a compiled run's opening line says what the same compile took last time
+here; it never decides the path a run takes, which is a function of the run alone
+(:func:`~pyro_vae.infer.compile.policy.resolve_training`).
 
 The environment variable ``PYRO_VAE_STEP_COSTS`` names another folder for the records, or
-``off`` for none (neither read nor written: "auto" then decides by the number of steps alone,
-the same way on every run).
+``off`` for none (neither read nor written: no advice, no "last time" in the compile notice).
 """
 
 from __future__ import annotations

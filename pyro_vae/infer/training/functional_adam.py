@@ -1,9 +1,13 @@
-"""Adam as a pure function of tensors, for the captured training step.
+"""Adam's update as functions of tensors: in the captured training step, and in the eager one.
 
 :class:`~pyro_vae.infer.training.compiled_step.CompiledSVIStep` records the update inside its
-graph, so it cannot call ``torch.optim.Adam.step``; these functions write the same arithmetic
-(Kingma & Ba 2015, Alg. 1, as ``torch.optim.Adam`` computes it) on the optimizer's own state
-tensors, so checkpoints of the eager and the compiled step load into each other.
+graph (:func:`adam_update_`, the arithmetic of Kingma & Ba 2015, Alg. 1, as ``torch.optim.Adam``
+computes it); :class:`~pyro_vae.infer.training.adam.Adam`'s eager step runs
+:func:`eager_adam_update_`: torch's fused Adam kernel, one pass over each tensor where the
+written-out update takes eight run eagerly (``experiments/bench_adam.py`` times both), and
+:func:`adam_update_` where that kernel is missing. Both work on the same state tensors (those
+of ``torch.optim.Adam``), so checkpoints of the eager and the compiled step load into each other;
+the two paths agree to round-off.
 """
 
 from __future__ import annotations
@@ -12,17 +16,23 @@ import math
 
 import torch
 
-__all__ = ["adam_coefficients", "adam_state", "adam_update_", "clip_gradients"]
+__all__ = [
+    "adam_coefficients",
+    "adam_state",
+    "adam_update_",
+    "clip_gradients",
+    "eager_adam_update_",
+]
 
 
-def adam_state(optimizer: torch.optim.Adam, params) -> tuple[list, list, list]:
+def adam_state(optimizer: torch.optim.Optimizer, params) -> tuple[list, list, list]:
     """Adam's (exp_avg, exp_avg_sq, step) per trainable parameter, created as torch's Adam
     creates them on its first step.
 
     Parameters
     ----------
-    optimizer : torch.optim.Adam
-        The optimizer whose ``state`` holds them.
+    optimizer : torch.optim.Optimizer
+        The optimizer whose ``state`` holds them (:class:`~pyro_vae.infer.training.adam.Adam`).
     params : iterable of torch.Tensor
         Its parameters, in order.
 
@@ -44,7 +54,7 @@ def adam_state(optimizer: torch.optim.Adam, params) -> tuple[list, list, list]:
     )
 
 
-def adam_coefficients(optimizer: torch.optim.Adam, steps) -> torch.Tensor:
+def adam_coefficients(optimizer: torch.optim.Optimizer, steps) -> torch.Tensor:
     """Adam's per-parameter scalars of the coming step, (2, P) float64: graph inputs.
 
     Row 0 is lr / (1 - beta1^t), row 1 sqrt(1 - beta2^t), t the step about to be taken, in
@@ -54,8 +64,8 @@ def adam_coefficients(optimizer: torch.optim.Adam, steps) -> torch.Tensor:
 
     Parameters
     ----------
-    optimizer : torch.optim.Adam
-        Gives lr and the betas.
+    optimizer : torch.optim.Optimizer
+        Its first param group gives lr and the betas.
     steps : list of torch.Tensor
         The step counts of :func:`adam_state`.
 
@@ -63,9 +73,14 @@ def adam_coefficients(optimizer: torch.optim.Adam, steps) -> torch.Tensor:
     -------
     torch.Tensor of shape (2, P)
     """
-    counts = torch.stack(steps).tolist() if steps else []
     group = optimizer.param_groups[0]
     (beta1, beta2), lr = group["betas"], group["lr"]
+    return _coefficients(steps, lr, beta1, beta2)
+
+
+def _coefficients(steps, lr: float, beta1: float, beta2: float) -> torch.Tensor:
+    """:func:`adam_coefficients` from the settings themselves."""
+    counts = torch.stack(steps).tolist() if steps else []
     return torch.tensor(
         [
             [lr / (1 - beta1 ** (t + 1)) for t in counts],
@@ -105,3 +120,32 @@ def adam_update_(params, grads, m, v, steps, coefs, betas, eps: float, ok) -> No
         m_.copy_(torch.where(ok, m_new, m_))
         v_.copy_(torch.where(ok, v_new, v_))
         t.copy_(torch.where(ok, t_new, t))
+
+
+# what torch's fused kernel is told besides the step sizes: the plain Adam of adam_update_
+_PLAIN_ADAM = dict(weight_decay=0.0, amsgrad=False, maximize=False)
+
+
+def eager_adam_update_(params, grads, m, v, steps, group: dict) -> None:
+    """One Adam step in place, eagerly, with the settings of the param ``group``.
+
+    Per device and dtype, torch's fused Adam kernel (``torch._fused_adam_``, an operator: what
+    ``torch.optim.Adam(fused=True)`` runs, so the arithmetic is torch's bit for bit); where that
+    kernel does not exist (a device or dtype without one), :func:`adam_update_`.
+    """
+    kinds: dict = {}
+    for i, p in enumerate(params):
+        kinds.setdefault((p.device, p.dtype), []).append(i)
+    (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
+    for kind in kinds.values():
+        part = [[tensors[i] for i in kind] for tensors in (params, grads, m, v, steps)]
+        torch._foreach_add_(part[4], 1)  # the fused kernel reads the step it takes
+        try:
+            torch._fused_adam_(
+                *part[:4], [], part[4], lr=lr, beta1=beta1, beta2=beta2, eps=eps, **_PLAIN_ADAM
+            )
+        except (RuntimeError, NotImplementedError):  # no fused kernel for this device or dtype
+            torch._foreach_sub_(part[4], 1)
+            coefs = _coefficients(part[4], lr, beta1, beta2)
+            ok = torch.ones((), dtype=torch.bool, device=part[0][0].device)
+            adam_update_(*part, coefs, (beta1, beta2), eps, ok)

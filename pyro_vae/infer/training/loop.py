@@ -26,6 +26,8 @@ from tqdm.auto import tqdm
 
 from pyro_vae.infer.compile.policy import (
     AUTO_MIN_EVALUATIONS,
+    CompileDecision,
+    compile_advice,
     compile_notice,
     resolve,
     resolve_training,
@@ -46,7 +48,8 @@ __all__ = ["TrainResult", "train"]
 
 @dataclass
 class TrainResult:
-    """What :func:`train` did: one history record per epoch, and where it left things."""
+    """What :func:`train` did: one history record per epoch, where it left things, and the
+    path its step took (``compile_decision``: compiled or eager, and why)."""
 
     history: list[dict]
     epochs_run: int
@@ -54,6 +57,7 @@ class TrainResult:
     device: torch.device
     param_names: list[str]
     out_dir: Path | None = None
+    compile_decision: CompileDecision | None = None
 
     @property
     def final(self) -> dict:
@@ -71,6 +75,7 @@ def train(
     out_dir: str | Path | None = None,
     resume: bool = False,
     on_epoch_end: Callable[[dict], None] | None = None,
+    on_start: Callable[[CompileDecision], None] | None = None,
     options: TrainOptions | None = None,
     **settings,
 ) -> TrainResult:
@@ -100,6 +105,10 @@ def train(
     on_epoch_end : callable, optional
         Called with each epoch's history record as soon as the epoch's checkpoint is written
         (before the history files).
+    on_start : callable, optional
+        Called once the step is set up with the path it takes (a :class:`~pyro_vae.infer.
+        compile.policy.CompileDecision`), decided from the run alone (:func:`~pyro_vae.infer.
+        compile.policy.resolve_training`): the same arguments take the same path everywhere.
     options : TrainOptions, optional
         The loop's settings (epochs, batch size, learning rate, loss, device, seed, compile,
         ...: see :class:`~pyro_vae.infer.training.options.TrainOptions`).
@@ -153,7 +162,7 @@ def train(
     stream_l = DataStream.of(labelled.data, "labelled", device) if labelled else None
     move_owners(device, model, guide)
     batching = _batching(options, ranks, device, len(stream), labelled, stream_l)
-    svi, timer = _make_step(model, guide, options, batching, stream, stream_l, labelled)
+    svi, timer = _make_step(model, guide, options, batching, stream, stream_l, labelled, on_start)
     if val is not None and isinstance(svi, CompiledSVIStep):
         svi.compile_evaluation = _compile_validation(options, len(val), batching).compile
     # an objective traced for one batch shape (Pyro's JIT) cannot take the short last batch
@@ -209,6 +218,7 @@ def train(
         device=device,
         param_names=list(svi.params),
         out_dir=checkpointer.out_dir,
+        compile_decision=timer.decision,
     )
 
 
@@ -237,13 +247,12 @@ def _batching(options, ranks: Ranks, device, num_data, labelled, stream_l) -> Ba
     )
 
 
-def _make_step(model, guide, options, batching, stream, stream_l, labelled):
+def _make_step(model, guide, options, batching, stream, stream_l, labelled, on_start):
     """Build the objectives on a first batch, resolve ``compile`` once, set the step up.
 
-    Returns the step and its :class:`_StepTimer`, which measures the step's costs under the
-    signature of this pair, objective and batch
-    (:func:`~pyro_vae.infer.compile.warm.step_signature`), from which the next run's
-    ``compile="auto"`` decides.
+    Returns the step and its :class:`_StepTimer`, which holds the decision and measures the
+    step's costs under the signature of this pair, objective and batch
+    (:func:`~pyro_vae.infer.compile.warm.step_signature`): what the next run's advice reads.
     """
     device = batching.device
     first_l = stream_l.batch(slice(0, batching.labelled_batch_size), device) if stream_l else None
@@ -259,12 +268,9 @@ def _make_step(model, guide, options, batching, stream, stream_l, labelled):
     steps_per_epoch = _steps_per_epoch(batching, len(stream), stream_l, labelled_objective)
     joint = batching.labelled_schedule == "joint"
     blocker = step_blocker(objective, labelled_objective=labelled_objective, joint=joint)
-    world_size = batching.ranks.world_size
-    signature = step_signature("training step", (model, guide), objective, first[0], world_size)
-    costs = recorded_costs(signature)
     steps = options.epochs * steps_per_epoch
-    compiled = resolve_training(options.compile, steps=steps, costs=costs, blocker=blocker)
-    svi = (CompiledSVIStep if compiled else SVIStep)(
+    decision = resolve_training(options.compile, steps=steps, blocker=blocker)
+    svi = (CompiledSVIStep if decision else SVIStep)(
         model,
         guide,
         objective,
@@ -276,16 +282,27 @@ def _make_step(model, guide, options, batching, stream, stream_l, labelled):
     )
     svi.setup(*first, labelled=first_l)
     compiling = isinstance(svi, CompiledSVIStep) and svi.fallback_reason is None
+    if decision and not compiling:  # the capture is refused at set-up: the run is eager
+        blocker = svi.fallback_reason
+        decision = CompileDecision(False, f"{decision.reason}; fell back: {blocker}")
+    if on_start is not None:
+        on_start(decision)
+    world_size = batching.ranks.world_size
+    signature = step_signature("training step", (model, guide), objective, first[0], world_size)
+    costs = recorded_costs(signature)
+    advice = compile_advice(decision, steps=steps, costs=costs, blocker=blocker)
+    if advice is not None and batching.progress:
+        tqdm.write(advice)
     if compiling and batching.progress:  # the first step compiles: how long it took before
         tqdm.write(compile_notice("training step", costs.compile_seconds))
-    return svi, _StepTimer(signature, steps_per_epoch, write=batching.ranks.is_main)
+    return svi, _StepTimer(signature, steps_per_epoch, batching.ranks.is_main, decision)
 
 
 @dataclass
 class _StepTimer:
     """The training step's costs on this machine, measured every epoch and remembered under
-    its signature for the next run's ``compile="auto"``
-    (:func:`~pyro_vae.infer.compile.policy.resolve_training`).
+    its signature for the next run's advice
+    (:func:`~pyro_vae.infer.compile.policy.compile_advice`); and the path the step takes.
 
     The seconds per step are the median over this run's epochs that did not compile (one epoch
     on a shared machine varies by 15%, measured). What compiling cost is what the epoch that
@@ -296,6 +313,7 @@ class _StepTimer:
     signature: str
     steps_per_epoch: int
     write: bool  # one writer: the main rank
+    decision: CompileDecision  # the path the step takes, and why
     per_step: list = field(default_factory=list)  # epochs that did not compile
     compiling_epoch: tuple | None = None  # (its seconds, its compile's seconds)
 

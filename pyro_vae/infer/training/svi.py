@@ -6,10 +6,10 @@ caller owns; :func:`pyro_vae.infer.training.loop.train` is one such loop. It dif
 ``SVI`` where that is measured to be faster (``experiments/bench_train.py``): the parameters
 are collected once, from a validated trace of the pair on the first batch
 (:func:`pyro_vae.infer.pair.params.validated_traces`), instead of by a param-only trace
-on every step, and all of them share one fused ``torch.optim.Adam`` instead of Pyro's
-per-parameter optimizers. What that could cost is guarded: a parameter that the pair creates
-after the first batch is refused with a clear error (it would never be optimized), and so is a
-module parameter that an older param-store entry shadows.
+on every step, and all of them share one fused Adam (:mod:`~pyro_vae.infer.training.adam`)
+instead of Pyro's per-parameter optimizers. What that could cost is guarded: a parameter that
+the pair creates after the first batch is refused with a clear error (it would never be
+optimized), and so is a module parameter that an older param-store entry shadows.
 
 A semi-supervised run's second stream enters the step in one of two schedules
 (:class:`~pyro_vae.infer.training.options.LabelledStream`): inside every step, as the weighted
@@ -40,7 +40,7 @@ from pyro_vae.infer.pair.params import (
 )
 from pyro_vae.infer.pair.sites import DATA_PLATE, check_data
 from pyro_vae.infer.runtime.devices import forked_rng
-from pyro_vae.infer.training.adam import eager_adam_class
+from pyro_vae.infer.training.adam import Adam
 
 __all__ = ["SVIStep", "TrainingDivergedError", "make_adam"]
 
@@ -75,12 +75,12 @@ def _refuse_bad_data(x) -> None:
         raise bad from None
 
 
-def make_adam(params, lr: float) -> torch.optim.Adam:
-    """One Adam over all parameters, fused into a single kernel where torch supports it.
+def make_adam(params, lr: float) -> Adam:
+    """One Adam over all parameters: :class:`~pyro_vae.infer.training.adam.Adam`.
 
-    The fused kernel does the same arithmetic as the default for-loop implementation in about
-    a third of the time on CPU (``experiments/bench_train.py``). It is torch's Adam that does
-    not import ``torch._dynamo`` (2 s) before something else does (:mod:`.adam`).
+    The arithmetic of ``torch.optim.Adam(fused=True)`` (one fused kernel, about a third of the
+    time of the default for-loop implementation on CPU, ``experiments/bench_train.py``), its
+    state and checkpoints, without importing ``torch._dynamo`` (2 s) as torch's Adam does.
 
     Parameters
     ----------
@@ -91,13 +91,9 @@ def make_adam(params, lr: float) -> torch.optim.Adam:
 
     Returns
     -------
-    torch.optim.Adam
+    Adam
     """
-    params, adam = list(params), eager_adam_class()
-    try:
-        return adam(params, lr=lr, fused=True)
-    except (RuntimeError, ValueError):  # e.g. a device or dtype without a fused kernel
-        return adam(params, lr=lr)
+    return Adam(list(params), lr=lr)
 
 
 class SVIStep:
