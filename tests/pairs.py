@@ -55,6 +55,7 @@ __all__ = [
     "LinearGaussian",
     "LogNormalLatent",
     "MeanOnly",
+    "MixtureWithLatent",
     "NestedPlate",
     "Pair",
     "ParamPPCA",
@@ -521,6 +522,42 @@ class GaussianMixture:
     def exact_elbo(self, x):
         log_q = self.q_logits(x).log_softmax(-1)
         return (log_q.exp() * (self.joint(x) - log_q)).sum(-1)
+
+
+class MixtureWithLatent:
+    """y ~ Cat(softmax(w)), z ~ N(0, 1), x | y, z ~ N(mu_y + a z, s^2): a discrete component and
+    a continuous latent, as M2 has. Guide q(y|x) = Cat(softmax(c x)), marked for parallel
+    enumeration, and q(z | x, y) = N(shrink * m_y(x), 1), a poor fit for ``shrink`` != 1.
+
+    Closed forms: p(x | y) = N(mu_y, a^2 + s^2), so log p(x) = logsumexp_y [log softmax(w)_y +
+    log N(x; mu_y, a^2 + s^2)]; p(z | x, y) = N(m_y(x), s^2 / (a^2 + s^2)) with
+    m_y(x) = a (x - mu_y) / (a^2 + s^2) (Bishop PRML eq. 2.116, one dimension).
+    """
+
+    def __init__(self, mu=(-3.0, 0.0, 2.0), a=1.5, s=0.5, shrink=0.5):
+        self.mu, self.w = torch.tensor(mu), torch.linspace(-0.5, 0.5, len(mu))
+        self.a, self.s, self.shrink = a, s, shrink
+
+    def _posterior_mean(self, x, y):
+        return self.a * (x - self.mu.to(x.dtype)[y]) / (self.a**2 + self.s**2)
+
+    def model(self, x):
+        mu, w = self.mu.to(x.dtype), self.w.to(x.dtype)
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(logits=w))
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0))
+            pyro.sample("x", dist.Normal(mu[y] + self.a * z, self.s), obs=x)
+
+    def guide(self, x):
+        logits = x[:, None] * torch.linspace(-1.0, 1.0, len(self.mu), dtype=x.dtype)
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
+            pyro.sample("z", dist.Normal(self.shrink * self._posterior_mean(x, y), 1.0))
+
+    def exact_log_px(self, x):
+        mu, w = self.mu.to(x.dtype), self.w.to(x.dtype)
+        scale = math.sqrt(self.a**2 + self.s**2)
+        return (w.log_softmax(-1) + dist.Normal(mu, scale).log_prob(x[:, None])).logsumexp(-1)
 
 
 # ------------------------------------------------------------------------------------------
