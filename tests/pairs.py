@@ -48,6 +48,7 @@ __all__ = [
     "Case",
     "ConjugateGaussian",
     "DeterministicSites",
+    "FactorAnalysis",
     "GaussianMixture",
     "GlobalAndLocal",
     "GlobalMean",
@@ -522,6 +523,44 @@ class GaussianMixture:
     def exact_elbo(self, x):
         log_q = self.q_logits(x).log_softmax(-1)
         return (log_q.exp() * (self.joint(x) - log_q)).sum(-1)
+
+
+class FactorAnalysis:
+    """z ~ N(0, I_K), x | z ~ N(W z, diag(psi)); ``guide``: a deliberately poor fixed
+    Gaussian (shifted prior); ``exact_guide``: p(z | x).
+
+    p(x) = N(0, W W^T + diag(psi)) and p(z | x) = N(S W^T Psi^-1 x, S) with
+    S = (I + W^T Psi^-1 W)^-1 (Bishop PRML eq. 12.66-12.68 with Psi for sigma^2 I).
+    """
+
+    def __init__(self, data_dim=8, latent_dim=3, seed=1):
+        g = torch.Generator().manual_seed(seed)
+        self.W = torch.randn(data_dim, latent_dim, generator=g)
+        self.psi = 0.02 + 0.05 * torch.rand(data_dim, generator=g)
+        self.K = latent_dim
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(self.K), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.W.T, self.psi.sqrt()).to_event(1), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.full((x.shape[0], self.K), 0.3), 1.0).to_event(1))
+
+    def exact_guide(self, x):
+        cov = torch.linalg.inv(torch.eye(self.K) + self.W.T @ (self.W / self.psi[:, None]))
+        mean = (x / self.psi) @ self.W @ cov
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(mean, cov))
+
+    def log_px(self, x):
+        cov = self.W @ self.W.T + torch.diag(self.psi)
+        return dist.MultivariateNormal(torch.zeros(len(self.psi)), cov).log_prob(x)
+
+    def sample(self, n):
+        z = torch.randn(n, self.K)
+        return z @ self.W.T + self.psi.sqrt() * torch.randn(n, len(self.psi))
 
 
 class MixtureWithLatent:
