@@ -24,6 +24,7 @@ def test_every_script_is_smoke_tested():
     expected |= {"semi_supervised", "bench_distributed"}
     expected |= {"bench_startup", "bench_ais", "pyro_ss_vae", "bench_steps", "bench_main_job"}
     expected |= {"numpyro_main_job", "numpyro_data_parallel"}  # need the bench extra
+    expected |= {"ais_certification"}
     assert scripts == expected, scripts
 
 
@@ -67,6 +68,20 @@ def test_ablation(tmp_path):
         assert 0 <= r["active_units"] <= 20 and 0 <= r["khat_below_0.7"] <= 1, r
     assert (tmp_path / "mnist5k.md").read_text().count("\n") == 2 + len(rows)
     assert (tmp_path / "mnist5k.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_ais_certification_fails_wrong_points_and_needs_its_chains(capsys):
+    counts = load("ais_certification").main(["--chains", "2", "8", "--steps", "1", "3",
+                                             "--leapfrog", "2"])  # fmt: skip
+    # below the minimum of chains nothing is certified, though the standard error alone
+    # would pass wrong points (measured with seed 0: 9 of 22 at S = 2)
+    assert counts[2]["certified"] == 0 and counts[2]["stderr_alone_false"] >= 3, counts
+    # at S = 8 the criterion passes some points and few wrong ones (measured: 1 of 19-20, a
+    # heavy-tailed point of sparse-loadings at T = 3; 10% allows one more)
+    assert counts[8]["certified"] >= 10, counts
+    assert counts[8]["false_passes"] <= 0.1 * counts[8]["certified"], counts
+    assert "| 8 |" in capsys.readouterr().out
 
 
 def test_bench_ais(capsys, monkeypatch):
