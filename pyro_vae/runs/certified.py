@@ -48,8 +48,8 @@ AIS_MIN_CHAINS = 8
 
 A *false pass* is a certified point with |AIS - exact| > ``AIS_FALSE_PASS`` (3 x the largest
 standard error). Measured on the test catalogue's pairs with an exact log p(x) and a guide that
-is not exact (11 pairs, 152 points, seed 0; ``python experiments/ais_certification.py``, T = 1,
-3, 10, 30, 5 leapfrog steps): S = 8 certified 48 points and none falsely, S = 16 63 and none;
+is not exact (11 pairs, 76 points at each T, seed 0; ``python experiments/ais_certification.py``:
+T = 1, 3, 10, 30, 5 leapfrog steps): S = 8 certified 48 points and none falsely, S = 16 63 and none;
 ``--leapfrog 2 --steps 1 3``: S = 8 certified 19 with 1 false pass (a heavy-tailed point whose
 error was 0.98 nats at a standard error of 0.096). Pooled, 1 false pass in 130 certified points
 (0.8%; below 4% at 95% confidence). The standard error alone, without the minimum of chains,

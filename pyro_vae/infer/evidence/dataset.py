@@ -3,7 +3,7 @@
 :func:`dataset_nll` runs :func:`~pyro_vae.infer.evidence.importance.log_evidence` over batches of
 a data set (tensors, :class:`pyro_vae.data.ImageData`, or tuples with per-datapoint extras such
 as labels), with a progress bar; under torchrun each rank scores its strided share and the rows
-are gathered back in order (:func:`~pyro_vae.infer.runtime.distributed.gather_strided`).
+are gathered back in order (:mod:`~pyro_vae.infer.evidence.shards`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae.infer.compile.policy import AUTO_MIN_WEIGHTS, compile_notice, resolve
 from pyro_vae.infer.evidence.importance import log_evidence
+from pyro_vae.infer.evidence.shards import local_rows
 from pyro_vae.infer.pair.sites import DATA_PLATE, check_data
 from pyro_vae.infer.runtime.devices import as_columns
 from pyro_vae.infer.runtime.distributed import current, gather_strided
@@ -123,11 +124,9 @@ def dataset_nll(
     if compile and progress:
         tqdm.write(compile_notice("log weights"))  # the first batch compiles them
     num_data, ranks = x.shape[0], current()
-    if ranks.distributed:  # under torchrun each rank scores x[r::P]; rows are gathered back
-        if num_data < ranks.world_size:
-            raise ValueError(f"{num_data} datapoints cannot be shared by {ranks.world_size} ranks")
-        x = x[ranks.rank :: ranks.world_size]
-        extras = tuple(e[ranks.rank :: ranks.world_size] for e in extras)
+    if num_data < ranks.world_size:
+        raise ValueError(f"{num_data} datapoints cannot be shared by {ranks.world_size} ranks")
+    x, extras = local_rows(x, tuple(extras))  # under torchrun: x[r::P]; rows gathered back
     parts = []
     starts = range(0, x.shape[0], batch_size)
     for start in tqdm(starts, desc="log p(x)", unit="batch", disable=not progress):
