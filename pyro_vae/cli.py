@@ -282,7 +282,7 @@ def cmd_certify(args) -> int:
         0.
     """
     set_threads(args.threads)
-    device = resolve_device(args.device)
+    ranks, device = join(resolve_device(args.device))  # under torchrun: points sharded
     run = load_run(args.run_dir, device=device)
     figures = Path(run.run_dir) / "figures"
     check_writable(figures)
@@ -293,8 +293,10 @@ def cmd_certify(args) -> int:
         settings=ais_settings(args),
         seed=args.seed,
         device=device,
-        progress=not args.quiet,
+        progress=not args.quiet and ranks.is_main,
     )
+    if not ranks.is_main:  # every rank holds the gathered bounds; rank 0 reports them
+        return 0
     print(certification_table(report))
     write_text_atomic(Path(run.run_dir) / "certification.json", json.dumps(report, indent=1))
     path = certification_figure(report, figures)

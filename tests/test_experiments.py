@@ -200,6 +200,20 @@ def test_bench_distributed(capsys):
 
 
 @pytest.mark.slow
+def test_bench_distributed_times_ais_on_shared_points(capsys, tmp_path):
+    from pyro_vae.cli import main as pyro_vae
+
+    run = tmp_path / "run"
+    tiny = ["--dataset", "digits", "--latent", "2", "--hidden", "8", "--epochs", "1"]
+    assert pyro_vae(["train", *tiny, "--out", str(run), "--quiet"]) == 0
+    argv = ["--ais", str(run), "--ais-points", "3", "--ais-steps", "3", "--processes", "2"]
+    result = load("bench_distributed").main([*argv, "--rounds", "1"])
+    assert set(result["examples_per_s"]) == {(2, "ais")}
+    assert all(math.isfinite(v) and v > 0 for v in result["examples_per_s"].values()), result
+    assert "| 2 | AIS |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_bench_startup(capsys):
     result = load("bench_startup").main(["--rounds", "1"])
     assert set(result["ratio"]) == {
