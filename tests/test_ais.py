@@ -272,6 +272,20 @@ def test_a_model_latent_the_guide_does_not_sample_is_refused():
         ais_evidence(model, guide, torch.zeros(3), num_chains=2, num_steps=2, progress=False)
 
 
+# --- memory ------------------------------------------------------------------------------------
+def test_chains_are_refused_exactly_when_their_lower_bound_exceeds_free_memory(monkeypatch):
+    import pyro_vae.infer.evidence.memory as memory
+
+    x = torch.zeros(3, 4, dtype=torch.float64)
+    need = 10 * 2 * (8 * 5 + 2 * 4) * 8  # chains x points x (8 D + 2 x's size) x 8 bytes
+    monkeypatch.setattr(memory, "available_bytes", lambda device: need)
+    memory.check_chains_fit("AIS", 10, 2, 5, 4, x)  # fits exactly: no false alarm
+    monkeypatch.setattr(memory, "available_bytes", lambda device: need - 1)
+    with pytest.raises(ValueError, match=r"^AIS needs at least 0.0 GiB \(10 chains x 2 points"):
+        memory.check_chains_fit("AIS", 10, 2, 5, 4, x)
+    assert memory.available_bytes("cpu") > 0  # /proc/meminfo or sysconf on this machine
+
+
 # --- compiled --------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["factor-analysis", "log-normal"])  # + a support transform
 @pytest.mark.slow

@@ -140,6 +140,31 @@ def test_evaluate_auto_rescores_the_unreliable_points_by_ais(run_copy, capsys):
         assert (run_copy / "figures" / "ais_vs_is.png").stat().st_size > 1000
 
 
+def test_one_chain_of_one_step_certifies_nothing_and_breaks_the_ladder_visibly(run_copy, capsys):
+    argv = ["evaluate", str(run_copy), "--num-samples", "50", "--num-points", "6", "--quiet"]
+    argv += ["--estimator", "ais", "--ais-chains", "1", "--ais-steps", "1", "--ais-leapfrog", "2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((run_copy / "evaluation.json").read_text())
+    assert report["trusted"]["certified"]["ais"] == 0
+    assert "not certified by AIS: 1 AIS chain per point, fewer than the 8" in printed
+    # T = 1 with one chain is one importance sample: far below IS of L = 50 on average
+    (is_name, is_value), (_, ais_value) = report["ladder"][-2:]
+    assert ais_value < is_value and f"> AIS {ais_value:.2f}" in printed, printed
+    assert "<= AIS" not in printed and "AIS below IS: T too small (--ais-steps)" in printed
+
+
+def test_chains_that_cannot_fit_are_refused_in_one_line(run_copy, capsys):
+    before = _snapshot(run_copy)
+    argv = ["evaluate", str(run_copy), "--num-samples", "10", "--num-points", "2", "--quiet"]
+    assert main([*argv, "--estimator", "ais", "--ais-chains", "100000000"]) == 2
+    err = capsys.readouterr().err
+    # 1e8 + 4 pilot chains x (8 x 2 latent + 2 x 784 pixels) x 4 bytes = 590 GiB at least
+    assert err.count("\n") == 1 and "AIS needs at least 590.1 GiB (100000004 chains" in err, err
+    assert "use fewer chains (--ais-chains)" in err
+    assert _snapshot(run_copy) == before  # nothing written
+
+
 def test_certify_writes_the_bdmc_sandwich_for_each_t(run_copy, capsys):
     argv = ["certify", str(run_copy), "--num-points", "4", "--steps", "3,6", *AIS_FAST[:2]]
     assert main([*argv, "--ais-leapfrog", "2", "--quiet"]) == 0
