@@ -128,8 +128,11 @@ def main(argv=None) -> dict:
                     rates[p, c].append(run_once(p, c, args, Path(tmp) / f"p{p}{c}"))
     medians = {config: statistics.median(r) for config, r in rates.items()}
     base = medians[configs[0]]
-    what = f"AIS of {args.ais}, {args.ais_points} points, T = {args.ais_steps}" if args.ais else (
-        f"{args.dataset}, {args.epochs} epoch(s), global batch {args.batch_size}")
+    what = (
+        f"AIS of {args.ais}, {args.ais_points} points, T = {args.ais_steps}"
+        if args.ais
+        else (f"{args.dataset}, {args.epochs} epoch(s), global batch {args.batch_size}")
+    )
     print(f"\n{what}, one thread per process, median of {args.rounds} alternating rounds")
     unit = "AIS points/s" if args.ais else "examples/s"
     print(f"| processes | step | {unit} | vs {configs[0][0]} process(es), {configs[0][1]} |")

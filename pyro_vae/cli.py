@@ -260,12 +260,8 @@ def cmd_evaluate(args) -> int:
 
 def ais_settings(args) -> AISSettings:
     """The AIS settings of ``evaluate``'s or ``certify``'s options (``certify`` sets T itself)."""
-    return AISSettings(
-        num_chains=args.ais_chains,
-        num_steps=getattr(args, "ais_steps", AISSettings.num_steps),
-        num_leapfrog=args.ais_leapfrog,
-        schedule=args.ais_schedule,
-    )
+    steps = getattr(args, "ais_steps", AISSettings.num_steps)
+    return AISSettings(args.ais_chains, steps, args.ais_leapfrog, args.ais_schedule)  # S, T, L
 
 
 def cmd_certify(args) -> int:

@@ -32,7 +32,9 @@ from pyro.poutine.messenger import Messenger
 
 from pyro_vae.infer.evidence.ais import AISResult, ais_evidence, chain_summary, merge_settings
 from pyro_vae.infer.evidence.bdmc import BDMCResult, Simulated, bdmc
-from pyro_vae.infer.pair.sites import DATA_PLATE, sample_sites, without_enumeration
+from pyro_vae.infer.pair.sites import sample_sites, without_enumeration
+
+_ESTIMATOR_OPTIONS = ("chunk_size", "data_plate", "progress", "compile")  # the rest: the pair's
 
 __all__ = ["DiscreteSite", "discrete_site", "enumerated_ais", "enumerated_bdmc", "fix_site"]
 
@@ -144,18 +146,7 @@ def discrete_site(guide, x, *args, **kwargs) -> DiscreteSite | None:
     return DiscreteSite(name, support)
 
 
-def enumerated_ais(
-    model,
-    guide,
-    x,
-    *args,
-    settings=None,
-    chunk_size=None,
-    data_plate=DATA_PLATE,
-    progress=True,
-    compile=False,
-    **kwargs,
-) -> AISResult:
+def enumerated_ais(model, guide, x, *args, settings=None, **options) -> AISResult:
     """AIS of log p(x_n) per datapoint, summing a discrete guide site out by enumeration.
 
     Without a discrete guide site this is :func:`~pyro_vae.infer.evidence.ais.ais_evidence`.
@@ -164,8 +155,9 @@ def enumerated_ais(
 
     Parameters
     ----------
-    model, guide, x, *args, settings, chunk_size, data_plate, progress, compile, **kwargs
-        As for :func:`~pyro_vae.infer.evidence.ais.ais_evidence`.
+    model, guide, x, *args, settings, **options
+        As for :func:`~pyro_vae.infer.evidence.ais.ais_evidence` (``chunk_size``,
+        ``data_plate``, ``progress``, ``compile``, AIS settings and the pair's keywords).
 
     Returns
     -------
@@ -178,18 +170,18 @@ def enumerated_ais(
     ValueError
         As ``ais_evidence``, and as :func:`discrete_site`.
     """
-    settings = merge_settings(settings, kwargs)
-    options = dict(settings=settings, chunk_size=chunk_size, data_plate=data_plate)
-    options.update(progress=progress, compile=compile, **kwargs)
-    site = discrete_site(guide, x, *args, **kwargs)
+    settings = merge_settings(settings, options)
+    pair_keywords = {k: v for k, v in options.items() if k not in _ESTIMATOR_OPTIONS}
+    site = discrete_site(guide, x, *args, **pair_keywords)
     if site is None:
-        return ais_evidence(model, guide, x, *args, **options)
+        return ais_evidence(model, guide, x, *args, settings=settings, **options)
     runs = [
         ais_evidence(
             fix_site(model, site.name, value),
             fix_site(guide, site.name, value, hide=True),
             x,
             *args,
+            settings=settings,
             **options,
         )
         for value in site.support
@@ -222,7 +214,8 @@ def enumerated_bdmc(
     """
     settings = merge_settings(settings, options)
     x = simulated.x
-    site = discrete_site(guide, x, *args)
+    pair_keywords = {k: v for k, v in options.items() if k not in _ESTIMATOR_OPTIONS}
+    site = discrete_site(guide, x, *args, **pair_keywords)
     if site is None:
         return bdmc(model, guide, simulated, *args, settings=settings, **options)
     y_star = simulated.latents[site.name]
@@ -231,7 +224,8 @@ def enumerated_bdmc(
     fixed = (fix_site(model, site.name), fix_site(guide, site.name, hide=True))
     at_y = bdmc(*fixed, Simulated(x, rest), *args, y_star, settings=settings, **options)
     labelled_guide = without_enumeration(fix_site(guide, site.name))
-    q_y = poutine.trace(labelled_guide).get_trace(x, *args, y_star).nodes[site.name]["fn"]
+    q_y = poutine.trace(labelled_guide).get_trace(x, *args, y_star, **pair_keywords)
+    q_y = q_y.nodes[site.name]["fn"]
     upper = at_y.upper - q_y.log_prob(y_star).detach()
     return BDMCResult(
         lower=lower.log_px,
