@@ -251,7 +251,8 @@ def certification_table(report: dict) -> str:
     s = report["settings"]
     lines = [
         f"BDMC on {report['data']}: {s['num_chains']} chains, {s['num_leapfrog']} leapfrog "
-        f"steps, {s['schedule']} schedule; bounds on {report['evidence']}, nats per datapoint",
+        f"steps, {s['schedule']} schedule; bounds on {report['evidence']}, nats per datapoint, "
+        "that hold in expectation (on one point lower may exceed upper)",
         "",
         "| T | lower (forward AIS) | upper (reverse AIS) | mean gap | largest gap | accept | s |",
         "|---|---|---|---|---|---|---|",
