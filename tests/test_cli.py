@@ -163,6 +163,11 @@ def test_chains_that_cannot_fit_are_refused_in_one_line(run_copy, capsys):
     assert err.count("\n") == 1 and "AIS needs at least 590.1 GiB (100000004 chains" in err, err
     assert "use fewer chains (--ais-chains)" in err
     assert _snapshot(run_copy) == before  # nothing written
+    # the N x L log weights evaluate keeps for the IWAE bounds: 2 x 1e11 x 4 bytes = 745 GiB
+    assert main([*argv[:2], "--num-samples", "100000000000", "--num-points", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "keeping the log weights needs at least 745.1 GiB" in err
+    assert _snapshot(run_copy) == before
 
 
 def test_certify_writes_the_bdmc_sandwich_for_each_t(run_copy, capsys):

@@ -16,7 +16,9 @@ from tqdm.auto import tqdm
 
 from pyro_vae.infer.compile.policy import AUTO_MIN_WEIGHTS, compile_notice, resolve
 from pyro_vae.infer.evidence.importance import log_evidence
+from pyro_vae.infer.evidence.memory import check_fits
 from pyro_vae.infer.evidence.shards import local_rows
+from pyro_vae.infer.evidence.weights import check_positive
 from pyro_vae.infer.pair.sites import DATA_PLATE, check_data
 from pyro_vae.infer.runtime.devices import as_columns
 from pyro_vae.infer.runtime.distributed import current, gather_strided
@@ -113,8 +115,8 @@ def dataset_nll(
     GlobalLatentError
         If a sample site lies outside the data plate.
     ValueError
-        When ``batch_size`` is not a positive int, or for bad arguments or data, as for
-        :func:`log_evidence`.
+        When ``batch_size`` is not a positive int, for bad arguments or data, as for
+        :func:`log_evidence`, or when the kept log weights cannot fit in memory.
     """
     x, extras, transform = as_columns(data, "data")
     x = check_data(x, "data")
@@ -127,6 +129,12 @@ def dataset_nll(
     if num_data < ranks.world_size:
         raise ValueError(f"{num_data} datapoints cannot be shared by {ranks.world_size} ranks")
     x, extras = local_rows(x, tuple(extras))  # under torchrun: x[r::P]; rows gathered back
+    check_positive(num_samples=num_samples, chunk_size=chunk_size)  # as log_evidence would
+    if return_log_weights:  # kept whole: N x L numbers (every rank gathers all N rows)
+        need = num_data * num_samples * x.element_size()
+        estimate = f"{num_data} points x {num_samples} samples x {x.element_size()} bytes"
+        fix = "use fewer samples (--num-samples) or points (--num-points)"
+        check_fits("keeping the log weights", need, estimate, x.device, fix)
     parts = []
     starts = range(0, x.shape[0], batch_size)
     for start in tqdm(starts, desc="log p(x)", unit="batch", disable=not progress):

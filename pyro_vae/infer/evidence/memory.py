@@ -9,7 +9,8 @@ that lower bound with what the device has free (``MemAvailable`` of ``/proc/memi
 else physical memory by ``os.sysconf``; ``torch.cuda.mem_get_info`` on CUDA) and refuses a
 setting that cannot fit in one line, instead of leaving the process to the out-of-memory
 killer. Being a lower bound it never refuses a setting that fits; one just above it can still
-run out (hidden layers are not counted).
+run out (hidden layers are not counted). :func:`check_fits` does the same for any count, e.g.
+the N x L log weights that importance sampling keeps for the IWAE bounds.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ import torch
 
 from pyro_vae.infer.pair.potential import LatentSpace
 
-__all__ = ["DATA_COPIES", "LATENT_COPIES", "available_bytes", "check_chains_fit", "latent_size"]
+__all__ = [
+    "DATA_COPIES",
+    "LATENT_COPIES",
+    "available_bytes",
+    "check_chains_fit",
+    "check_fits",
+    "latent_size",
+]
 
 LATENT_COPIES = 8  # u, momentum, proposal, two gradients, and the leapfrog's temporaries
 DATA_COPIES = 2  # the likelihood's parameters and their gradient
@@ -71,11 +79,32 @@ def check_chains_fit(
     """
     per_chain = LATENT_COPIES * latent_size + DATA_COPIES * data_size
     need = num_chains * num_points * per_chain * x.element_size()
-    free = available_bytes(x.device)
+    estimate = (
+        f"{num_chains} chains x {num_points} points x ({LATENT_COPIES} x {latent_size} latent + "
+        f"{DATA_COPIES} x {data_size} data numbers) x {x.element_size()} bytes"
+    )
+    check_fits(what, need, estimate, x.device, "use fewer chains (--ais-chains)")
+
+
+def check_fits(what: str, need: int, estimate: str, device, fix: str) -> None:
+    """Raise ValueError in one line if ``need`` bytes exceed what ``device`` has free.
+
+    Parameters
+    ----------
+    what : str
+        The estimator, for the message.
+    need : int
+        Bytes, a lower bound of what it allocates.
+    estimate : str
+        How ``need`` was counted, e.g. ``"2 points x 5000 samples x 4 bytes"``.
+    device : str or torch.device
+        Where it allocates.
+    fix : str
+        What the user can do, e.g. ``"use fewer chains (--ais-chains)"``.
+    """
+    free = available_bytes(device)
     if free is not None and need > free:
         raise ValueError(
-            f"{what} needs at least {need / 2**30:.1f} GiB ({num_chains} chains x {num_points} "
-            f"points x ({LATENT_COPIES} x {latent_size} latent + {DATA_COPIES} x {data_size} data "
-            f"numbers) x {x.element_size()} bytes) but {x.device} has {free / 2**30:.1f} GiB "
-            "free: use fewer chains (--ais-chains)"
+            f"{what} needs at least {need / 2**30:.1f} GiB ({estimate}) but {device} has "
+            f"{free / 2**30:.1f} GiB free: {fix}"
         )
