@@ -25,7 +25,7 @@ import torch
 
 from pyro_vae.infer.evidence.ais import AISSettings
 from pyro_vae.infer.evidence.bdmc import simulate_data
-from pyro_vae.infer.evidence.enumerated import enumerated_ais, enumerated_bdmc
+from pyro_vae.infer.evidence.enumerated import discrete_site, enumerated_ais, enumerated_bdmc
 from pyro_vae.infer.evidence.psis import KHAT_OK
 from pyro_vae.runs.folders import Run, evaluation_data, evaluation_labels
 
@@ -160,8 +160,10 @@ def _ais_pass(run, x, y, is_log_px, settings, progress):
         vae.model, vae.guide, x, *labels, settings=settings, progress=progress, compile="auto"
     )
     difference = ais.log_px - is_log_px
+    site = discrete_site(vae.guide, x, *labels)
     return ais, {
         "settings": dict(settings.__dict__),
+        "enumerated": None if site is None else f"{site.name} ({len(site.support)} values)",
         "num_points": len(x),
         "mean_ais_minus_is": _mean_se(difference),
         "max_ais_minus_is": difference.max().item(),

@@ -364,7 +364,9 @@ def _trusted_lines(r: dict) -> list[str]:
         diff, se = ais["mean_ais_minus_is"]
         lines += [
             f"AIS ({s['num_chains']} chains, T = {s['num_steps']}, {s['num_leapfrog']} leapfrog "
-            f"steps, {s['schedule']}) on {ais['num_points']} points: AIS - IS = {diff:.3f} ± "
+            f"steps, {s['schedule']}"
+            + (f", once per value of {ais['enumerated']}" if ais.get("enumerated") else "")
+            + f") on {ais['num_points']} points: AIS - IS = {diff:.3f} ± "
             f"{se:.3f} nats on average (largest {ais['max_ais_minus_is']:.2f}), acceptance "
             f"{ais['mean_accept_rate']:.2f}, {ais['seconds']:.0f} s",
         ]

@@ -106,7 +106,8 @@ def discrete_site(guide, x, *args, **kwargs) -> DiscreteSite | None:
     Parameters
     ----------
     guide : callable
-        ``guide(x, *args, **kwargs)``; traced once (its discrete sites sampled).
+        ``guide(x, *args, **kwargs)``; traced once (its discrete sites sampled), leaving the
+        random stream as it was.
     x : torch.Tensor of shape (N, ...)
     *args, **kwargs
         Passed on.
@@ -122,7 +123,9 @@ def discrete_site(guide, x, *args, **kwargs) -> DiscreteSite | None:
         Several discrete sites, one without an enumerable support, or one batched by more
         than the data plate.
     """
-    trace = poutine.trace(without_enumeration(guide)).get_trace(x, *args, **kwargs)
+    cuda = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # the random stream stays that of the seed
+        trace = poutine.trace(without_enumeration(guide)).get_trace(x, *args, **kwargs)
     found = [
         (n, s)
         for n, s in sample_sites(trace)
