@@ -130,12 +130,14 @@ def test_enumerating_the_component_of_a_mixture_gives_its_exact_evidence(float64
 @pytest.mark.slow
 def test_enumerated_ais_of_a_mixture_with_a_latent_is_within_its_errors(float64):
     mixture, x = MixtureWithLatent(), torch.linspace(-5.0, 4.0, 12)
-    result = enumerated_ais(mixture.model, mixture.guide, x, **{**FAST, "num_steps": 30})
+    settings = {**FAST, "num_chains": 32, "num_steps": 30}
+    result = enumerated_ais(mixture.model, mixture.guide, x, **settings)
     z = (result.log_px - mixture.exact_log_px(x)) / result.stderr
-    # per point within 4 standard errors (12 points: a 4-se miss has probability ~1e-3), and
-    # the mean error within 4 standard errors of the mean (delta-method errors, independent)
-    assert (z.abs() < 4).all(), z
+    # the mean error within 4 standard errors of the mean (delta-method errors, independent
+    # points), and every point within 5: a standard error from 32 chains is itself uncertain
+    # by ~1 / sqrt(2 x 31) = 13%, and AIS's errors are skewed low (Jensen)
     assert z.sum().abs() / math.sqrt(len(x)) < 4, z
+    assert (z.abs() < 5).all(), z
 
 
 @pytest.mark.slow
