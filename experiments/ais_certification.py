@@ -10,7 +10,7 @@ For each number of chains S and steps T, AIS scores every point; a point whose g
 (standard error 0: every chain's weight is log p(x)) proves nothing and is left out. A *false
 pass* is a certified point with |AIS - exact| > ``AIS_FALSE_PASS``.
 
-    python experiments/ais_certification.py                  # ~7 minutes on 2 CPU cores
+    python experiments/ais_certification.py                  # several minutes on a CPU
     python experiments/ais_certification.py --chains 8 --steps 1 3
 """
 
