@@ -20,6 +20,13 @@ one process, measured in the same run.
 one thread each (``experiments/numpyro_data_parallel.py``: ``jax.pmap`` with the gradients
 averaged by ``lax.pmean``), the same VAE, data and global batch; it needs the ``bench`` extra.
 
+``--ais RUN_DIR`` times annealed importance sampling instead: ``pyro-vae evaluate RUN_DIR
+--estimator ais`` on ``--ais-points`` test points (T = ``--ais-steps``), whose points the ranks
+share; the rate is points per second of the AIS pass as rank 0's ``evaluation.json`` records it
+(``trusted.ais.seconds``, after the gathered IS pass), e.g.
+
+    python experiments/bench_distributed.py --ais runs/vae --processes 1 2 --rounds 3
+
 On a multi-GPU node the same command line runs on NCCL, one GPU per process:
 
     torchrun --standalone --nproc-per-node 8 -m pyro_vae.cli train --device cuda ...
@@ -57,6 +64,22 @@ def run_once(processes: int, compile: str, args, out: Path) -> float:
     return history[-1]["examples_per_s"]
 
 
+def run_ais(processes: int, args) -> float:
+    """``evaluate --estimator ais`` of ``args.ais`` on ``processes`` ranks: AIS points/s."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc-per-node={processes}", "-m", "pyro_vae.cli", "evaluate", args.ais,
+        "--estimator", "ais", "--num-points", str(args.ais_points), "--num-samples", "10",
+        "--ais-steps", str(args.ais_steps), "--threads", "1", "--quiet",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"AIS on {processes} processes failed:\n{done.stderr[-3000:]}")
+    ais = json.loads((Path(args.ais) / "evaluation.json").read_text())["trusted"]["ais"]
+    return ais["num_points"] / ais["seconds"]
+
+
 def run_numpyro(devices: int, args) -> float:
     """NumPyro's ``pmap`` on ``devices`` CPU devices: examples/s of the last epoch."""
     script = Path(__file__).parent / "numpyro_data_parallel.py"
@@ -84,9 +107,14 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--numpyro", action="store_true", help="also NumPyro's pmap on as many CPU devices"
     )
+    parser.add_argument("--ais", metavar="RUN_DIR", help="time AIS of this run instead")
+    parser.add_argument("--ais-points", type=int, default=20, help="test points AIS scores")
+    parser.add_argument("--ais-steps", type=int, default=100, help="AIS distributions T")
     args = parser.parse_args(argv)
     configs = [(p, c) for p in args.processes for c in args.compile]
     configs += [(p, "numpyro") for p in args.processes] if args.numpyro else []
+    if args.ais:
+        configs = [(p, "ais") for p in args.processes]
 
     rates = {config: [] for config in configs}
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,19 +122,24 @@ def main(argv=None) -> dict:
             for p, c in configs:
                 if c == "numpyro":
                     rates[p, c].append(run_numpyro(p, args))
+                elif c == "ais":
+                    rates[p, c].append(run_ais(p, args))
                 else:
                     rates[p, c].append(run_once(p, c, args, Path(tmp) / f"p{p}{c}"))
     medians = {config: statistics.median(r) for config, r in rates.items()}
     base = medians[configs[0]]
-    print(
-        f"\n{args.dataset}, {args.epochs} epoch(s), global batch {args.batch_size}, one thread "
-        f"per process, median of {args.rounds} alternating rounds (the last epoch's rate)"
+    what = (
+        f"AIS of {args.ais}, {args.ais_points} points, T = {args.ais_steps}"
+        if args.ais
+        else (f"{args.dataset}, {args.epochs} epoch(s), global batch {args.batch_size}")
     )
-    print(f"| processes | step | examples/s | vs {configs[0][0]} process(es), {configs[0][1]} |")
+    print(f"\n{what}, one thread per process, median of {args.rounds} alternating rounds")
+    unit = "AIS points/s" if args.ais else "examples/s"
+    print(f"| processes | step | {unit} | vs {configs[0][0]} process(es), {configs[0][1]} |")
     print("|---|---|---|---|")
     for (p, c), rate in medians.items():
-        step = {"on": "compiled", "off": "eager", "numpyro": "NumPyro pmap"}[c]
-        print(f"| {p} | {step} | {rate:.0f} | {rate / base:.2f}x |")
+        step = {"on": "compiled", "off": "eager", "numpyro": "NumPyro pmap", "ais": "AIS"}[c]
+        print(f"| {p} | {step} | {rate:.3g} | {rate / base:.2f}x |")
     return {"examples_per_s": medians, "rates": rates}
 
 

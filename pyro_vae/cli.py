@@ -272,12 +272,8 @@ def cmd_evaluate(args) -> int:
 
 def ais_settings(args) -> AISSettings:
     """The AIS settings of ``evaluate``'s or ``certify``'s options (``certify`` sets T itself)."""
-    return AISSettings(
-        num_chains=args.ais_chains,
-        num_steps=getattr(args, "ais_steps", AISSettings.num_steps),
-        num_leapfrog=args.ais_leapfrog,
-        schedule=args.ais_schedule,
-    )
+    steps = getattr(args, "ais_steps", AISSettings.num_steps)
+    return AISSettings(args.ais_chains, steps, args.ais_leapfrog, args.ais_schedule)  # S, T, L
 
 
 def cmd_certify(args) -> int:
@@ -294,7 +290,7 @@ def cmd_certify(args) -> int:
         0.
     """
     set_threads(args.threads)
-    device = resolve_device(args.device)
+    ranks, device = join(resolve_device(args.device))  # under torchrun: points sharded
     run = load_run(args.run_dir, device=device)
     name = check_keepable(run, "certify", vars(args))  # certifications/NAME/
     report = certify_run(
@@ -304,8 +300,10 @@ def cmd_certify(args) -> int:
         settings=ais_settings(args),
         seed=args.seed,
         device=device,
-        progress=not args.quiet,
+        progress=not args.quiet and ranks.is_main,
     )
+    if not ranks.is_main:  # every rank holds the gathered bounds; rank 0 reports them
+        return 0
     print(certification_table(report))
     report = {**report, "kept_in": kept_in("certify", name)}
 

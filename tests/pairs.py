@@ -50,6 +50,7 @@ __all__ = [
     "ConjugateGaussian",
     "CorrelatedPrior",
     "DeterministicSites",
+    "FactorAnalysis",
     "GaussianMixture",
     "GlobalAndLocal",
     "GlobalMean",
@@ -57,6 +58,7 @@ __all__ = [
     "LinearGaussian",
     "LogNormalLatent",
     "MeanOnly",
+    "MixtureWithLatent",
     "NestedPlate",
     "Pair",
     "ParamPPCA",
@@ -557,6 +559,80 @@ class GaussianMixture:
     def exact_elbo(self, x):
         log_q = self.q_logits(x).log_softmax(-1)
         return (log_q.exp() * (self.joint(x) - log_q)).sum(-1)
+
+
+class FactorAnalysis:
+    """z ~ N(0, I_K), x | z ~ N(W z, diag(psi)); ``guide``: a deliberately poor fixed
+    Gaussian (shifted prior); ``exact_guide``: p(z | x).
+
+    p(x) = N(0, W W^T + diag(psi)) and p(z | x) = N(S W^T Psi^-1 x, S) with
+    S = (I + W^T Psi^-1 W)^-1 (Bishop PRML eq. 12.66-12.68 with Psi for sigma^2 I).
+    """
+
+    def __init__(self, data_dim=8, latent_dim=3, seed=1):
+        g = torch.Generator().manual_seed(seed)
+        self.W = torch.randn(data_dim, latent_dim, generator=g)
+        self.psi = 0.02 + 0.05 * torch.rand(data_dim, generator=g)
+        self.K = latent_dim
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(self.K), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.W.T, self.psi.sqrt()).to_event(1), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.full((x.shape[0], self.K), 0.3), 1.0).to_event(1))
+
+    def exact_guide(self, x):
+        cov = torch.linalg.inv(torch.eye(self.K) + self.W.T @ (self.W / self.psi[:, None]))
+        mean = (x / self.psi) @ self.W @ cov
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(mean, cov))
+
+    def log_px(self, x):
+        cov = self.W @ self.W.T + torch.diag(self.psi)
+        return dist.MultivariateNormal(torch.zeros(len(self.psi)), cov).log_prob(x)
+
+    def sample(self, n):
+        z = torch.randn(n, self.K)
+        return z @ self.W.T + self.psi.sqrt() * torch.randn(n, len(self.psi))
+
+
+class MixtureWithLatent:
+    """y ~ Cat(softmax(w)), z ~ N(0, 1), x | y, z ~ N(mu_y + a z, s^2): a discrete component and
+    a continuous latent, as M2 has. Guide q(y|x) = Cat(softmax(c x)), marked for parallel
+    enumeration, and q(z | x, y) = N(shrink * m_y(x), 1), a poor fit for ``shrink`` != 1.
+
+    Closed forms: p(x | y) = N(mu_y, a^2 + s^2), so log p(x) = logsumexp_y [log softmax(w)_y +
+    log N(x; mu_y, a^2 + s^2)]; p(z | x, y) = N(m_y(x), s^2 / (a^2 + s^2)) with
+    m_y(x) = a (x - mu_y) / (a^2 + s^2) (Bishop PRML eq. 2.116, one dimension).
+    """
+
+    def __init__(self, mu=(-3.0, 0.0, 2.0), a=1.5, s=0.5, shrink=0.5):
+        self.mu, self.w = torch.tensor(mu), torch.linspace(-0.5, 0.5, len(mu))
+        self.a, self.s, self.shrink = a, s, shrink
+
+    def _posterior_mean(self, x, y):
+        return self.a * (x - self.mu.to(x.dtype)[y]) / (self.a**2 + self.s**2)
+
+    def model(self, x):
+        mu, w = self.mu.to(x.dtype), self.w.to(x.dtype)
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(logits=w))
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0))
+            pyro.sample("x", dist.Normal(mu[y] + self.a * z, self.s), obs=x)
+
+    def guide(self, x):
+        logits = x[:, None] * torch.linspace(-1.0, 1.0, len(self.mu), dtype=x.dtype)
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
+            pyro.sample("z", dist.Normal(self.shrink * self._posterior_mean(x, y), 1.0))
+
+    def exact_log_px(self, x):
+        mu, w = self.mu.to(x.dtype), self.w.to(x.dtype)
+        scale = math.sqrt(self.a**2 + self.s**2)
+        return (w.log_softmax(-1) + dist.Normal(mu, scale).log_prob(x[:, None])).logsumexp(-1)
 
 
 # ------------------------------------------------------------------------------------------

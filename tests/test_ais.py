@@ -1,11 +1,14 @@
-"""Tests for annealed importance sampling (pyro_vae.infer.evidence.ais), its HMC transition and
-bidirectional Monte Carlo (pyro_vae.infer.evidence.bdmc).
+"""Tests for annealed importance sampling (pyro_vae.infer.evidence.ais), its HMC transition,
+bidirectional Monte Carlo (pyro_vae.infer.evidence.bdmc) and both with a discrete latent
+enumerated (pyro_vae.infer.evidence.enumerated).
 
 Closed forms used, in float64 with the seed 0 of tests/conftest.py:
 
-- a factor-analysis pair written here, z ~ N(0, I_K), x | z ~ N(W z, diag(psi)):
+- the factor-analysis pair of tests/pairs.py, z ~ N(0, I_K), x | z ~ N(W z, diag(psi)):
   p(x) = N(0, W W^T + diag(psi)) and p(z | x) = N(S W^T Psi^-1 x, S) with
   S = (I + W^T Psi^-1 W)^-1 (Bishop PRML eq. 12.66-12.68 with Psi for sigma^2 I);
+- the mixtures of tests/pairs.py: log p(x) = logsumexp_y [log p(y) + log p(x | y)], with
+  p(x | y) Gaussian (GaussianMixture: no continuous latent; MixtureWithLatent: z integrated);
 - with the exact posterior as the guide every f_t is that posterior, so every increment of every
   chain's log weight is (b_t - b_{t-1}) log p(x): each chain's weight is log p(x) to rounding;
 - the Gaussian f_b between two Gaussians has precision (1 - b) / s_q^2 + b / s_p^2.
@@ -19,50 +22,17 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pairs import CATALOGUE
+from pairs import CATALOGUE, FactorAnalysis, GaussianMixture, MixtureWithLatent
 
 from pyro_vae.infer.evidence.ais import AISSettings, ais_evidence, schedule
 from pyro_vae.infer.evidence.bdmc import bdmc, simulate_data
+from pyro_vae.infer.evidence.enumerated import discrete_site, enumerated_ais, enumerated_bdmc
 from pyro_vae.infer.evidence.hmc import ChainState, hmc_transition
 from pyro_vae.infer.evidence.importance import log_evidence
 from pyro_vae.infer.pair.particles import bind_pair
 from pyro_vae.infer.pair.potential import LatentSpace
 
 FAST = dict(num_chains=8, num_steps=100, num_leapfrog=5, progress=False)
-
-
-class FactorAnalysis:
-    """z ~ N(0, I_K), x | z ~ N(W z, diag(psi)); ``guide``: a deliberately poor fixed
-    Gaussian (shifted prior); ``exact_guide``: p(z | x)."""
-
-    def __init__(self, data_dim=8, latent_dim=3, seed=1):
-        g = torch.Generator().manual_seed(seed)
-        self.W = torch.randn(data_dim, latent_dim, generator=g)
-        self.psi = 0.02 + 0.05 * torch.rand(data_dim, generator=g)
-        self.K = latent_dim
-
-    def model(self, x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(self.K), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z @ self.W.T, self.psi.sqrt()).to_event(1), obs=x)
-
-    def guide(self, x):
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(torch.full((x.shape[0], self.K), 0.3), 1.0).to_event(1))
-
-    def exact_guide(self, x):
-        cov = torch.linalg.inv(torch.eye(self.K) + self.W.T @ (self.W / self.psi[:, None]))
-        mean = (x / self.psi) @ self.W @ cov
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.MultivariateNormal(mean, cov))
-
-    def log_px(self, x):
-        cov = self.W @ self.W.T + torch.diag(self.psi)
-        return dist.MultivariateNormal(torch.zeros(len(self.psi)), cov).log_prob(x)
-
-    def sample(self, n):
-        z = torch.randn(n, self.K)
-        return z @ self.W.T + self.psi.sqrt() * torch.randn(n, len(self.psi))
 
 
 # --- every pair of the catalogue ----------------------------------------------------------
@@ -144,6 +114,57 @@ def test_the_vectorized_estimator_agrees_with_a_loop_over_datapoints(float64):
     for other in (one_by_one, chunked.log_px):
         se = (2 * together.stderr.pow(2)).sqrt()
         assert ((together.log_px - other).abs() < 4 * se + 0.05).all()
+
+
+# --- a discrete latent, enumerated ------------------------------------------------------------
+def test_enumerating_the_component_of_a_mixture_gives_its_exact_evidence(float64):
+    mixture, x = GaussianMixture(), torch.linspace(-4.0, 5.0, 7)
+    result = enumerated_ais(mixture.model, mixture.guide, x, num_chains=8, num_steps=3,
+                            progress=False)  # fmt: skip
+    # y fixed, nothing is left to move: each weight is log p(x, y) and their logsumexp is
+    # log p(x) to float64 rounding; the guide's q(y|x) (not the posterior) plays no part
+    assert torch.allclose(result.log_px, mixture.exact_log_px(x).detach(), atol=1e-12)
+    assert (result.stderr == 0).all() and result.log_weights.shape == (7, 8)
+
+
+@pytest.mark.slow
+def test_enumerated_ais_of_a_mixture_with_a_latent_is_within_its_errors(float64):
+    mixture, x = MixtureWithLatent(), torch.linspace(-5.0, 4.0, 12)
+    settings = {**FAST, "num_chains": 32, "num_steps": 30}
+    result = enumerated_ais(mixture.model, mixture.guide, x, **settings)
+    z = (result.log_px - mixture.exact_log_px(x)) / result.stderr
+    # the mean error within 4 standard errors of the mean (delta-method errors, independent
+    # points), and every point within 5: a standard error from 32 chains is itself uncertain
+    # by ~1 / sqrt(2 x 31) = 13%, and AIS's errors are skewed low (Jensen)
+    assert z.sum().abs() / math.sqrt(len(x)) < 4, z
+    assert (z.abs() < 5).all(), z
+
+
+@pytest.mark.slow
+def test_enumerated_bdmc_brackets_the_mixture_on_average(float64):
+    mixture = MixtureWithLatent()
+    simulated = simulate_data(mixture.model, torch.zeros(30))
+    assert set(simulated.latents) == {"y", "z"}
+    result = enumerated_bdmc(mixture.model, mixture.guide, simulated, **{**FAST, "num_steps": 30})
+    exact = mixture.exact_log_px(simulated.x)
+    # lower <= exact <= upper on average over 30 points, within 4 standard errors of the mean
+    lower_se = result.lower_stderr.pow(2).sum().sqrt() / 30
+    upper_se = result.upper_stderr.pow(2).sum().sqrt() / 30
+    assert (result.lower - exact).mean() < 4 * lower_se, (result.lower - exact).mean()
+    assert (result.upper - exact).mean() > -4 * upper_se, (result.upper - exact).mean()
+
+
+def test_a_continuous_pair_is_passed_to_plain_ais_and_two_discrete_sites_refused():
+    fa = FactorAnalysis()
+    assert discrete_site(fa.guide, fa.sample(3)) is None
+
+    def two_labels(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", dist.Categorical(logits=torch.zeros(3)))
+            pyro.sample("c", dist.Bernoulli(0.5))
+
+    with pytest.raises(ValueError, match="guide sites 'y', 'c' are discrete"):
+        discrete_site(two_labels, torch.zeros(4))
 
 
 # --- the HMC transition ----------------------------------------------------------------------
@@ -251,6 +272,20 @@ def test_a_model_latent_the_guide_does_not_sample_is_refused():
 
     with pytest.raises(ValueError, match="'w'"):
         ais_evidence(model, guide, torch.zeros(3), num_chains=2, num_steps=2, progress=False)
+
+
+# --- memory ------------------------------------------------------------------------------------
+def test_chains_are_refused_exactly_when_their_lower_bound_exceeds_free_memory(monkeypatch):
+    import pyro_vae.infer.evidence.memory as memory
+
+    x = torch.zeros(3, 4, dtype=torch.float64)
+    need = 10 * 2 * (8 * 5 + 2 * 4) * 8  # chains x points x (8 D + 2 x's size) x 8 bytes
+    monkeypatch.setattr(memory, "available_bytes", lambda device: need)
+    memory.check_chains_fit("AIS", 10, 2, 5, 4, x)  # fits exactly: no false alarm
+    monkeypatch.setattr(memory, "available_bytes", lambda device: need - 1)
+    with pytest.raises(ValueError, match=r"^AIS needs at least 0.0 GiB \(10 chains x 2 points"):
+        memory.check_chains_fit("AIS", 10, 2, 5, 4, x)
+    assert memory.available_bytes("cpu") > 0  # /proc/meminfo or sysconf on this machine
 
 
 # --- compiled --------------------------------------------------------------------------------

@@ -209,6 +209,36 @@ def test_evaluate_auto_rescores_the_unreliable_points_by_ais(run_copy, capsys):
         assert (run_copy / "figures" / "ais_vs_is.png").stat().st_size > 1000
 
 
+def test_one_chain_of_one_step_certifies_nothing_and_breaks_the_ladder_visibly(run_copy, capsys):
+    argv = ["evaluate", str(run_copy), "--num-samples", "50", "--num-points", "6", "--quiet"]
+    argv += ["--estimator", "ais", "--ais-chains", "1", "--ais-steps", "1", "--ais-leapfrog", "2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((run_copy / "evaluation.json").read_text())
+    assert report["trusted"]["certified"]["ais"] == 0
+    assert "not certified by AIS: 1 AIS chain per point, fewer than the 8" in printed
+    # T = 1 with one chain is one importance sample: far below IS of L = 50 on average
+    (is_name, is_value), (_, ais_value) = report["ladder"][-2:]
+    assert ais_value < is_value and f"> AIS {ais_value:.2f}" in printed, printed
+    assert "<= AIS" not in printed and "AIS below IS: T too small (--ais-steps)" in printed
+
+
+def test_chains_that_cannot_fit_are_refused_in_one_line(run_copy, capsys):
+    before = _snapshot(run_copy)
+    argv = ["evaluate", str(run_copy), "--num-samples", "10", "--num-points", "2", "--quiet"]
+    assert main([*argv, "--estimator", "ais", "--ais-chains", "100000000"]) == 2
+    err = capsys.readouterr().err
+    # 1e8 + 4 pilot chains x (8 x 2 latent + 2 x 784 pixels) x 4 bytes = 590 GiB at least
+    assert err.count("\n") == 1 and "AIS needs at least 590.1 GiB (100000004 chains" in err, err
+    assert "use fewer chains (--ais-chains)" in err
+    assert _snapshot(run_copy) == before  # nothing written
+    # the N x L log weights evaluate keeps for the IWAE bounds: 2 x 1e11 x 4 bytes = 745 GiB
+    assert main([*argv[:2], "--num-samples", "100000000000", "--num-points", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "keeping the log weights needs at least 745.1 GiB" in err
+    assert _snapshot(run_copy) == before
+
+
 def test_certify_writes_the_bdmc_sandwich_for_each_t(run_copy, capsys):
     argv = ["certify", str(run_copy), "--num-points", "4", "--steps", "3,6", *AIS_FAST[:2]]
     assert main([*argv, "--ais-leapfrog", "2", "--quiet"]) == 0
@@ -866,8 +896,13 @@ def test_m2_run_trains_evaluates_diagnoses_and_resumes(tmp_path, capsys):
     assert main(argv) == 0
     report = json.loads((out / "evaluation.json").read_text())
     assert report["evidence"] == "log p(x)" and 0 <= report["accuracy"] <= 1
-    assert main([*argv, "--estimator", "auto"]) == 2  # M2's y is discrete: AIS refused
-    assert "--estimator is" in capsys.readouterr().err
+    # the advice of a plain evaluate holds for M2: AIS sums its label out by enumeration
+    assert main([*argv, "--estimator", "auto", *AIS_FAST]) == 0
+    trusted = json.loads((out / "evaluation.json").read_text())["trusted"]
+    assert trusted["points_by_estimator"]["ais"] == report["khat"]["bad (> 0.7)"]
+    assert main(["certify", str(out), "--num-points", "3", "--steps", "3", *AIS_FAST[:2],
+                 "--ais-leapfrog", "2", "--quiet"]) == 0  # fmt: skip
+    assert json.loads((out / "certification.json").read_text())["model"] == "m2"
     argv = ["diagnose", str(out), "--num-points", "12", "--gap-points", "2", "--gap-steps", "3"]
     argv += ["--warmup", "3", "--draws", "3", "--quiet"]
     assert main(argv) == 0

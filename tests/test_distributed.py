@@ -18,9 +18,13 @@ import pyro.distributions as dist
 import pytest
 import torch
 import torch.distributed as torch_dist
+from pairs import FactorAnalysis, GaussianMixture
 
 from pyro_vae.cli import main
+from pyro_vae.infer.evidence.ais import ais_evidence
+from pyro_vae.infer.evidence.bdmc import bdmc, simulate_data
 from pyro_vae.infer.evidence.dataset import dataset_nll
+from pyro_vae.infer.evidence.enumerated import enumerated_ais
 from pyro_vae.infer.runtime.distributed import (
     PeerLostError,
     Ranks,
@@ -135,6 +139,34 @@ def test_two_ranks_average_to_the_whole_batch_gradient_and_shard_the_evidence():
     spawn(_gradients_and_evidence)
 
 
+def _sharded_ais_and_bdmc(ranks):
+    # with the exact guide every chain's weight is log p(x) (tests/test_ais.py), so the sharded
+    # estimates equal the closed form, row for row, on every rank, whatever the chains drew
+    torch.set_default_dtype(torch.float64)
+    fa = FactorAnalysis()
+    pyro.set_rng_seed(5)  # the same data on every rank
+    x, quick = fa.sample(5), dict(num_chains=2, num_steps=3, num_leapfrog=2, progress=False)
+    ais = ais_evidence(fa.model, fa.exact_guide, x, **quick)
+    torch.testing.assert_close(ais.log_px, fa.log_px(x), rtol=0, atol=1e-9)
+    assert ais.log_weights.shape == (5, 2)
+    one = ais_evidence(fa.model, fa.exact_guide, x[:1], **quick)  # rank 1 has no share
+    torch.testing.assert_close(one.log_px, fa.log_px(x[:1]), rtol=0, atol=1e-9)
+    pyro.set_rng_seed(6)  # the same simulated data on every rank, as certify seeds them
+    simulated = simulate_data(fa.model, torch.zeros(3, 8))
+    sandwich = bdmc(fa.model, fa.exact_guide, simulated, **quick)
+    for bound in (sandwich.lower, sandwich.upper):
+        torch.testing.assert_close(bound, fa.log_px(simulated.x), rtol=0, atol=1e-9)
+    mixture, grid = GaussianMixture(), torch.linspace(-4.0, 5.0, 7)
+    summed = enumerated_ais(mixture.model, mixture.guide, grid, **quick)
+    torch.testing.assert_close(summed.log_px, mixture.exact_log_px(grid).detach(), rtol=0,
+                               atol=1e-12)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_ranks_share_the_points_of_ais_and_bdmc():
+    spawn(_sharded_ais_and_bdmc)
+
+
 def _captured_only(graph, inputs, device):
     return graph
 
@@ -246,6 +278,17 @@ def test_torchrun_trains_one_run_that_resumes_on_one_process(tmp_path):
     assert resumed[:2] == history and resumed[2]["segment"] == 1
     config = json.loads((out / "config.json").read_text())
     assert config["resumes"] == [{"from_epoch": 2, "changed": {"epochs": [2, 3]}}]
+    # AIS inside evaluate and BDMC inside certify share their 3 points between the 2 ranks
+    ais = ["--ais-chains", "2", "--ais-leapfrog", "2", "--threads", "1", "--quiet"]
+    done = _torchrun("evaluate", str(out), "--num-points", "3", "--num-samples", "10",
+                     "--estimator", "ais", "--ais-steps", "3", *ais)  # fmt: skip
+    assert done.returncode == 0, _ranks_said(done)
+    rows = json.loads((out / "evaluation.json").read_text())["points"]
+    assert [r["estimator"] for r in rows] == ["ais"] * 3
+    done = _torchrun("certify", str(out), "--num-points", "3", "--steps", "3", *ais)
+    assert done.returncode == 0, _ranks_said(done)
+    assert done.stdout.count("| T |") == 1  # rank 0 reports
+    assert json.loads((out / "certification.json").read_text())["runs"][0]["num_steps"] == 3
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ def test_every_script_is_smoke_tested():
     expected |= {"outliers", "bench_data_files"}
     expected |= {"bench_dreg"}
     expected |= {"bench_adam"}
+    expected |= {"ais_certification"}
     assert scripts == expected, scripts
 
 
@@ -110,6 +111,20 @@ def test_ablation(tmp_path):
         assert 0 <= r["active_units"] <= 20 and 0 <= r["khat_below_0.7"] <= 1, r
     assert (tmp_path / "mnist5k.md").read_text().count("\n") == 2 + len(rows)
     assert (tmp_path / "mnist5k.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_ais_certification_fails_wrong_points_and_needs_its_chains(capsys):
+    counts = load("ais_certification").main(["--chains", "2", "8", "--steps", "1", "3",
+                                             "--leapfrog", "2"])  # fmt: skip
+    # below the minimum of chains nothing is certified, though the standard error alone
+    # would pass wrong points (measured with seed 0: 9 of 22 at S = 2)
+    assert counts[2]["certified"] == 0 and counts[2]["stderr_alone_false"] >= 3, counts
+    # at S = 8 the criterion passes some points and few wrong ones (measured: 1 of 19-20, a
+    # heavy-tailed point of sparse-loadings at T = 3; 10% allows one more)
+    assert counts[8]["certified"] >= 10, counts
+    assert counts[8]["false_passes"] <= 0.1 * counts[8]["certified"], counts
+    assert "| 8 |" in capsys.readouterr().out
 
 
 def test_bench_ais(capsys, monkeypatch):
@@ -225,6 +240,20 @@ def test_bench_distributed(capsys):
     assert set(result["examples_per_s"]) == {(2, "off")}
     assert all(math.isfinite(v) and v > 0 for v in result["examples_per_s"].values()), result
     assert "| 2 | eager |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_distributed_times_ais_on_shared_points(capsys, tmp_path):
+    from pyro_vae.cli import main as pyro_vae
+
+    run = tmp_path / "run"
+    tiny = ["--dataset", "digits", "--latent", "2", "--hidden", "8", "--epochs", "1"]
+    assert pyro_vae(["train", *tiny, "--out", str(run), "--quiet"]) == 0
+    argv = ["--ais", str(run), "--ais-points", "3", "--ais-steps", "3", "--processes", "2"]
+    result = load("bench_distributed").main([*argv, "--rounds", "1"])
+    assert set(result["examples_per_s"]) == {(2, "ais")}
+    assert all(math.isfinite(v) and v > 0 for v in result["examples_per_s"].values()), result
+    assert "| 2 | AIS |" in capsys.readouterr().out
 
 
 @pytest.mark.slow

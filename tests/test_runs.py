@@ -332,3 +332,37 @@ def test_a_report_is_named_by_every_setting_that_changes_it(command):
         options = vars(parser.parse_args([command, "r"]))
         assert report_name(command, {**options, "processes": 2}) == default + "-P2"
         assert report_name(command, {**options, "processes": 1}) == default
+# --- what to trust: the AIS certification and the ladder ---------------------------------------
+
+
+def test_ais_certifies_only_with_enough_chains_and_a_small_standard_error():
+    from pyro_vae.runs.certified import AIS_MAX_STDERR, AIS_MIN_CHAINS, ais_certified
+
+    stderr = torch.tensor([0.0, AIS_MAX_STDERR, 2 * AIS_MAX_STDERR, float("nan")])
+    certified, reason = ais_certified(stderr, AIS_MIN_CHAINS)
+    assert certified.tolist() == [True, True, False, False] and reason is None
+    # one chain has no spread to judge by: nothing is certified, and the reason says so
+    certified, reason = ais_certified(torch.zeros(3), 1)
+    assert not certified.any() and "1 AIS chain per point, fewer than the 8" in reason
+    assert "--ais-chains 8" in reason
+
+
+def _ladder_report(ais, ais_minus_is=(0.0, 0.01)):
+    """A report whose ladder is ELBO -100, L_10 -99, IS -98, AIS ``ais``."""
+    ladder = [["ELBO", -100.0], ["L_10", -99.0], ["IS (L = 100)", -98.0], ["AIS", ais]]
+    return {"ladder": ladder, "trusted": {"ais": {"mean_ais_minus_is": ais_minus_is}}}
+
+
+def test_the_ladder_prints_an_inequality_only_where_it_holds():
+    from pyro_vae.runs.reports import ladder_text
+
+    holds = ladder_text(_ladder_report(-97.5))
+    assert holds == "ELBO -100.00 <= L_10 -99.00 <= IS (L = 100) -98.00 <= AIS -97.50"
+    # AIS far below IS (as with --ais-steps 1): ">" and the step named, with its fix
+    broken = ladder_text(_ladder_report(-103.0, (-5.0, 0.5)))
+    assert "IS (L = 100) -98.00 > AIS -103.00" in broken and "<= AIS" not in broken
+    assert broken.endswith("(AIS below IS: T too small (--ais-steps) or too few chains "
+                           "(--ais-chains))")  # fmt: skip
+    # below by less than 2 standard errors of the difference: said to be noise
+    noise = ladder_text(_ladder_report(-98.01, (-0.01, 0.02)))
+    assert "> AIS -98.01 (AIS below IS by 0.010 ± 0.020 nats: within 2 standard errors)" in noise

@@ -19,7 +19,7 @@ import torch
 from pyro_vae.data import DatasetSplits
 from pyro_vae.infer.evidence.ais import AISSettings
 from pyro_vae.infer.evidence.psis import KHAT_GOOD, KHAT_OK
-from pyro_vae.runs.certified import AIS_MIN_RELATIVE_ESS, choose_estimates, refuse_ais
+from pyro_vae.runs.certified import choose_estimates
 from pyro_vae.runs.folders import Run, evaluation_data, evaluation_labels, test_images
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "final_scores",
     "iwae_ks",
     "khat_summary",
+    "ladder_text",
 ]
 
 IWAE_KS = (1, 10, 100, 1000)
@@ -202,7 +203,6 @@ def evaluate_run(
     from pyro_vae.infer.evidence.dataset import dataset_nll
     from pyro_vae.infer.evidence.importance import iwae_from_log_weights
 
-    refuse_ais(run, estimator)
     pyro.set_rng_seed(seed)
     vae = run.vae
     x = evaluation_data(run, num_points, seed).to(device)
@@ -256,11 +256,13 @@ def evaluate_run(
 
 
 def evidence_ladder(report: dict) -> list:
-    """ELBO <= L_k <= IS <= AIS: [name, mean over the test points] from low to high.
+    """ELBO, L_k, IS, AIS: [name, mean over the test points] in the order they should rise.
 
     Every entry is a stochastic lower bound of log p(x) (Burda et al. 2015; Grosse et al.
     2015), averaged over the same test points; the last, when AIS ran, is the trusted mean
-    (AIS on every point, or IS where its k-hat is at most 0.7 and AIS elsewhere).
+    (AIS on every point, or IS where its k-hat is at most 0.7 and AIS elsewhere). The order
+    ELBO <= L_k <= IS holds exactly (the same weights), IS <= AIS only when AIS has enough
+    steps and chains: :func:`ladder_text` prints where it fails.
     """
     ladder = [["ELBO", report["elbo"]]]
     ladder += [[f"L_{k}", mean] for k, (mean, _) in report["iwae"].items() if k != "1"]
@@ -270,6 +272,41 @@ def evidence_ladder(report: dict) -> list:
         name = "AIS" if trusted["estimator"] == "ais" else "IS where k-hat <= 0.7, else AIS"
         ladder.append([name, -trusted["nll"]])
     return ladder
+
+
+def ladder_text(report: dict) -> str:
+    """The ladder as printed: ``<=`` where the numbers hold it, ``>`` and the step named where not.
+
+    Parameters
+    ----------
+    report : dict
+        An :attr:`Evaluation.report` with its ``"ladder"`` (and ``"trusted"``, when AIS ran).
+
+    Returns
+    -------
+    str
+        E.g. ``"ELBO -98.10 <= L_10 -97.20 <= IS (L = 100) -96.90 > AIS -97.40 (AIS below IS:
+        T too small (--ais-steps))"``.
+    """
+    ladder = report["ladder"]
+    text, broken = f"{ladder[0][0]} {ladder[0][1]:.2f}", []
+    for (low_name, low), (name, value) in zip(ladder[:-1], ladder[1:], strict=True):
+        holds = value >= low
+        text += f" {'<=' if holds else '>'} {name} {value:.2f}"
+        if not holds:
+            broken.append(_violated_step(report, low_name, name))
+    return text + "".join(f" ({b})" for b in broken)
+
+
+def _violated_step(report: dict, low_name: str, name: str) -> str:
+    """Why ``name`` fell below ``low_name``, the rung under it."""
+    short = name.split(" ")[0]
+    if short not in ("AIS", "IS") or not low_name.startswith("IS"):
+        return f"{short} below {low_name.split(' ')[0]}: round-off of the same weights"
+    diff, se = report["trusted"]["ais"]["mean_ais_minus_is"]
+    if -diff <= 2 * se:  # nan se (one point) is no evidence of noise
+        return f"AIS below IS by {-diff:.3f} ± {se:.3f} nats: within 2 standard errors"
+    return "AIS below IS: T too small (--ais-steps) or too few chains (--ais-chains)"
 
 
 def evaluation_table(report: dict) -> str:
@@ -327,18 +364,22 @@ def _trusted_lines(r: dict) -> list[str]:
         diff, se = ais["mean_ais_minus_is"]
         lines += [
             f"AIS ({s['num_chains']} chains, T = {s['num_steps']}, {s['num_leapfrog']} leapfrog "
-            f"steps, {s['schedule']}) on {ais['num_points']} points: AIS - IS = {diff:.3f} ± "
+            f"steps, {s['schedule']}"
+            + (f", once per value of {ais['enumerated']}" if ais.get("enumerated") else "")
+            + f") on {ais['num_points']} points: AIS - IS = {diff:.3f} ± "
             f"{se:.3f} nats on average (largest {ais['max_ais_minus_is']:.2f}), acceptance "
             f"{ais['mean_accept_rate']:.2f}, {ais['seconds']:.0f} s",
         ]
+    criterion = c.get("ais_criterion", "chain ESS >= S / 2")  # a report of an older version
     lines += [
-        "ladder (mean log p(x), nats): "
-        + " <= ".join(f"{name} {value:.2f}" for name, value in r["ladder"]),
+        "ladder (mean log p(x), nats): " + ladder_text(r),
         f"trusted ({t['estimator']}): NLL = {t['nll']:.3f} ± {t['nll_stderr']:.3f} from "
         f"{t['points_by_estimator']['is']} IS and {t['points_by_estimator']['ais']} AIS values; "
-        f"certified: {c['is']} by IS (k-hat <= {KHAT_OK:g}), {c['ais']} by AIS (chain ESS >= "
-        f"{AIS_MIN_RELATIVE_ESS:g} S), of {c['of']}",
+        f"certified: {c['is']} by IS (k-hat <= {KHAT_OK:g}), {c['ais']} by AIS ({criterion}), "
+        f"of {c['of']}",
     ]
+    if ais and c.get("ais_not_possible"):
+        lines.append(f"not certified by AIS: {c['ais_not_possible']}")
     if t["estimator"] == "is" and c["is"] < c["of"]:
         lines.append(
             f"{c['of'] - c['is']} points have unreliable IS values: --estimator auto rescores "

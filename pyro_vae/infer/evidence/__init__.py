@@ -1,9 +1,10 @@
 """Evidence per datapoint: importance sampling, IWAE bounds, the ELBO, PSIS k-hat, data-set NLL,
-annealed importance sampling and bidirectional Monte Carlo."""
+annealed importance sampling and bidirectional Monte Carlo (with one discrete latent enumerated)."""
 
 from pyro_vae.infer.evidence.ais import AISResult, AISSettings, ais_evidence
 from pyro_vae.infer.evidence.bdmc import BDMCResult, bdmc, simulate_data
 from pyro_vae.infer.evidence.dataset import NLLResult, dataset_nll
+from pyro_vae.infer.evidence.enumerated import enumerated_ais, enumerated_bdmc
 from pyro_vae.infer.evidence.importance import (
     elbo_per_datapoint,
     iwae_bound,
@@ -25,6 +26,8 @@ __all__ = [
     "EvidenceResult",
     "NLLResult",
     "dataset_nll",
+    "enumerated_ais",
+    "enumerated_bdmc",
     "elbo_per_datapoint",
     "iwae_bound",
     "iwae_from_log_weights",

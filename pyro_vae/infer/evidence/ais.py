@@ -18,25 +18,20 @@ with 10 leapfrog steps, the step size multiplied by 1.02 after a transition whos
 probability is above 0.65 and by 0.98 otherwise, within ``step_size_bounds``. The momentum's
 scale is the guide's per-dimension spread (a preconditioner).
 
-Adapting a chain's step from its own acceptance makes its later kernels depend on its own
-path, which the proof of E[w] = p(x) does not cover; in a first version of this module that
-did so, on the factor-analysis pair of ``tests/test_ais.py`` (40 points, T = 300), both BDMC
-bounds landed past the exact value by 2-3 standard errors, which the bracketing test now
-guards against.
-So the adaptation listens to a few *pilot* chains per datapoint, run beside the others and
-dropped from the estimate (Wu et al. adapt from all chains): every kept chain's kernels depend
-only on paths independent of its own, and its weight stays unbiased.
+Adapting a chain's step from its own acceptance (as Wu et al. do) makes its later kernels
+depend on its own path, outside the proof of E[w] = p(x) (a first version that did so put both
+BDMC bounds past the exact value on the factor-analysis pair of the tests). So a few *pilot*
+chains per datapoint, run beside the others and dropped from the estimate, steer the step: every
+kept chain's kernels depend only on paths independent of its own, and its weight stays unbiased.
 
-Cost: T x L gradient evaluations of log p(x, z) and log q(z | x) per chain. The guide is
-scored at points it did not draw: a Gaussian guide costs a Normal density, but a flow needs its
-inverse, and an inverse autoregressive flow's inverse takes one pass per latent dimension
-(``experiments/bench_ais.py --density-cost``: 0.79 s per evaluation of 1,000 chains for the
-main-job VAE with 4 IAF steps, 0.03 s with its Gaussian guide; nothing else running).
-
-Vectorized over datapoints and chains, chunked over datapoints so that (S, chunk, D) numbers
-live at once (the budget of :func:`~pyro_vae.infer.evidence.weights.default_chunk_size`), on the
-device of ``x``, with a progress bar. Continuous latents only: a discrete guide site is refused
-(score such a pair, e.g. M2 without labels, by :func:`~pyro_vae.infer.evidence.log_evidence`).
+Cost: T x L gradient evaluations of log p(x, z) and log q(z | x) per chain; a flow guide is
+scored through its inverse, which for an IAF takes one pass per latent dimension
+(``experiments/bench_ais.py --density-cost``). Vectorized over datapoints and chains, chunked
+over datapoints (the budget of :func:`~pyro_vae.infer.evidence.weights.default_chunk_size`),
+refused first if one chunk's chains cannot fit in memory
+(:func:`~pyro_vae.infer.evidence.memory.check_chains_fit`); under torchrun each rank anneals
+its strided share of the datapoints (:mod:`~pyro_vae.infer.evidence.shards`). Continuous latents
+only: :func:`~pyro_vae.infer.evidence.enumerated.enumerated_ais` sums a discrete one out.
 """
 
 from __future__ import annotations
@@ -51,7 +46,9 @@ from tqdm.auto import tqdm
 from pyro_vae.infer.compile.policy import AUTO_MIN_GRADIENTS, compile_notice, resolve
 from pyro_vae.infer.evidence.compiled_hmc import CompiledTransition
 from pyro_vae.infer.evidence.hmc import ChainState, hmc_transition
+from pyro_vae.infer.evidence.memory import check_chains_fit, latent_size
 from pyro_vae.infer.evidence.psis import psis_tail_size
+from pyro_vae.infer.evidence.shards import gather_rows, local_rows, rows_of
 from pyro_vae.infer.evidence.weights import WeightStream, check_positive, default_chunk_size
 from pyro_vae.infer.pair.particles import bind_pair
 from pyro_vae.infer.pair.potential import LatentSpace
@@ -65,6 +62,7 @@ __all__ = [
     "anneal",
     "chain_summary",
     "datapoint_chunks",
+    "empty_summary",
     "merge_settings",
     "preconditioner",
     "resolve_compile",
@@ -101,8 +99,7 @@ class AISSettings:
         S, chains per datapoint.
     num_steps : int
         T, intermediate distributions (HMC transitions: T - 1). 100 by default: on the
-        README's main-job VAE the BDMC gap is 0.09 nats at T = 100 and T = 1000 moves the
-        test mean by 0.02 nats; ``pyro-vae certify`` measures it for another model.
+        README's main-job VAE the BDMC gap is 0.09 nats at T = 100 (``pyro-vae certify``).
     num_leapfrog : int
         L, leapfrog steps per transition.
     schedule : {"sigmoid", "linear"}
@@ -112,13 +109,12 @@ class AISSettings:
     target_accept : float
         Acceptance probability the step size is adapted toward.
     adapt_step_size : bool
-        Adapt each datapoint's step: multiply it by 1.02 after a transition whose mean
-        acceptance probability over the pilot chains is above ``target_accept``, by 0.98
-        otherwise.
+        Adapt each datapoint's step: x 1.02 after a transition whose mean acceptance over the
+        pilot chains is above ``target_accept``, else x 0.98.
     num_pilot_chains : int
         Extra chains per datapoint that steer the adaptation; their weights are dropped.
     step_size_bounds : (float, float)
-        The adapted step stays inside.
+        Bounds of the adapted step.
     precondition : bool
         Scale the momentum by the guide's per-dimension spread (else unit scale).
     """
@@ -198,13 +194,10 @@ def anneal(
     decreasing ones from 1 to 0 estimate -log p(x) (the reverse chain of BDMC).
 
     Step sizes, one per datapoint and transition: given as ``step_sizes`` (L + 1, N), or
-    adapted (``settings.adapt_step_size``) from the acceptance of the last
-    ``settings.num_pilot_chains`` chains of ``u``, whose weights are then dropped: the other
-    chains' kernels depend on the pilots' paths only, never on their own, so their weights
-    stay unbiased. Without either, every step is ``settings.step_size``. With ``compile``
-    every transition runs as one compiled graph
-    (:class:`~pyro_vae.infer.evidence.compiled_hmc.CompiledTransition`; ``space`` built with
-    ``rerun_guide=True``).
+    adapted (``settings.adapt_step_size``) from the last ``settings.num_pilot_chains``
+    chains of ``u``, whose weights are dropped (module docstring); else ``settings.step_size``.
+    With ``compile`` every transition runs as one compiled graph (:class:`CompiledTransition`
+    of :mod:`~pyro_vae.infer.evidence.compiled_hmc`; ``space`` built with ``rerun_guide=True``).
 
     Returns
     -------
@@ -252,18 +245,21 @@ def datapoint_chunks(model, guide, x, args, kwargs, settings, chunk_size, data_p
     """The chunks of datapoints annealed at once: ``(slice, PairBatch)`` pairs, and their count.
 
     Default size: a quarter of the estimators' budget over chains x largest site (gradients
-    hold more than weights). The pair is checked (on one datapoint, or ``bound``) first.
+    hold more than weights). The pair is checked (on one datapoint, or ``bound``) first, then
+    that the chains of a chunk can fit in memory (ValueError otherwise).
     """
 
     def bind(rows):
-        return bind_pair(model, guide, x[rows], *_rows(args, rows), data_plate=data_plate, **kwargs)
+        return bind_pair(model, guide, x[rows], *rows_of(args, rows), data_plate=data_plate,
+                         **kwargs)  # fmt: skip
 
     first = bound or bind(slice(0, 1))
     check_positive(chunk_size=chunk_size)
+    chains = total_chains(settings)
     if chunk_size is None:
-        budget = default_chunk_size(total_chains(settings), first.layout.site_size, x.device)
-        chunk_size = max(1, budget // 4)
-    num_data = x.shape[0]
+        chunk_size = max(1, default_chunk_size(chains, first.layout.site_size, x.device) // 4)
+    num_data, dim = x.shape[0], latent_size(first)
+    check_chains_fit("AIS", chains, min(chunk_size, num_data), dim, x[0].numel(), x)
 
     def chunks():
         for start in range(0, num_data, chunk_size):
@@ -271,11 +267,6 @@ def datapoint_chunks(model, guide, x, args, kwargs, settings, chunk_size, data_p
             yield rows, bind(rows)
 
     return chunks(), math.ceil(num_data / chunk_size)
-
-
-def _rows(args, rows: slice):
-    """The per-datapoint tensor arguments cut to ``rows``; others as they are."""
-    return tuple(a[rows] if torch.is_tensor(a) and a.dim() else a for a in args)
 
 
 def ais_evidence(
@@ -332,9 +323,12 @@ def ais_evidence(
         sample.
     """
     settings = merge_settings(settings, kwargs)
-    check_data(x)
+    num_data = check_data(x).shape[0]
+    compile = resolve_compile(compile, settings, num_data)
+    x, args = local_rows(x, args)  # under torchrun: this rank's x[r::P]
+    if not len(x):  # more ranks than datapoints
+        return AISResult(**gather_rows(empty_summary(x, settings), num_data), settings=settings)
     betas = schedule(settings.num_steps, settings.schedule, x.device, x.dtype)
-    compile = resolve_compile(compile, settings, x.shape[0])
     chunks, num_chunks = datapoint_chunks(
         model, guide, x, args, kwargs, settings, chunk_size, data_plate
     )
@@ -346,9 +340,8 @@ def ais_evidence(
             bar.write(compile_notice("HMC transition"))
         for _, chunk in chunks:
             results.append(_forward_chunk(chunk, settings, betas, bar.update, compile))
-    return AISResult(
-        **{k: torch.cat([r[k] for r in results]) for k in results[0]}, settings=settings
-    )
+    fields = {k: torch.cat([r[k] for r in results]) for k in results[0]}
+    return AISResult(**gather_rows(fields, num_data), settings=settings)
 
 
 def chain_summary(log_w, accept_rate, step_size) -> dict:
@@ -365,6 +358,13 @@ def chain_summary(log_w, accept_rate, step_size) -> dict:
         "step_size": step_size[-1],
         "log_weights": weights.log_weights,
     }
+
+
+def empty_summary(x, settings: AISSettings) -> dict:
+    """The fields of an :class:`AISResult` for no datapoint (a rank without a share)."""
+    names = ("log_px", "stderr", "ess", "khat", "accept_rate", "step_size")
+    S = settings.num_chains
+    return {**{k: x.new_empty(0) for k in names}, "log_weights": x.new_empty(0, S)}
 
 
 def merge_settings(settings: AISSettings | None, kwargs: dict) -> AISSettings:

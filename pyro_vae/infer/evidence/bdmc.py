@@ -5,10 +5,11 @@ the z is an exact draw from the posterior p(z | x) of its x. Annealed importance
 forward from the guide (:mod:`pyro_vae.infer.evidence.ais`) gives log (1/S) sum_s w_s, a
 stochastic *lower* bound of log p(x); the same chain run in reverse, from z through the path
 from p(z | x) back to q(z | x), gives weights with E[w_rev] = 1 / p(x), so
--log (1/S) sum_s w_rev,s is a stochastic *upper* bound. The gap upper - lower bounds the error
-of AIS at these settings on data like this; it shrinks to 0 as T grows. The reverse chains move
-with the step sizes the forward chains' pilots chose (reversed), so no reverse kernel depends
-on a reverse chain's path.
+-log (1/S) sum_s w_rev,s is a stochastic *upper* bound. Both bounds hold in expectation: the mean
+gap upper - lower over datapoints bounds the mean error of AIS at these settings on data like
+this, and shrinks to 0 as T grows, while one datapoint's bounds may cross (lower > upper). The
+reverse chains move with the step sizes the forward chains' pilots chose (reversed), so no
+reverse kernel depends on a reverse chain's path.
 
 :func:`simulate_data` draws the data from any pair's model (its one observed site sampled
 instead of observed, ``poutine.uncondition``), :func:`bdmc` runs both chains.
@@ -33,6 +34,7 @@ from pyro_vae.infer.evidence.ais import (
     schedule,
     total_chains,
 )
+from pyro_vae.infer.evidence.shards import gather_rows, local_rows
 from pyro_vae.infer.pair.particles import bind_pair
 from pyro_vae.infer.pair.potential import LatentSpace
 from pyro_vae.infer.pair.sites import DATA_PLATE, check_data, sample_sites
@@ -58,7 +60,11 @@ class Simulated:
 
 @dataclass(frozen=True)
 class BDMCResult:
-    """The sandwich lower <= log p(x) <= upper per simulated datapoint (nats).
+    """Stochastic bounds on log p(x) per simulated datapoint (nats).
+
+    Both hold in expectation: E[lower] <= log p(x) <= E[upper], so averaged over datapoints
+    they sandwich the mean log p(x), while on a single datapoint Monte Carlo error can put
+    lower above upper (a negative gap), most often when the gap is small.
 
     Attributes
     ----------
@@ -67,7 +73,8 @@ class BDMCResult:
     upper : torch.Tensor of shape (N,)
         Reverse AIS from the exact latents, -log (1/S) sum_s w_rev,s.
     gap : torch.Tensor of shape (N,)
-        upper - lower.
+        upper - lower; its mean over datapoints bounds the mean error of AIS at these
+        settings on such data, a single value may be negative.
     lower_stderr, upper_stderr : torch.Tensor of shape (N,)
         Delta-method standard errors over the S chains.
     accept_rate : torch.Tensor of shape (N,)
@@ -162,13 +169,31 @@ def bdmc(
     Returns
     -------
     BDMCResult
+        Under torchrun each rank runs the chains of its strided share of the datapoints and
+        every rank returns all rows.
     """
     settings = merge_settings(settings, kwargs)
     x = check_data(simulated.x)
     pair = bind_pair(model, guide, x, *args, data_plate=data_plate, **kwargs)
     exact = LatentSpace.draw(pair, 1)[0].flatten(simulated.latents)[0]  # (N, D)
-    betas = schedule(settings.num_steps, settings.schedule, x.device, x.dtype)
     compile = resolve_compile(compile, settings, 2 * x.shape[0])
+    num_data = x.shape[0]
+    x, (exact, *args) = local_rows(x, (exact, *args))  # under torchrun: this rank's x[r::P]
+    if not len(x):  # more ranks than datapoints
+        cat = dict.fromkeys(("lower", "upper", "lower_stderr", "upper_stderr", "accept_rate"))
+        cat = {k: x.new_empty(0) for k in cat}
+    else:
+        cat = _sandwiches(model, guide, x, exact, args, kwargs, settings, chunk_size, data_plate,
+                          progress, compile)  # fmt: skip
+    cat = gather_rows(cat, num_data)
+    return BDMCResult(**cat, gap=cat["upper"] - cat["lower"], settings=settings)
+
+
+def _sandwiches(model, guide, x, exact, args, kwargs, settings, chunk_size, data_plate, progress,
+                compile) -> dict:  # fmt: skip
+    """Both directions on every chunk of this rank's datapoints, their rows joined."""
+    pair = bind_pair(model, guide, x, *args, data_plate=data_plate, **kwargs)
+    betas = schedule(settings.num_steps, settings.schedule, x.device, x.dtype)
     chunks, num_chunks = datapoint_chunks(
         model, guide, x, args, kwargs, settings, chunk_size, data_plate, bound=pair
     )
@@ -177,8 +202,7 @@ def bdmc(
     with tqdm(total=total, desc="BDMC", unit="step", disable=not progress) as bar:
         for cut, chunk in chunks:
             rows.append(_sandwich(chunk, exact[cut], settings, betas, bar.update, compile))
-    cat = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
-    return BDMCResult(**cat, gap=cat["upper"] - cat["lower"], settings=settings)
+    return {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
 
 
 def _sandwich(pair, exact, settings, betas, on_step, compile) -> dict:

@@ -3,7 +3,7 @@
 :func:`dataset_nll` runs :func:`~pyro_vae.infer.evidence.importance.log_evidence` over batches of
 a data set (tensors, :class:`pyro_vae.data.ImageData`, or tuples with per-datapoint extras such
 as labels), with a progress bar; under torchrun each rank scores its strided share and the rows
-are gathered back in order (:func:`~pyro_vae.infer.runtime.distributed.gather_strided`).
+are gathered back in order (:mod:`~pyro_vae.infer.evidence.shards`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from tqdm.auto import tqdm
 
 from pyro_vae.infer.compile.policy import AUTO_MIN_WEIGHTS, compile_notice, resolve
 from pyro_vae.infer.evidence.importance import log_evidence
+from pyro_vae.infer.evidence.memory import check_fits
+from pyro_vae.infer.evidence.shards import local_rows
+from pyro_vae.infer.evidence.weights import check_positive
 from pyro_vae.infer.pair.sites import DATA_PLATE, check_data
 from pyro_vae.infer.runtime.devices import as_columns
 from pyro_vae.infer.runtime.distributed import current, gather_strided
@@ -112,8 +115,8 @@ def dataset_nll(
     GlobalLatentError
         If a sample site lies outside the data plate.
     ValueError
-        When ``batch_size`` is not a positive int, or for bad arguments or data, as for
-        :func:`log_evidence`.
+        When ``batch_size`` is not a positive int, for bad arguments or data, as for
+        :func:`log_evidence`, or when the kept log weights cannot fit in memory.
     """
     x, extras, transform = as_columns(data, "data")
     x = check_data(x, "data")
@@ -123,11 +126,15 @@ def dataset_nll(
     if compile and progress:
         tqdm.write(compile_notice("log weights"))  # the first batch compiles them
     num_data, ranks = x.shape[0], current()
-    if ranks.distributed:  # under torchrun each rank scores x[r::P]; rows are gathered back
-        if num_data < ranks.world_size:
-            raise ValueError(f"{num_data} datapoints cannot be shared by {ranks.world_size} ranks")
-        x = x[ranks.rank :: ranks.world_size]
-        extras = tuple(e[ranks.rank :: ranks.world_size] for e in extras)
+    if num_data < ranks.world_size:
+        raise ValueError(f"{num_data} datapoints cannot be shared by {ranks.world_size} ranks")
+    x, extras = local_rows(x, tuple(extras))  # under torchrun: x[r::P]; rows gathered back
+    check_positive(num_samples=num_samples, chunk_size=chunk_size)  # as log_evidence would
+    if return_log_weights:  # kept whole: N x L numbers (every rank gathers all N rows)
+        need = num_data * num_samples * x.element_size()
+        estimate = f"{num_data} points x {num_samples} samples x {x.element_size()} bytes"
+        fix = "use fewer samples (--num-samples) or points (--num-points)"
+        check_fits("keeping the log weights", need, estimate, x.device, fix)
     parts = []
     starts = range(0, x.shape[0], batch_size)
     for start in tqdm(starts, desc="log p(x)", unit="batch", disable=not progress):
