@@ -30,7 +30,7 @@ from pyro_vae.infer.evidence.ais import AISSettings
 from pyro_vae.infer.evidence.dataset import dataset_nll
 from pyro_vae.infer.evidence.psis import KHAT_OK
 from pyro_vae.models.labelled import concat, one_hot
-from pyro_vae.runs.certified import choose_estimates, refuse_ais
+from pyro_vae.runs.certified import choose_estimates
 from pyro_vae.runs.folders import Run
 from pyro_vae.runs.own_data import read_like_run
 
@@ -130,9 +130,8 @@ def score_file(
     Raises
     ------
     ValueError
-        A bad file, one unlike the run's data, a CVAE's file without labels, AIS for M2.
+        A bad file, one unlike the run's data, a CVAE's file without labels.
     """
-    refuse_ais(run, estimator)
     x, y, transforms = read_like_run(run.config, path, seed=seed)
     x = x.to(device)
     y = _labels_for(run, y, None, x.shape[0], device, "scores log p(x|y)")
