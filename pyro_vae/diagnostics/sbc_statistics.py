@@ -26,10 +26,13 @@ Every number has its source:
 **The verdict and its false-alarm rate.** The three p-values of every dimension and the two of
 the joint check are corrected together by Holm's step-down procedure (Holm 1979), valid under
 any dependence, so with the exact posterior the chance that *any* dimension of a run is flagged
-is at most ``alpha`` (0.05). A dimension is flagged when one of its corrected p-values is below
-alpha: *biased* when the bias test is significant and its |z| is the larger of bias and width,
-else *over-confident* / *under-confident* by the sign of the width statistic, *miscalibrated*
-when only the binned shape is off. An unflagged dimension whose contraction is below
+is at most ``alpha`` (0.05). Exact rank tests decide *whether* a dimension is off; the z-score
+says *how*, since the rank statistics saturate when the guide is far off (every rank 0 says
+"the guide sits above the truth" but not by how much, nor whether it is also too narrow):
+*biased* when |mean z| >= ``BIAS_Z`` (0.2 posterior sds), *over-confident* when the sd of z is
+above ``WIDTH_RATIO`` (1.15; the guide's spread too small by that factor), *under-confident*
+below 1 / 1.15, both named when both hold, and the one of the larger relative size when a
+flagged dimension is below both thresholds. An unflagged dimension whose contraction is below
 ``PRIOR_LIKE`` (0.1; its standard error is about sqrt(2 / N) = 0.045 at N = 1000) is
 *prior-like*: the guide hardly uses x there, either because the posterior is that wide (an
 inactive unit of a VAE) or because the guide ignores x, which SBC cannot tell apart.
@@ -61,6 +64,8 @@ __all__ = [
 RANK_BINS = 20
 COVERAGE_LEVELS = (0.5, 0.8, 0.9, 0.95)
 PRIOR_LIKE = 0.1
+BIAS_Z = 0.2  # |mean z-score| in posterior sds; its SE is 1 / sqrt(N) = 0.03 at N = 1000
+WIDTH_RATIO = 1.15  # sd of the z-score beyond 1.15 or below 1 / 1.15; SE 1 / sqrt(2N) = 0.02
 RELIABILITY_BINS = 10
 VERDICTS = (
     "calibrated",
@@ -68,7 +73,8 @@ VERDICTS = (
     "over-confident",
     "under-confident",
     "biased",
-    "miscalibrated",
+    "biased, over-confident",
+    "biased, under-confident",
 )
 
 
@@ -80,7 +86,8 @@ class SBCStatistics:
     ----------
     rows : list of dict
         One per latent dimension, in site order: ``name``, ``verdict``, ``p_uniform``,
-        ``p_bias``, ``p_width`` (Holm-corrected), ``bias_z``, ``width_z``, ``coverage``
+        ``p_bias``, ``p_width`` (Holm-corrected) and ``p_min`` (their smallest), ``bias_z``,
+        ``width_z``, ``coverage``
         ({level: {"value", "expected", "se"}}), ``z_mean``, ``z_sd``, ``contraction``,
         ``ecdf_max_diff``.
     joint : dict
@@ -106,6 +113,7 @@ class SBCStatistics:
         """One line: how many dimensions got each verdict, and the joint check."""
         counts = {v: sum(r["verdict"] == v for r in self.rows) for v in VERDICTS}
         parts = [f"{n} {v}" for v, n in counts.items() if n]
+        parts = [p.replace(", ", " and ") for p in parts]
         return (
             f"{len(self.rows)} latent dimensions: {', '.join(parts) or 'none'}; joint density "
             f"rank {self.joint['verdict']} (family-wise false-alarm rate {self.alpha:g})"
@@ -189,22 +197,25 @@ def _coverage(ranks: torch.Tensor, num_draws: int) -> list[dict]:
 
 def _ecdf_max_diff(ranks: torch.Tensor, num_draws: int) -> torch.Tensor:
     """max_r |ECDF(r) - (r + 1) / (L + 1)| per dimension (the ECDF-difference plot's extreme)."""
+    if ranks.shape[1] == 0:
+        return torch.zeros(0, dtype=torch.float64)
     counts = torch.stack([torch.bincount(c, minlength=num_draws + 1) for c in ranks.long().T], 1)
     ecdf = counts.cumsum(0).double() / ranks.shape[0]
     uniform = torch.arange(1, num_draws + 2, dtype=torch.float64) / (num_draws + 1)
     return (ecdf - uniform[:, None]).abs().max(0).values
 
 
-def _verdict(p_uniform, p_bias, p_width, bias_z, width_z, contraction, alpha) -> str:
-    """The verdict of one dimension from its corrected p-values (module docstring)."""
-    biased, wide = p_bias < alpha, p_width < alpha
-    if biased and (not wide or abs(bias_z) >= abs(width_z)):
-        return "biased"
-    if wide:
-        return "over-confident" if width_z > 0 else "under-confident"
-    if p_uniform < alpha:
-        return "miscalibrated"
-    return "prior-like" if contraction < PRIOR_LIKE else "calibrated"
+def _verdict(p_min, z_mean, z_sd, contraction, alpha) -> str:
+    """The verdict of one dimension (module docstring): flagged by the ranks, named by the
+    z-score's mean and sd."""
+    if p_min >= alpha:
+        return "prior-like" if contraction < PRIOR_LIKE else "calibrated"
+    bias = abs(z_mean) / BIAS_Z
+    width = abs(math.log(z_sd)) / math.log(WIDTH_RATIO) if z_sd > 0 else math.inf
+    side = "over-confident" if z_sd > 1 else "under-confident"
+    if bias >= 1 and width >= 1:
+        return f"biased, {side}"
+    return "biased" if bias >= width else side
 
 
 def _joint_verdict(p_uniform, p_bias, bias_z, alpha) -> str:
@@ -261,8 +272,13 @@ def sbc_statistics(ranks, density_ranks, num_draws, truth, post_mean, post_sd, a
             {
                 "name": name,
                 "verdict": _verdict(
-                    p_u[j], p_b[j], p_w[j], bias_z[j], width_z[j], contraction[j], alpha
+                    min(p_u[j], p_b[j], p_w[j]).item(),
+                    z_mean[j].item(),
+                    z_sd[j].item(),
+                    contraction[j].item(),
+                    alpha,
                 ),
+                "p_min": min(p_u[j], p_b[j], p_w[j]).item(),
                 "p_uniform": p_u[j].item(),
                 "p_bias": p_b[j].item(),
                 "p_width": p_w[j].item(),

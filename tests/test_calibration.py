@@ -1,0 +1,223 @@
+"""Simulation-based calibration: exact guides pass at the stated false-alarm rate, wrong ones fail.
+
+The pattern of BayesFlow's ``test_calibration_log_gamma_end_to_end``: run the whole check on a
+pair whose exact posterior is known, many times over, and count. Repetitions are blocks of one
+vectorized run: the N simulations of :func:`sbc` are independent, so R blocks of 1000 rows are R
+independent runs at the default size (N = 1000, L = 99), scored one by one by
+:func:`sbc_statistics`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_vae.diagnostics.calibration import sbc
+from pyro_vae.diagnostics.sbc_statistics import (
+    PRIOR_LIKE,
+    flatten_sites,
+    holm,
+    reliability,
+    sbc_statistics,
+)
+from pyro_vae.models import PPCA
+from tests.pairs import CATALOGUE, GaussianMixture, make_ppca
+from tests.test_ais import FactorAnalysis
+
+N, L, ALPHA = 1000, 99, 0.05  # the defaults of pyro-vae calibrate
+
+
+def _ppca():
+    torch.manual_seed(3)
+    p = make_ppca(data_dim=5, latent_dim=2, sigma2=0.5)
+    return PPCA(p.W.double(), p.b.double(), p.sigma2.double())
+
+
+def _ppca_guide(ppca, sd=1.0, shift=0.0):
+    """pPCA's exact posterior with its scale times ``sd`` and its mean moved by ``shift`` sds."""
+
+    def guide(x):
+        post = ppca.posterior(x)
+        loc = post.loc + shift * post.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt()
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=sd * post.scale_tril))
+
+    return guide
+
+
+def _block_verdicts(result, reps):
+    """The verdicts of each block of N rows: R independent runs at the default size."""
+    out = []
+    for k in range(reps):
+        rows = slice(k * N, (k + 1) * N)
+
+        def pick(d, rows=rows):
+            return {n: v[rows] for n, v in d.items()}
+
+        stats = sbc_statistics(
+            pick(result.ranks),
+            result.density_ranks[rows],
+            L,
+            pick(result.truth),
+            pick(result.post_mean),
+            pick(result.post_sd),
+            alpha=ALPHA,
+        )
+        out.append([r["verdict"] for r in stats.rows] + [stats.joint["verdict"]])
+    return out
+
+
+def _flagged(verdicts) -> bool:
+    return any(v not in ("calibrated", "prior-like", "consistent") for v in verdicts)
+
+
+def _binomial_upper(n, p, tail=0.01):
+    """Smallest k with P(X > k) <= tail for X ~ Binomial(n, p)."""
+    total = 0.0
+    for k in range(n + 1):
+        total += math.comb(n, k) * p**k * (1 - p) ** (n - k)
+        if 1 - total <= tail:
+            return k
+    return n
+
+
+# --- the exact posterior passes --------------------------------------------------------------
+def test_exact_posteriors_of_ppca_and_factor_analysis_pass(float64):
+    ppca = _ppca()
+    fa = FactorAnalysis(data_dim=6, latent_dim=3)
+    fa.W, fa.psi = fa.W.double(), fa.psi.double()
+    for model, guide, dim in [(ppca.model, ppca.guide, 5), (fa.model, fa.exact_guide, 6)]:
+        result = sbc(model, guide, torch.zeros(N, dim))
+        stats = result.statistics
+        assert [r["verdict"] for r in stats.rows] == ["calibrated"] * len(stats.rows)
+        assert stats.joint["verdict"] == "consistent"
+        for row in stats.rows:
+            cover = row["coverage"]["0.9"]
+            # 4 binomial standard errors: a two-sided 6e-5 chance per dimension
+            assert abs(cover["value"] - cover["expected"]) < 4 * cover["se"]
+            assert row["contraction"] > PRIOR_LIKE
+        ranks = result.ranks["z"]
+        assert ranks.shape == (N, 2 if dim == 5 else 3) and 0 <= ranks.min() <= ranks.max() <= L
+
+
+@pytest.mark.slow
+def test_false_alarm_rate_over_repetitions_is_within_its_stated_level(float64):
+    """Measured: 8 of 200 runs flagged (0.04; pPCA, M = 2, default sizes); stated: <= 0.05."""
+    ppca, reps = _ppca(), 60
+    result = sbc(ppca.model, ppca.guide, torch.zeros(reps * N, 5))
+    alarms = sum(_flagged(v) for v in _block_verdicts(result, reps))
+    # Holm keeps the family-wise rate <= alpha; at alpha the count exceeds this bound with
+    # probability <= 0.01 (binomial tail)
+    assert alarms <= _binomial_upper(reps, ALPHA)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "sd, shift, expected",
+    [(0.7, 0.0, "over-confident"), (1.4, 0.0, "under-confident"), (1.0, 0.3, "biased")],
+)
+def test_wrong_guides_fail_with_power_at_the_default_sizes(sd, shift, expected, float64):
+    """Measured: 200 of 200 runs flagged, with this verdict on every dimension, for each guide
+    (the rank z-statistics are about 9 or more at N = 1000); required: power >= 0.95."""
+    ppca, reps = _ppca(), 20
+    result = sbc(ppca.model, _ppca_guide(ppca, sd, shift), torch.zeros(reps * N, 5))
+    verdicts = _block_verdicts(result, reps)
+    # at power 0.95 all 20 are flagged with probability 0.36; at the measured >= 0.985
+    # (a one-sided 95% bound from 200 of 200) with 0.74; the effect is ~9 SE, so P ~ 1
+    assert all(v[:-1] == [expected, expected] for v in verdicts)
+    if shift == 0.0:  # the joint density rank sees a wrong width; a shift of 0.3 sd it may miss
+        assert all(v[-1] != "consistent" for v in verdicts)
+
+
+def test_a_guide_equal_to_the_prior_is_flagged_by_contraction(float64):
+    ppca = _ppca()
+
+    def prior_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+
+    stats = sbc(ppca.model, prior_guide, torch.zeros(N, 5)).statistics
+    # ranks alone pass it (z_n ~ p(z) and the draws too); contraction ~ 0 +- sqrt(2 / N)
+    assert [r["verdict"] for r in stats.rows] == ["prior-like", "prior-like"]
+    assert all(abs(r["contraction"]) < 3 * math.sqrt(2 / N) for r in stats.rows)
+
+
+# --- the catalogue ---------------------------------------------------------------------------
+@pytest.mark.parametrize("case", CATALOGUE, ids=str)
+def test_sbc_runs_on_every_pair_or_refuses_with_its_reason(case):
+    pair = case.make()
+    guide = case.exact_guide(pair) if case.exact_guide else pair.guide
+    if case.refusal is not None:
+        error, match = case.refusal
+        with pytest.raises(error, match=match):
+            sbc(pair.model, guide, pair.x, *pair.args, num_draws=9)
+        return
+    if not case.latent:
+        with pytest.raises(ValueError, match="has no latent"):
+            sbc(pair.model, guide, pair.x, *pair.args, num_draws=9)
+        return
+    if case.name == "m2-labelled":  # y observed beside x: nothing to simulate y from
+        with pytest.raises(ValueError, match="exactly one observed site"):
+            sbc(pair.model, guide, pair.x, *pair.args, num_draws=9)
+        return
+    result = sbc(pair.model, guide, pair.x, *pair.args, num_draws=9, chunk_size=4)
+    n = pair.x.shape[0]
+    assert result.density_ranks.shape == (n,)
+    for name, ranks in result.ranks.items():
+        assert ranks.shape[0] == n and 0 <= ranks.min() and ranks.max() <= 9, name
+    names, _ = flatten_sites(result.ranks)
+    assert len(result.statistics.rows) == len(names)
+    if not case.continuous:  # discrete latents: reliability, no ranks
+        assert result.ranks == {} and result.discrete
+    for d in result.discrete.values():
+        assert 0 <= d["reliability"]["ece"] <= 1
+        assert torch.allclose(d["probs"].sum(-1), torch.ones(n, dtype=d["probs"].dtype))
+
+
+def test_discrete_guide_reliability_is_good_with_the_exact_posterior(float64):
+    pair = GaussianMixture(exact=True)
+    result = sbc(pair.model, pair.guide, torch.zeros(N))
+    rel = result.discrete["y"]["reliability"]
+    # the exact p(y|x) is calibrated: ECE is its sampling noise, ~ sqrt(1 / N) per bin
+    assert rel["ece"] < 0.05
+    post = pair.posterior(result.x).max(-1).values.mean().item()
+    # accuracy of the Bayes classifier = its mean confidence, within 4 binomial SEs
+    assert abs(rel["accuracy"] - post) < 4 * math.sqrt(0.25 / N)
+
+
+def test_m2_ranks_z_at_the_true_label():
+    pair = next(c for c in CATALOGUE if c.name == "m2-unlabelled").make()
+    result = sbc(pair.model, pair.guide, pair.x, num_draws=9)
+    assert set(result.ranks) == {"z"} and set(result.discrete) == {"y"}
+    assert result.discrete["y"]["probs"].shape == (pair.x.shape[0], 10)
+
+
+# --- the statistics themselves ---------------------------------------------------------------
+def test_holm_matches_a_hand_computation():
+    p = torch.tensor([0.01, 0.04, 0.03, 0.005], dtype=torch.float64)
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 -> 0.02, 0.03, 0.06, 0.04 -> cummax
+    expected = torch.tensor([0.03, 0.06, 0.06, 0.02], dtype=torch.float64)
+    assert torch.allclose(holm(p), expected)
+
+
+def test_reliability_matches_a_hand_computation():
+    probs = torch.tensor([[0.95, 0.05], [0.95, 0.05], [0.35, 0.65], [0.35, 0.65]])
+    truth = torch.tensor([0, 1, 1, 1])
+    rel = reliability(probs, truth)
+    # bin 0.9-1.0: confidence 0.95, accuracy 0.5; bin 0.6-0.7: 0.65 and 1.0
+    assert rel["accuracy"] == pytest.approx(0.75)
+    assert rel["ece"] == pytest.approx(0.5 * 0.45 + 0.5 * 0.35)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"num_draws": 0}, "num_draws"), ({"alpha": 1.5}, "alpha"), ({"chunk_size": 0}, "chunk")],
+)
+def test_bad_settings_are_refused_in_one_line(kwargs, match):
+    ppca = _ppca()
+    with pytest.raises(ValueError, match=match):
+        sbc(ppca.model, ppca.guide, torch.zeros(10, 5, dtype=torch.float64), **kwargs)
