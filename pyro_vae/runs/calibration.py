@@ -6,8 +6,8 @@ larger than the test split); for M2 y ~ p(y), z ~ p(z), x ~ p(x | y, z). The gui
 L = ``--num-draws`` latents per x (:func:`pyro_vae.diagnostics.calibration.sbc`); the report
 gives per latent dimension the coverage of the central 90% interval, the smallest
 Holm-corrected p-value of its rank tests, the z-score's mean and sd, the contraction and the
-verdict, and for M2 the reliability of q(y|x) on the simulated data. ``calibration.json`` is strict JSON (non-finite
-numbers written as null).
+verdict, and for M2 the reliability of q(y|x) on the simulated data. ``calibration.json`` is
+strict JSON (non-finite numbers written as null).
 """
 
 from __future__ import annotations
