@@ -9,6 +9,7 @@ independent runs at the default size (N = 1000, L = 99), scored one by one by
 
 from __future__ import annotations
 
+import json
 import math
 
 import pyro
@@ -16,6 +17,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+from pyro_vae.cli import main
 from pyro_vae.diagnostics.calibration import sbc
 from pyro_vae.diagnostics.sbc_statistics import (
     PRIOR_LIKE,
@@ -221,3 +223,65 @@ def test_bad_settings_are_refused_in_one_line(kwargs, match):
     ppca = _ppca()
     with pytest.raises(ValueError, match=match):
         sbc(ppca.model, ppca.guide, torch.zeros(10, 5, dtype=torch.float64), **kwargs)
+
+
+# --- the command -----------------------------------------------------------------------------
+def _refuse_constant(token):
+    raise ValueError(f"{token} in calibration.json: not strict JSON")
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sbc") / "run"
+    argv = ["train", "--epochs", "1", "--latent", "2", "--hidden", "32", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_calibrate_prints_its_table_and_writes_strict_json_and_figures(vae_run, capsys):
+    argv = ["calibrate", str(vae_run), "--num-simulations", "100", "--num-draws", "19"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| z[0] |" in printed and "| z[1] |" in printed and "2 latent dimensions" in printed
+    report = json.loads((vae_run / "calibration.json").read_text(), parse_constant=_refuse_constant)
+    assert [r["name"] for r in report["dimensions"]] == ["z[0]", "z[1]"]
+    assert report["simulations"] == 100 and report["reliability"] == {}
+    for name in ("sbc_ecdf.png", "coverage.png"):  # a real figure is over 10 kB
+        assert (vae_run / "figures" / name).stat().st_size > 1000
+    argv = ["diagnose", str(vae_run), "--num-points", "20", "--gap-points", "2"]
+    argv += ["--gap-steps", "3", "--nuts-points", "1", "--chains", "1", "--warmup", "3"]
+    assert main([*argv, "--draws", "3"]) == 0
+    assert f"pyro-vae calibrate {vae_run}" in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (["--num-draws", "3"], "--num-draws 3"),
+        (["--num-simulations", "5"], "--num-simulations 5"),
+        ([], "config.json"),  # not a run folder
+    ],
+)
+def test_bad_calibrate_settings_fail_in_one_line_and_write_nothing(
+    tmp_path, capsys, options, match
+):
+    assert main(["calibrate", str(tmp_path), *options]) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_calibrate_on_m2_reports_the_reliability_of_its_classifier(tmp_path, capsys):
+    out = tmp_path / "m2"
+    argv = ["train", "--epochs", "1", "--latent", "2", "--hidden", "32", "--quiet"]
+    assert main([*argv, "--model", "m2", "--labels-per-class", "3", "--out", str(out)]) == 0
+    argv = ["calibrate", str(out), "--num-simulations", "60", "--num-draws", "19", "--quiet"]
+    assert main(argv) == 0
+    assert "q(y|x) on simulated data: accuracy" in capsys.readouterr().out
+    report = json.loads((out / "calibration.json").read_text(), parse_constant=_refuse_constant)
+    rel = report["reliability"]["y"]
+    assert 0 <= rel["ece"] <= 1 and sum(b["count"] for b in rel["bins"]) == 60
+    assert len(report["dimensions"]) == 2  # z ranked at the true y
+    assert (out / "figures" / "reliability.png").stat().st_size > 1000
