@@ -7,7 +7,8 @@ of guide draws below it, is uniform on {0, ..., L} for every latent dimension, a
 data the model generates. One run of the model with its observed site sampled gives N
 simulations at once (the data plate; :func:`pyro_vae.infer.evidence.bdmc.simulate_data`), so
 SBC costs N model draws and N x L guide draws, in chunks of datapoints within the evidence
-estimators' memory budget (:func:`pyro_vae.infer.evidence.weights.default_chunk_size`).
+estimators' memory budget (:func:`pyro_vae.infer.evidence.weights.default_chunk_size`, counted
+on the guide's latents, the only tensors that carry the L draws).
 
 Besides the per-dimension ranks, the guide's mean and standard deviation per simulation (for the
 z-score and contraction of Schad, Betancourt & Vasishth 2021) and one joint check are kept: the
@@ -43,7 +44,9 @@ from pyro_vae.infer.pair.particles import (
 )
 from pyro_vae.infer.pair.sites import DATA_PLATE, check_data, latent_sites, without_enumeration
 
-__all__ = ["SBCResult", "sbc"]
+__all__ = ["GUIDE_WORK", "SBCResult", "sbc"]
+
+GUIDE_WORK = 8  # a guide's tensors under the particles per latent number (an IAF's hidden layers)
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,15 @@ def _rank_chunk(pair: PairBatch, truth: dict, num_draws: int):
     return out
 
 
+def _guide_site_size(guide, x, args, kwargs) -> int:
+    """The largest per-datapoint size of a guide latent, times ``GUIDE_WORK``: only the guide
+    runs under the L particles (the model runs once, unbatched), so its latents, not the data,
+    set the chunk."""
+    trace = poutine.trace(without_enumeration(guide)).get_trace(x, *args, **kwargs)
+    sizes = [s["value"].numel() // x.shape[0] for s in latent_sites(trace).values()]
+    return GUIDE_WORK * max(sizes, default=1)
+
+
 def _concat(chunks: list[dict], key: str) -> dict:
     return {name: torch.cat([c[key][name] for c in chunks]) for name in chunks[0][key]}
 
@@ -193,7 +205,9 @@ def sbc(
     layout = bind_pair(model, guide, x, *args, data_plate=data_plate, **kwargs).layout
     simulated = simulate_data(model, x, *args, **kwargs)
     if chunk_size is None:
-        chunk_size = default_chunk_size(num_draws, layout.site_size, x.device)
+        chunk_size = default_chunk_size(
+            num_draws, _guide_site_size(guide, x, args, kwargs), x.device
+        )
     bar = tqdm(total=num_n, desc="SBC", unit="sim", disable=not progress, leave=False)
     chunks = []
     with bar:
