@@ -16,6 +16,8 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pairs import CATALOGUE, GaussianMixture, case, make_ppca
+from test_ais import FactorAnalysis
 
 from pyro_vae.cli import main
 from pyro_vae.diagnostics.calibration import sbc
@@ -27,8 +29,6 @@ from pyro_vae.diagnostics.sbc_statistics import (
     sbc_statistics,
 )
 from pyro_vae.models import PPCA
-from tests.pairs import CATALOGUE, GaussianMixture, make_ppca
-from tests.test_ais import FactorAnalysis
 
 N, L, ALPHA = 1000, 99, 0.05  # the defaults of pyro-vae calibrate
 
@@ -192,7 +192,7 @@ def test_discrete_guide_reliability_is_good_with_the_exact_posterior(float64):
 
 
 def test_m2_ranks_z_at_the_true_label():
-    pair = next(c for c in CATALOGUE if c.name == "m2-unlabelled").make()
+    pair = case("m2-unlabelled").make()
     result = sbc(pair.model, pair.guide, pair.x, num_draws=9)
     assert set(result.ranks) == {"z"} and set(result.discrete) == {"y"}
     assert result.discrete["y"]["probs"].shape == (pair.x.shape[0], 10)
