@@ -24,6 +24,7 @@ def test_every_script_is_smoke_tested():
     expected |= {"semi_supervised", "bench_distributed"}
     expected |= {"bench_startup", "bench_ais", "pyro_ss_vae", "bench_steps", "bench_main_job"}
     expected |= {"numpyro_main_job", "numpyro_data_parallel"}  # need the bench extra
+    expected |= {"sbc_rates"}  # smoke-tested in tests/test_calibration.py
     assert scripts == expected, scripts
 
 
