@@ -75,8 +75,8 @@ def test_exact_posteriors_of_ppca_and_factor_analysis_pass(float64):
 
 @pytest.mark.slow
 def test_false_alarm_rate_over_repetitions_is_within_its_stated_level(float64):
-    """Measured: 31 of 600 runs flagged (0.052 +- 0.009; pPCA, M = 2, default sizes,
-    ``experiments/sbc_rates.py``); stated: <= 0.05."""
+    """Measured: 9 of 200 runs flagged (0.045; pPCA, M = 2, default sizes,
+    ``experiments/sbc_rates.py --reps 200``); stated: <= 0.05."""
     ppca, reps = RATES.ppca(), 60
     result = sbc(ppca.model, ppca.guide, torch.zeros(reps * N, 5))
     alarms = sum(RATES.flagged(v) for v in RATES.block_verdicts(result, reps, N))
