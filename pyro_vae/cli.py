@@ -4,6 +4,7 @@
     pyro-vae evaluate runs/vae --num-samples 5000 [--estimator auto]
     pyro-vae certify runs/vae --num-points 100 --steps 10,100,1000
     pyro-vae diagnose runs/vae
+    pyro-vae calibrate runs/vae --num-simulations 1000 --num-draws 99
 
 ``--model cvae`` trains the conditional VAE p(x|y) on images with their labels (evaluated as
 log p(x|y) with the test labels); ``--model m2 --labels-per-class N`` the semi-supervised M2 on
@@ -19,9 +20,10 @@ stopped later keeps its last complete epoch, and the line says how to continue i
 This module parses (:mod:`pyro_vae.cli_parser`), calls :mod:`pyro_vae.runs`'s recipes and
 prints; the rules (which options make a run, how a model is built, what a report holds) are there.
 
-Size: one function per command with its docstring, and the one-line error handling they share;
-the commands that use a trained run (``encode``, ``sample``, ``evaluate --data``) are in
-:mod:`pyro_vae.cli_usage`.
+Size: one short function per command (parse -> recipe -> print) with its docstring, and the
+one-line error handling they share in :func:`main`; split, the commands would each repeat that
+handling. The commands that use a trained run on a file (``encode``, ``sample``,
+``evaluate --data``) are in :mod:`pyro_vae.cli_usage`.
 """
 
 from __future__ import annotations
@@ -68,6 +70,12 @@ from pyro_vae.runs import (
     write_config,
 )
 from pyro_vae.runs.archive import check_keepable, keep_report, kept_in
+from pyro_vae.runs.calibration import (
+    calibrate_run,
+    calibration_table,
+    check_calibration_options,
+    save_calibration,
+)
 from pyro_vae.runs.certified import certification_table, certify_run
 from pyro_vae.runs.figures import certification_figure
 from pyro_vae.runs.own_data import adopt_decisions, data_line
@@ -355,6 +363,47 @@ def cmd_diagnose(args) -> int:
         return [*save_diagnosis(diagnosis, folder, kept_in("diagnose", name)), *figures]
 
     (_silent if args.quiet else print)(keep_report(run.run_dir, "diagnose", name, write)[1])
+    if not args.quiet:
+        print(
+            f"next: pyro-vae calibrate {run.run_dir}    (is the guide calibrated over data "
+            "simulated from the model?)"
+        )
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    """``pyro-vae calibrate``: simulation-based calibration of a run's guide; table, report,
+    figures. Bad settings fail before the run is loaded; nothing is written before the table.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed by :func:`build_parser`.
+
+    Returns
+    -------
+    int
+        0.
+    """
+    check_calibration_options(args.num_simulations, args.num_draws)
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    run = load_run(args.run_dir, device=device)
+    name = check_keepable(run, "calibrate", vars(args))  # calibrations/NAME/
+    calibration = calibrate_run(
+        run,
+        num_simulations=args.num_simulations,
+        num_draws=args.num_draws,
+        seed=args.seed,
+        device=device,
+        progress=not args.quiet,
+    )
+    print(calibration_table(calibration.report))  # first: nothing computed is lost
+
+    def write(folder: Path) -> list[Path]:
+        return save_calibration(calibration, folder, kept_in("calibrate", name))
+
+    (_silent if args.quiet else print)(keep_report(run.run_dir, "calibrate", name, write)[1])
     return 0
 
 
@@ -367,6 +416,7 @@ COMMANDS = {
     "diagnose": cmd_diagnose,
     "encode": cmd_encode,
     "sample": cmd_sample,
+    "calibrate": cmd_calibrate,
 }
 
 

@@ -552,6 +552,28 @@ def _diagnose_parser(sub) -> None:
     _common(d)
 
 
+def _calibrate_parser(sub) -> None:
+    c = sub.add_parser(
+        "calibrate",
+        help="simulation-based calibration of the guide: over- or under-confident, biased?",
+        description="Simulation-based calibration (Talts et al. 2018): data simulated from the "
+        "run's model, the rank of each true latent among guide draws, per latent dimension: "
+        "coverage, a uniformity p-value, z-score, contraction and a verdict.",
+        formatter_class=FORMAT,
+        allow_abbrev=False,
+    )
+    c.add_argument("run_dir", help="a folder written by pyro-vae train")
+    c.add_argument(
+        "--num-simulations",
+        type=_positive_int,
+        default=1000,
+        help="datapoints simulated from the model",
+    )
+    c.add_argument("--num-draws", type=_positive_int, default=99, help="guide draws per simulation")
+    c.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    _common(c)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``pyro-vae`` argument parser (``train``, ``evaluate``, ``certify``, ``diagnose``).
 
@@ -576,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     _certify_parser(sub)
     _diagnose_parser(sub)
     _usage_parsers(sub)
+    _calibrate_parser(sub)
     return parser
 
 

@@ -29,6 +29,7 @@ def test_every_script_is_smoke_tested():
     expected |= {"bench_dreg"}
     expected |= {"bench_adam"}
     expected |= {"ais_certification"}
+    expected |= {"sbc_rates"}  # smoke-tested in tests/test_calibration.py
     assert scripts == expected, scripts
 
 

@@ -28,7 +28,7 @@ from matplotlib.lines import Line2D
 
 from pyro_vae.diagnostics.plots import save_figure, to_numpy
 
-__all__ = ["to_inference_data", "summary", "save_forest", "save_pair"]
+__all__ = ["to_inference_data", "summary", "save_forest", "save_pair", "rank_ecdf_band"]
 
 _ARVIZ_1 = int(az.__version__.split(".")[0]) >= 1
 
@@ -320,3 +320,36 @@ def save_pair(
         handles.append(Line2D([], [], color=color, marker="o", linestyle="", label=name))
     fig.legend(handles=handles, loc="upper right")
     return save_figure(fig, path, tight=True)
+
+
+def rank_ecdf_band(num_ranks: int, num_draws: int, prob: float = 0.95):
+    """Simultaneous ``prob`` band of the ECDF of N uniform ranks on {0, ..., L}, minus uniform.
+
+    The band of Säilynoja, Bürkner & Vehtari (2022), computed by ArviZ's
+    ``ecdf_confidence_band(method="optimized")`` (what ``plot_ecdf(..., difference=True,
+    confidence_bands=True)`` draws). At the rank values r = 0, ..., L - 1 the count of ranks
+    <= r of a discrete uniform is distributed as that of a continuous uniform sample at
+    (r + 1) / (L + 1), so the continuous band evaluated there is exact.
+
+    Parameters
+    ----------
+    num_ranks : int
+        N, ranks per dimension.
+    num_draws : int
+        L, so ranks take the L + 1 values 0..L.
+    prob : float, default 0.95
+        Probability that a uniform ECDF stays inside the whole band.
+
+    Returns
+    -------
+    fractions, lower, upper : numpy.ndarray of shape (L,)
+        (r + 1) / (L + 1), and the band's edges minus that uniform CDF.
+    """
+    # imported here: the 0.x location (the only line tested); 1.x moved the band elsewhere
+    from arviz.stats.ecdf_utils import ecdf_confidence_band
+
+    fractions = np.arange(1, num_draws + 1) / (num_draws + 1)
+    lower, upper = ecdf_confidence_band(
+        num_ranks, np.arange(num_draws), fractions, prob=prob, method="optimized"
+    )
+    return fractions, lower - fractions, upper - fractions

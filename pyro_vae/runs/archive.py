@@ -1,4 +1,5 @@
-"""Every report kept: a later ``evaluate``, ``certify`` or ``diagnose`` never destroys one.
+"""Every report kept: a later ``evaluate``, ``certify``, ``diagnose`` or ``calibrate`` never
+destroys one.
 
 Each command writes its report and figures into a folder of its own, named by the command's
 estimator and settings (:func:`evaluation_name`, :func:`certification_name`,
@@ -23,6 +24,7 @@ from pyro_vae.runs.folders import KEPT_IN, Run, check_writable
 __all__ = [
     "LATEST_FIGURES",
     "REPORT_NAMES",
+    "calibration_name",
     "certification_name",
     "check_keepable",
     "diagnosis_name",
@@ -39,6 +41,7 @@ LATEST_FIGURES = {
     "evaluate": ("khat.png", "elbo_vs_logpx.png", "ais_vs_is.png"),
     "certify": ("bdmc.png",),
     "diagnose": ("forest_guide_vs_nuts.png", "pair_guide_vs_nuts.png", "kl_per_dimension.png"),
+    "calibrate": ("sbc_ecdf.png", "coverage.png", "reliability.png"),
 }
 """The figures each command may draw: in ``figures/``, those of its latest report only."""
 
@@ -114,10 +117,26 @@ def diagnosis_name(options: Mapping) -> str:
     )
 
 
+def calibration_name(options: Mapping) -> str:
+    """The folder name of a ``calibrate`` report, e.g. ``n1000-L99-seed0``.
+
+    Parameters
+    ----------
+    options : Mapping
+        ``calibrate``'s options by name: ``num_simulations``, ``num_draws``, ``seed``.
+
+    Returns
+    -------
+    str
+    """
+    return f"n{options['num_simulations']}-L{options['num_draws']}-seed{options['seed']}"
+
+
 REPORT_NAMES = {
     "evaluate": evaluation_name,
     "certify": certification_name,
     "diagnose": diagnosis_name,
+    "calibrate": calibration_name,
 }
 """Each command's name of a report, from its options."""
 

@@ -49,11 +49,17 @@ RUN_FILES = (
     "evaluation.json",
     "diagnostics.json",
     "certification.json",
+    "calibration.json",
 )
 """What a training run leaves, and the latest reports that describe it: replaced together by
 ``--overwrite`` (with every kept report, :data:`KEPT_IN`)."""
 
-KEPT_IN = {"evaluate": "evaluations", "certify": "certifications", "diagnose": "diagnoses"}
+KEPT_IN = {
+    "evaluate": "evaluations",
+    "certify": "certifications",
+    "diagnose": "diagnoses",
+    "calibrate": "calibrations",
+}
 """Where in a run folder each command keeps its reports, one subfolder per report, named by
 its settings (:mod:`pyro_vae.runs.archive`)."""
 
