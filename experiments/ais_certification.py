@@ -87,9 +87,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--leapfrog", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    torch.set_default_dtype(torch.float64)
     pyro.set_rng_seed(args.seed)
-    counts = measure(args.chains, args.steps, args.leapfrog)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the closed forms in float64; restored for callers
+    try:
+        counts = measure(args.chains, args.steps, args.leapfrog)
+    finally:
+        torch.set_default_dtype(default_dtype)
     print(
         f"\ncertified: standard error <= {AIS_MAX_STDERR:g} nats (and the chain minimum); false "
         f"pass: certified with |AIS - exact| > {AIS_FALSE_PASS:g} nats; T in {args.steps}\n"

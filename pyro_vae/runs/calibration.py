@@ -20,11 +20,6 @@ import pyro
 import torch
 
 from pyro_vae.diagnostics.calibration import SBCResult, sbc
-from pyro_vae.diagnostics.calibration_plots import (
-    save_coverage,
-    save_reliability,
-    save_sbc_ecdf,
-)
 from pyro_vae.infer.evidence.weights import check_positive
 from pyro_vae.infer.runtime.files import write_json
 from pyro_vae.runs.folders import Run, evaluation_labels
@@ -159,15 +154,17 @@ def save_calibration(calibration: Calibration, folder, kept_in: str | None = Non
     ``kept_in``: the report's folder relative to the run folder, recorded in the JSON (the
     latest report is copied to the top of the run folder, :mod:`pyro_vae.runs.archive`).
     """
+    from pyro_vae.diagnostics import calibration_plots as plots  # matplotlib, ArviZ: only here
+
     folder = Path(folder)
     report = {**calibration.report, "kept_in": kept_in} if kept_in else calibration.report
     written = [write_json(folder / "calibration.json", report)]
     stats = calibration.result.statistics
     if stats.rows:
-        written.append(save_sbc_ecdf(stats, folder / "sbc_ecdf.png"))
-        written.append(save_coverage(stats, folder / "coverage.png"))
+        written.append(plots.save_sbc_ecdf(stats, folder / "sbc_ecdf.png"))
+        written.append(plots.save_coverage(stats, folder / "coverage.png"))
     for name, d in calibration.result.discrete.items():
         written.append(
-            save_reliability(d["reliability"], folder / "reliability.png", f"q({name}|x)")
+            plots.save_reliability(d["reliability"], folder / "reliability.png", f"q({name}|x)")
         )
     return written
