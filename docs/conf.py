@@ -61,3 +61,5 @@ suppress_warnings = [
 html_theme = "alabaster"
 html_title = f"pyro_vae {release}"
 html_static_path = []
+# wide enough for 100-column help text and the Layout block of design.md without a scroll bar
+html_theme_options = {"page_width": "1320px", "body_max_width": "none"}

@@ -39,12 +39,13 @@ def help_texts() -> list[tuple[str, str]]:
 
 
 class CommandHelp(SphinxDirective):
-    """One section per command, its ``--help`` text as a literal block."""
+    """One section per command, its ``--help`` text as a literal block (in an .rst page: the
+    generated lines are reStructuredText)."""
 
     def run(self):
         lines = []
         for path, text in help_texts():
-            lines += [path, "-" * len(path), "", "::", ""]
+            lines += [path, "-" * len(path), "", ".. code-block:: text", ""]
             lines += ["   " + line for line in text.splitlines()] + [""]
         body = nodes.container()
         nested_parse_with_titles(self.state, StringList(lines, "pyro_vae.cli_parser"), body)
