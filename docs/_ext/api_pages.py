@@ -16,6 +16,8 @@ import re
 import types
 from pathlib import Path
 
+from sphinx.pycode import ModuleAnalyzer
+
 PACKAGE = "pyro_vae"
 TOP = ("pyro_vae", "pyro_vae.infer", "pyro_vae.models", "pyro_vae.diagnostics")
 """The packages the reference opens with; every other module follows, by name."""
@@ -89,8 +91,19 @@ def page(module_name: str, modules: list[str]) -> str:
     if constants:
         lines += ["Constants: " + ", ".join(f":data:`~{c}`" for c in constants), ""]
     lines += [f".. automodule:: {module_name}", "   :undoc-members:"]
-    if own:
-        lines.append(f"   :members: {', '.join(own)}")
+    own_code = [name for name in own if f"{module_name}.{name}" in rows]
+    if own_code:
+        lines.append(f"   :members: {', '.join(own_code)}")
+    # constants one by one: automodule's :members: leaves out those without a doc comment, and
+    # autodata would give those the docstring of their type (int's, dict's): their value instead
+    documented = {key[1] for key in ModuleAnalyzer.for_module(module_name).find_attr_docs()}
+    for name in own:
+        if name in documented:
+            lines += ["", f".. autodata:: {module_name}.{name}"]
+        elif name not in own_code:
+            value = " ".join(repr(getattr(module, name)).split())
+            lines += ["", f".. py:data:: {name}", f"   :module: {module_name}"]
+            lines += [f"   :value: {value}"]
     return "\n".join(lines) + "\n"
 
 

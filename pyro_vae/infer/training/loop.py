@@ -116,8 +116,6 @@ def train(
         Fields of :class:`~pyro_vae.infer.training.options.TrainOptions` given one by one, e.g.
         ``epochs=5, lr=1e-3``; they replace those of ``options``.
 
-    Notes
-    -----
     Data parallelism: started under ``torchrun --nproc-per-node P`` (one node or several),
     every process runs this same call; it joins torchrun's process group (gloo on CPU, NCCL on
     CUDA with one GPU per process), each epoch every rank takes a disjoint shard of one
