@@ -28,10 +28,19 @@ from pyro_vae.runs.losses import loss_help
 from pyro_vae.runs.recipes import MODELS
 from pyro_vae.runs.training import COMPILE_CHOICES
 
-__all__ = ["DESCRIPTION", "build_parser", "given_options"]
+__all__ = ["DESCRIPTION", "DOCS_POINTER", "build_parser", "given_options"]
 
 DESCRIPTION = "The ``pyro-vae`` command: train a VAE, then ask how good it is."
 """The first line of the command's help."""
+
+DOCS_BUILD = "python3 -m sphinx -W --keep-going -b html docs docs/_build/html"
+"""The one command that builds the documentation site, from the repository root."""
+
+DOCS_POINTER = (
+    "Documentation (the API, every command, the design): from the repository root, "
+    f'pip install -e ".[docs]", then {DOCS_BUILD}, then open docs/_build/html/index.html.'
+)
+"""Where the documentation is: the last lines of ``pyro-vae --help`` and ``python -m pyro_vae``."""
 
 
 class FORMAT(argparse.ArgumentDefaultsHelpFormatter):
@@ -588,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pyro-vae",
         description=DESCRIPTION,
+        epilog=DOCS_POINTER,
         formatter_class=FORMAT,
         allow_abbrev=False,  # so that given_options sees every option as written
     )

@@ -198,7 +198,7 @@ def check_image_shape(data_dim: int, image_shape, arch: str = "conv") -> tuple[i
 
 
 class MLP(nn.Sequential):
-    """Multilayer perceptron ``in -> hidden[0] -> ... -> hidden[-1] -> out``.
+    """Multilayer perceptron from ``in`` through ``hidden[0]``, ..., ``hidden[-1]`` to ``out``.
 
     An activation follows every hidden layer; the output layer is linear. Called on an input of
     shape ``(..., in_features)`` it returns ``(..., out_features)``, for any leading batch dims.

@@ -68,6 +68,7 @@ ALLOWED = {
     "datafiles": {"datafiles", "data"},
     "runs": EVERYTHING,
     "cli": EVERYTHING,
+    "__main__": EVERYTHING,  # python -m pyro_vae: the version and where the docs are
     "pyro_vae": EVERYTHING,  # the facade pyro_vae/__init__.py
     "experiments": EVERYTHING,
 }

@@ -61,7 +61,7 @@ class Transforms:
 
     @property
     def log_jacobian(self) -> float:
-        """log |dz/dx| of the standardization, -sum_j log std_j: log p(x) = log p(z) + this."""
+        """log ``|dz/dx|`` of the standardization, -sum_j log std_j: log p(x) = log p(z) + this."""
         return 0.0 if self.std is None else -float(np.log(np.asarray(self.std)).sum())
 
     def to_json(self) -> dict:

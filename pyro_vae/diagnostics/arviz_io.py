@@ -63,7 +63,7 @@ def to_inference_data(
 
     Parameters
     ----------
-    draws : dict of str to torch.Tensor of shape (chains, draws, N, *event_shape)
+    draws : dict of str to torch.Tensor of shape ``(chains, draws, N, *event_shape)``
         As returned by :func:`pyro_vae.diagnostics.posterior.guide_draws` or
         :func:`pyro_vae.diagnostics.posterior.nuts_reference`; one common N.
     datapoint_index : sequence of int of length N, optional

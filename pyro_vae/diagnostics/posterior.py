@@ -35,7 +35,7 @@ __all__ = ["guide_draws", "nuts_reference", "to_draws_layout"]
 
 
 def to_draws_layout(value: torch.Tensor, site: dict, data_plate: str, num_n: int) -> torch.Tensor:
-    """Reshape a site value of batch shape (S, ..., N, ...) to (S, N, *rest).
+    """Reshape a site value of batch shape ``(S, ..., N, ...)`` to ``(S, N, *rest)``.
 
     Batch dimensions between the particle dim and the data dim must have size 1 (the data plate
     is the outermost plate of a per-datapoint latent).

@@ -9,7 +9,7 @@ conditioned on a context h(x) that the encoder also emits,
 
 where (m_k, log s_k) is a masked autoregressive net (MADE, Germain et al. 2015): entry i of
 (m_k, s_k) sees only the entries of z_{k-1} before i in step k's ordering, so dz_k/dz_{k-1} is
-triangular with diagonal s_k and the density of z = z_K is (their eq. 5 and 11)
+triangular with diagonal s_k and the density of z = z_K is (their eq. 5 and 11) ::
 
     log q(z | x) = log N(z0; mu, diag sigma^2) - sum_k log |det dz_k/dz_{k-1}|
                  = log N(z0; mu, diag sigma^2) - sum_k sum_i log s_k,i.
@@ -78,7 +78,7 @@ class IAFlow(nn.Module):
 
     Maps a diagonal Gaussian draw z0 ~ N(mu, diag sigma^2) to z = z_K, step k computing
     z_k = m_k(z_{k-1}, h) + s_k(z_{k-1}, h) * z_{k-1} with an autoregressive net conditioned on
-    the context h; :meth:`distribution` gives the Pyro distribution of z, with
+    the context h; :meth:`distribution` gives the Pyro distribution of z, with ::
 
         log q(z | x) = log N(z0; mu, diag sigma^2) - sum_k log |det dz_k/dz_{k-1}|.
 
@@ -180,7 +180,7 @@ class IAFlow(nn.Module):
         -------
         pyro.distributions.TransformedDistribution
             Batch shape ``loc.shape[:-1]``, event shape ``(M,)`` (event dim 1), reparameterized;
-            ``log_prob(z)`` is log N(z0; mu, diag sigma^2) - sum_k log |det dz_k/dz_{k-1}|,
+            ``log_prob(z)`` is ``log N(z0; mu, diag sigma^2) - sum_k log |det dz_k/dz_{k-1}|``,
             from the cache for the value last drawn. Under an outer plate, e.g.
             ``pyro.plate("particles", S, dim=-2)``, Pyro expands it and draws z of shape
             ``(S, N, M)`` with ``context`` broadcast.

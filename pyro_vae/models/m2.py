@@ -1,12 +1,12 @@
 """The M2 semi-supervised model (Kingma, Rezende, Mohamed & Welling 2014, sec. 3.1.2).
 
-Generative model (``model(x, y=None)``):
+Generative model (``model(x, y=None)``)::
 
     y ~ p(y) = Cat(1/C, ..., 1/C)                site "y" (observed when labels are given)
     z ~ p(z) = N(0, I)                           site "z"
     x ~ p_theta(x|y, z), params = f_theta(z, e_y) site "x"
 
-Inference model (``guide(x, y=None)``), their eq. 4:
+Inference model (``guide(x, y=None)``), their eq. 4::
 
     y ~ q_phi(y|x) = Cat(softmax(g_phi(x)))      site "y", only when y is not given; marked
                                                  infer={"enumerate": "parallel"}

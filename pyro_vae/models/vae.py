@@ -13,7 +13,7 @@ Appendix C.2; 2019, sec. 2.1, 2.5):
     z ~ q_phi(z|x) = N(mu, diag sigma^2)    site "z", reparameterized: z = mu + sigma * eps
 
 or, with ``flows=K >= 1``, an inverse autoregressive flow (Kingma et al. 2016, sec. 4; the
-block is :class:`pyro_vae.models.flows.IAFlow`): the encoder also emits a context h(x) and
+block is :class:`pyro_vae.models.flows.IAFlow`): the encoder also emits a context h(x) and ::
 
     (mu, log sigma, h) = f_phi(x)
     z0 ~ N(mu, diag sigma^2),  z_k = m_k(z_{k-1}, h) + s_k(z_{k-1}, h) * z_{k-1},  k = 1..K
@@ -62,7 +62,7 @@ class VAE(LatentGaussianModel):
     and encoder q_phi(z|x) = N(mu_phi(x), diag sigma_phi(x)^2) given by neural networks
     (their Appendix C). With ``flows=K >= 1`` the encoder is an inverse autoregressive flow
     (Kingma et al. 2016, sec. 4): z0 ~ N(mu_phi(x), diag sigma_phi(x)^2) is mapped by K IAF
-    steps conditioned on a context h_phi(x) to z = z_K, and
+    steps conditioned on a context h_phi(x) to z = z_K, and ::
 
         log q_phi(z|x) = log N(z0; mu, diag sigma^2) - sum_k log |det dz_k/dz_{k-1}|.
 
@@ -186,8 +186,8 @@ class VAE(LatentGaussianModel):
 
         With ``flows=K >= 1`` it also registers the flow (``pyro.module("flow", ...)``) and z is
         z_K = IAF_K(... IAF_1(z0; h) ...; h), z0 = mu + sigma * eps, with (mu, log sigma, h) =
-        f_phi(x) and log q_phi(z|x) = log N(z0; mu, diag sigma^2) - sum_k log |det
-        dz_k/dz_{k-1}| (Kingma et al. 2016, eq. 5 and 10; :class:`~pyro_vae.models.flows.IAFlow`).
+        f_phi(x) and ``log q_phi(z|x) = log N(z0; mu, diag sigma^2) - sum_k log |det
+        dz_k/dz_{k-1}|`` (Kingma et al. 2016, eq. 5 and 10; :class:`~pyro_vae.models.flows.IAFlow`).
 
         Parameters
         ----------

@@ -1,6 +1,6 @@
 """The objective contract: what an objective is, and everything the trainer may ask of it.
 
-An objective is called as
+An objective is called as ::
 
     objective(model, guide, x, *args, num_data=None, **kwargs) -> torch.Tensor (0-dim)
 

@@ -105,7 +105,7 @@ class KLControlledELBO(Objective):
     """-ELBO per datapoint with annealed and/or free-bits latent terms, for any pair.
 
     Per datapoint (minibatch estimates, nats), with L the reconstruction term
-    E_q[log p(x | z)] and KL_g the Monte Carlo KL of a group g of latent dimensions,
+    E_q[log p(x | z)] and KL_g the Monte Carlo KL of a group g of latent dimensions, ::
 
         loss = -L + beta(t) * sum_g max(lambda * |g|, E_minibatch[KL_g]).
 
@@ -114,9 +114,9 @@ class KLControlledELBO(Objective):
 
     - a latent site inside the data plate whose guide and model densities both factorize over
       the event (``Normal(...).to_event(1)``, any product of univariate densities) gives one
-      group per dimension, |g| = 1, as in Kingma et al. (2016);
+      group per dimension, ``|g| = 1``, as in Kingma et al. (2016);
     - a site whose density does not factorize (an IAF flow guide, a full-covariance Gaussian)
-      is one group, |g| = its number of dimensions: the same lambda nats per dimension, spent
+      is one group, ``|g|`` = its number of dimensions: the same lambda nats per dimension, spent
       over the site as a whole;
     - a latent site outside the data plate (a global) is not clamped: its KL is not a
       per-datapoint quantity. beta weights it like every latent term.
@@ -236,7 +236,7 @@ class KLControlledELBO(Objective):
         Returns
         -------
         torch.Tensor of shape ()
-            -L + beta * sum_g max(lambda |g|, KL_g), nats per datapoint.
+            ``-L + beta * sum_g max(lambda |g|, KL_g)``, nats per datapoint.
         """
         if not self._checked:
             self.setup(model, guide, x, *args, **kwargs)

@@ -56,7 +56,7 @@ class LatentBlock:
     data_index : int
         Position of the data plate's dimension in the site's value.
     value_shape : torch.Size
-        The site's value shape under the particle plate, (S, ..., N, ..., *event).
+        The site's value shape under the particle plate, ``(S, ..., N, ..., *event)``.
     transform : torch.distributions.Transform or None
         From the real line to the site's support; None for a real support.
     site : dict

@@ -1,14 +1,14 @@
 """The compiled SVI step: one captured, inductor-compiled graph per batch shape.
 
 :class:`CompiledSVIStep` is :class:`~pyro_vae.infer.training.svi.SVIStep` with its steps run by
-a graph that :mod:`pyro_vae.infer.compile.capture` records once per batch shape, a pure function
+a graph that :mod:`pyro_vae.infer.compile.capture` records once per batch shape, a pure function ::
 
     (parameters, Adam state, Adam's step sizes, module buffers, x, *args)
         -> (loss, -ELBO, guard), parameters and Adam state updated in place
 
 (:mod:`~pyro_vae.infer.training.functional_adam`). With a gradient hook (the all-reduce of a
-data-parallel run) the graph stops at the gradients, (parameters, buffers, x, *args) -> (loss,
--ELBO, gradients, guard), and the hook, clipping and the fused Adam follow as in the eager step,
+data-parallel run) the graph stops at the gradients, ``(parameters, buffers, x, *args) -> (loss,
+-ELBO, gradients, guard)``, and the hook, clipping and the fused Adam follow as in the eager step,
 so every rank takes the same update. With the same RNG state a compiled and an eager step draw
 the same noise, so a run resumed from a checkpoint (parameters, optimizer, RNG states)
 continues bit for bit.
