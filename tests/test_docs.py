@@ -67,7 +67,7 @@ def test_python_m_pyro_vae_prints_the_version_and_where_the_docs_are(capsys):
     python_m_pyro_vae()
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"pyro_vae {__version__}" and DOCS_POINTER in out
-    assert str(ROOT / "docs") in out[2]  # this checkout: built here, or the command to build it
+    assert str(ROOT) in out[2]  # this checkout: built here, or the command to build it there
 
 
 def test_docs_lines_say_built_or_not_or_absent(tmp_path):

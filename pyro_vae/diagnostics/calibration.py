@@ -55,12 +55,12 @@ class SBCResult:
 
     Attributes
     ----------
-    ranks : dict of str to torch.Tensor of shape (N, *event_shape), int64
+    ranks : dict of str to torch.Tensor of shape (N,) + event_shape, int64
         Per continuous latent site, the number of the L guide draws below the true value
         (0..L).
     density_ranks : torch.Tensor of shape (N,), int64
         The number of draws whose log q(z^(l) | x_n) is below log q(z_n | x_n) (0..L).
-    truth, post_mean, post_sd : dict of str to torch.Tensor of shape (N, *event_shape)
+    truth, post_mean, post_sd : dict of str to torch.Tensor of shape (N,) + event_shape
         The simulated latents, and the mean and standard deviation of the L guide draws.
     num_draws : int
         L, guide draws per simulation.

@@ -29,7 +29,7 @@ any dependence, so with the exact posterior the chance that *any* dimension of a
 is at most ``alpha`` (0.05). Exact rank tests decide *whether* a dimension is off; the z-score
 says *how*, since the rank statistics saturate when the guide is far off (every rank 0 says
 "the guide sits above the truth" but not by how much, nor whether it is also too narrow):
-*biased* when |mean z| >= ``BIAS_Z`` (0.2 posterior sds), *over-confident* when the sd of z is
+*biased* when ``|mean z|`` >= ``BIAS_Z`` (0.2 posterior sds), *over-confident* when the sd of z is
 above ``WIDTH_RATIO`` (1.15; the guide's spread too small by that factor), *under-confident*
 below 1 / 1.15, both named when both hold, and the one of the larger relative size when a
 flagged dimension is below both thresholds. An unflagged dimension whose contraction is below
@@ -121,7 +121,7 @@ class SBCStatistics:
 
 
 def flatten_sites(per_site: dict) -> tuple[list[str], torch.Tensor]:
-    """Dict of (N, *event) tensors -> dimension names ("z[3]") and one (N, M) matrix."""
+    """Dict of (N,) + event tensors -> dimension names ("z[3]") and one (N, M) matrix."""
     names, columns = [], []
     for site, value in per_site.items():
         flat = value.reshape(value.shape[0], -1)
@@ -237,7 +237,7 @@ def sbc_statistics(ranks, density_ranks, num_draws, truth, post_mean, post_sd, a
 
     Parameters
     ----------
-    ranks, truth, post_mean, post_sd : dict of str to torch.Tensor of shape (N, *event_shape)
+    ranks, truth, post_mean, post_sd : dict of str to torch.Tensor of shape (N,) + event_shape
         Per continuous latent site: the ranks (0..L), the simulated values, the mean and sd of
         the L guide draws.
     density_ranks : torch.Tensor of shape (N,)
@@ -318,7 +318,7 @@ def reliability(probs: torch.Tensor, truth: torch.Tensor, bins: int = RELIABILIT
     Returns
     -------
     dict
-        ``accuracy``, ``ece`` (sum_b n_b / N |acc_b - conf_b|), ``nll`` (mean -log q(y_n|x_n),
+        ``accuracy``, ``ece`` (sum_b n_b / N ``|acc_b - conf_b|``), ``nll`` (mean -log q(y_n|x_n),
         nats) and ``bins``: per bin ``lower``, ``upper``, ``count``, ``confidence``,
         ``accuracy`` (None for an empty bin).
     """

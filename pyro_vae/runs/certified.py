@@ -46,7 +46,7 @@ AIS_MAX_STDERR = 0.1
 AIS_MIN_CHAINS = 8
 """Chains below which AIS certifies nothing: the spread of fewer chains misses heavy tails.
 
-A *false pass* is a certified point with |AIS - exact| > ``AIS_FALSE_PASS`` (3 x the largest
+A *false pass* is a certified point with ``|AIS - exact|`` > ``AIS_FALSE_PASS`` (3 x the largest
 standard error). Measured on the test catalogue's pairs with an exact log p(x) and a guide that
 is not exact (11 pairs, 76 points at each T, seed 0; ``python experiments/ais_certification.py``:
 T = 1, 3, 10, 30, 5 leapfrog steps): S = 8 certified 48 points and none falsely, S = 16 63 and none;

@@ -60,7 +60,7 @@ class DiscreteSite:
     ----------
     name : str
         The site.
-    support : torch.Tensor of shape (K, *event_shape)
+    support : torch.Tensor of shape (K,) + event_shape
         Its values, the same for every datapoint.
     """
 
@@ -79,7 +79,7 @@ def fix_site(fn, name: str, value: torch.Tensor | None = None, hide: bool = Fals
         The site.
     value : torch.Tensor of shape event_shape, optional
         One value of its support, broadcast to the N rows of ``x``. Without it the returned
-        callable takes one value per datapoint, shape (N, *event_shape), as its last
+        callable takes one value per datapoint, shape (N,) + event_shape, as its last
         positional argument, so the estimators cut it into chunks and shards with ``x``.
     hide : bool
         Mask the site's density (for the guide: the weights leave q(y | x) out).
