@@ -2,8 +2,9 @@
 
 Built by ``python3 -m sphinx -W --keep-going -b html docs docs/_build/html`` (repository root).
 
-Offline by construction: no intersphinx, no notebook execution, no theme or script fetched at build
-time. The API pages are generated on every build (``docs/_ext/api_pages.py`` walks the packages,
+Offline by construction: no intersphinx, no notebook execution (the tutorials in
+``docs/tutorials/`` are committed with their outputs; ``tests/test_tutorials.py`` executes them),
+no theme or script fetched at build time. The API pages are generated on every build (``docs/_ext/api_pages.py`` walks the packages,
 so a new module gets its page without an edit here); the CLI page renders the argparse parser
 (``docs/_ext/cli_help.py``).
 """
@@ -28,15 +29,16 @@ extensions = [
     # sections without numpydoc's extra validation warnings, which -W would turn into failures
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
-    "myst_parser",
+    # myst-nb: the .md pages as myst-parser reads them (it builds on it) and the tutorial notebooks
+    "myst_nb",
     "api_pages",
     "cli_help",
 ]
 
-source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
 # figures/ holds the result tables (.md) that the results pages include; not pages of their own
-exclude_patterns = ["_build", "_ext", "figures", "api/README.md"]
+exclude_patterns = ["_build", "_ext", "figures", "api/README.md", "**/.ipynb_checkpoints"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
@@ -50,13 +52,23 @@ napoleon_use_ivar = True
 
 # design.md and compiled.md are pages as they are: headings become anchors, fenced code stays code
 myst_heading_anchors = 3
-myst_enable_extensions = ["colon_fence"]
+myst_enable_extensions = ["colon_fence", "dollarmath"]
+# the notebooks are shown as committed, outputs and all; executing them is CI's separate step
+nb_execution_mode = "off"
 suppress_warnings = [
     "myst.header",
+    # tutorials.md globs tutorials/*.ipynb: the page builds before the first notebook is committed
+    "toc.empty_glob",
     # a numpydoc type is prose ("iterable of (role, name, site)"); Sphinx links each word, and a
     # word that names attributes of two classes (name, epoch) is no error in the docstring
     "ref.python",
 ]
+
+# math: a local MathJax when the system has one (Debian's libjs-mathjax), so the pages show their
+# formulas offline; else Sphinx's default, which the reader's browser fetches (nothing at build time)
+LOCAL_MATHJAX = Path("/usr/share/javascript/mathjax/MathJax.js")
+if LOCAL_MATHJAX.is_file():
+    mathjax_path = f"{LOCAL_MATHJAX.as_uri()}?config=TeX-AMS-MML_HTMLorMML"
 
 html_theme = "alabaster"
 html_title = f"pyro_vae {release}"
