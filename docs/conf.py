@@ -4,9 +4,9 @@ Built by ``python3 -m sphinx -W --keep-going -b html docs docs/_build/html`` (re
 
 Offline by construction: no intersphinx, no notebook execution (the tutorials in
 ``docs/tutorials/`` are committed with their outputs; ``tests/test_tutorials.py`` executes them),
-no theme or script fetched at build time. The API pages are generated on every build (``docs/_ext/api_pages.py`` walks the packages,
-so a new module gets its page without an edit here); the CLI page renders the argparse parser
-(``docs/_ext/cli_help.py``).
+no theme or script fetched at build time. The API pages are generated on every build
+(``docs/_ext/api_pages.py`` walks the packages, so a new module gets its page without an edit
+here); the CLI page renders the argparse parser (``docs/_ext/cli_help.py``).
 """
 
 import sys
@@ -57,15 +57,14 @@ myst_enable_extensions = ["colon_fence", "dollarmath"]
 nb_execution_mode = "off"
 suppress_warnings = [
     "myst.header",
-    # tutorials.md globs tutorials/*.ipynb: the page builds before the first notebook is committed
-    "toc.empty_glob",
     # a numpydoc type is prose ("iterable of (role, name, site)"); Sphinx links each word, and a
     # word that names attributes of two classes (name, epoch) is no error in the docstring
     "ref.python",
 ]
 
-# math: a local MathJax when the system has one (Debian's libjs-mathjax), so the pages show their
-# formulas offline; else Sphinx's default, which the reader's browser fetches (nothing at build time)
+# math: a local MathJax where the system has one (Debian's libjs-mathjax), so the pages show
+# their formulas offline; else Sphinx's default, which the reader's browser fetches (the build
+# itself fetches nothing)
 LOCAL_MATHJAX = Path("/usr/share/javascript/mathjax/MathJax.js")
 if LOCAL_MATHJAX.is_file():
     mathjax_path = f"{LOCAL_MATHJAX.as_uri()}?config=TeX-AMS-MML_HTMLorMML"
@@ -75,3 +74,16 @@ html_title = f"pyro_vae {release}"
 html_static_path = []
 # wide enough for 100-column help text and the Layout block of design.md without a scroll bar
 html_theme_options = {"page_width": "1320px", "body_max_width": "none"}
+
+
+def tutorials_without_notebooks(app, docname, source):
+    """Before the first notebook is in ``docs/tutorials/``, the tutorials page says so instead of
+    globbing nothing (an empty glob is a warning, which ``-W`` makes an error)."""
+    if docname == "tutorials" and not any((HERE / "tutorials").glob("*.ipynb")):
+        start, end = source[0].index("```{toctree}"), source[0].rindex("```") + 3
+        source[0] = source[0][:start] + "No tutorial notebook is committed yet." + source[0][end:]
+
+
+def setup(app):
+    """Hooks of this site's own (the page generators are extensions in ``_ext/``)."""
+    app.connect("source-read", tutorials_without_notebooks)

@@ -30,6 +30,9 @@ def docs_lines(root: Path = ROOT) -> list[str]:
         lines.append(f"Not built yet here: cd {root} && {DOCS_BUILD}")
     else:
         lines.append("This install has no docs/ folder: build them from a clone of the repository.")
+    tutorials = root / "docs" / "tutorials"
+    if tutorials.is_dir():
+        lines.append(f"Tutorials (notebooks to open in Jupyter): {tutorials}")
     lines.append("The command line: pyro-vae --help")
     return lines
 

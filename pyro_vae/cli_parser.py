@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import textwrap
 from pathlib import Path
 
 from pyro_vae.data import DATASETS, DEFAULT_DATASET
@@ -37,8 +38,9 @@ DOCS_BUILD = "python3 -m sphinx -W --keep-going -b html docs docs/_build/html"
 """The one command that builds the documentation site, from the repository root."""
 
 DOCS_POINTER = (
-    "Documentation (the API, every command, the design): from the repository root, "
-    f'pip install -e ".[docs]", then {DOCS_BUILD}, then open docs/_build/html/index.html.'
+    "Documentation (the tutorials, the API, every command, the design): from the repository root, "
+    f'pip install -e ".[docs]", then {DOCS_BUILD}, then open docs/_build/html/index.html; '
+    "the tutorials are notebooks in docs/tutorials/."
 )
 """Where the documentation is: the last lines of ``pyro-vae --help`` and ``python -m pyro_vae``."""
 
@@ -52,6 +54,14 @@ class FORMAT(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or "default" in text:
             return text
         return super()._get_help_string(action)
+
+    def _fill_text(self, text, width, indent):
+        # the description and the epilog wrapped between words only, so that a command in them
+        # (the docs build's --keep-going) reads and copies whole
+        text = " ".join(text.split())
+        return textwrap.fill(
+            text, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
+        )
 
 
 class _Parser(argparse.ArgumentParser):

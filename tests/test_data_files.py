@@ -173,17 +173,3 @@ def test_a_test_file_unlike_the_training_file_is_named(tmp_path):
     data = load_file(tmp_path / "train.npy", test_path=tmp_path / "test.npy")
     assert (len(data.train), len(data.test)) == (10, 4)  # nothing held out of train.npy
     assert data.source["test"]["shape"] == [4, 30] and len(data.source["test"]["sha256"]) == 64
-
-
-def test_the_readme_example_loads_a_table(tmp_path, monkeypatch, capsys):
-    import re
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    example = next(e for e in re.findall(r"```python\n(.*?)```", readme, re.S) if "load_file" in e)
-    monkeypatch.chdir(tmp_path)  # it writes table.npy where it runs
-    namespace = {}
-    exec(compile(example, "README.md", "exec"), namespace)
-    data = namespace["data"]
-    assert capsys.readouterr().out.splitlines() == [data.sizes(), "gaussian"]
-    assert data.sizes() == "360 train / 40 validation / 100 test"
