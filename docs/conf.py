@@ -68,12 +68,22 @@ suppress_warnings = [
 LOCAL_MATHJAX = Path("/usr/share/javascript/mathjax/MathJax.js")
 if LOCAL_MATHJAX.is_file():
     mathjax_path = f"{LOCAL_MATHJAX.as_uri()}?config=TeX-AMS-MML_HTMLorMML"
+    # that MathJax is version 2: myst-nb marks a notebook's text "ignore" and its math "math"
+    # in version 3's terms; the same two classes in version 2's
+    mathjax2_config = {
+        "tex2jax": {
+            "processClass": "math|tex2jax_process|mathjax_process",
+            "ignoreClass": "tex2jax_ignore|mathjax_ignore",
+        }
+    }
 
 html_theme = "alabaster"
 html_title = f"pyro_vae {release}"
 html_static_path = []
-# wide enough for 100-column help text and the Layout block of design.md without a scroll bar
-html_theme_options = {"page_width": "1320px", "body_max_width": "none"}
+# wide enough for 100-column help text and the Layout block of design.md without a scroll bar,
+# and narrow enough that a 1280-pixel window keeps the sidebar beside the text (alabaster moves
+# it below the page in any window narrower than page_width)
+html_theme_options = {"page_width": "1240px", "body_max_width": "none"}
 
 
 def tutorials_without_notebooks(app, docname, source):

@@ -111,17 +111,22 @@ def write_pages(app) -> None:
     """Write ``docs/api/<module>.rst`` for every public module and the reference's index."""
     out = Path(app.srcdir) / "api"
     out.mkdir(exist_ok=True)
-    for stale in out.glob("*.rst"):
-        stale.unlink()
     modules = public_modules()
     ordered = [m for m in TOP if m in modules] + [m for m in modules if m not in TOP]
-    for name in ordered:
-        (out / f"{name}.rst").write_text(page(name, modules))
+    pages = {f"{name}.rst": page(name, modules) for name in ordered}
     title = "API reference"
     index = [title, "=" * len(title), "",
              "One page per public module, generated from the docstrings at each build.", "",
              ".. toctree::", "   :maxdepth: 1", ""] + [f"   {name}" for name in ordered]
-    (out / "index.rst").write_text("\n".join(index) + "\n")
+    pages["index.rst"] = "\n".join(index) + "\n"
+    for stale in out.glob("*.rst"):
+        if stale.name not in pages:
+            stale.unlink()
+    # a page is rewritten only when its text changed: an unchanged file keeps its time, so
+    # Sphinx does not read it again in a folder built before (a local rebuild stays quick)
+    for name, text in pages.items():
+        if not (out / name).is_file() or (out / name).read_text() != text:
+            (out / name).write_text(text)
 
 
 def setup(app):
