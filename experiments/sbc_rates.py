@@ -8,8 +8,9 @@ with any flag and the verdicts. The repetitions are blocks of N rows of one vect
 simulations are independent, so each block is an independent run at the default size, scored by
 :func:`pyro_vae.diagnostics.sbc_statistics.sbc_statistics`.
 
-Run: ``python experiments/sbc_rates.py --reps 200`` (the README's table; a few minutes on 2 CPU
-cores). Prints a markdown table and returns the counts.
+Run: ``python experiments/sbc_rates.py --reps 200`` (the table of
+docs/results/calibration.md; a few minutes on 2 CPU cores). Prints a markdown table and returns
+the counts.
 """
 
 import argparse

@@ -265,8 +265,8 @@ def init_hidden_layers(module: nn.Module, init: str) -> nn.Module:
     draws. ``"small"`` starts every hidden unit near zero, so at the start each hidden
     activation is about the same for every input (softplus(0) = log 2): the nets begin close
     to a function of the output biases alone and grow their input dependence from the data.
-    M2 starts this way by default; what it changes is measured in the README
-    ("Semi-supervised", ``--init torch`` against the default).
+    M2 starts this way by default; what it changes is measured in
+    ``docs/results/semi_supervised.md`` (``--init torch`` against the default).
 
     Parameters
     ----------
