@@ -57,6 +57,9 @@ myst_enable_extensions = ["colon_fence", "dollarmath"]
 nb_execution_mode = "off"
 suppress_warnings = [
     "myst.header",
+    # a notebook cell's shell escape continued on a second line (!{CLI} ... \) is beyond Pygments'
+    # IPython lexer; Sphinx then shows the cell highlighted in relaxed mode, nothing lost
+    "misc.highlighting_failure",
     # a numpydoc type is prose ("iterable of (role, name, site)"); Sphinx links each word, and a
     # word that names attributes of two classes (name, epoch) is no error in the docstring
     "ref.python",
