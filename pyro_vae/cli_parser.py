@@ -25,7 +25,7 @@ from pyro_vae.nets import ACTIVATIONS, ARCHS, INITS
 from pyro_vae.runs.certified import ESTIMATORS
 from pyro_vae.runs.config import M2_ALPHA_PER_LABEL, M2_DEFAULTS, M2_LABELS_PER_CLASS, option_flag
 from pyro_vae.runs.losses import loss_help
-from pyro_vae.runs.recipes import MODELS
+from pyro_vae.runs.models import DEFAULT_MODEL, MODEL_REGISTRY, model_help
 from pyro_vae.runs.training import COMPILE_CHOICES
 
 __all__ = ["DESCRIPTION", "DOCS_POINTER", "build_parser", "given_options"]
@@ -156,10 +156,9 @@ def _train_parser(sub) -> None:
     )
     t.add_argument(
         "--model",
-        default="vae",
-        choices=sorted(MODELS),
-        help="vae; cvae, the conditional VAE p(x|y) trained on images and labels; m2, the "
-        "semi-supervised model of Kingma et al. 2014 (--labels-per-class, --alpha)",
+        default=DEFAULT_MODEL,
+        choices=sorted(MODEL_REGISTRY),
+        help=model_help(),
     )
     t.add_argument(
         "--labels-per-class",
