@@ -10,9 +10,12 @@ import pyro_vae.runs as runs
 from pyro_vae.cli import build_parser, main
 from pyro_vae.infer.objectives.registry import LOSSES
 from pyro_vae.models.vae import VAE
+from pyro_vae.runs.config import ADDED_RUN_OPTIONS, RUN_OPTIONS
 from pyro_vae.runs.models import (
+    MODEL_OPTIONS,
     MODEL_REGISTRY,
     ModelKind,
+    ModelOption,
     check_model_options,
     register_model,
     unregister_model,
@@ -124,3 +127,26 @@ def test_an_option_is_refused_by_what_the_entry_takes(toy):
     # the toy takes what the VAE takes: the refusal names every model that takes the option
     with pytest.raises(ValueError, match="--flows applies to --model vae or --model toy, not"):
         check_model_options({**options, "model": "cvae", "flows": 2}, set())
+
+
+def test_a_models_own_option_is_one_entry_of_model_options(monkeypatch):
+    option = ModelOption(argument=dict(type=int, default=3, help="--model toy: pseudo-inputs K"))
+    monkeypatch.setitem(MODEL_OPTIONS, "pseudo_inputs", option)
+    kind = ModelKind(ToyVAE, "help", "toy", _toy_arguments, ("flows", "arch", "pseudo_inputs"))
+    register_model("toy", kind)
+    try:
+        parser = build_parser()  # the parser declares it from the table
+        toy = parser.parse_args(["train", "--model", "toy", "--pseudo-inputs", "5"])
+        assert toy.pseudo_inputs == 5
+        options = vars(parser.parse_args(["train", "--pseudo-inputs", "5"]))
+        refusal = "--pseudo-inputs applies to --model toy, not --model vae"
+        with pytest.raises(ValueError, match=refusal):
+            check_model_options(options, {"pseudo_inputs"})
+    finally:
+        unregister_model("toy")
+
+
+def test_every_model_option_defines_the_run():
+    # a resume must keep it, and an old run without it must read as it was trained
+    assert set(MODEL_OPTIONS) <= set(RUN_OPTIONS)
+    assert set(MODEL_OPTIONS) - {"arch"} <= set(ADDED_RUN_OPTIONS)  # --arch came first

@@ -73,10 +73,16 @@ class ModelOption:
         written on the command line at all (``--alpha``).
     show_value : bool
         The refusal names the value (``--arch conv``), not only the option.
+    argument : Mapping, optional
+        For an option the parser does not declare itself (a new model's own: ``--pseudo-inputs``),
+        the keyword arguments of argparse's ``add_argument`` (``type``, ``default``, ``help``):
+        ``pyro-vae train`` then takes it as ``--pseudo-inputs``. None for those
+        :mod:`pyro_vae.cli_parser` declares.
     """
 
     neutral: object = None
     show_value: bool = False
+    argument: Mapping | None = None
 
 
 MODEL_OPTIONS: dict[str, ModelOption] = {
@@ -89,7 +95,10 @@ MODEL_OPTIONS: dict[str, ModelOption] = {
     "init": ModelOption(),
 }
 """Every option of ``pyro-vae train`` that only some models take -> how it is refused for the
-others. The entries' :attr:`ModelKind.options` name which of these each model takes."""
+others (and, for a model's own new option, how the parser reads it). The entries'
+:attr:`ModelKind.options` name which of these each model takes. A new option also defines the
+run: its name goes in :data:`~pyro_vae.runs.config.RUN_OPTIONS`, and the value a run written
+before it had in :data:`~pyro_vae.runs.config.ADDED_RUN_OPTIONS` (a test checks both)."""
 
 
 def _no_arguments(options: Mapping, data: DatasetSplits) -> dict:
