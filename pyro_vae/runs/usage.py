@@ -302,7 +302,7 @@ def sample_run(
         ``label`` outside the run's classes.
     """
     vae = run.vae
-    classes = getattr(vae, "num_classes", None)
+    classes = vae.num_classes if run.entry.takes_labels else None
     if label is not None and (classes is None or label >= classes):
         what = f"labels 0..{classes - 1}" if classes else "no labels"
         raise ValueError(f"--label {label}: the {run.kind} run has {what}")
