@@ -86,13 +86,13 @@ class ModelOption:
 
 
 MODEL_OPTIONS: dict[str, ModelOption] = {
-    "flows": ModelOption(neutral=0),
-    "arch": ModelOption(neutral="mlp", show_value=True),
     "labels_per_class": ModelOption(),
     "alpha": ModelOption(),
     "labelled_schedule": ModelOption(),
-    "labelled_passes": ModelOption(),
     "init": ModelOption(),
+    "labelled_passes": ModelOption(),
+    "flows": ModelOption(neutral=0),
+    "arch": ModelOption(neutral="mlp", show_value=True),
 }
 """Every option of ``pyro-vae train`` that only some models take -> how it is refused for the
 others (and, for a model's own new option, how the parser reads it). The entries'
