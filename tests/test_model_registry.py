@@ -36,25 +36,36 @@ def _named_literals(node: ast.AST, names: set) -> list[str]:
 
 
 def name_comparisons(source: str, names: set) -> list[str]:
-    """Every comparison (``==``, ``!=``, ``in``, ``not in``) of a string literal in ``names``:
-    ``kind == "m2"``, ``loss != "iwae"``, ``"cvae" in kinds``, ``kind in ("vae", "m2")``."""
+    """Every comparison (``==``, ``!=``, ``in``, ``not in``) of a string literal in ``names``
+    (``kind == "m2"``, ``loss != "iwae"``, ``"cvae" in kinds``, ``kind in ("vae", "m2")``), every
+    ``case "m2":``, and every dict keyed by two names or more (``{"vae": ..., "m2": ...}[kind]``).
+    """
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Compare):
             operands = [node.left, *node.comparators]
-            if any(_named_literals(operand, names) for operand in operands):
-                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+            named = any(_named_literals(operand, names) for operand in operands)
+        elif isinstance(node, ast.MatchValue):
+            named = bool(_named_literals(node.value, names))
+        elif isinstance(node, ast.Dict):
+            named = len(_named_literals(ast.Tuple([k for k in node.keys if k]), names)) > 1
+        else:
+            continue
+        if named:
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
     return found
 
 
 def test_the_scan_catches_a_name_compared_as_a_string():
     names = {"m2", "iwae"}
-    caught = name_comparisons(
-        'if options["model"] == "m2": pass\nif "iwae" != loss: pass\nok = kind in ("m2", "x")',
-        names,
+    source = (
+        'if options["model"] == "m2": pass\nif "iwae" != loss: pass\nok = kind in ("m2", "x")\n'
+        'match kind:\n    case "m2": pass\nwhat = {"m2": 1, "iwae": 2}[kind]'
     )
-    assert len(caught) == 3, caught
-    assert not name_comparisons('if entry.semi_supervised: pass\nname = "m2"', names)
+    caught = name_comparisons(source, names)
+    assert len(caught) == 5, caught
+    allowed = 'if entry.semi_supervised: pass\nname = "m2"\nrow = {"m2": 1, "x": 2}'
+    assert not name_comparisons(allowed, names)
 
 
 def test_no_model_or_loss_name_is_compared_outside_the_registries():
