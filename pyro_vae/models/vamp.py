@@ -9,9 +9,10 @@ with q_phi(z|u) = N(mu_phi(u), diag sigma_phi(u)^2) the VAE's own encoder (Tomcz
 2018, eq. 9: the "variational mixture of posteriors"), evaluated at K pseudo-inputs
 u_1..u_K in data space that are learned with the rest. The guide is the VAE's Gaussian guide,
 unchanged. The prior is an exact mixture (``MixtureSameFamily`` of a uniform ``Categorical`` and
-K diagonal Gaussians), so log p(z) and draws z ~ p(z) are exact, and the ELBO's
-E_q[log p(z)] term sends gradient to the pseudo-inputs and to the encoder (phi appears in both
-the prior and the guide, their sec. 3.2); the model registers both with ``pyro.module``.
+K diagonal Gaussians, :class:`MixtureSameSupport`), so log p(z) and draws z ~ p(z) are exact,
+and the ELBO's E_q[log p(z)] term sends gradient to the pseudo-inputs and to the encoder (phi
+appears in both the prior and the guide, their sec. 3.2); the model registers both with
+``pyro.module``.
 
 References
 ----------
@@ -33,10 +34,27 @@ from pyro_vae.models.likelihoods import BernoulliLikelihood, Likelihood
 from pyro_vae.models.vae import VAE
 from pyro_vae.nets import check_positive_int
 
-__all__ = ["PseudoInputs", "VampVAE"]
+__all__ = ["MixtureSameSupport", "PseudoInputs", "VampVAE"]
 
 #: The start of the pseudo-inputs' free parameters: N(PSEUDO_INIT_MEAN, PSEUDO_INIT_SD^2).
 PSEUDO_INIT_MEAN, PSEUDO_INIT_SD = 0.05, 0.01
+
+
+class MixtureSameSupport(dist.MixtureSameFamily):
+    """Pyro's ``MixtureSameFamily`` whose support is its components' support.
+
+    Torch gives a mixture the support ``MixtureSameFamilyConstraint(components' support)``,
+    the same set but a constraint that ``torch.distributions.biject_to`` does not know, so NUTS
+    (and anything that moves a model latent in the unconstrained space) fails on it with
+    torch's ``NotImplementedError`` (the support rule, docs/design.md). Every component shares
+    one support, so it is the mixture's: for Gaussian components the real vectors, whose
+    bijection is the identity. Nothing else changes (``expand`` keeps the class).
+    """
+
+    @property
+    def support(self):
+        """The components' support (the same set as torch's, with a known bijection)."""
+        return self._component_distribution.support
 
 
 class PseudoInputs(nn.Module):
@@ -136,13 +154,13 @@ class VampVAE(VAE):
 
         Returns
         -------
-        pyro.distributions.MixtureSameFamily
+        MixtureSameSupport
             Batch shape (n,), event shape (M,): a uniform ``Categorical`` over K components,
             each an ``Independent(Normal(loc_k, scale_k), 1)``.
         """
         loc, scale = self.encoder(self.pseudo_inputs())  # (K, M) each
         uniform = dist.Categorical(logits=loc.new_zeros(loc.shape[0]))
-        mixture = dist.MixtureSameFamily(uniform, dist.Normal(loc, scale).to_event(1))
+        mixture = MixtureSameSupport(uniform, dist.Normal(loc, scale).to_event(1))
         return mixture.expand([n])
 
     def prior(self, x: torch.Tensor) -> dist.TorchDistribution:
@@ -158,7 +176,7 @@ class VampVAE(VAE):
 
         Returns
         -------
-        pyro.distributions.MixtureSameFamily
+        MixtureSameSupport
             Batch shape (N,), event shape (M,) (:meth:`vamp_prior`).
         """
         pyro.module("encoder", self.encoder)
