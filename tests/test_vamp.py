@@ -20,7 +20,7 @@ from pyro import poutine
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_vae.infer import ais_evidence, log_evidence
+from pyro_vae.infer import ais_evidence, bdmc, log_evidence, simulate_data
 from pyro_vae.infer.pair.params import collect_params
 from pyro_vae.infer.training.compiled_step import CompiledSVIStep
 from pyro_vae.infer.training.svi import SVIStep
@@ -109,20 +109,43 @@ def test_the_pseudo_inputs_and_encoder_learn_from_the_models_log_prior():
     assert {f"encoder$$${n}" for n, _ in vamp.encoder.named_parameters()} <= names
 
 
-def test_sample_draws_from_the_vamp_prior():
+def shifted_vamp():
+    """A VampVAE whose every q(z|u_k) is N(3, 0.1^2): far from N(0, I)."""
     vamp = make_vamp()
     last = [m for m in vamp.encoder.modules() if isinstance(m, nn.Linear)][-1]
-    with torch.no_grad():  # every q(z|u_k) = N(3, 0.1^2): far from N(0, I)
+    with torch.no_grad():
         last.weight.zero_()
         last.bias.copy_(torch.tensor([3.0] * M + [math.log(0.1)] * M))
+    return vamp
+
+
+def assert_drawn_from_the_shifted_prior(z):
+    # 4 standard errors of a mean of n draws of sd 0.1 (normal quantile, family-wise over the
+    # M dimensions below 1e-4); draws of N(0, I) miss by 3
+    assert (z.mean(0) - 3.0).abs().max() < 4 * 0.1 / math.sqrt(len(z)), z.mean(0)
+
+
+def test_sample_draws_from_the_vamp_prior():
+    vamp = shifted_vamp()
     z = vamp.sample_prior(400)
     assert z.shape == (400, M)
-    # 4 standard errors of a mean of 400 draws of sd 0.1; N(0, I) draws miss by 3
-    assert (z.mean(0) - 3.0).abs().max() < 4 * 0.1 / math.sqrt(400)
+    assert_drawn_from_the_shifted_prior(z)
     torch.manual_seed(1)
     images = vamp.sample(6)
     torch.manual_seed(1)
     torch.testing.assert_close(images, vamp.decode(vamp.vamp_prior(6).sample()))
+
+
+def test_bdmc_and_sbc_simulate_from_the_vamp_prior():
+    """simulate_data (BDMC's and SBC's start) runs the model, so its latents are VampPrior
+    draws; BDMC then runs on them (per-datapoint, finite)."""
+    vamp = shifted_vamp()
+    simulated = simulate_data(vamp.model, torch.zeros(200, D))
+    assert_drawn_from_the_shifted_prior(simulated.latents["z"])
+    few = simulate_data(vamp.model, torch.zeros(3, D))
+    result = bdmc(vamp.model, vamp.guide, few, num_chains=2, num_steps=3, progress=False)
+    assert result.lower.shape == result.upper.shape == (3,)
+    assert torch.isfinite(result.lower).all() and torch.isfinite(result.upper).all()
 
 
 def test_config_round_trip_rebuilds_the_same_model():
