@@ -15,6 +15,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from common import requires_cuda
 from pairs import case
 from pyro import poutine
 from torch import nn
@@ -207,3 +208,14 @@ def test_the_mixture_support_has_a_bijection():
     )
     with pytest.raises(NotImplementedError):
         torch.distributions.biject_to(plain.support)
+
+
+@requires_cuda
+def test_on_cuda_the_prior_and_its_draws_stay_on_the_device():
+    vamp = make_vamp().cuda()
+    x = torch.bernoulli(torch.rand(5, D)).cuda()
+    prior = vamp.prior(x)
+    z = torch.randn(5, M, device="cuda")
+    assert prior.log_prob(z).device.type == "cuda"
+    torch.testing.assert_close(prior.log_prob(z), hand_vamp_log_prob(vamp, z))
+    assert vamp.sample_prior(4).device.type == "cuda" and vamp.sample(4).device.type == "cuda"
