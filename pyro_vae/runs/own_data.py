@@ -203,7 +203,7 @@ def data_line(data: DatasetSplits) -> str | None:
     transforms = Transforms.from_json(source["transforms"])
     test = source["test"]
     held = (
-        f"test data {test['path']}"
+        f"test data {_near(test['path'])}"
         if "path" in test and test["path"]
         else f"{test['fraction']:.0%} of it held out as the test part (seeded by --seed "
         f"{test['seed']}; pass --test-data to choose it)"
@@ -215,9 +215,21 @@ def data_line(data: DatasetSplits) -> str | None:
         else f"{source['shape'][0]:,} rows x {source['shape'][1]} features"
     )
     return (
-        f"data {source['path']}: {what} (sha256 {source['sha256'][:12]}...); "
+        f"data {_near(source['path'])}: {what} (sha256 {source['sha256'][:12]}...); "
         f"{transforms.said()}; {held}"
     )
+
+
+def _near(path: str) -> str:
+    """``path`` relative to the working folder when it lies under it, else as stored.
+
+    The line a command prints then names ``train.csv`` as the user typed it, not the machine's
+    folders (``config.json`` keeps the absolute path, for a resume from elsewhere).
+    """
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def model_image_shape(data: DatasetSplits) -> tuple[int, int] | None:
