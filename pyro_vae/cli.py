@@ -78,11 +78,10 @@ from pyro_vae.runs.calibration import (
 )
 from pyro_vae.runs.certified import certification_table, certify_run
 from pyro_vae.runs.figures import certification_figure
+from pyro_vae.runs.models import model_kind
 from pyro_vae.runs.own_data import adopt_decisions, data_line
 
 __all__ = ["build_parser", "cmd_certify", "cmd_diagnose", "cmd_evaluate", "cmd_train", "main"]
-
-MODEL_NAMES = {"vae": "VAE", "cvae": "conditional VAE", "m2": "M2 model"}
 
 
 def _silent(*args) -> None:
@@ -157,7 +156,7 @@ def cmd_train(args) -> int:
         history = result.history
         figures = run_figures(recipe.model, options["model"], data, history, out / "figures")
     say(f"figures in {out / 'figures'}: {', '.join(p.name for p in figures)}")
-    evidence = "log p(x|y)" if options["model"] == "cvae" else "log p(x)"
+    evidence = model_kind(options["model"]).evidence_label
     say(f"next: pyro-vae evaluate {out}    (test {evidence} by importance sampling)")
     return 0
 
@@ -190,7 +189,7 @@ def _say_start(say, recipe, data, out: Path, done: int) -> None:
     """The line that opens a run (and the objective's, when it is not a plain loss)."""
     options = recipe.options
     what = (
-        f"{options['likelihood']} {MODEL_NAMES[options['model']]} {data.train.data_dim}-"
+        f"{options['likelihood']} {model_kind(options['model']).title} {data.train.data_dim}-"
         f"{'-'.join(map(str, options['hidden']))}-"
     )
     labelled, per_class = recipe.num_labelled, options["labels_per_class"]
@@ -218,7 +217,7 @@ def _result_line(recipe, data, result) -> str:
     return (
         f"after {final['epoch']} epochs: train -ELBO {final['train_loss']:.2f}, {val_text}"
         f"test -ELBO {test_loss:.2f} nats/datapoint ({test_loss / bits:.4f} bits/dim)"
-        + (" given the labels" if kind == "cvae" else "")
+        + (" given the labels" if model_kind(kind).conditional else "")
         + accuracy
         + (" (stopped early)" if result.stopped_early else "")
     )

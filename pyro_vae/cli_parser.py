@@ -26,7 +26,7 @@ from pyro_vae.nets import ACTIVATIONS, ARCHS, INITS
 from pyro_vae.runs.certified import ESTIMATORS
 from pyro_vae.runs.config import M2_ALPHA_PER_LABEL, M2_DEFAULTS, M2_LABELS_PER_CLASS, option_flag
 from pyro_vae.runs.losses import loss_help
-from pyro_vae.runs.recipes import MODELS
+from pyro_vae.runs.models import DEFAULT_MODEL, MODEL_OPTIONS, MODEL_REGISTRY, model_help
 from pyro_vae.runs.training import COMPILE_CHOICES
 
 __all__ = ["DESCRIPTION", "DOCS_POINTER", "build_parser", "given_options"]
@@ -166,10 +166,9 @@ def _train_parser(sub) -> None:
     )
     t.add_argument(
         "--model",
-        default="vae",
-        choices=sorted(MODELS),
-        help="vae; cvae, the conditional VAE p(x|y) trained on images and labels; m2, the "
-        "semi-supervised model of Kingma et al. 2014 (--labels-per-class, --alpha)",
+        default=DEFAULT_MODEL,
+        choices=sorted(MODEL_REGISTRY),
+        help=model_help(),
     )
     t.add_argument(
         "--labels-per-class",
@@ -209,6 +208,9 @@ def _train_parser(sub) -> None:
         help="--model m2: start weights; small, hidden layers from N(0, 0.001^2) as Pyro's "
         "SS-VAE example; torch, PyTorch's default",
     )
+    for name, option in MODEL_OPTIONS.items():  # a registered model's own options
+        if option.argument is not None:
+            t.add_argument(option_flag(name), **option.argument)
     _data_options(t)
     _model_options(t)
     _training_options(t)

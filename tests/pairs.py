@@ -39,7 +39,8 @@ import torch
 from pyro import poutine
 
 from pyro_vae.infer.pair.sites import GlobalLatentError
-from pyro_vae.models import CVAE, M2, PPCA, VAE, CollapsedPPCA
+from pyro_vae.models import CVAE, M2, PPCA, VAE, CollapsedPPCA, VampVAE
+from pyro_vae.models.vamp import MixtureSameSupport
 
 __all__ = [
     "CATALOGUE",
@@ -58,6 +59,7 @@ __all__ = [
     "LinearGaussian",
     "LogNormalLatent",
     "MeanOnly",
+    "MixturePrior",
     "MixtureWithLatent",
     "NestedPlate",
     "Pair",
@@ -635,6 +637,58 @@ class MixtureWithLatent:
         return (w.log_softmax(-1) + dist.Normal(mu, scale).log_prob(x[:, None])).logsumexp(-1)
 
 
+class MixturePrior:
+    """A fixed mixture-of-Gaussians prior z ~ (1/K) sum_k N(m_k, diag S_k) (the VampPrior's
+    form, with fixed components) and a linear-Gaussian decoder x | z ~ N(W z + b, s^2 I);
+    guide q(z|x) = N(c (x - b) W + m, diag sd^2), factorized; the prior is not.
+
+    Closed form, one Gaussian marginal per component (Bishop PRML eq. 2.115):
+    p(x) = (1/K) sum_k N(x; W m_k + b, W diag(S_k) W^T + s^2 I).
+    """
+
+    means = ((-2.0, 0.5), (1.5, 1.0), (0.5, -1.5))  # m_k, K = 3 components in M = 2
+    variances = ((0.3, 0.5), (1.0, 0.2), (0.4, 0.4))  # diag S_k
+    W = ((1.0, -0.5), (0.3, 0.8), (-0.6, 0.4))  # D = 3
+    b, noise = (0.2, -0.1, 0.0), 0.5
+
+    def _tensors(self, x):
+        return (
+            torch.tensor(v, dtype=x.dtype) for v in (self.means, self.variances, self.W, self.b)
+        )
+
+    def prior(self, x):
+        m, S, _, _ = self._tensors(x)
+        uniform = dist.Categorical(logits=x.new_zeros(len(self.means)))
+        components = dist.Normal(m, S.sqrt()).to_event(1)
+        # torch's own mixture support has no biject_to (NUTS fails): the support rule
+        return MixtureSameSupport(uniform, components).expand([x.shape[0]])
+
+    def model(self, x):
+        _, _, W, b = self._tensors(x)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior(x))
+            pyro.sample("x", dist.Normal(z @ W.T + b, self.noise).to_event(1), obs=x)
+
+    def guide(self, x):
+        _, _, W, b = self._tensors(x)
+        c, m = pyro.param("c", torch.tensor(0.5)), pyro.param("m", torch.zeros(2))
+        sd = pyro.param("sd", torch.full((2,), 0.9), constraint=dist.constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(c * (x - b) @ W + m, sd).to_event(1))
+
+    def exact_log_px(self, x):
+        m, S, W, b = self._tensors(x)
+        cov = W @ torch.diag_embed(S) @ W.T + self.noise**2 * torch.eye(len(self.b), dtype=x.dtype)
+        per_component = dist.MultivariateNormal(m @ W.T + b, cov).log_prob(x[:, None])  # (N, K)
+        return per_component.logsumexp(-1) - math.log(len(self.means))
+
+    def sample(self, n):
+        x = torch.zeros(n, len(self.b))
+        _, _, W, b = self._tensors(x)
+        z = self.prior(x).sample()
+        return z @ W.T + b + self.noise * torch.randn(n, len(self.b))
+
+
 # ------------------------------------------------------------------------------------------
 # pairs the convention refuses (for per-datapoint tools), and others
 # ------------------------------------------------------------------------------------------
@@ -732,9 +786,9 @@ def _log_normal() -> Pair:
     return _pair(pair, torch.randn(6), guide=pair.guide_shifted_by(0.0))  # the exact guide
 
 
-def _vae(x, *args, **kwargs) -> Callable[[], Pair]:
+def _vae(x, *args, cls=VAE, **kwargs) -> Callable[[], Pair]:
     def make():
-        vae = VAE(*args, **kwargs)
+        vae = cls(*args, **kwargs)
         return _pair(vae, x())
 
     return make
@@ -777,6 +831,8 @@ CATALOGUE = [
          _log_px, _owner("exact_guide")),
     Case("correlated-prior", _seeded(lambda: _pair(CorrelatedPrior(), torch.randn(6, 2))),
          _log_px, _owner("exact_guide"), prior_factorized=False),
+    Case("mixture-prior", _seeded(lambda: _pair(MixturePrior(), MixturePrior().sample(6))),
+         _log_px, prior_factorized=False),
     Case("two-site", _seeded(lambda: _pair(TwoSite(), torch.rand(10) + 0.1)),
          _log_px, _owner("exact_guide"), site="z1"),
     Case("deterministic-sites", _seeded(lambda: _pair(DeterministicSites(), torch.randn(6))),
@@ -797,6 +853,8 @@ CATALOGUE = [
     Case("vae-conv", _seeded(_vae(_binary(6, 784), 784, 3, (8,), arch="conv"))),
     Case("vae-iaf", _seeded(_vae(_binary(6, 16), 16, 3, (8,), flows=2)),
          guide_factorized=False),
+    Case("vae-vamp", _seeded(_vae(_binary(6, 16), 16, 3, (8,), pseudo_inputs=4, cls=VampVAE)),
+         prior_factorized=False),
     Case("positive-features", _seeded(lambda: _pair(PositiveFeatures(), torch.rand(6, 3)))),
     Case("cvae", _seeded(_labelled(CVAE, labels=True))),
     Case("m2-labelled", _seeded(_labelled(M2, labels=True))),  # y observed

@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 
 from pyro_vae.cli import main
+from pyro_vae.datafiles import load_file
+from pyro_vae.runs.own_data import data_line
 
 TINY = ["--latent", "2", "--hidden", "16", "--epochs", "2", "--quiet"]
 
@@ -61,6 +63,16 @@ def test_train_on_a_csv_records_the_file_and_what_it_implied(table_run, tmp_path
     assert len(lines) == 1, lines
     assert "gaussian likelihood, columns standardized" in lines[0]
     assert "20% of it held out as the test part" in lines[0]
+
+
+def test_the_data_line_names_a_file_under_the_working_folder_as_typed(tmp_path, monkeypatch):
+    _table(tmp_path / "t.csv")
+    data = load_file(tmp_path / "t.csv")
+    monkeypatch.chdir(tmp_path)
+    assert data_line(data).startswith("data t.csv: 120 rows x 4 features"), data_line(data)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # a file outside the working folder: its full path
+    assert data_line(data).startswith(f"data {tmp_path / 't.csv'}: "), data_line(data)
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ def test_every_script_is_smoke_tested():
     expected |= {"numpyro_main_job", "numpyro_data_parallel"}  # need the bench extra
     expected |= {"outliers", "bench_data_files"}
     expected |= {"bench_dreg"}
+    expected |= {"bench_vamp"}
     expected |= {"bench_adam"}
     expected |= {"ais_certification"}
     expected |= {"sbc_rates"}  # smoke-tested in tests/test_calibration.py
@@ -98,6 +99,24 @@ def test_bench_dreg_nll(tmp_path):
     ]
     assert all(0 < r["nll"] < 784 * math.log(2) for r in rows), rows  # below a coin per pixel
     assert (tmp_path / "nll.md").read_text().count("\n") == 2 + 2
+
+
+@pytest.mark.slow
+def test_bench_vamp(tmp_path):
+    argv = ["--seeds", "0", "--epochs", "1", "--pseudo-inputs", "3", "--train-points", "200"]
+    argv += ["--num-points", "2", "--chains", "2", "--ais-steps", "5", "--out", str(tmp_path)]
+    rows = load("bench_vamp").main([*argv, "--quiet"])
+    assert [(r["prior"], r["pseudo_inputs"], r["seed"]) for r in rows] == [
+        ("vae", None, 0),
+        ("vamp", 3, 0),
+    ]
+    assert all(0 < r["nll"] < 784 * math.log(2) for r in rows), rows  # below a coin per pixel
+    assert (tmp_path / "nll.md").read_text().count("\n") == 2 + 2
+    assert (tmp_path / "vamp_prior_samples.png").stat().st_size > 1000
+    # a rerun skips the rows already there
+    before = (tmp_path / "nll.json").read_text()
+    assert load("bench_vamp").main([*argv, "--quiet"]) == rows
+    assert (tmp_path / "nll.json").read_text() == before
 
 
 @pytest.mark.slow

@@ -139,3 +139,25 @@ def test_the_checks_are_the_models_checks():
     for call in (VAE(D, M, H).guide, lambda x: CVAE(D, C, M, H).code(x, torch.zeros(2).long())):
         with pytest.raises(ValueError, match=r"^x must have the dtype of the VAE's parameters"):
             call(x)
+
+
+def test_the_prior_hook_is_the_standard_normal_and_sample_prior_draws_from_it():
+    model, x = VAE(D, M, H), torch.rand(5, D)
+    prior = model.prior(x)
+    assert prior.batch_shape == (5,) and prior.event_shape == (M,)
+    z = torch.randn(7, 5, M)
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    torch.testing.assert_close(prior.log_prob(z), expected)
+    # the same draws as torch.randn, so seeded figures made before the hook are unchanged
+    torch.manual_seed(2)
+    draws = model.sample_prior(4)
+    torch.manual_seed(2)
+    assert torch.equal(draws, torch.randn(4, M))
+
+
+def test_extend_config_adds_arguments_and_refuses_a_base_one():
+    model = VAE(D, M, H)
+    with pytest.raises(ValueError, match=r"config entries \['latent_dim'\] are already set"):
+        model.extend_config(latent_dim=3)
+    model.extend_config(extra=1)
+    assert list(model.config)[-1] == "extra"

@@ -4,6 +4,8 @@
   models of :mod:`pyro_vae.models.likelihoods` (:class:`BernoulliLikelihood`,
   :class:`GaussianLikelihood`, or a user's :class:`Likelihood`), and a diagonal Gaussian or
   (``flows=K``) inverse autoregressive flow guide.
+- :class:`VampVAE`: the VAE with the VampPrior of Tomczak & Welling (2018), p(z) the mixture
+  of the encoder's Gaussians at K learned pseudo-inputs (:mod:`pyro_vae.models.vamp`).
 - :class:`IAFlow`: K conditional IAF steps (Kingma et al. 2016), the building block of a flow
   guide of one's own (:mod:`pyro_vae.models.flows`).
 - :class:`CVAE`: the conditional VAE of Sohn et al. (2015), p(z) p_theta(x|z, y) and
@@ -11,7 +13,8 @@
 - :class:`M2`: the semi-supervised model of Kingma et al. (2014), p(y) p(z) p_theta(x|y, z)
   and q_phi(y|x) q_phi(z|x, y), y observed or (enumerated) latent.
 - :class:`LatentGaussianModel`: the base of VAE, CVAE and M2 (:mod:`pyro_vae.models.base`:
-  p(z) = N(0, I), the likelihood and its registration, the config, the input checks), and
+  p(z) = N(0, I) as the ``prior`` hook a subclass overrides, ``extend_config``, the
+  likelihood and its registration, the config, the input checks), and
   :class:`LabelledLatentModel`, the base of CVAE and M2 (:mod:`pyro_vae.models.labelled`: the
   networks on [x, e_y] and [z, e_y], the label helpers).
 - :class:`PPCA`: probabilistic PCA, whose posterior and evidence are exact;
@@ -26,6 +29,7 @@ from pyro_vae.models.likelihoods import BernoulliLikelihood, GaussianLikelihood,
 from pyro_vae.models.m2 import M2
 from pyro_vae.models.ppca import PPCA, CollapsedPPCA
 from pyro_vae.models.vae import VAE
+from pyro_vae.models.vamp import VampVAE
 
 __all__ = [
     "CVAE",
@@ -33,6 +37,7 @@ __all__ = [
     "PPCA",
     "IAFlow",
     "VAE",
+    "VampVAE",
     "BernoulliLikelihood",
     "CollapsedPPCA",
     "GaussianLikelihood",

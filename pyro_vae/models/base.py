@@ -195,8 +195,11 @@ class LatentGaussianModel(nn.Module):
     builds ``self.encoder`` and ``self.decoder`` (and any other network) and attaches the
     likelihood with :meth:`_set_likelihood`, in the order that fixes its RNG draws and its
     submodule order. It then writes ``model`` with :meth:`_register_decoder` and
-    :meth:`_prior_z`, and checks every tensor it is given with :meth:`_check_x` and
-    :meth:`_check_z`.
+    :meth:`prior`, and checks every tensor it is given with :meth:`_check_x` and
+    :meth:`_check_z`. Two public hooks let a subclass change what the base holds without
+    touching it: :meth:`prior` (a learned or structured p(z); every draw from the prior, in
+    ``model`` and in :meth:`sample_prior`, asks it) and :meth:`extend_config` (its own extra
+    constructor arguments, so that ``type(m)(**m.config)`` rebuilds it).
 
     Parameters
     ----------
@@ -266,19 +269,76 @@ class LatentGaussianModel(nn.Module):
         if self._likelihood_has_params:
             pyro.module("likelihood", self.likelihood)
 
-    def _prior_z(self, x: torch.Tensor) -> dist.TorchDistribution:
-        """p(z) = N(0, I) with batch shape (N,) and event shape (M,), on x's device.
+    def extend_config(self, **entries) -> None:
+        """Add a subclass's own validated constructor arguments to :attr:`config`.
+
+        Called once in the subclass's ``__init__``, after ``super().__init__(...)``, with the
+        extra keyword arguments its constructor takes (already validated), so that
+        ``type(m)(**m.config)`` rebuilds it (M2's ``init``, the VampVAE's ``pseudo_inputs``).
+
+        Parameters
+        ----------
+        **entries
+            Argument name -> validated value, in the constructor's order.
+
+        Raises
+        ------
+        ValueError
+            When a name is already in the config (a base argument cannot be redefined by a
+            subclass: pass it to ``super().__init__`` instead).
+        """
+        taken = sorted(set(entries) & set(self._config))
+        if taken:
+            raise ValueError(
+                f"config entries {taken} are already set by {type(self).__name__}'s base; "
+                "extend_config adds new constructor arguments only"
+            )
+        self._config.update(entries)
+
+    def prior(self, x: torch.Tensor) -> dist.TorchDistribution:
+        """p(z) for the batch ``x``: by default N(0, I), batch shape (N,), event shape (M,).
+
+        The model samples site "z" from it inside the data plate, and :meth:`sample_prior`
+        draws from it, so a subclass that overrides it (a learned prior such as the VampPrior,
+        :class:`~pyro_vae.models.vamp.VampVAE`) is honoured by training, every estimator and
+        the decoded draws alike. A prior with learnable parts registers them here
+        (``pyro.module(name, net)``), for ``model`` calls it on every pass; it must keep batch
+        shape (N,) and event shape (M,), and be scored at z of shape ``(..., N, M)`` (an
+        outer particle plate).
 
         Parameters
         ----------
         x : torch.Tensor of shape (N, D)
-            The data batch: gives N, the dtype and the device.
+            The data batch: gives N, the dtype and the device (the default reads nothing else).
 
         Returns
         -------
         pyro.distributions.TorchDistribution
-            Scalar 0 and 1 expanded (not copied) to ``(N, M)``, event dimension 1; constants,
-            so argument validation is skipped.
+            The default: scalar 0 and 1 expanded (not copied) to ``(N, M)``, event dimension
+            1; constants, so argument validation is skipped.
         """
         prior = dist.Normal(x.new_zeros(()), x.new_ones(()), validate_args=False)
         return prior.expand([x.shape[0], self.latent_dim]).to_event(1)
+
+    def sample_prior(self, n: int) -> torch.Tensor:
+        """``n`` draws z ~ p(z) from :meth:`prior`, from the global torch RNG, without gradients.
+
+        Parameters
+        ----------
+        n : int
+            Number of draws.
+
+        Returns
+        -------
+        torch.Tensor of shape (n, M)
+            On the device and in the dtype of the decoder's parameters.
+
+        Raises
+        ------
+        ValueError
+            When ``n`` is not a positive integer.
+        """
+        n = check_positive_int("n", n)
+        stand_in = self._weight(self.decoder).new_zeros(n, self.data_dim)  # gives N, dtype, device
+        with torch.no_grad():
+            return self.prior(stand_in).sample()

@@ -93,7 +93,7 @@ class CVAE(LabelledLatentModel):
         y = check_labels(y, x.shape[0], self.num_classes)
         self._register_decoder()
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self._prior_z(x))
+            z = pyro.sample("z", self.prior(x))
             # p_theta(x|z, y) with parameters f_theta([z, e_y]) (Sohn et al. 2015, sec. 4)
             logits = self.decoder(concat(z, one_hot(y, self.num_classes, x)))
             pyro.sample("x", self.likelihood(logits), obs=x)

@@ -307,10 +307,8 @@ class LabelledLatentModel(LatentGaussianModel):
         ValueError
             When ``n`` is not a positive integer.
         """
-        n = check_positive_int("n", n)
-        weight = self._weight(self.decoder)
-        z = torch.randn(n, self.latent_dim, dtype=weight.dtype, device=weight.device)
-        labels = torch.arange(self.num_classes, device=weight.device)
+        z = self.sample_prior(n)  # checks n
+        labels = torch.arange(self.num_classes, device=z.device)
         return self.decode(z.expand(self.num_classes, n, -1), labels[:, None]).reshape(
             -1, self.data_dim
         )

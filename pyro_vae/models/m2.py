@@ -109,7 +109,7 @@ class M2(LabelledLatentModel):
         super().__init__(
             data_dim, num_classes, latent_dim, hidden, likelihood, activation, image_shape
         )
-        self._config["init"] = init
+        self.extend_config(init=init)
         # g_phi(x): the logits of q_phi(y|x), built last (after encoder and decoder)
         self.classifier = MLP(self.data_dim, self.hidden, self.num_classes, self.activation)
         init_hidden_layers(self, init)
@@ -137,7 +137,7 @@ class M2(LabelledLatentModel):
             # p(y) = Cat(1/C, ..., 1/C): uniform logits
             prior_y = dist.Categorical(logits=x.new_zeros(self.num_classes))
             y = pyro.sample("y", prior_y.expand([x.shape[0]]), obs=y)
-            z = pyro.sample("z", self._prior_z(x))
+            z = pyro.sample("z", self.prior(x))
             # p_theta(x|y, z) with parameters f_theta([z, e_y]); y may be enumerated (C, 1)
             # or sampled (S, N), z (C, N, M) or (S, N, M): concat broadcasts them
             logits = self.decoder(concat(z, one_hot(y, self.num_classes, x)))

@@ -50,7 +50,7 @@ import torch
 from pyro_vae.models.base import LatentGaussianModel, check_model_args, make_likelihood
 from pyro_vae.models.flows import IAFlow
 from pyro_vae.models.likelihoods import Likelihood
-from pyro_vae.nets import Decoder, GaussianEncoder, check_positive_int
+from pyro_vae.nets import Decoder, GaussianEncoder
 
 __all__ = ["VAE"]
 
@@ -152,7 +152,8 @@ class VAE(LatentGaussianModel):
         """The generative model p_theta(x, z) = p(z) p_theta(x|z) (Kingma & Welling 2014, sec. 3).
 
         Registers the decoder (and a likelihood with parameters) with ``pyro.module``, then
-        samples site "z" from p(z) = N(0, I) and observes site "x" from p_theta(x|z), both
+        samples site "z" from p(z) (:meth:`prior`: N(0, I) unless a subclass overrides it)
+        and observes site "x" from p_theta(x|z), both
         inside ``pyro.plate("data", N)`` with event dimension 1.
 
         Parameters
@@ -171,8 +172,8 @@ class VAE(LatentGaussianModel):
         self._check_x(x, self.decoder, "decoder")
         self._register_decoder()
         with pyro.plate("data", x.shape[0]):
-            # p(z) = N(z; 0, I), batch (N,), event (M,)
-            z = pyro.sample("z", self._prior_z(x))
+            # p(z) = N(z; 0, I) or a subclass's prior, batch (N,), event (M,)
+            z = pyro.sample("z", self.prior(x))
             # p_theta(x|z) with parameters f_theta(z) (K&W 2014, Appendix C.1; 2019, Alg. 2);
             # z may be (S, N, M) under an outer particle plate
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
@@ -315,7 +316,7 @@ class VAE(LatentGaussianModel):
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        """Mean images of ``n`` draws z ~ p(z) = N(0, I), from the global torch RNG.
+        """Mean images of ``n`` draws z ~ p(z) (:meth:`prior`), from the global torch RNG.
 
         Parameters
         ----------
@@ -332,7 +333,4 @@ class VAE(LatentGaussianModel):
         ValueError
             When ``n`` is not a positive integer.
         """
-        n = check_positive_int("n", n)
-        weight = self._weight(self.decoder)
-        z = torch.randn(n, self.latent_dim, dtype=weight.dtype, device=weight.device)
-        return self.decode(z)
+        return self.decode(self.sample_prior(n))

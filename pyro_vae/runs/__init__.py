@@ -11,6 +11,8 @@ knows both the data sets and the models; ``infer`` and ``diagnostics`` stay gene
   migration of old runs, reading and writing ``config.json``;
 - :mod:`~pyro_vae.runs.checks`: the checks of the options, and of a resume against the run;
 - :mod:`~pyro_vae.runs.losses`: the options -> the settings of a registered loss;
+- :mod:`~pyro_vae.runs.models`: the model registry, every ``--model`` by name and what the
+  rest asks of it (its arguments, options, labels, streams, reports);
 - :mod:`~pyro_vae.runs.recipes`: data, model (one building path for ``train`` and
   :func:`load_run`), objective, M2's losses and the training streams, from the options;
 - :mod:`~pyro_vae.runs.training`: all of them made, in order, and trained;
@@ -65,6 +67,7 @@ from pyro_vae.runs.folders import (
     remove_leftovers,
     test_images,
 )
+from pyro_vae.runs.models import MODEL_REGISTRY, ModelKind, model_kind, register_model
 from pyro_vae.runs.progress import (
     ONE_LINE_ERRORS,
     RunProgress,
@@ -110,6 +113,8 @@ __all__ = [
     "M2_LABELS_PER_CLASS",
     "M2_LOSS",
     "MODELS",
+    "MODEL_REGISTRY",
+    "ModelKind",
     "ONE_LINE_ERRORS",
     "RESUME_OPTIONS",
     "RUN_FILES",
@@ -145,10 +150,12 @@ __all__ = [
     "m2_labelled_stream",
     "missing_root",
     "model_arguments",
+    "model_kind",
     "new_config",
     "option_flag",
     "read_config",
     "record_resume",
+    "register_model",
     "remove_leftovers",
     "run_data",
     "run_figures",

@@ -100,11 +100,7 @@ def calibrate_run(
     result = sbc(run.vae.model, run.vae.guide, x, *labels, num_draws=num_draws, progress=progress)
     seconds = time.perf_counter() - start
     stats = result.statistics
-    what = {
-        "vae": "z ~ p(z), x ~ p(x|z)",
-        "cvae": "z ~ p(z), x ~ p(x|z,y) at the test labels",
-        "m2": "y ~ p(y), z ~ p(z), x ~ p(x|y,z); z ranked under q(z|x,y) at the true y",
-    }[run.kind]
+    what = run.entry.simulated
     report = {
         "run_dir": str(run.run_dir),
         "model": run.kind,

@@ -241,7 +241,7 @@ def certify_run(
     return {
         "run_dir": str(run.run_dir),
         "model": run.kind,
-        "evidence": "log p(x|y)" if run.conditional else "log p(x)",
+        "evidence": run.entry.evidence_label,
         "data": f"{num_points} datapoints simulated from the model (z ~ p(z), x ~ p(x|z))",
         "settings": {k: v for k, v in settings.__dict__.items() if k != "num_steps"},
         "runs": rows,

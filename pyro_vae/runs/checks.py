@@ -15,9 +15,6 @@ from pyro_vae.infer.training.run_state import CHECKPOINT_NAME
 from pyro_vae.runs.config import (
     CONFIG_NAME,
     DOWNLOADABLE,
-    M2_DEFAULTS,
-    M2_LABELS_PER_CLASS,
-    M2_LOSS,
     RUN_OPTIONS,
     option_flag,
     read_config,
@@ -25,6 +22,7 @@ from pyro_vae.runs.config import (
     with_added_options,
 )
 from pyro_vae.runs.losses import check_loss_options
+from pyro_vae.runs.models import check_model_options
 from pyro_vae.runs.own_data import FILE_DATASET, check_same_data
 
 __all__ = ["check_data_options", "check_options", "check_resume"]
@@ -108,7 +106,8 @@ def check_resume(
 
 
 def check_options(options: Mapping, given: Iterable[str]) -> dict:
-    """Refuse options that do not apply to the model or cannot apply together; fill in M2's.
+    """Refuse options that do not apply to the model or cannot apply together; fill in the
+    model's (:func:`~pyro_vae.runs.models.check_model_options`).
 
     Parameters
     ----------
@@ -121,7 +120,9 @@ def check_options(options: Mapping, given: Iterable[str]) -> dict:
     -------
     dict
         ``options``, for ``--model m2`` with ``loss = "enum"``, ``labels_per_class``
-        :data:`M2_LABELS_PER_CLASS` and, on a new run, the :data:`M2_DEFAULTS` unless given.
+        :data:`~pyro_vae.runs.config.M2_LABELS_PER_CLASS` and, on a new run, the
+        :data:`~pyro_vae.runs.config.M2_DEFAULTS` unless given (the model's entry:
+        :data:`~pyro_vae.runs.models.MODEL_REGISTRY`).
 
     Raises
     ------
@@ -131,7 +132,7 @@ def check_options(options: Mapping, given: Iterable[str]) -> dict:
     """
     given = set(given)
     options = check_data_options(dict(options), given)
-    options = _check_model_options(options, given)
+    options = check_model_options(options, given)
     _check_objective_options(options, given)
     if "patience" in given and not options["val_fraction"]:  # a resume has the stored fraction
         raise ValueError(
@@ -178,40 +179,6 @@ def check_data_options(options: dict, given: set[str]) -> dict:
         if name in given and options.get(name) not in (None, False, FILE_DATASET):
             raise ValueError(f"{option_flag(name)} names a built-in data set; --data replaces it")
     options["dataset"] = FILE_DATASET
-    return options
-
-
-def _check_model_options(options: dict, given: set[str]) -> dict:
-    model = options["model"]
-    if model != "m2":
-        for name in ("labels_per_class", "alpha", "labelled_schedule", "init", "labelled_passes"):
-            if name in given:
-                raise ValueError(f"{option_flag(name)} applies to --model m2, not --model {model}")
-    if model == "vae":
-        return options
-    if options["flows"]:
-        raise ValueError(f"--flows applies to --model vae, not --model {model}")
-    if options["arch"] != "mlp":
-        raise ValueError(
-            f"--arch {options['arch']} applies to --model vae; --model {model} uses MLPs"
-        )
-    if model == "m2":
-        if "loss" in given and options["loss"] != M2_LOSS:
-            raise ValueError(
-                f"--model m2 sums the label out exactly with --loss {M2_LOSS}, "
-                f"not --loss {options['loss']}"
-            )
-        options["loss"] = M2_LOSS
-        passes = options["labelled_passes"]
-        if options["labelled_schedule"] == "joint" and passes not in ("auto", 1):
-            raise ValueError(
-                f"--labelled-passes {passes} needs --labelled-schedule alternate: the joint "
-                "schedule takes a labelled batch inside every step"
-            )
-        if options["labels_per_class"] is None:
-            options["labels_per_class"] = M2_LABELS_PER_CLASS
-        if not options.get("resume"):  # a resume keeps the stored values
-            options.update({k: v for k, v in M2_DEFAULTS.items() if k not in given})
     return options
 
 

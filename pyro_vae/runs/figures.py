@@ -14,6 +14,7 @@ from pyro_vae.data import DatasetSplits
 from pyro_vae.models.conditional import CVAE
 from pyro_vae.models.m2 import M2
 from pyro_vae.models.vae import VAE
+from pyro_vae.runs.models import model_kind
 
 __all__ = [
     "conditional_figures",
@@ -140,15 +141,15 @@ def conditional_figures(
 def run_figures(
     model: VAE | CVAE | M2, kind: str, data: DatasetSplits, history: list[dict], out: Path
 ) -> list[Path]:
-    """The figures of a trained run: :func:`training_figures` for a VAE, else
-    :func:`conditional_figures`.
+    """The figures of a trained run: :func:`conditional_figures` for a model that takes labels
+    (:attr:`~pyro_vae.runs.models.ModelKind.takes_labels`), else :func:`training_figures`.
 
     Parameters
     ----------
-    model : VAE, CVAE or M2
+    model : VAE, CVAE, M2 or another registered model
         The trained model.
-    kind : {"vae", "cvae", "m2"}
-        Which.
+    kind : str
+        Which: a name in :data:`~pyro_vae.runs.models.MODEL_REGISTRY`.
     data : DatasetSplits
         Its data.
     history : list of dict
@@ -163,9 +164,9 @@ def run_figures(
     """
     if len(data.image_shape) != 2:  # a table (or colour images): no grey image grids
         return table_figures(model, kind, data, history, out)
-    if kind == "vae":
-        return training_figures(model, data, history, out)
-    return conditional_figures(model, data, history, out)
+    if model_kind(kind).takes_labels:
+        return conditional_figures(model, data, history, out)
+    return training_figures(model, data, history, out)
 
 
 @torch.no_grad()
@@ -179,8 +180,10 @@ def table_figures(model, kind: str, data: DatasetSplits, history, out: Path) -> 
 
     Parameters
     ----------
-    model : VAE, CVAE or M2
-    kind : {"vae", "cvae", "m2"}
+    model : VAE, CVAE, M2 or another registered model
+    kind : str
+        A name in :data:`~pyro_vae.runs.models.MODEL_REGISTRY`: a model that takes labels
+        codes the points given theirs.
     data : DatasetSplits
     history : list of dict or None
     out : Path
@@ -196,7 +199,7 @@ def table_figures(model, kind: str, data: DatasetSplits, history, out: Path) -> 
     out.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     x, y = data.test.x[:2000].to(device), data.test.y[:2000].to(device)
-    labels = (y,) if kind != "vae" else ()
+    labels = (y,) if model_kind(kind).takes_labels else ()
     codes = model.code(x, *labels)
     plane = table_plots.principal_components(codes)
     what = "first two principal components of" if codes.shape[1] > 2 else ""

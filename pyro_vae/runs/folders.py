@@ -25,7 +25,8 @@ from pyro_vae.models.conditional import CVAE
 from pyro_vae.models.m2 import M2
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.config import CONFIG_NAME, read_config
-from pyro_vae.runs.recipes import MODELS, build_model, run_data
+from pyro_vae.runs.models import DEFAULT_MODEL, MODEL_REGISTRY, ModelKind, model_kind
+from pyro_vae.runs.recipes import build_model, run_data
 
 __all__ = [
     "KEPT_IN",
@@ -74,14 +75,14 @@ class Run:
         The folder.
     config : dict
         Its ``config.json``.
-    vae : VAE, CVAE or M2
+    vae : VAE, CVAE, M2 or another registered model
         The trained model, as ``kind`` says (in eval mode).
     data : DatasetSplits
         The data it was trained on, split as it was.
     history : list of dict
         The training history (one record per epoch).
-    kind : {"vae", "cvae", "m2"}
-        The model.
+    kind : str
+        The model: a name in :data:`~pyro_vae.runs.models.MODEL_REGISTRY`.
     """
 
     run_dir: Path
@@ -89,12 +90,17 @@ class Run:
     vae: VAE | CVAE | M2
     data: DatasetSplits
     history: list[dict]
-    kind: str = "vae"
+    kind: str = DEFAULT_MODEL
+
+    @property
+    def entry(self) -> ModelKind:
+        """The model's entry in the registry: what the reports and uses ask of it."""
+        return model_kind(self.kind)
 
     @property
     def conditional(self) -> bool:
         """Whether the pair is called with labels, ``f(x, y)`` (the CVAE)."""
-        return self.kind == "cvae"
+        return self.entry.conditional
 
 
 def check_writable(folder: str | Path) -> None:
@@ -213,8 +219,8 @@ def load_run(
     config = read_config(run_dir)
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
     data = run_data(config) if data is None else data
-    kind = config.get("model", "vae")  # runs written before the CVAE and M2 are VAEs
-    if kind not in MODELS:
+    kind = config.get("model", DEFAULT_MODEL)  # runs written before the CVAE and M2 are VAEs
+    if kind not in MODEL_REGISTRY:
         raise ValueError(f"{run_dir / CONFIG_NAME} names an unknown model {kind!r}")
     trained_on = config["vae"].get("data_dim")
     if trained_on is not None and trained_on != data.test.data_dim:  # an edited config.json
@@ -226,7 +232,7 @@ def load_run(
     vae = build_model(kind, config["vae"])
     # the parameters are found by running the pair (public Pyro API), then overwritten by name
     pyro.clear_param_store()
-    labels = (data.test.y[:2],) if kind == "cvae" else ()
+    labels = (data.test.y[:2],) if model_kind(kind).conditional else ()
     params = collect_params(vae.model, vae.guide, data.test.x[:2], *labels)
     try:
         restore_params(params, state["params"])

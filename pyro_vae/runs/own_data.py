@@ -18,6 +18,7 @@ import torch
 
 from pyro_vae.data import DatasetSplits, ImageData
 from pyro_vae.datafiles import DataFileError, Transforms, check_like, load_file, read_file, sha256
+from pyro_vae.runs.models import DEFAULT_MODEL, model_kind
 
 __all__ = [
     "FILE_DATASET",
@@ -66,7 +67,7 @@ def file_data_config(options: Mapping) -> dict:
             "label_column": options.get("label_column"),
             "image_size": None if size is None else list(size),
             "likelihood": options.get("likelihood", "auto"),
-            "model": options.get("model", "vae"),
+            "model": options.get("model", DEFAULT_MODEL),
         },
     }
 
@@ -106,7 +107,8 @@ def load_run_file(config: Mapping) -> DatasetSplits:
         seed=config["seed"],
         test_fraction=TEST_FRACTION,
         val_fraction=config.get("val_fraction", 0.0),
-        m2=record.get("model") == "m2",
+        # the model's --binarize auto: fresh draws for M2
+        m2=model_kind(record.get("model")).binarize == "dynamic",
     )
 
 
@@ -170,7 +172,7 @@ def adopt_decisions(options: Mapping, data_config: Mapping, data: DatasetSplits)
     if data.source is None:
         return dict(options), dict(data_config)
     source = data.source
-    if options["model"] != "vae" and not source["labelled"]:
+    if model_kind(options["model"]).takes_labels and not source["labelled"]:
         raise ValueError(
             f"--model {options['model']} needs labels: {source['path']} has none (pass "
             "--label-column NAME for a .csv, save y in a .npz/.pt, or use class subfolders)"
@@ -201,7 +203,7 @@ def data_line(data: DatasetSplits) -> str | None:
     transforms = Transforms.from_json(source["transforms"])
     test = source["test"]
     held = (
-        f"test data {test['path']}"
+        f"test data {_near(test['path'])}"
         if "path" in test and test["path"]
         else f"{test['fraction']:.0%} of it held out as the test part (seeded by --seed "
         f"{test['seed']}; pass --test-data to choose it)"
@@ -213,9 +215,21 @@ def data_line(data: DatasetSplits) -> str | None:
         else f"{source['shape'][0]:,} rows x {source['shape'][1]} features"
     )
     return (
-        f"data {source['path']}: {what} (sha256 {source['sha256'][:12]}...); "
+        f"data {_near(source['path'])}: {what} (sha256 {source['sha256'][:12]}...); "
         f"{transforms.said()}; {held}"
     )
+
+
+def _near(path: str) -> str:
+    """``path`` relative to the working folder when it lies under it, else as stored.
+
+    The line a command prints then names ``train.csv`` as the user typed it, not the machine's
+    folders (``config.json`` keeps the absolute path, for a resume from elsewhere).
+    """
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def model_image_shape(data: DatasetSplits) -> tuple[int, int] | None:

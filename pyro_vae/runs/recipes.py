@@ -36,6 +36,7 @@ from pyro_vae.models.m2 import M2
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.config import M2_ALPHA_PER_LABEL, with_added_options
 from pyro_vae.runs.losses import loss_settings
+from pyro_vae.runs.models import MODEL_CLASSES, Labels, model_kind
 from pyro_vae.runs.own_data import (
     FILE_DATASET,
     file_data_config,
@@ -58,8 +59,9 @@ __all__ = [
     "training_streams",
 ]
 
-MODELS = {"vae": VAE, "cvae": CVAE, "m2": M2}
-"""``config["model"]`` -> the class that ``config["vae"]`` (its keyword arguments) rebuilds."""
+MODELS = MODEL_CLASSES
+"""``config["model"]`` -> the class that ``config["vae"]`` (its keyword arguments) rebuilds: a
+view of the model registry (:data:`~pyro_vae.runs.models.MODEL_REGISTRY`)."""
 
 
 def data_config(options: Mapping) -> dict:
@@ -75,16 +77,15 @@ def data_config(options: Mapping) -> dict:
     -------
     dict
         ``dataset``, ``root``, ``binarize`` (``"auto"``: ``"static"`` for Bernoulli pixels,
-        which need binary data, ``"dynamic"`` for M2's, None for a Gaussian, which keeps
+        which need binary data, or the model's own (``"dynamic"`` for M2's:
+        :attr:`~pyro_vae.runs.models.ModelKind.binarize`), None for a Gaussian, which keeps
         intensities; ``"none"``: None), ``seed``, ``val_fraction``.
     """
     if options.get("data") is not None:  # your own file: decided once it is read
         return file_data_config(options)
     binarize = options["binarize"]
     if binarize == "auto" and options["likelihood"] in ("bernoulli", "auto"):  # sets: images
-        # M2's classifier learns from fresh draws: one fixed draw cost it 7.8 points of test
-        # accuracy on MNIST-5k, seed 0 (README, "Semi-supervised")
-        binarize = "dynamic" if options.get("model") == "m2" else "static"
+        binarize = model_kind(options.get("model")).binarize
     elif binarize == "auto":
         binarize = None
     return {
@@ -151,9 +152,10 @@ def model_arguments(options: Mapping, data: DatasetSplits) -> dict:
     Parameters
     ----------
     options : Mapping
-        ``model``, ``latent``, ``hidden``, ``likelihood``, ``activation``, and for the VAE
-        ``arch`` and ``flows`` (those an old run lacks take their
-        :data:`~pyro_vae.runs.config.ADDED_RUN_OPTIONS`).
+        ``model``, ``latent``, ``hidden``, ``likelihood``, ``activation``, and those the model
+        reads for arguments of its own (:attr:`~pyro_vae.runs.models.ModelKind.arguments`:
+        ``arch`` and ``flows`` for the VAE, ``init`` for M2; those an old run lacks take
+        their :data:`~pyro_vae.runs.config.ADDED_RUN_OPTIONS`).
     data : DatasetSplits
         The run's data: the image size and, for a labelled model, the number of classes (the
         largest train or test label + 1).
@@ -165,30 +167,15 @@ def model_arguments(options: Mapping, data: DatasetSplits) -> dict:
     """
     options = with_added_options(options)
     arguments = dict(
+        data_dim=data.train.data_dim,
         latent_dim=options["latent"],
         hidden=options["hidden"],
         # "auto" is a file's decision (made before this); a built-in set's images: Bernoulli
         likelihood="bernoulli" if options["likelihood"] == "auto" else options["likelihood"],
         activation=options["activation"],
-    )
-    if options["model"] == "vae":
-        return dict(
-            data_dim=data.train.data_dim,
-            **arguments,
-            arch=options["arch"],
-            image_shape=model_image_shape(data),
-            flows=options["flows"],
-        )
-    num_classes = int(max(data.train.y.max(), data.test.y.max())) + 1
-    labelled = dict(
-        data_dim=data.train.data_dim,
-        num_classes=num_classes,
-        **arguments,
         image_shape=model_image_shape(data),
     )
-    if options["model"] == "m2":
-        labelled["init"] = options["init"]
-    return labelled
+    return {**arguments, **model_kind(options["model"]).arguments(options, data)}
 
 
 def build_model(kind: str, arguments: Mapping) -> VAE | CVAE | M2:
@@ -200,8 +187,8 @@ def build_model(kind: str, arguments: Mapping) -> VAE | CVAE | M2:
 
     Parameters
     ----------
-    kind : {"vae", "cvae", "m2"}
-        The model.
+    kind : str
+        The model: a name in :data:`~pyro_vae.runs.models.MODEL_REGISTRY`.
     arguments : Mapping
         Its keyword arguments.
 
@@ -215,9 +202,7 @@ def build_model(kind: str, arguments: Mapping) -> VAE | CVAE | M2:
     ValueError
         An unknown ``kind``, or arguments the model refuses.
     """
-    if kind not in MODELS:
-        raise ValueError(f"unknown model {kind!r}; choose one of {sorted(MODELS)}")
-    return MODELS[kind](**arguments)
+    return model_kind(kind).model(**arguments)
 
 
 def architecture(model: VAE | CVAE | M2) -> dict:
@@ -376,10 +361,10 @@ def training_streams(options: Mapping, data: DatasetSplits) -> TrainingStreams:
     ValueError
         More labels per class than some class has.
     """
-    kind = options.get("model", "vae")
-    if kind == "vae":
+    labels = model_kind(options.get("model")).labels
+    if labels is Labels.NONE:
         return TrainingStreams(data.train, data.val)
-    if kind == "cvae":
+    if labels is Labels.GIVEN:
         val = (data.val, data.val.y) if data.val is not None else None
         return TrainingStreams((data.train, data.train.y), val)
     labelled, unlabelled = labelled_split(

@@ -21,6 +21,7 @@ from pyro_vae.infer.evidence.ais import AISSettings
 from pyro_vae.infer.evidence.psis import KHAT_GOOD, KHAT_OK
 from pyro_vae.runs.certified import choose_estimates
 from pyro_vae.runs.folders import Run, evaluation_data, evaluation_labels, test_images
+from pyro_vae.runs.models import DEFAULT_MODEL, model_kind
 
 __all__ = [
     "IWAE_KS",
@@ -42,7 +43,7 @@ _KHAT_BAD = f"bad (> {KHAT_OK:g})"
 
 
 @torch.no_grad()
-def final_scores(model, data: DatasetSplits, kind: str = "vae") -> dict:
+def final_scores(model, data: DatasetSplits, kind: str = DEFAULT_MODEL) -> dict:
     """The scores ``train`` prints at the end: test -ELBO, and M2's test accuracy.
 
     Parameters
@@ -51,8 +52,9 @@ def final_scores(model, data: DatasetSplits, kind: str = "vae") -> dict:
         The trained model.
     data : DatasetSplits
         Its data (the whole test split is scored).
-    kind : {"vae", "cvae", "m2"}
-        The model; the CVAE is scored given the test labels.
+    kind : str
+        The model (a name in :data:`~pyro_vae.runs.models.MODEL_REGISTRY`); a conditional
+        one (the CVAE) is scored given the test labels.
 
     Returns
     -------
@@ -63,12 +65,15 @@ def final_scores(model, data: DatasetSplits, kind: str = "vae") -> dict:
     """
     from pyro_vae.infer.evidence.importance import elbo_per_datapoint
 
+    entry = model_kind(kind)
     x = test_images(data).to(next(model.parameters()).device)
-    labels = (data.test.y.to(x.device),) if kind == "cvae" else ()
+    labels = (data.test.y.to(x.device),) if entry.conditional else ()
     elbo = elbo_per_datapoint(model.model, model.guide, x, *labels, num_samples=1)
     # q(y|x) is judged on the test images as stored: for a "dynamic" run the grey levels, of
     # which its training images were random draws (one fixed draw adds noise of its own)
-    accuracy = model.accuracy(data.test.x.to(x.device), data.test.y) if kind == "m2" else None
+    accuracy = None
+    if entry.reports_accuracy:
+        accuracy = model.accuracy(data.test.x.to(x.device), data.test.y)
     return {"test_loss": -elbo.mean().item(), "accuracy": accuracy}
 
 
@@ -225,7 +230,7 @@ def evaluate_run(
     report = {
         "run_dir": str(run.run_dir),
         "model": run.kind,
-        "evidence": "log p(x|y)" if run.conditional else "log p(x)",
+        "evidence": run.entry.evidence_label,
         "split": "test",
         "num_points": n,
         "num_samples": num_samples,
@@ -239,7 +244,7 @@ def evaluate_run(
         "iwae": iwae,
         "khat": khat_summary(nll.khat),
     }
-    if run.kind == "m2":  # on the images as stored, as train's final line (final_scores)
+    if run.entry.reports_accuracy:  # on the images as stored, as train's final line
         report["accuracy"] = vae.accuracy(run.data.test.x[:n].to(x.device), y)
     chosen = choose_estimates(run, x, y, nll, estimator, ais or AISSettings(), progress)
     report["trusted"] = chosen["summary"]

@@ -19,6 +19,7 @@ from pyro_vae.models.conditional import CVAE
 from pyro_vae.models.m2 import M2
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.config import write_config
+from pyro_vae.runs.models import model_kind
 from pyro_vae.runs.recipes import (
     TrainingStreams,
     build_model,
@@ -241,7 +242,7 @@ def training_recipe(options: Mapping, data: DatasetSplits) -> TrainingRecipe:
     pyro.set_rng_seed(options["seed"])  # before the networks are initialised: runs repeat
     model = build_model(options["model"], model_arguments(options, data))
     loss = training_objective(options)
-    if options["model"] == "m2":
+    if model_kind(options["model"]).semi_supervised:
         images = streams.labelled.data[0]
         options["alpha"] = m2_alpha(len(images), options["alpha"])
         schedule = options["labelled_schedule"]

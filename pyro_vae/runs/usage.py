@@ -76,13 +76,13 @@ class Scores:
 
 def _labels_for(run: Run, y, label, n: int, device, what: str):
     """The labels a conditional model needs: ``--label``, else the file's, else a refusal."""
-    if run.kind == "vae":  # a VAE takes no labels, whatever the file holds
+    if not run.entry.takes_labels:  # a VAE takes no labels, whatever the file holds
         return None
     if label is not None:
         return torch.full((n,), int(label), dtype=torch.long, device=device)
     if y is not None:
         return y.to(device)
-    if run.kind == "cvae":
+    if run.entry.conditional:
         raise ValueError(
             f"a conditional run {what} given labels: pass --label K, or give the file labels"
         )
@@ -251,9 +251,10 @@ def encode_file(
 
 def _posterior_moments(run: Run, x, y):
     vae = run.vae
-    if run.kind == "vae" and vae.flow is None:
+    takes_labels = run.entry.takes_labels
+    if not takes_labels and vae.flow is None:
         return vae.encode(x)
-    if run.kind != "vae" and y is not None:  # q(z|x, y) = N(mu, diag sigma^2)
+    if takes_labels and y is not None:  # q(z|x, y) = N(mu, diag sigma^2)
         return vae.encoder(concat(x, one_hot(y, vae.num_classes, x)))
     args = () if y is None else (y,)
     z = guide_draws(vae.guide, x, *args, num_chains=1, num_draws=ENCODE_DRAWS)["z"][0]
@@ -301,7 +302,7 @@ def sample_run(
         ``label`` outside the run's classes.
     """
     vae = run.vae
-    classes = getattr(vae, "num_classes", None)
+    classes = vae.num_classes if run.entry.takes_labels else None
     if label is not None and (classes is None or label >= classes):
         what = f"labels 0..{classes - 1}" if classes else "no labels"
         raise ValueError(f"--label {label}: the {run.kind} run has {what}")
