@@ -37,6 +37,5 @@ def test_readme_fits_and_its_links_lead_to_files():
     assert len(text.splitlines()) <= 250
     targets = re.findall(r"\]\(((?!https?:)[^)#]+)(?:#[^)]*)?\)", text)
     assert "docs/results.md" in targets
-    # the notebooks come from the tutorials' own branch: the README names the folder, not them
-    missing = [t for t in targets if not (ROOT / t).exists() and t != "docs/tutorials/"]
+    missing = [t for t in targets if not (ROOT / t).exists()]
     assert not missing, missing
