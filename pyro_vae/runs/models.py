@@ -98,6 +98,7 @@ MODEL_OPTIONS: dict[str, ModelOption] = {
         argument=dict(
             type=int,
             default=50,
+            metavar="K",
             help="VampPrior: number K of learned pseudo-inputs, the mixture components of p(z) "
             "(default 50: the paper's 500 per 50,000 MNIST images at MNIST-5k's 4,500)",
         )
