@@ -123,8 +123,8 @@ def test_the_model_help_lists_every_entry(toy, capsys):
 def test_register_refuses_a_taken_name_and_an_unknown_option():
     with pytest.raises(ValueError, match="'vae' is registered already"):
         register_model("vae", MODEL_REGISTRY["vae"])
-    kind = ModelKind(ToyVAE, "help", "toy", options=("pseudo_inputs",))
-    with pytest.raises(ValueError, match="takes --pseudo-inputs, which MODEL_OPTIONS"):
+    kind = ModelKind(ToyVAE, "help", "toy", options=("components",))
+    with pytest.raises(ValueError, match="takes --components, which MODEL_OPTIONS"):
         register_model("toy", kind)
     assert "toy" not in MODEL_REGISTRY
 
@@ -141,18 +141,18 @@ def test_an_option_is_refused_by_what_the_entry_takes(toy):
 
 
 def test_a_models_own_option_is_one_entry_of_model_options(monkeypatch):
-    option = ModelOption(argument=dict(type=int, default=3, help="--model toy: pseudo-inputs K"))
-    monkeypatch.setitem(MODEL_OPTIONS, "pseudo_inputs", option)
-    kind = ModelKind(ToyVAE, "help", "toy", _toy_arguments, ("flows", "arch", "pseudo_inputs"))
+    option = ModelOption(argument=dict(type=int, default=3, help="--model toy: components K"))
+    monkeypatch.setitem(MODEL_OPTIONS, "components", option)
+    kind = ModelKind(ToyVAE, "help", "toy", _toy_arguments, ("flows", "arch", "components"))
     register_model("toy", kind)
     try:
         parser = build_parser()  # the parser declares it from the table
-        toy = parser.parse_args(["train", "--model", "toy", "--pseudo-inputs", "5"])
-        assert toy.pseudo_inputs == 5
-        options = vars(parser.parse_args(["train", "--pseudo-inputs", "5"]))
-        refusal = "--pseudo-inputs applies to --model toy, not --model vae"
+        toy = parser.parse_args(["train", "--model", "toy", "--components", "5"])
+        assert toy.components == 5
+        options = vars(parser.parse_args(["train", "--components", "5"]))
+        refusal = "--components applies to --model toy, not --model vae"
         with pytest.raises(ValueError, match=refusal):
-            check_model_options(options, {"pseudo_inputs"})
+            check_model_options(options, {"components"})
     finally:
         unregister_model("toy")
 

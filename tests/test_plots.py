@@ -199,6 +199,12 @@ def test_manifold_grid_is_gaussian_icdf(tmp_path):
     assert abs(width - 315) <= 1 and abs(height - 255) <= 1, (width, height)
     with pytest.raises(ValueError, match="positive"):
         plots.save_manifold(decode_fn, (3, 4), tmp_path / "bad.png", n=0)
+    # a prior other than N(0, I) (a learned one): each axis takes its draws' own quantiles
+    draws = torch.stack([torch.arange(101.0), -2.0 * torch.arange(101.0)], dim=-1)
+    plots.save_manifold(decode_fn, (3, 4), tmp_path / "p.png", n=n, prior_draws=draws)
+    levels = torch.linspace(0.05, 0.95, n) * 100  # the draws' quantiles: 100 u and -200 (1 - u)
+    assert torch.allclose(seen[-1][:n, 0], levels, atol=1e-4), seen[-1][:n, 0]
+    assert torch.allclose(seen[-1][::n, 1], -2 * levels, atol=1e-4), seen[-1][::n, 1]
 
 
 def test_khat_plot(tmp_path):

@@ -76,12 +76,14 @@ def test_load_run_rebuilds_the_architecture_and_weights_that_train_built(model, 
 
 
 def test_build_model_from_stored_json_equals_the_model_from_options(digits):
-    for model in ("vae", "cvae", "m2"):
+    for model in ("vae", "cvae", "m2", "vamp"):
         arguments = runs.model_arguments({**OPTIONS, "model": model}, digits)
         built = runs.build_model(model, arguments)
         stored = json.loads(json.dumps(runs.architecture(built)))  # as config.json holds it
         assert runs.build_model(model, stored).config == built.config
     assert runs.model_arguments({**OPTIONS, "model": "cvae"}, digits)["num_classes"] == 10
+    vamp = {**OPTIONS, "model": "vamp", "pseudo_inputs": 7}
+    assert runs.build_model("vamp", runs.model_arguments(vamp, digits)).config["pseudo_inputs"] == 7
     with pytest.raises(ValueError, match="unknown model 'm3'"):
         runs.build_model("m3", {})
 

@@ -261,13 +261,20 @@ def save_side_by_side(originals, reconstructions, image_shape, path, title=None)
 
 
 def save_manifold(
-    decode_fn: Callable[[torch.Tensor], torch.Tensor], image_shape, path, n=20, device=None
+    decode_fn: Callable[[torch.Tensor], torch.Tensor],
+    image_shape,
+    path,
+    n=20,
+    device=None,
+    prior_draws=None,
 ) -> Path:
     """Save the learned manifold of a model with a 2-D latent space (Kingma & Welling 2014, Fig. 4).
 
     Linearly spaced coordinates in (0.05, 0.95) are mapped through the inverse CDF of N(0, 1),
     so each grid cell covers equal prior probability; the ``n * n`` codes are decoded with
-    ``decode_fn`` and tiled with ``z_1`` increasing to the right and ``z_2`` upwards.
+    ``decode_fn`` and tiled with ``z_1`` increasing to the right and ``z_2`` upwards. For a
+    prior that is not N(0, I) (the VampPrior), ``prior_draws`` gives draws from it, and each
+    axis takes their own marginal quantiles at the same levels instead.
 
     Parameters
     ----------
@@ -283,6 +290,8 @@ def save_manifold(
         Grid points per axis.
     device : str or torch.device, optional
         Device of the codes passed to ``decode_fn`` (default: CPU).
+    prior_draws : torch.Tensor of shape (S, 2), optional
+        Draws z ~ p(z) whose per-axis quantiles lay the grid (default: N(0, 1)'s).
 
     Returns
     -------
@@ -298,8 +307,11 @@ def save_manifold(
         raise ValueError(f"n must be a positive integer, got {n}")
     n = int(n)
     u = torch.linspace(0.05, 0.95, n, dtype=torch.get_default_dtype())
-    coords = torch.distributions.Normal(0.0, 1.0).icdf(u)
-    z2, z1 = torch.meshgrid(coords.flip(0), coords, indexing="ij")  # top row = largest z_2
+    if prior_draws is None:
+        coords1 = coords2 = torch.distributions.Normal(0.0, 1.0).icdf(u)
+    else:  # (n, 2): the quantiles of each axis
+        coords1, coords2 = torch.quantile(prior_draws.detach().cpu().to(u.dtype), u, dim=0).T
+    z2, z1 = torch.meshgrid(coords2.flip(0), coords1, indexing="ij")  # top row = largest z_2
     z = torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=-1).to(device or "cpu")
     with torch.no_grad():
         images = decode_fn(z)

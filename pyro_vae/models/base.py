@@ -217,6 +217,12 @@ class LatentGaussianModel(nn.Module):
         ``(H, W)`` (metadata, for plots).
     """
 
+    prior_factorizes: bool = True
+    """Whether :meth:`prior` is a product of univariate factors (``Independent``), so that the
+    KL to it splits by latent dimension (``kl_per_dimension``); a subclass whose prior couples
+    the dimensions (a mixture: the VampPrior) sets False, and the tools then report only the
+    Monte Carlo total."""
+
     def __init__(self, config: dict):
         super().__init__()
         self._config = config

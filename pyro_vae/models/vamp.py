@@ -118,6 +118,8 @@ class VampVAE(VAE):
         (0, -1, a bool or a float), or ``flows`` above 0.
     """
 
+    prior_factorizes = False  # a mixture: its KL does not split by latent dimension
+
     def __init__(
         self,
         data_dim: int,

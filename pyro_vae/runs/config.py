@@ -77,6 +77,7 @@ RUN_OPTIONS = (
     "test_data",
     "label_column",
     "image_size",
+    "pseudo_inputs",
 )
 """Options that define a run: a resumed run must keep them (the stored values are used)."""
 
@@ -98,6 +99,7 @@ ADDED_RUN_OPTIONS = dict(
     test_data=None,
     label_column=None,
     image_size=None,
+    pseudo_inputs=50,
 )
 """Run-defining options added after runs were first written: the values an older run had."""
 

@@ -33,7 +33,7 @@ class Diagnosis:
     idatas : dict
         ``{"guide": InferenceData, "NUTS": InferenceData}``.
     kl : torch.Tensor of shape (M,) or None
-        KL per latent dimension (None for a flow guide, which does not factorize).
+        KL per latent dimension (None for a flow guide or a prior that does not factorize).
     variances : torch.Tensor of shape (M,)
         Activity Cov_x E_q[z_j] per dimension.
     num_points, gap_points, nuts_points : int
@@ -48,6 +48,8 @@ class Diagnosis:
     num_points: int
     gap_points: int
     nuts_points: int
+    kl_skipped: str = ""
+    """Why ``kl`` is None (a flow guide, a prior that does not factorize); empty otherwise."""
 
 
 def diagnose_run(
@@ -112,9 +114,10 @@ def diagnose_run(
             f"exceed --num-points {len(x)}"
         )
     active, variances = active_units(vae.guide, x, *y)
-    # a flow guide does not factorize: its KL has no per-unit split, only a Monte Carlo total
-    flows = getattr(vae, "flows", 0)
-    kl = kl_per_dimension(vae.model, vae.guide, x, *y) if not flows else None
+    # a flow guide or a mixture prior does not factorize: the KL has no per-unit split, only
+    # a Monte Carlo total
+    skipped = _kl_skipped(vae)
+    kl = kl_per_dimension(vae.model, vae.guide, x, *y) if not skipped else None
     kl_total = kl.sum().item() if kl is not None else latent_kl(vae.model, vae.guide, x).mean()
     gap_rows = slice(0, gap_points)
     gap = amortization_gap(
@@ -139,7 +142,30 @@ def diagnose_run(
         "elbo_optimized": gap["mean_elbo_optimized"],
         "max_r_hat_nuts": float(summaries["NUTS"]["r_hat"].max()),
     }
-    return Diagnosis(report, summaries, idatas, kl, variances, len(x), gap_points, nuts_points)
+    return Diagnosis(
+        report, summaries, idatas, kl, variances, len(x), gap_points, nuts_points, skipped
+    )
+
+
+def _kl_skipped(vae) -> str:
+    """Why ``vae``'s KL has no split by latent dimension, or "" when it has one.
+
+    Parameters
+    ----------
+    vae : torch.nn.Module
+        A run's model.
+
+    Returns
+    -------
+    str
+        "a flow guide ..." (``flows`` > 0), "the prior p(z) ..." (``prior_factorizes`` False,
+        the VampPrior's mixture), or "".
+    """
+    if getattr(vae, "flows", 0):
+        return "a flow guide has no per-dimension KL"
+    if not getattr(vae, "prior_factorizes", True):
+        return "the prior p(z) does not factorize over dimensions: no per-dimension KL"
+    return ""
 
 
 def _guide_and_nuts(vae, x, y, nuts_points, chains, warmup, draws, seed, progress) -> dict:
@@ -187,7 +213,7 @@ def diagnosis_text(diagnosis: Diagnosis) -> str:
     kl_text = (
         "by dimension: " + " ".join(f"{v:.2f}" for v in kl.tolist())
         if kl is not None
-        else "Monte Carlo total (a flow guide has no per-dimension KL)"
+        else f"Monte Carlo total ({diagnosis.kl_skipped or 'no per-dimension KL'})"
     )
     lines = [
         f"test split, {diagnosis.num_points} datapoints:",

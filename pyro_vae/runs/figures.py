@@ -11,12 +11,14 @@ from pathlib import Path
 import torch
 
 from pyro_vae.data import DatasetSplits
+from pyro_vae.models.base import LatentGaussianModel
 from pyro_vae.models.conditional import CVAE
 from pyro_vae.models.m2 import M2
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.models import model_kind
 
 __all__ = [
+    "MANIFOLD_PRIOR_DRAWS",
     "conditional_figures",
     "diagnosis_figures",
     "certification_figure",
@@ -26,10 +28,18 @@ __all__ = [
     "training_figures",
 ]
 
+MANIFOLD_PRIOR_DRAWS = 10_000
+"""Draws z ~ p(z) whose quantiles lay ``manifold.png``'s grid for a prior other than N(0, I)
+(the standard error of a 5% quantile from 10,000 draws of N(0, 1) is
+sqrt(0.05 * 0.95 / 10^4) / phi(1.645) = 0.02)."""
+
 
 @torch.no_grad()
 def training_figures(vae: VAE, data: DatasetSplits, history: list[dict], out: Path) -> list[Path]:
     """ELBO curves, test reconstructions, prior samples; the latent map and manifold when M = 2.
+
+    The samples are decoded draws from the model's own prior (``vae.sample``); the manifold's
+    grid lies on N(0, 1)'s quantiles, or on those of draws from a prior other than N(0, I).
 
     Parameters
     ----------
@@ -71,7 +81,14 @@ def training_figures(vae: VAE, data: DatasetSplits, history: list[dict], out: Pa
         codes = vae.code(data.test.x.to(device))
         title = "test flow codes z_K(mu(x))" if vae.flows else "test means E_q[z|x]"
         paths.append(plots.save_latent_map(codes, data.test.y, out / "latent_map.png", title=title))
-        paths.append(plots.save_manifold(vae.decode, shape, out / "manifold.png", device=device))
+        # a learned prior (VampPrior): the grid spans its own draws' quantiles, not N(0, 1)'s
+        standard = type(vae).prior is LatentGaussianModel.prior
+        draws = None if standard else vae.sample_prior(MANIFOLD_PRIOR_DRAWS)
+        paths.append(
+            plots.save_manifold(
+                vae.decode, shape, out / "manifold.png", device=device, prior_draws=draws
+            )
+        )
     return paths
 
 
@@ -292,7 +309,8 @@ def diagnosis_figures(
     idatas : dict
         ``{"guide": InferenceData, "NUTS": InferenceData}``.
     kl : torch.Tensor of shape (M,) or None
-        KL per latent dimension (None for a flow guide: no ``kl_per_dimension.png``).
+        KL per latent dimension (None for a flow guide or a prior that does not factorize: no
+        ``kl_per_dimension.png``).
     variances : torch.Tensor of shape (M,)
         Activity Cov_x E_q[z_j] per dimension.
     out : Path

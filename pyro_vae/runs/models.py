@@ -25,6 +25,7 @@ from pyro_vae.data import DatasetSplits
 from pyro_vae.models.conditional import CVAE
 from pyro_vae.models.m2 import M2
 from pyro_vae.models.vae import VAE
+from pyro_vae.models.vamp import VampVAE
 from pyro_vae.runs.config import M2_DEFAULTS, M2_LABELS_PER_CLASS, M2_LOSS, option_flag
 
 __all__ = [
@@ -93,6 +94,15 @@ MODEL_OPTIONS: dict[str, ModelOption] = {
     "labelled_passes": ModelOption(),
     "flows": ModelOption(neutral=0),
     "arch": ModelOption(neutral="mlp", show_value=True),
+    "pseudo_inputs": ModelOption(
+        argument=dict(
+            type=int,
+            default=50,
+            metavar="K",
+            help="VampPrior: number K of learned pseudo-inputs, the mixture components of p(z) "
+            "(default 50: the paper's 500 per 50,000 MNIST images at MNIST-5k's 4,500)",
+        )
+    ),
 }
 """Every option of ``pyro-vae train`` that only some models take -> how it is refused for the
 others (and, for a model's own new option, how the parser reads it). The entries'
@@ -181,6 +191,19 @@ def _vae_arguments(options: Mapping, data: DatasetSplits) -> dict:
     return dict(arch=options["arch"], flows=options["flows"])
 
 
+def _vamp_arguments(options: Mapping, data: DatasetSplits) -> dict:
+    return dict(_vae_arguments(options, data), pseudo_inputs=options["pseudo_inputs"])
+
+
+def _check_vamp(options: dict, given: set) -> dict:
+    if options["pseudo_inputs"] < 1:  # refused before anything is written
+        raise ValueError(
+            f"--pseudo-inputs {options['pseudo_inputs']} must be a positive integer: the "
+            "number K of mixture components of the VampPrior"
+        )
+    return options
+
+
 def _labelled_arguments(options: Mapping, data: DatasetSplits) -> dict:
     """The number of classes: the largest train or test label + 1."""
     return dict(num_classes=int(max(data.train.y.max(), data.test.y.max())) + 1)
@@ -233,6 +256,16 @@ MODEL_REGISTRY: dict[str, ModelKind] = {
         defaults=M2_DEFAULTS,
         check=_check_m2,
         simulated="y ~ p(y), z ~ p(z), x ~ p(x|y,z); z ranked under q(z|x,y) at the true y",
+    ),
+    # --flows is not taken: the VampPrior mixes the guide's Gaussians q(z|u_k), and an IAF
+    # guide has no Gaussian density at u_k (VampVAE refuses flows > 0)
+    "vamp": ModelKind(
+        VampVAE,
+        "the VAE with the VampPrior p(z) = (1/K) sum_k q(z|u_k) (--pseudo-inputs K)",
+        "VampPrior VAE",
+        _vamp_arguments,
+        ("arch", "pseudo_inputs"),
+        check=_check_vamp,
     ),
 }
 """Every model of ``pyro-vae train --model``: name -> :class:`ModelKind`."""

@@ -275,6 +275,9 @@ def sample_run(
 ) -> torch.Tensor:
     """``num`` draws z ~ p(z) through the decoder, in the data's units and shape.
 
+    z comes from the model's own prior (``sample_prior``: N(0, I), or a learned one such as
+    the VampPrior), drawn before the labels of a labelled model.
+
     Parameters
     ----------
     run : Run
@@ -310,7 +313,7 @@ def sample_run(
     draws = []
     for start in tqdm(range(0, num, batch_size), disable=not progress, desc="sample"):
         n = min(batch_size, num - start)
-        z = torch.randn(n, vae.latent_dim, device=device)
+        z = vae.sample_prior(n).to(device)  # the model's p(z): a learned prior too
         if classes is None:
             params = vae.decoder(z)
         else:
