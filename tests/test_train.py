@@ -305,6 +305,18 @@ def test_cuda_and_cpu_agree(mnist):
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
 
+@requires_cuda
+def test_compiled_training_runs_on_cuda(mnist):
+    # the Adam coefficients once lived on the CPU: inductor handed their host pointer to a CUDA
+    # kernel ("CUDA driver error: invalid argument", found on an H200); eager never noticed
+    pyro.clear_param_store()
+    vae = small_vae()
+    result = train(vae.model, vae.guide, mnist.train.x[:256], epochs=2, device="cuda",
+                   compile="on", progress=False)  # fmt: skip
+    assert result.device.type == "cuda"
+    assert math.isfinite(result.history[-1]["train_loss"])
+
+
 # --- data with extras (labels) and a second, labelled stream ------------------------------------
 
 

@@ -81,12 +81,15 @@ def adam_coefficients(optimizer: torch.optim.Optimizer, steps) -> torch.Tensor:
 def _coefficients(steps, lr: float, beta1: float, beta2: float) -> torch.Tensor:
     """:func:`adam_coefficients` from the settings themselves."""
     counts = torch.stack(steps).tolist() if steps else []
+    # on the parameters' device: a CPU tensor read inside a CUDA graph is a host pointer
+    # handed to a GPU kernel (inductor's launcher: "CUDA driver error: invalid argument")
     return torch.tensor(
         [
             [lr / (1 - beta1 ** (t + 1)) for t in counts],
             [math.sqrt(1 - beta2 ** (t + 1)) for t in counts],
         ],
         dtype=torch.float64,
+        device=steps[0].device if steps else None,
     )
 
 
