@@ -312,7 +312,7 @@ def test_compiled_training_runs_on_cuda(mnist):
     pyro.clear_param_store()
     vae = small_vae()
     result = train(vae.model, vae.guide, mnist.train.x[:256], epochs=2, device="cuda",
-                   compile="on", progress=False)  # fmt: skip
+                   compile=True, progress=False)  # fmt: skip
     assert result.device.type == "cuda"
     assert math.isfinite(result.history[-1]["train_loss"])
 
