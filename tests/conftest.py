@@ -7,6 +7,27 @@ import torch
 torch.set_num_threads(1)
 
 
+def _is_slow(item):
+    return item.get_closest_marker("slow") is not None
+
+
+def pytest_collection_modifyitems(items):
+    """Long tests first, so that the two pytest-xdist workers end on short ones together.
+
+    Modules with more ``slow`` tests come first and, inside a module, its slow tests; a
+    module's tests stay together (its module-scoped fixtures are built once per worker).
+    Both sorts are stable: otherwise the collection's order.
+    """
+    module = {item: item.nodeid.split("::")[0] for item in items}
+    slow_count, first = {}, {}
+    for position, item in enumerate(items):
+        slow_count[module[item]] = slow_count.get(module[item], 0) + _is_slow(item)
+        first.setdefault(module[item], position)
+    items.sort(
+        key=lambda item: (-slow_count[module[item]], first[module[item]], not _is_slow(item))
+    )
+
+
 @pytest.fixture(autouse=True)
 def fresh_pyro():
     """Every test starts with an empty param store, a fixed seed and one CPU thread."""

@@ -76,12 +76,13 @@ def test_train_leaves_checkpoint_history_config_and_figures(run_dir):
 
 
 @pytest.mark.slow
-def test_a_seed_repeats_a_run_exactly(tmp_path):
-    assert _train(tmp_path / "a", "--seed", "3") == 0
-    assert _train(tmp_path / "b", "--seed", "3") == 0
-    a, b = (json.loads((tmp_path / r / "history.json").read_text()) for r in "ab")
+def test_a_seed_repeats_a_run_exactly(run_dir, tmp_path):
+    # the same command as the module's run (its seed written out: 0, the default), in another
+    # process state (after whatever tests ran before): the same run, bit for bit
+    assert _train(tmp_path / "a", "--seed", "0") == 0
+    a, b = (json.loads((r / "history.json").read_text()) for r in (tmp_path / "a", run_dir))
     assert _timeless(a) == _timeless(b)
-    pa, pb = (load_checkpoint(tmp_path / r / "checkpoint.pt")["params"] for r in "ab")
+    pa, pb = (load_checkpoint(r / "checkpoint.pt")["params"] for r in (tmp_path / "a", run_dir))
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
     assert _train(tmp_path / "c", "--seed", "4") == 0
     pc = load_checkpoint(tmp_path / "c" / "checkpoint.pt")["params"]
