@@ -11,13 +11,29 @@ def _is_slow(item):
     return item.get_closest_marker("slow") is not None
 
 
+def _module_fixture_users(item):
+    """Whether ``item`` uses a fixture built once per module (a trained run, the docs site)."""
+    info = getattr(item, "_fixtureinfo", None)  # absent from items that are not functions
+    if info is None:
+        return False
+    scopes = {defs[-1].scope for defs in info.name2fixturedefs.values() if defs}
+    return bool(scopes & {"module", "class", "package"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(items):
     """Long tests first, so that the two pytest-xdist workers end on short ones together.
 
     Modules with more ``slow`` tests come first and, inside a module, its slow tests; a
     module's tests stay together (its module-scoped fixtures are built once per worker).
-    Both sorts are stable: otherwise the collection's order.
+    Both sorts are stable: otherwise the collection's order. The tests of a module that use
+    one of its module-scoped fixtures form one ``xdist_group``: under ``--dist loadgroup``
+    one worker runs them all and builds the fixture once (under plain ``-n``, each worker
+    that gets one of them builds it).
     """
+    for item in items:
+        if _module_fixture_users(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     module = {item: item.nodeid.split("::")[0] for item in items}
     slow_count, first = {}, {}
     for position, item in enumerate(items):

@@ -255,6 +255,9 @@ def test_bench_distributed_times_ais_on_shared_points(capsys, tmp_path):
     assert set(result["examples_per_s"]) == {(2, "ais")}
     assert all(math.isfinite(v) and v > 0 for v in result["examples_per_s"].values()), result
     assert "| 2 | AIS |" in capsys.readouterr().out
+    # evaluate under torchrun: the 2 ranks shared the 3 points, each scored by AIS, in one file
+    rows = json.loads((run / "evaluation.json").read_text())["points"]
+    assert [r["estimator"] for r in rows] == ["ais"] * 3
 
 
 @pytest.mark.slow
