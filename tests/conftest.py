@@ -7,6 +7,11 @@ import torch
 torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    # pytest-xdist registers it too; without xdist (-p no:xdist) the mark is still known
+    config.addinivalue_line("markers", "xdist_group(name): run on one pytest-xdist worker")
+
+
 def _is_slow(item):
     return item.get_closest_marker("slow") is not None
 
