@@ -92,11 +92,11 @@ def test_false_alarm_rate_over_repetitions_is_within_its_stated_level(float64):
 def test_wrong_guides_fail_with_power_at_the_default_sizes(sd, shift, expected, float64):
     """Measured: 200 of 200 runs flagged, with this verdict on every dimension, for each guide
     (the rank z-statistics are about 9 or more at N = 1000); required: power >= 0.95."""
-    ppca, reps = RATES.ppca(), 20
+    ppca, reps = RATES.ppca(), 10
     result = sbc(ppca.model, RATES.perturbed_guide(ppca, sd, shift), torch.zeros(reps * N, 5))
     verdicts = RATES.block_verdicts(result, reps, N)
-    # at power 0.95 all 20 are flagged with probability 0.36; at the measured >= 0.985
-    # (a one-sided 95% bound from 200 of 200) with 0.74; the effect is ~9 SE, so P ~ 1
+    # at power 0.95 all 10 are flagged with probability 0.60; at the measured >= 0.985
+    # (a one-sided 95% bound from 200 of 200) with 0.86; the effect is ~9 SE, so P ~ 1
     assert all(v[:-1] == [expected, expected] for v in verdicts)
     if shift == 0.0:  # the joint density rank sees a wrong width; a shift of 0.3 sd it may miss
         assert all(v[-1] != "consistent" for v in verdicts)

@@ -1,6 +1,8 @@
 """The pyro-vae command line end to end, on tiny runs: results, repeatability, resume, failures."""
 
+import contextlib
 import errno
+import io
 import json
 import os
 import re
@@ -76,12 +78,13 @@ def test_train_leaves_checkpoint_history_config_and_figures(run_dir):
 
 
 @pytest.mark.slow
-def test_a_seed_repeats_a_run_exactly(tmp_path):
-    assert _train(tmp_path / "a", "--seed", "3") == 0
-    assert _train(tmp_path / "b", "--seed", "3") == 0
-    a, b = (json.loads((tmp_path / r / "history.json").read_text()) for r in "ab")
+def test_a_seed_repeats_a_run_exactly(run_dir, tmp_path):
+    # the same command as the module's run (its seed written out: 0, the default), in another
+    # process state (after whatever tests ran before): the same run, bit for bit
+    assert _train(tmp_path / "a", "--seed", "0") == 0
+    a, b = (json.loads((r / "history.json").read_text()) for r in (tmp_path / "a", run_dir))
     assert _timeless(a) == _timeless(b)
-    pa, pb = (load_checkpoint(tmp_path / r / "checkpoint.pt")["params"] for r in "ab")
+    pa, pb = (load_checkpoint(r / "checkpoint.pt")["params"] for r in (tmp_path / "a", run_dir))
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
     assert _train(tmp_path / "c", "--seed", "4") == 0
     pc = load_checkpoint(tmp_path / "c" / "checkpoint.pt")["params"]
@@ -104,15 +107,14 @@ def test_the_same_command_after_another_runs_records_gives_the_same_run(
         monkeypatch.setattr("pyro_vae.infer.compile.policy.AUTO_MIN_STEPS", 5)
         costs = dict(compile_seconds=1e3, compiled_step_seconds=1.0, eager_step_seconds=1.0)
     command = ["train", "--dataset", "digits", "--epochs", "1", *TINY, "--out"]
-    records, fresh = tmp_path / "records", tmp_path / "fresh"
-    records.mkdir(), fresh.mkdir()
+    records = tmp_path / "records"
+    records.mkdir()
     monkeypatch.setenv("PYRO_VAE_STEP_COSTS", str(records))
-    assert main([*command, str(tmp_path / "first"), "--compile", "off"]) == 0  # leaves a record
+    # alone: a machine with no records (the folder is empty); the run leaves its record
+    assert main([*command, str(tmp_path / "alone")]) == 0
     (record,) = records.iterdir()
     record.write_text(json.dumps(costs))  # another run's history: it says the other path pays
     assert main([*command, str(tmp_path / "after")]) == 0
-    monkeypatch.setenv("PYRO_VAE_STEP_COSTS", str(fresh))
-    assert main([*command, str(tmp_path / "alone")]) == 0
     after, alone = (
         json.loads((tmp_path / r / "history.json").read_text()) for r in ("after", "alone")
     )
@@ -881,11 +883,19 @@ def test_cvae_run_is_scored_with_the_test_labels_and_draws_class_figures(tmp_pat
     assert json.loads((out / "diagnostics.json").read_text())["latent_dim"] == 2
 
 
+@pytest.fixture(scope="module")
+def m2_dir(tmp_path_factory):
+    """A 2-epoch M2 run (3 labels per class) that no test changes, and what training printed."""
+    out = tmp_path_factory.mktemp("m2") / "m2"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert _train(out, "--model", "m2", "--labels-per-class", "3") == 0
+    return out, printed.getvalue()
+
+
 @pytest.mark.slow
-def test_m2_run_trains_evaluates_diagnoses_and_resumes(tmp_path, capsys):
-    out = tmp_path / "m2"
-    assert _train(out, "--model", "m2", "--labels-per-class", "3") == 0
-    printed = capsys.readouterr().out
+def test_m2_run_trains_evaluates_diagnoses_and_resumes(m2_dir, tmp_path):
+    out, printed = shutil.copytree(m2_dir[0], tmp_path / "m2"), m2_dir[1]
     assert "test accuracy of q(y|x)" in printed, printed
     options = json.loads((out / "config.json").read_text())["options"]
     # Pyro's SS-VAE example: alpha = 46 N_l, N_l = 30 labelled images
@@ -913,12 +923,12 @@ def test_m2_run_trains_evaluates_diagnoses_and_resumes(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_m2_resume_equals_an_uninterrupted_run(tmp_path):
-    assert _train(tmp_path / "full", "--model", "m2", "--labels-per-class", "2") == 0
-    argv = ["train", "--epochs", "1", *TINY, "--model", "m2", "--labels-per-class", "2"]
+def test_m2_resume_equals_an_uninterrupted_run(m2_dir, tmp_path):
+    argv = ["train", "--epochs", "1", *TINY, "--model", "m2", "--labels-per-class", "3"]
     assert main([*argv, "--out", str(tmp_path / "split")]) == 0
     assert main(["train", "--out", str(tmp_path / "split"), "--resume", "--epochs", "2"]) == 0
-    full, split = (load_checkpoint(tmp_path / n / "checkpoint.pt") for n in ("full", "split"))
+    # the uninterrupted run: the module's 2-epoch run of the same command
+    full, split = (load_checkpoint(r / "checkpoint.pt") for r in (m2_dir[0], tmp_path / "split"))
     for name, value in full["params"].items():
         assert torch.equal(value, split["params"][name]), f"{name} differs after resuming"
 

@@ -266,8 +266,13 @@ def test_compile_option_is_validated(mnist):
         train(vae.model, vae.guide, mnist.train.x[:64], epochs=1, compile="yes", progress=False)
 
 
-@pytest.mark.slow
-def test_compiled_training_follows_the_eager_run(mnist):
+@pytest.mark.slow  # the first capture in a process imports torch._dynamo
+def test_compiled_training_follows_the_eager_run(mnist, monkeypatch):
+    # the captured graph as it is: train()'s compiled path (capture, reuse, the graph's Adam);
+    # inductor's own kernels against the eager step: tests/test_compiled.py (vae-inductor)
+    monkeypatch.setattr(
+        "pyro_vae.infer.training.compiled_step.compile_graph", lambda graph, inputs, device: graph
+    )
     histories = []
     for compile in (False, True):
         pyro.clear_param_store()
@@ -278,7 +283,8 @@ def test_compiled_training_follows_the_eager_run(mnist):
         )  # fmt: skip
         histories.append([r["train_loss"] for r in result.history])
     # the same draws (the compiled graph calls torch's own RNG); float32 kernels that sum in
-    # another order: relative differences of 1e-6 per step, far below 1e-4 after 8 steps
+    # another order (inductor's: relative differences of 1e-6 per step; the captured graph's
+    # ATen calls: the same or less), far below 1e-4 after 8 steps
     for eager, compiled in zip(*histories, strict=True):
         assert abs(eager - compiled) < 1e-4 * abs(eager), histories
 
