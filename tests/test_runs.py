@@ -334,6 +334,8 @@ def test_a_report_is_named_by_every_setting_that_changes_it(command):
         options = vars(parser.parse_args([command, "r"]))
         assert report_name(command, {**options, "processes": 2}) == default + "-P2"
         assert report_name(command, {**options, "processes": 1}) == default
+
+
 # --- what to trust: the AIS certification and the ladder ---------------------------------------
 
 

@@ -115,9 +115,16 @@ def write_pages(app) -> None:
     ordered = [m for m in TOP if m in modules] + [m for m in modules if m not in TOP]
     pages = {f"{name}.rst": page(name, modules) for name in ordered}
     title = "API reference"
-    index = [title, "=" * len(title), "",
-             "One page per public module, generated from the docstrings at each build.", "",
-             ".. toctree::", "   :maxdepth: 1", ""] + [f"   {name}" for name in ordered]
+    index = [
+        title,
+        "=" * len(title),
+        "",
+        "One page per public module, generated from the docstrings at each build.",
+        "",
+        ".. toctree::",
+        "   :maxdepth: 1",
+        "",
+    ] + [f"   {name}" for name in ordered]
     pages["index.rst"] = "\n".join(index) + "\n"
     for stale in out.glob("*.rst"):
         if stale.name not in pages:
