@@ -85,7 +85,7 @@ class M2(LabelledLatentModel):
         Start weights of the three networks (:func:`pyro_vae.nets.init_hidden_layers`):
         ``"small"`` draws the hidden layers from N(0, 0.001^2), as Pyro's SS-VAE example
         does; ``"torch"`` keeps PyTorch's default. The measured difference is in
-        ``experiments/semi_supervised.py`` (README, "Semi-supervised").
+        ``experiments/semi_supervised.py`` (docs/results/semi_supervised.md).
 
     Raises
     ------

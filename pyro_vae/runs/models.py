@@ -249,7 +249,7 @@ MODEL_REGISTRY: dict[str, ModelKind] = {
         ("labels_per_class", "alpha", "labelled_schedule", "labelled_passes", "init"),
         labels=Labels.SEMI,
         # M2's classifier learns from fresh draws: one fixed draw cost it 7.8 points of test
-        # accuracy on MNIST-5k, seed 0 (README, "Semi-supervised")
+        # accuracy on MNIST-5k, seed 0 (docs/results/semi_supervised.md)
         binarize="dynamic",
         loss=M2_LOSS,
         loss_reason="sums the label out exactly",

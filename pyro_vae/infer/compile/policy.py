@@ -60,8 +60,8 @@ __all__ = [
 # C = 2.4 s with inductor's on-disk cache warm (any run after the first on a machine) and 23 s
 # cold, so break-even at ~920 and ~8,900 steps. 2,000 is twice the warm break-even: a run of
 # that length gains from the second run on a machine and loses at most the one cold compile.
-# The GPU break-even was not measured; the same rule applies there. On another day (README,
-# "Compiled steps") the warm compile took 14-15 s and saved 5 ms per step, break-even ~2,900:
+# The GPU break-even was not measured; the same rule applies there. On another day (docs/results/
+# numpyro.md) the warm compile took 14-15 s and saved 5 ms per step, break-even ~2,900:
 # the compile cost moves between days, which a fixed threshold cannot follow; it is still the
 # rule, so that a run is a function of its command (what the machine measured only advises:
 # compile_advice)

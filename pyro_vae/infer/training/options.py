@@ -153,8 +153,8 @@ class LabelledStream:
     "alternate" is the default because it gives the classifier q(y|x) steps of its own on the
     labelled images, where "joint" dilutes the labelled gradient by N_l / (N + N_l) in every
     step, and because its ``passes`` can give the labels as many steps as the unlabelled
-    images get, which is what lifted M2 above its supervised baselines (README,
-    "Semi-supervised").
+    images get, which is what lifted M2 above its supervised baselines (docs/results/
+    semi_supervised.md).
 
     Attributes
     ----------
@@ -175,7 +175,7 @@ class LabelledStream:
         unlabelled and T_l labelled batches per pass (:meth:`resolve_passes`): with few
         labels one pass is one labelled step among many (100 labels in batches of 200
         beside 3,500 unlabelled images: one step in 19), and the classifier q(y|x) is
-        starved of labels (README, "Semi-supervised").
+        starved of labels (docs/results/semi_supervised.md).
     """
 
     data: object
