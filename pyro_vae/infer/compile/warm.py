@@ -5,7 +5,8 @@ what it built in an on-disk cache), and what a compile costs, and what it saves 
 differ between machines and days (the main job's step: 23 s cold and 2.4 s warm, 2.6 ms saved
 per step, in docs/compiled.md; 14-15 s warm and 5 ms saved on another day,
 docs/results/numpyro.md). So a run remembers what it measured (:class:`StepCosts`: the
-compile's seconds, and the seconds per step of the compiled or the eager step), in one small file named by a signature
+compile's seconds, and the seconds per step of the compiled or the eager step), in one small
+file named by a signature
 of what was trained (:func:`step_signature`: the pair's module parameters and their shapes, the
 objective, the batch's shape, dtype and device, the number of processes, the torch version), in
 inductor's cache folder, so that clearing that cache clears the record too. The record only
