@@ -279,13 +279,8 @@ def test_torchrun_trains_one_run_that_resumes_on_one_process(tmp_path):
     assert resumed[:2] == history and resumed[2]["segment"] == 1
     config = json.loads((out / "config.json").read_text())
     assert config["resumes"] == [{"from_epoch": 2, "changed": {"epochs": [2, 3]}}]
-    # BDMC inside certify shares its 3 points between the 2 ranks (AIS inside evaluate on 2
-    # ranks, one row per point: tests/test_experiments.py, bench_distributed --ais)
-    ais = ["--ais-chains", "2", "--ais-leapfrog", "2", "--threads", "1", "--quiet"]
-    done = _torchrun("certify", str(out), "--num-points", "3", "--steps", "3", *ais)
-    assert done.returncode == 0, _ranks_said(done)
-    assert done.stdout.count("| T |") == 1  # rank 0 reports
-    assert json.loads((out / "certification.json").read_text())["runs"][0]["num_steps"] == 3
+    # sharded BDMC and AIS: test_two_ranks_... (gloo, in process) and tests/test_experiments.py
+    # (bench_distributed --ais, under torchrun); the sharded evaluate: docs/tutorials/scaling_out
 
 
 @pytest.mark.slow

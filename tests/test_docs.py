@@ -22,6 +22,10 @@ sys.path.insert(0, str(ROOT / "docs" / "_ext"))
 pytest.importorskip("sphinx.pycode", reason='the docs need sphinx: pip install -e ".[docs]"')
 import api_pages  # noqa: E402  (the page generator of docs/conf.py: which names get pages)
 
+# one worker runs every site test (under --dist loadgroup): the other would sit waiting on the
+# build's lock instead of taking other tests
+pytestmark = pytest.mark.xdist_group("docs_site")
+
 INSTALL_HINT = 'the docs need sphinx and myst-nb: python3 -m pip install -e ".[docs]"'
 
 
