@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.infer.runtime.files import atomic_write
+from pyro_vae.infer.runtime.files import write_json
 
 __all__ = ["StepCosts", "inductor_cache_dir", "recorded_costs", "remember_costs", "step_signature"]
 
@@ -146,6 +146,6 @@ def remember_costs(signature: str, **measured: float) -> None:
     costs = replace(recorded_costs(signature), **measured)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: json.dump(asdict(costs), f), binary=False)
+        write_json(path, asdict(costs))  # strict JSON, as every other file we write
     except OSError:
         pass
